@@ -1,0 +1,2 @@
+"""Hooks, registered in the root mmengine ``HOOKS`` registry."""
+__all__ = []

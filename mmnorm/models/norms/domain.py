@@ -1,0 +1,71 @@
+"""Explicit [source | target] batch-split declaration for domain-aware norm layers.
+
+Domain-adaptive training feeds one concatenated batch ``cat([x_source, x_target])`` through the backbone. Layers
+that normalise each domain separately (RN, the AdaBN layer) must know where the source part ends; the training
+wrapper declares it with :func:`domain_split` instead of the layers guessing (e.g. "first half is source").
+"""
+from contextlib import contextmanager
+from typing import Iterator, Optional, Tuple
+
+import torch.nn as nn
+
+__all__ = ['DomainAwareMixin', 'domain_split', 'set_domain_split', 'check_domain_split']
+
+
+class DomainAwareMixin:
+    """Marks a module whose train-mode forward depends on the [source | target] split of its batch.
+
+    ``self.domain_split`` is ``None`` (no declaration) or ``(num_source, num_target)`` in samples.
+    """
+
+    domain_split: Optional[Tuple[int, int]] = None
+
+
+def set_domain_split(model: nn.Module, split: Optional[Tuple[int, int]]) -> int:
+    """Sets ``domain_split`` on every :class:`DomainAwareMixin` module of ``model``; returns how many.
+
+    Args:
+        model (nn.Module): Any module (model wrappers included: their children are visited).
+        split (tuple[int, int] | None): ``(num_source, num_target)``, or None to clear.
+    """
+    if split is not None:
+        if (not isinstance(split, (tuple, list)) or len(split) != 2
+                or not all(isinstance(n, int) and n >= 0 for n in split)):
+            raise ValueError('split must be a pair of non-negative ints (num_source, num_target), '
+                             f'got {split!r}')
+        split = (int(split[0]), int(split[1]))
+    count = 0
+    for module in model.modules():
+        if isinstance(module, DomainAwareMixin):
+            module.domain_split = split
+            count += 1
+    return count
+
+
+@contextmanager
+def domain_split(model: nn.Module, split: Tuple[int, int]) -> Iterator[int]:
+    """Declares ``split = (num_source, num_target)`` to every domain-aware layer inside the block.
+
+    The previous declarations are restored on exit, also when the block raises. Yields the number of layers told.
+    """
+    previous = [(m, m.domain_split) for m in model.modules() if isinstance(m, DomainAwareMixin)]
+    try:
+        yield set_domain_split(model, split)
+    finally:
+        for module, old in previous:
+            module.domain_split = old
+
+
+def check_domain_split(split: Optional[Tuple[int, int]], batch_size: int, layer: str) -> None:
+    """Raises ValueError unless ``split`` describes a batch of ``batch_size`` samples.
+
+    Args:
+        split: The declared ``(num_source, num_target)`` or None.
+        batch_size (int): ``x.shape[0]`` seen by the layer.
+        layer (str): Layer description used in the message.
+    """
+    if split is None:
+        return
+    if sum(split) != batch_size:
+        raise ValueError(f'{layer}: declared domain split {tuple(split)} (source, target) sums to {sum(split)} '
+                         f'but the batch holds {batch_size} samples')

@@ -1,0 +1,30 @@
+import os.path as osp
+
+from setuptools import find_packages, setup
+
+
+def read_version():
+    ns = {}
+    with open(osp.join(osp.dirname(__file__), 'mmnorm', 'version.py')) as f:
+        exec(f.read(), ns)
+    return ns['__version__']
+
+
+setup(
+    name='mmnorm',
+    version=read_version(),
+    description='Normalization-based domain adaptation and generalization '
+    'layers (AdaBN, IBN, RN, PBN) for mmsegmentation and mmdetection',
+    long_description=open('README.md').read() if osp.exists('README.md') else '',
+    long_description_content_type='text/markdown',
+    packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
+    python_requires='>=3.8',
+    install_requires=[
+        'mmengine>=0.10.0,<1.0.0',
+        'mmcv>=2.0.0,<2.2.0',
+        'mmsegmentation>=1.2.0,<1.3.0',
+        'mmdet>=3.3.0,<3.4.0',
+    ],
+    license='Apache License 2.0',
+    zip_safe=False,
+)
