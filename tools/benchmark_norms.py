@@ -1,0 +1,142 @@
+"""Speed / memory of every mmnorm norm layer relative to ``nn.BatchNorm2d``.
+
+    python tools/benchmark_norms.py [--shapes 8x256x64x64 ...] [--repeats 20] [--out docs/benchmarks.md]
+
+Each case builds a layer for a channel count, feeds it an input of the given shape (``(N, C, H, W)``) and times
+train-mode forward+backward and eval-mode forward; the ratio to BN on the same input is reported. Norm families add
+their entries to ``CASES`` below (a name -> ``Case``). Peak memory is the autograd-saved tensor bytes of one
+train-mode forward (CPU: measured with ``torch.autograd.graph.saved_tensors_hooks``).
+"""
+import argparse
+import contextlib
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+Shape = Tuple[int, int, int, int]
+
+
+@dataclass
+class Case:
+    """One benchmarked layer.
+
+    Attributes:
+        build: ``build(num_channels) -> nn.Module``.
+        context: ``context(module, x) -> context manager`` wrapping each forward (e.g. a domain-split declaration);
+            None for a plain call.
+        shapes: Shapes named in the layer's issue, benchmarked besides the common ``--shapes``.
+    """
+    build: Callable[[int], nn.Module]
+    context: Optional[Callable[[nn.Module, torch.Tensor], ContextManager]] = None
+    shapes: Sequence[Shape] = field(default_factory=tuple)
+
+
+CASES: Dict[str, Case] = {
+    'BN': Case(build=lambda c: nn.BatchNorm2d(c)),
+}
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_case(case: Case, shape: Shape, repeats: int, device: str) -> Dict[str, float]:
+    """Median seconds of train fwd+bwd and eval fwd, plus autograd-saved MiB of one train forward."""
+    torch.manual_seed(0)
+    module = case.build(shape[1]).to(device)
+    x = torch.randn(*shape, device=device, requires_grad=True)
+    ctx = case.context or (lambda m, inp: contextlib.nullcontext())
+
+    def train_step():
+        with ctx(module, x):
+            y = module(x)
+        y.sum().backward()
+
+    def eval_step():
+        with torch.no_grad(), ctx(module, x):
+            module(x)
+
+    results = {}
+    for mode, step in (('train', train_step), ('eval', eval_step)):
+        module.train(mode == 'train')
+        for _ in range(3):
+            step()
+        times = []
+        for _ in range(repeats):
+            _sync()
+            start = time.perf_counter()
+            step()
+            _sync()
+            times.append(time.perf_counter() - start)
+        results[mode] = sorted(times)[len(times) // 2]
+    module.train()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        with ctx(module, x):
+            module(x)
+    results['saved_mib'] = sum(saved) / 2**20
+    return results
+
+
+def run(names: List[str], shapes: List[Shape], repeats: int, device: str) -> List[dict]:
+    rows = []
+    for name in names:
+        case = CASES[name]
+        for shape in list(shapes) + [s for s in case.shapes if s not in shapes]:
+            ref = time_case(CASES['BN'], shape, repeats, device)
+            res = time_case(case, shape, repeats, device)
+            rows.append(dict(norm=name, shape='x'.join(map(str, shape)), train_ms=res['train'] * 1e3,
+                             eval_ms=res['eval'] * 1e3, train_ratio=res['train'] / ref['train'],
+                             eval_ratio=res['eval'] / ref['eval'], saved_mib=res['saved_mib'],
+                             saved_ratio=res['saved_mib'] / max(ref['saved_mib'], 1e-9)))
+    return rows
+
+
+def to_markdown(rows: List[dict], device: str, repeats: int) -> str:
+    machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
+              f'{torch.get_num_threads()} threads, device {device}'
+    lines = [f'Machine: {machine}; median of {repeats} runs.', '',
+             '| norm | shape (N×C×H×W) | train fwd+bwd ms | × BN | eval ms | × BN | saved MiB | × BN |',
+             '|---|---|---:|---:|---:|---:|---:|---:|']
+    for r in rows:
+        lines.append(f"| {r['norm']} | {r['shape']} | {r['train_ms']:.2f} | {r['train_ratio']:.2f} | "
+                     f"{r['eval_ms']:.2f} | {r['eval_ratio']:.2f} | {r['saved_mib']:.1f} | {r['saved_ratio']:.2f} |")
+    return '\n'.join(lines) + '\n'
+
+
+def parse_shape(text: str) -> Shape:
+    parts = tuple(int(p) for p in text.lower().split('x'))
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f'shape must be NxCxHxW, got {text!r}')
+    return parts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--norms', nargs='+', default=None, help=f'subset of {sorted(CASES)}')
+    parser.add_argument('--shapes', nargs='+', type=parse_shape, default=[(8, 256, 64, 64)])
+    parser.add_argument('--repeats', type=int, default=20)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--out', help='write the Markdown table to this file')
+    args = parser.parse_args(argv)
+    names = args.norms or list(CASES)
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        parser.error(f'unknown norms {unknown}; choose from {sorted(CASES)}')
+    rows = run(names, args.shapes, args.repeats, args.device)
+    text = to_markdown(rows, args.device, args.repeats)
+    print(text)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
