@@ -1,4 +1,5 @@
 """Norm layers, one method family per file, registered in the root mmengine ``MODELS`` registry."""
 from .domain import DomainAwareMixin, check_domain_split, domain_split, set_domain_split
+from .ibn import IBN
 
-__all__ = ['DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split']
+__all__ = ['DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split', 'IBN']

@@ -1,0 +1,124 @@
+"""IBN: Instance-Batch Normalization.
+
+Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via IBN-Net", ECCV 2018
+(arXiv 1807.09441). The first ``int(C * ratio)`` channels are instance-normalised (learned affine, no running
+statistics), the remaining channels go through batch normalization.
+
+The layer is a plain container of two torch norm modules, ``IN`` and ``BN`` (the names of the official
+checkpoints), so everything that works on torch BN layers works on the BN half unchanged: ``norm_eval``,
+``convert_sync_batchnorm`` / ``revert_sync_batchnorm`` and AdaBN recalibration.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmengine.registry import MODELS
+
+__all__ = ['IBN', 'num_instance_channels']
+
+
+def num_instance_channels(num_features: int, ratio: float) -> int:
+    """Number of leading channels that IBN instance-normalises: ``int(num_features * ratio)``.
+
+    Raises:
+        ValueError: ``ratio`` outside (0, 1), or a split that leaves either half empty.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise ValueError(f'IBN ratio must be a number in (0, 1), got ratio={ratio!r} (C={num_features})')
+    num_in = int(num_features * ratio)
+    if num_in < 1 or num_in > num_features - 1:
+        raise ValueError(f'IBN ratio={ratio} leaves the instance-norm half with {num_in} and the batch-norm half '
+                         f'with {num_features - num_in} of C={num_features} channels; both need at least one')
+    return num_in
+
+
+@MODELS.register_module()
+class IBN(nn.Module):
+    """Instance-Batch Normalization (the IBN-a layer).
+
+    ``y = cat(IN(x[:, :h]), BN(x[:, h:]), dim=1)`` with ``h = int(C * ratio)``. Unlike the official code, the
+    split uses the sizes ``[h, C - h]``, so ratios other than 0.5 and odd ``C`` are split correctly.
+
+    Args:
+        num_features (int): Number of channels ``C``.
+        eps (float): Added to the variance in both halves. Defaults to 1e-5.
+        momentum (float): Running-statistics momentum of the BN half. Defaults to 0.1.
+        ratio (float): Fraction of channels that are instance-normalised, in (0, 1). Defaults to 0.5.
+        bn_cfg (dict): Config of the BN half (``type`` and options other than ``eps``/``momentum``, e.g.
+            ``dict(type='SyncBN')``). Defaults to ``dict(type='BN')``.
+        device, dtype: Factory arguments of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, H, W)``
+        - Output: ``(N, C, H, W)``
+
+    Children (state-dict keys as in the official IBN-Net checkpoints):
+        ``IN``: ``nn.InstanceNorm2d(h, affine=True)``; ``BN``: the configured BN over ``C - h`` channels.
+    """
+
+    _abbr_ = 'bn'  # backbones name it bn1, bn2, ... like BN, so BN checkpoints keep their keys
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: float = 0.1,
+                 ratio: float = 0.5,
+                 bn_cfg: dict = dict(type='BN'),
+                 device=None,
+                 dtype=None):
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 2:
+            raise ValueError(f'IBN num_features must be an int >= 2, got {num_features!r}')
+        if not isinstance(bn_cfg, dict) or 'type' not in bn_cfg:
+            raise TypeError(f'IBN bn_cfg must be a dict with a "type", got {bn_cfg!r}')
+        clash = sorted({'eps', 'momentum'} & set(bn_cfg))
+        if clash:
+            raise ValueError(f'IBN bn_cfg must not set {clash}: pass them to IBN itself, got bn_cfg={bn_cfg!r}')
+        self.num_features = num_features
+        self.ratio = ratio
+        self.num_in = num_instance_channels(num_features, ratio)
+        self.eps = eps
+        self.momentum = momentum
+        self.bn_cfg = dict(bn_cfg)
+        factory = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
+        self.IN = nn.InstanceNorm2d(self.num_in, eps=eps, affine=True, **factory)
+        self.BN = build_norm_layer(dict(bn_cfg, eps=eps, momentum=momentum, **factory),
+                                   num_features - self.num_in)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f'IBN expects (N, {self.num_features}, H, W) input, got shape {tuple(x.shape)}')
+        x_in, x_bn = x.split([self.num_in, self.num_features - self.num_in], dim=1)
+        return torch.cat([self.IN(x_in), self.BN(x_bn)], dim=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A plain BN entry (``weight``, ``bias``, ``running_mean``, ...) is split into the two halves: the IN affine
+        # takes the first h channels of weight/bias, the BN half the rest (running stats of the IN channels are
+        # dropped, IN has none).
+        plain = [name for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+                 if prefix + name in state_dict]
+        if plain:
+            self._split_plain_bn(state_dict, prefix, plain, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _split_plain_bn(self, state_dict, prefix, names, error_msgs):
+        h = self.num_in
+        for name in names:
+            value = state_dict.pop(prefix + name)
+            if name == 'num_batches_tracked':
+                state_dict[prefix + 'BN.' + name] = value
+                continue
+            if value.dim() != 1 or value.numel() != self.num_features:
+                error_msgs.append(f'size mismatch for {prefix}{name}: a plain BN entry of shape '
+                                  f'{tuple(value.shape)} cannot load into IBN over {self.num_features} channels')
+                continue
+            if name in ('weight', 'bias'):
+                state_dict[prefix + 'IN.' + name] = value[:h]
+            state_dict[prefix + 'BN.' + name] = value[h:]
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, ratio={self.ratio} '
+                f'(IN channels={self.num_in}), bn_cfg={self.bn_cfg}')
