@@ -182,9 +182,9 @@ def apply_target_shift(image: np.ndarray, label: np.ndarray, depth: np.ndarray, 
         gains = np.array([1.10, 1.0, 0.72]) * rng.uniform(0.92, 1.08, 3)
         out = out * gains
         grey = out.mean(axis=2, keepdims=True)
-        out = grey + rng.uniform(0.35, 0.55) * (out - grey)
+        out = grey + rng.uniform(0.45, 0.65) * (out - grey)
         out = np.clip(out, 0, 1) ** rng.uniform(0.55, 0.75)
-        out = 0.5 + rng.uniform(0.55, 0.75) * (out - 0.5)
+        out = 0.5 + rng.uniform(0.65, 0.85) * (out - 0.5)
     if shift == 'full':
         # Real-world surfaces are textured where the source is flat.
         texture = rng.normal(0, 1, (H, W, 1)).astype(np.float32)
