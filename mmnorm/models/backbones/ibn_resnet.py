@@ -1,0 +1,198 @@
+"""IBN-Net-a / IBN-Net-b placement on the toolboxes' own ResNets.
+
+Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via IBN-Net", ECCV 2018
+(arXiv 1807.09441). A global ``norm_cfg=dict(type='IBN')`` is not IBN-Net; the architectures are:
+
+- IBN-a: in every block of stages 1-3 the first norm (``bn1``: after the 1x1 conv of a Bottleneck, after the
+  first 3x3 conv of a BasicBlock) becomes :class:`~mmnorm.models.norms.IBN`; the stem and stage 4 stay BN.
+- IBN-b: the stem norm becomes ``InstanceNorm2d(affine=True)`` and the last block of stages 1-2 applies an
+  ``InstanceNorm2d(affine=True)`` to the residual sum, before the block's final ReLU.
+
+:func:`add_ibn` applies either placement to an already built mmseg or mmdet ``ResNet`` (any depth and option);
+the registered backbones (``IBNResNet`` ...) are the toolbox classes with one extra argument ``ibn``.
+Module names follow the official checkpoints: ``layerK.i.bn1.IN`` / ``layerK.i.bn1.BN`` (IBN-a), stem ``bn1``
+and ``layerK.i.IN`` (IBN-b).
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_norm_layer
+from mmdet.models.backbones import resnet as det_resnet
+from mmseg.models.backbones import resnet as seg_resnet
+
+__all__ = ['add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin']
+
+#: Default stages per type (stage 1 first); shortened to ``num_stages``.
+DEFAULT_STAGES = {'a': (True, True, True, False), 'b': (True, True, False, False)}
+
+
+def residual_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A toolbox ResNet block's output *before* its final ReLU: ``residual(x) + shortcut(x)``.
+
+    Follows the forward of mmseg's / mmdet's ``BasicBlock`` and ``Bottleneck`` (same module names in both,
+    plugins included); ``tests/test_ibn_resnet.py`` checks that ``relu(residual_sum(block, x))`` equals the
+    toolbox forward.
+    """
+    plugins = getattr(block, 'with_plugins', False)
+    out = block.relu(block.norm1(block.conv1(x)))
+    if plugins:
+        out = block.forward_plugin(out, block.after_conv1_plugin_names)
+    out = block.norm2(block.conv2(out))
+    if hasattr(block, 'conv3'):  # Bottleneck
+        out = block.relu(out)
+        if plugins:
+            out = block.forward_plugin(out, block.after_conv2_plugin_names)
+        out = block.norm3(block.conv3(out))
+        if plugins:
+            out = block.forward_plugin(out, block.after_conv3_plugin_names)
+    identity = x if block.downsample is None else block.downsample(x)
+    return out + identity
+
+
+class PostResidualIN:
+    """Mixin for a toolbox ResNet block: ``relu(IN(residual_sum(x)))`` (the IBN-b block).
+
+    The block must own an ``IN`` child (``InstanceNorm2d(planes * expansion, affine=True)``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.with_cp and x.requires_grad:
+            out = cp.checkpoint(residual_sum, self, x, use_reentrant=False)
+        else:
+            out = residual_sum(self, x)
+        return self.relu(self.IN(out))
+
+
+class SegBasicBlockIBNb(PostResidualIN, seg_resnet.BasicBlock):
+    """mmseg ``BasicBlock`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+class SegBottleneckIBNb(PostResidualIN, seg_resnet.Bottleneck):
+    """mmseg ``Bottleneck`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+class DetBasicBlockIBNb(PostResidualIN, det_resnet.BasicBlock):
+    """mmdet ``BasicBlock`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+class DetBottleneckIBNb(PostResidualIN, det_resnet.Bottleneck):
+    """mmdet ``Bottleneck`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+_IBN_B_BLOCKS = {
+    seg_resnet.BasicBlock: SegBasicBlockIBNb,
+    seg_resnet.Bottleneck: SegBottleneckIBNb,
+    det_resnet.BasicBlock: DetBasicBlockIBNb,
+    det_resnet.Bottleneck: DetBottleneckIBNb,
+}
+
+
+def _check_stages(stages: Optional[Sequence[bool]], ibn_type: str, num_stages: int) -> tuple:
+    if stages is None:
+        return DEFAULT_STAGES[ibn_type][:num_stages]
+    if (not isinstance(stages, (tuple, list)) or len(stages) != num_stages
+            or not all(isinstance(s, bool) for s in stages)):
+        raise ValueError(f'ibn stages must be {num_stages} bools (one per ResNet stage), got stages={stages!r}')
+    return tuple(stages)
+
+
+def _instance_norm(num_features: int, norm_cfg: dict) -> nn.InstanceNorm2d:
+    norm = nn.InstanceNorm2d(num_features, eps=norm_cfg.get('eps', 1e-5), affine=True)
+    norm.requires_grad_(norm_cfg.get('requires_grad', True))
+    return norm
+
+
+def add_ibn(resnet: nn.Module,
+            type: str = 'a',
+            stages: Optional[Sequence[bool]] = None,
+            ratio: Optional[float] = None,
+            stem: Optional[bool] = None) -> nn.Module:
+    """Turns a built mmseg/mmdet ``ResNet`` (or a subclass) into IBN-Net-a or IBN-Net-b, in place.
+
+    The BN half of every IBN layer is built from the backbone's ``norm_cfg`` (so ``SyncBN`` configs give SyncBN
+    halves); ``requires_grad`` of ``norm_cfg`` and ``frozen_stages`` apply to the new layers too.
+
+    Args:
+        resnet (nn.Module): The backbone, already built.
+        type (str): ``'a'`` (IBN in the first norm of every block of the chosen stages) or ``'b'`` (IN after the
+            residual sum of the last block of the chosen stages, and at the stem). Defaults to ``'a'``.
+        stages (Sequence[bool], optional): One flag per stage. Defaults to (True, True, True, False) for
+            ``'a'`` and (True, True, False, False) for ``'b'`` (cut to ``num_stages``).
+        ratio (float, optional): IBN-a only: fraction of instance-normalised channels. Defaults to 0.5.
+        stem (bool, optional): IBN-b only: replace the stem norm (the last one of a deep stem) by IN.
+            Defaults to True.
+
+    Returns:
+        nn.Module: ``resnet``, with the attribute ``ibn`` recording the placement.
+    """
+    if type not in DEFAULT_STAGES:
+        raise ValueError(f"ibn type must be 'a' or 'b', got type={type!r}")
+    if not hasattr(resnet, 'res_layers') or not hasattr(resnet, 'norm_cfg'):
+        raise TypeError(f'add_ibn expects an mmseg/mmdet ResNet, got {resnet.__class__.__name__}')
+    if getattr(resnet, 'ibn', None) is not None:
+        raise ValueError(f'{resnet.__class__.__name__} already holds IBN-{resnet.ibn["type"]} layers')
+    stages = _check_stages(stages, type, len(resnet.res_layers))
+    norm_cfg = dict(resnet.norm_cfg)
+    if type == 'a':
+        if stem is not None:
+            raise ValueError(f'ibn stem is an IBN-b option, got stem={stem!r} with type=a')
+        ratio = 0.5 if ratio is None else ratio
+        _add_ibn_a(resnet, stages, ratio, norm_cfg)
+        resnet.ibn = dict(type='a', stages=stages, ratio=ratio)
+    else:
+        if ratio is not None:
+            raise ValueError(f'ibn ratio is an IBN-a option, got ratio={ratio!r} with type=b')
+        stem = True if stem is None else stem
+        _add_ibn_b(resnet, stages, stem, norm_cfg)
+        resnet.ibn = dict(type='b', stages=stages, stem=stem)
+    # New layers start trainable and in train mode: apply frozen_stages again.
+    resnet._freeze_stages()
+    return resnet
+
+
+def _add_ibn_a(resnet: nn.Module, stages: tuple, ratio: float, norm_cfg: dict) -> None:
+    requires_grad = norm_cfg.pop('requires_grad', True)
+    ibn_cfg = dict(type='IBN', ratio=ratio, requires_grad=requires_grad,
+                   eps=norm_cfg.pop('eps', 1e-5), momentum=norm_cfg.pop('momentum', 0.1), bn_cfg=norm_cfg)
+    for layer_name, use in zip(resnet.res_layers, stages):
+        if not use:
+            continue
+        for block in getattr(resnet, layer_name):
+            name, norm = build_norm_layer(ibn_cfg, block.conv1.out_channels, postfix=1)
+            assert name == block.norm1_name, (name, block.norm1_name)
+            block.add_module(name, norm)
+
+
+def _add_ibn_b(resnet: nn.Module, stages: tuple, stem: bool, norm_cfg: dict) -> None:
+    if stem:
+        if resnet.deep_stem:
+            # conv-norm-ReLU x3: the stem's last norm sits right before its last ReLU.
+            assert isinstance(resnet.stem[-1], nn.ReLU), resnet.stem
+            resnet.stem[-2] = _instance_norm(resnet.stem_channels, norm_cfg)
+        else:
+            resnet.add_module(resnet.norm1_name, _instance_norm(resnet.stem_channels, norm_cfg))
+    for layer_name, use in zip(resnet.res_layers, stages):
+        if not use:
+            continue
+        block = getattr(resnet, layer_name)[-1]
+        if type(block) not in _IBN_B_BLOCKS:
+            raise TypeError(f'IBN-b supports the mmseg/mmdet BasicBlock and Bottleneck, got {type(block).__name__}')
+        # Same modules, one more child and the IBN-b forward: switch the instance to the IBN-b subclass.
+        block.__class__ = _IBN_B_BLOCKS[type(block)]
+        out_channels = (block.conv3 if hasattr(block, 'conv3') else block.conv2).out_channels
+        block.add_module('IN', _instance_norm(out_channels, norm_cfg))
+
+
+class IBNResNetMixin:
+    """``__init__(..., ibn=dict(type='a'), **resnet_kwargs)``: builds the toolbox ResNet, then :func:`add_ibn`."""
+
+    def __init__(self, *args, ibn: dict = dict(type='a'), **kwargs):
+        if not isinstance(ibn, dict):
+            raise TypeError(f'ibn must be a dict like dict(type="a"), got {ibn!r}')
+        unknown = sorted(set(ibn) - {'type', 'stages', 'ratio', 'stem'})
+        if unknown:
+            raise ValueError(f'unknown ibn keys {unknown}; allowed: type, stages, ratio (a), stem (b)')
+        super().__init__(*args, **kwargs)
+        add_ibn(self, **ibn)

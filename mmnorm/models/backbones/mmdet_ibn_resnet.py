@@ -1,0 +1,22 @@
+"""IBN-Net ResNets in the mmdet ``MODELS`` registry: ``IBNResNet``, ``IBNResNetV1d``.
+
+Each is the mmdet class with one more argument, ``ibn`` (see :func:`mmnorm.models.backbones.add_ibn`)::
+
+    backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)  # any other mmdet ResNet option
+"""
+from mmdet.models.backbones import ResNet, ResNetV1d
+from mmdet.registry import MODELS
+
+from .ibn_resnet import IBNResNetMixin
+
+__all__ = ['IBNResNet', 'IBNResNetV1d']
+
+
+@MODELS.register_module()
+class IBNResNet(IBNResNetMixin, ResNet):
+    """mmdet ``ResNet`` with IBN-Net-a/-b placement given by ``ibn``."""
+
+
+@MODELS.register_module()
+class IBNResNetV1d(IBNResNetMixin, ResNetV1d):
+    """mmdet ``ResNetV1d`` (deep stem, average-pool downsampling) with IBN-Net-a/-b placement given by ``ibn``."""

@@ -1,0 +1,27 @@
+"""IBN-Net ResNets in the mmseg ``MODELS`` registry: ``IBNResNet``, ``IBNResNetV1c``, ``IBNResNetV1d``.
+
+Each is the mmseg class with one more argument, ``ibn`` (see :func:`mmnorm.models.backbones.add_ibn`)::
+
+    backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)  # any other mmseg ResNet option
+"""
+from mmseg.models.backbones import ResNet, ResNetV1c, ResNetV1d
+from mmseg.registry import MODELS
+
+from .ibn_resnet import IBNResNetMixin
+
+__all__ = ['IBNResNet', 'IBNResNetV1c', 'IBNResNetV1d']
+
+
+@MODELS.register_module()
+class IBNResNet(IBNResNetMixin, ResNet):
+    """mmseg ``ResNet`` with IBN-Net-a/-b placement given by ``ibn``."""
+
+
+@MODELS.register_module()
+class IBNResNetV1c(IBNResNetMixin, ResNetV1c):
+    """mmseg ``ResNetV1c`` (deep stem) with IBN-Net-a/-b placement given by ``ibn``."""
+
+
+@MODELS.register_module()
+class IBNResNetV1d(IBNResNetMixin, ResNetV1d):
+    """mmseg ``ResNetV1d`` (deep stem, average-pool downsampling) with IBN-Net-a/-b placement given by ``ibn``."""
