@@ -9,7 +9,7 @@ from .version import __version__
 
 allow_mmengine_checkpoints()
 
-from . import datasets, engine, models  # noqa: E402,F401  (registration)
+from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration)
 from .models.norms import domain_split  # noqa: E402
 
 __all__ = ['__version__', 'domain_split']

@@ -1,0 +1,48 @@
+"""Mapillary Vistas v1.2 (Neuhold et al., ICCV 2017) evaluated on the 19 Cityscapes classes, as an mmseg dataset.
+
+Layout: ``{training,validation}/images/*.jpg`` and ``{training,validation}/v1.2/labels/*.png``: 8-bit palette
+PNGs whose indices are the 66 v1.2 class IDs (0..65). mmseg's ``MapillaryDataset_v1`` keeps all 66 classes; this
+dataset maps them to the 19 Cityscapes train IDs through mmseg's ``label_map`` (read with PIL, mmseg's default).
+``tools/dataset_converters/mapillary.py`` writes the same mapping to ``*_labelTrainIds.png`` next to the raw labels
+(faster to load: the label_map loop runs once per class over the full-size label).
+"""
+from typing import Dict, Optional
+
+from mmseg.datasets import BaseSegDataset, CityscapesDataset
+from mmseg.registry import DATASETS
+
+__all__ = ['Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID']
+
+# Mapillary v1.2 class ID -> Cityscapes train ID (e.g. road, lane marking and manhole are all 'road');
+# every other ID is ignored (255).
+MAPILLARY_V12_TO_TRAINID: Dict[int, int] = {
+    13: 0, 24: 0, 41: 0, 2: 1, 15: 1, 17: 2, 6: 3, 3: 4, 45: 5, 47: 5, 48: 6, 50: 7, 30: 8, 29: 9, 27: 10,
+    19: 11, 20: 12, 21: 12, 22: 12, 55: 13, 61: 14, 54: 15, 58: 16, 57: 17, 52: 18}
+_NUM_V12_IDS = 66
+
+
+@DATASETS.register_module()
+class Mapillary19Dataset(BaseSegDataset):
+    """Mapillary Vistas v1.2 with the 19 Cityscapes classes.
+
+    Args:
+        img_suffix (str): Defaults to '.jpg'.
+        seg_map_suffix (str): '.png' reads the raw v1.2 labels (mapped here); '_labelTrainIds.png' reads
+            converter output (already train IDs). Defaults to '.png'.
+        **kwargs: See ``mmseg.datasets.BaseSegDataset``.
+    """
+
+    METAINFO = CityscapesDataset.METAINFO
+
+    def __init__(self, img_suffix: str = '.jpg', seg_map_suffix: str = '.png', **kwargs) -> None:
+        self.labels_are_train_ids = seg_map_suffix.endswith('labelTrainIds.png')
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
+
+    def get_label_map(self, new_classes: Optional[list] = None) -> Optional[dict]:
+        """v1.2 class IDs -> train IDs for the raw labels (None for converted ``_labelTrainIds`` files)."""
+        if new_classes is not None and list(new_classes) != list(self.METAINFO['classes']):
+            raise ValueError('Mapillary19Dataset only supports the 19 Cityscapes classes, got classes='
+                             f'{tuple(new_classes)}')
+        if self.labels_are_train_ids:
+            return None
+        return {i: MAPILLARY_V12_TO_TRAINID.get(i, 255) for i in range(_NUM_V12_IDS)}
