@@ -43,3 +43,28 @@ def run_tool(args, timeout=900, check=True, **env) -> subprocess.CompletedProces
 @pytest.fixture
 def port():
     return free_port()
+
+
+DEMO_CONFIG = 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-64x128.py'
+
+
+@pytest.fixture(scope='session')
+def tiny_demo_data(tmp_path_factory):
+    """The demo's synthetic domains at a tiny size (GTA5 layout source, Cityscapes layout target)."""
+    from mmnorm.datasets.synthetic import generate_demo_data
+    root = str(tmp_path_factory.mktemp('demo_data'))
+    generate_demo_data(root, num_source_train=8, num_source_val=4, num_target_train=4, num_target_val=4, seed=1)
+    return root
+
+
+def tiny_seg_options(data_root: str, iters: int = 2, batch_size: int = 2) -> list:
+    """cfg-options that shrink the demo config to a few iterations on ``tiny_demo_data``."""
+    src, tgt = osp.join(data_root, 'gta5'), osp.join(data_root, 'cityscapes')
+    opts = [f'train_dataloader.dataset.data_root={src}', f'val_dataloader.dataset.data_root={src}',
+            f'test_dataloader.dataset.data_root={tgt}', f'train_cfg.max_iters={iters}',
+            f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={iters}',
+            f'param_scheduler.0.end={iters}', 'default_hooks.logger.interval=1', 'log_processor.window_size=1']
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        opts += [f'{loader}.batch_size={batch_size}', f'{loader}.num_workers=0',
+                 f'{loader}.persistent_workers=False']
+    return opts
