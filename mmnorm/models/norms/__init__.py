@@ -1,5 +1,6 @@
 """Norm layers, one method family per file, registered in the root mmengine ``MODELS`` registry."""
 from .domain import DomainAwareMixin, check_domain_split, domain_split, set_domain_split
 from .ibn import IBN
+from .rn import RN
 
-__all__ = ['DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split', 'IBN']
+__all__ = ['DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split', 'IBN', 'RN']
