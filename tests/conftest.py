@@ -35,8 +35,11 @@ def run_tool(args, timeout=900, check=True, **env) -> subprocess.CompletedProces
     cmd = ([PYTHON, first] if first.endswith('.py') else ['bash', first]) + [str(a) for a in args[1:]]
     proc = subprocess.run(cmd, cwd=REPO, env=tool_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}'
-                             f'\n--- stderr ---\n{proc.stderr[-6000:]}')
+        import tempfile
+        with tempfile.NamedTemporaryFile('w', prefix='mmnorm_tool_', suffix='.log', delete=False) as f:
+            f.write(f'$ {" ".join(cmd)}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}')
+        raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode} (full output: {f.name})\n'
+                             f'--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-10000:]}')
     return proc
 
 
