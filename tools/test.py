@@ -17,7 +17,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules, checkpoint allow-list)
-from mmnorm.runtime import LAUNCHERS, get_toolbox, setup_launcher
+from mmnorm.runtime import LAUNCHERS, get_toolbox, setup_launcher, teardown_launcher
 
 
 def parse_args(argv=None):
@@ -94,6 +94,7 @@ def main(argv=None):
         os.makedirs(osp.dirname(osp.abspath(args.metrics_out)), exist_ok=True)
         with open(args.metrics_out, 'w') as f:
             json.dump({k: float(v) if hasattr(v, '__float__') else v for k, v in metrics.items()}, f, indent=2)
+    teardown_launcher()  # only after success: a failed rank must not wait in a barrier for the others
     return metrics
 
 

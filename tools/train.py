@@ -12,7 +12,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules, checkpoint allow-list)
-from mmnorm.runtime import LAUNCHERS, get_toolbox, setup_launcher
+from mmnorm.runtime import LAUNCHERS, get_toolbox, setup_launcher, teardown_launcher
 
 
 def parse_args(argv=None):
@@ -67,6 +67,7 @@ def main(argv=None):
     setup_launcher(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    teardown_launcher()  # only after success: a failed rank must not wait in a barrier for the others
 
 
 if __name__ == '__main__':

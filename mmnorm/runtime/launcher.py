@@ -13,7 +13,7 @@ import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
 
-__all__ = ['LAUNCHERS', 'setup_launcher', 'init_cpu_process_group']
+__all__ = ['LAUNCHERS', 'setup_launcher', 'init_cpu_process_group', 'teardown_launcher']
 
 LAUNCHERS = ('none', 'pytorch', 'slurm')
 
@@ -82,3 +82,14 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
         wrapper['device_ids'] = None  # CPU module: DDP must not be given device ids
     cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def teardown_launcher() -> None:
+    """Waits for every rank and destroys the process group.
+
+    Without it, a rank of a gloo job can abort at interpreter exit ("terminate called without an active exception")
+    while the other ranks still talk to it, failing a run whose training finished.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()

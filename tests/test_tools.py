@@ -1,0 +1,102 @@
+"""Bad input to the tools gives clear errors naming the value; the launcher set-up works on CPU."""
+import importlib.util
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+
+from conftest import DEMO_CONFIG, REPO, run_tool
+from mmnorm.runtime import get_toolbox, setup_launcher
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def train_tool():
+    return load_tool('train')
+
+
+@pytest.fixture(scope='module')
+def test_tool():
+    return load_tool('test')
+
+
+def test_config_without_default_scope(tmp_path, train_tool, test_tool):
+    cfg = tmp_path / 'no_scope.py'
+    cfg.write_text("model = dict(type='EncoderDecoder')\n")
+    with pytest.raises(ValueError, match=r"no_scope.py' has no default_scope"):
+        train_tool.build_cfg(train_tool.parse_args([str(cfg)]))
+    ckpt = tmp_path / 'x.pth'
+    ckpt.write_bytes(b'')
+    with pytest.raises(ValueError, match='has no default_scope'):
+        test_tool.build_cfg(test_tool.parse_args([str(cfg), str(ckpt)]))
+
+
+def test_config_with_foreign_scope(tmp_path):
+    path = tmp_path / 'cls.py'
+    path.write_text("default_scope = 'mmpretrain'\n")
+    cfg = Config.fromfile(str(path))
+    with pytest.raises(ValueError, match="default_scope='mmpretrain'"):
+        get_toolbox(cfg)
+
+
+def test_missing_checkpoint(test_tool):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: 'work_dirs/nope/iter_9.pth'"):
+        test_tool.build_cfg(test_tool.parse_args([osp.join(REPO, DEMO_CONFIG), 'work_dirs/nope/iter_9.pth']))
+
+
+def test_missing_resume_checkpoint_and_config(train_tool):
+    with pytest.raises(FileNotFoundError, match="--resume checkpoint not found: 'missing.pth'"):
+        train_tool.build_cfg(train_tool.parse_args([osp.join(REPO, DEMO_CONFIG), '--resume', 'missing.pth']))
+    with pytest.raises(FileNotFoundError, match="config file not found: 'configs/none.py'"):
+        train_tool.build_cfg(train_tool.parse_args(['configs/none.py']))
+
+
+def test_unknown_launcher_named():
+    proc = run_tool(['tools/train.py', DEMO_CONFIG, '--launcher', 'mpi'], check=False)
+    assert proc.returncode == 2
+    assert "argument --launcher: invalid choice: 'mpi'" in proc.stderr
+    with pytest.raises(ValueError, match="launcher must be one of .* got 'mpi'"):
+        setup_launcher(Config(dict(default_scope='mmseg')), 'mpi')
+
+
+def test_train_cfg_plumbing(train_tool):
+    args = train_tool.parse_args([osp.join(REPO, DEMO_CONFIG), '--amp', '--resume', '--work-dir', 'wd',
+                                  '--cfg-options', 'model.backbone.depth=34'])
+    cfg = train_tool.build_cfg(args)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
+    assert cfg.resume is True and cfg.load_from is None and cfg.work_dir == 'wd'
+    assert cfg.model.backbone.depth == 34
+    default = train_tool.build_cfg(train_tool.parse_args([osp.join(REPO, DEMO_CONFIG)]))
+    assert default.work_dir == osp.join('./work_dirs', osp.splitext(osp.basename(DEMO_CONFIG))[0])
+
+
+def test_test_cfg_plumbing(test_tool, tmp_path):
+    ckpt = tmp_path / 'c.pth'
+    ckpt.write_bytes(b'')
+    cfg = test_tool.build_cfg(test_tool.parse_args([osp.join(REPO, DEMO_CONFIG), str(ckpt), '--out', 'preds',
+                                                    '--show-dir', 'vis']))
+    assert cfg.load_from == str(ckpt) and cfg.resume is False
+    assert cfg.test_evaluator['output_dir'] == 'preds' and cfg.test_evaluator['keep_results'] is True
+    assert cfg.default_hooks.visualization.draw is True and cfg.visualizer.save_dir == 'vis'
+
+
+def test_setup_launcher_none_keeps_config():
+    cfg = Config(dict(default_scope='mmseg'))
+    setup_launcher(cfg, 'none')
+    assert cfg.launcher == 'none' and 'model_wrapper_cfg' not in cfg
+
+
+def test_dist_scripts_use_torchrun_env():
+    for name in ('dist_train.sh', 'dist_test.sh'):
+        text = open(osp.join(REPO, 'tools', name)).read()
+        for var in ('NNODES', 'NODE_RANK', 'PORT', 'MASTER_ADDR', 'torch.distributed.run', '--launcher pytorch'):
+            assert var in text, (name, var)
+    for name in ('slurm_train.sh', 'slurm_test.sh'):
+        text = open(osp.join(REPO, 'tools', name)).read()
+        assert 'srun' in text and '--launcher="slurm"' in text
