@@ -11,8 +11,8 @@ val_dataloader = dict(dataset=dict(
     _delete_=True,
     type='Mapillary19Dataset',
     data_root=mapillary_root,
-    # Raw v1.2 labels, mapped by the dataset's label_map; converted ones (tools/dataset_converters/mapillary.py):
-    # seg_map_path='validation/v1.2/labels_cityscapes19'.
+    # Raw v1.2 labels, mapped by the dataset's label_map; for the (faster) output of
+    # tools/dataset_converters/mapillary.py add seg_map_suffix='_labelTrainIds.png'.
     data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'),
     pipeline={{_base_.test_pipeline}}))
 test_dataloader = val_dataloader

@@ -1,0 +1,144 @@
+"""Every config under configs/ loads, builds its model and runs one train and one test iteration on CPU.
+
+The configs run unchanged except for generic, test-side overrides (the `--cfg-options` a user would pass):
+every ``data/...`` path is re-pointed at the session's fixture copies of the real layouts, images and crops are
+shrunk to 64x64, batches to 2 (train) / 1 (test), pretrained weights dropped, checkpoint saving off. The overrides
+walk the whole config, so configs added later (other norms, UDA wrappers with paired datasets) are covered
+without changes here. A config that still fails is a finding about that config.
+"""
+import glob
+import math
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from conftest import REPO
+from dataset_fixtures import build_fixture_data
+
+SIZE = (64, 64)
+CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
+                 if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
+
+
+@pytest.fixture(scope='session')
+def fixture_root(tmp_path_factory):
+    return build_fixture_data(tmp_path_factory.getbasetemp() / 'mmnorm_data')
+
+
+def _shrink_transform(t: dict) -> dict:
+    """Smaller sizes in one pipeline transform (any toolbox, any type)."""
+    t = dict(t)
+    if 'scale' in t and t['scale'] is not None:
+        t['scale'] = SIZE
+    if 'scales' in t:
+        t['scales'] = [SIZE]
+    if 'crop_size' in t:
+        t['crop_size'] = SIZE
+    if t.get('type') == 'TestTimeAug':
+        t['transforms'] = [[_shrink_transform(x) for x in group] for group in t['transforms']]
+    return t
+
+
+def override(node, data_root: str, key: str = ''):
+    """Returns ``node`` with the test overrides applied (recursively, on plain dicts/lists)."""
+    if isinstance(node, str):
+        # Every dataset root, annotation file and evaluator ann_file of the configs lives under data/.
+        return osp.join(data_root, node[len('data/'):]) if node.startswith('data/') else node
+    if isinstance(node, (list, tuple)):
+        items = [override(x, data_root, key) for x in node]
+        if key == 'pipeline' or key.endswith('_pipeline'):
+            items = [_shrink_transform(x) if isinstance(x, dict) else x for x in items]
+        return type(node)(items) if isinstance(node, tuple) else items
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == 'pretrained' and isinstance(v, str):
+            v = None                                            # no downloads in tests
+        elif k == 'init_cfg' and v is not None:
+            inits = v if isinstance(v, list) else [v]
+            inits = [i for i in inits if not (isinstance(i, dict) and i.get('type') == 'Pretrained')]
+            v = None if not inits else (inits if isinstance(v, list) else inits[0])
+        else:
+            v = override(v, data_root, k)
+        out[k] = v
+    if str(out.get('type', '')).endswith('DataPreProcessor') and out.get('size') is not None:
+        out['size'] = SIZE
+    if out.get('mode') == 'slide':                              # segmentor test_cfg
+        out.update(crop_size=SIZE, stride=(SIZE[0] // 2, SIZE[1] // 2))
+    return out
+
+
+def shrunk_config(path: str, data_root: str, work_dir: str) -> Config:
+    """The config at ``path`` with every override applied, ready for ``Runner.from_cfg``."""
+    cfg = override(Config.fromfile(path).to_dict(), data_root)
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        if loader:
+            loader.update(batch_size=min(loader.get('batch_size', 1), 2) if split == 'train' else 1,
+                          num_workers=0, persistent_workers=False)
+    loop = cfg['train_cfg']
+    if 'max_iters' in loop:
+        loop.update(max_iters=1, val_interval=10**6)
+    elif 'max_epochs' in loop:
+        loop.update(max_epochs=1, val_interval=10**6)
+    cfg['load_from'] = None
+    cfg['resume'] = False
+    hooks = cfg.setdefault('default_hooks', {})
+    hooks['checkpoint'] = None
+    if hooks.get('logger'):
+        hooks['logger']['interval'] = 1
+    name = osp.splitext(osp.basename(path))[0]
+    cfg.update(work_dir=work_dir, experiment_name=name, log_level='WARNING', randomness=dict(seed=0))
+    if cfg.get('visualizer'):
+        cfg['visualizer']['name'] = name                       # one visualizer instance per config
+    return Config(cfg)
+
+
+def test_configs_are_collected():
+    names = {osp.relpath(p, osp.join(REPO, 'configs')) for p in CONFIGS}
+    for must in ('baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py',
+                 'baseline/faster-rcnn_r50_fpn_2xb4-20k_sim10k-cityscapes.py'):
+        assert must in names
+    assert not any(n.startswith('_base_') for n in names)
+
+
+def test_override_repoints_every_data_path():
+    cfg = {'train_dataloader': {'dataset': {'type': 'Wrapper', 'source': {'data_root': 'data/gta5/'},
+                                            'target': {'data_root': 'data/cityscapes/', 'pipeline': [
+                                                dict(type='RandomCrop', crop_size=(512, 512))]}}},
+           'val_evaluator': {'ann_file': 'data/cityscapes/annotations/x.json'},
+           'model': {'pretrained': 'open-mmlab://resnet50_v1c',
+                     'backbone': {'init_cfg': dict(type='Pretrained', checkpoint='torchvision://resnet50')},
+                     'data_preprocessor': dict(type='SegDataPreProcessor', size=(512, 512)),
+                     'test_cfg': dict(mode='slide', crop_size=(512, 512), stride=(341, 341))}}
+    out = override(cfg, '/fix')
+    ds = out['train_dataloader']['dataset']
+    assert ds['source']['data_root'] == '/fix/gta5/' and ds['target']['data_root'] == '/fix/cityscapes/'
+    assert ds['target']['pipeline'][0]['crop_size'] == SIZE
+    assert out['val_evaluator']['ann_file'] == '/fix/cityscapes/annotations/x.json'
+    assert out['model']['pretrained'] is None and out['model']['backbone']['init_cfg'] is None
+    assert out['model']['data_preprocessor']['size'] == SIZE
+    assert out['model']['test_cfg'] == dict(mode='slide', crop_size=SIZE, stride=(32, 32))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[osp.relpath(p, osp.join(REPO, 'configs')) for p in CONFIGS])
+def test_config_trains_and_tests_one_iteration(path, fixture_root, tmp_path):
+    raw = Config.fromfile(path)
+    assert raw.get('custom_imports', {}).get('imports') == ['mmnorm'], 'config must import mmnorm'
+    assert raw.get('default_scope') in ('mmseg', 'mmdet')
+    cfg = shrunk_config(path, fixture_root, str(tmp_path))
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.iter >= 1
+    loss = runner.message_hub.get_scalar('train/loss').current()
+    assert math.isfinite(loss), f'train loss {loss}'
+    metrics = runner.test()
+    if raw.default_scope == 'mmseg':
+        assert 0 <= metrics['mIoU'] <= 100
+        if raw.test_evaluator.get('type') == 'SubsetIoUMetric':
+            assert {'mIoU16', 'mIoU13'} <= set(metrics)
+    else:
+        assert 0 <= metrics['coco/bbox_mAP_50'] <= 1

@@ -1,0 +1,43 @@
+"""Convert Mapillary Vistas v1.2 labels (66 classes) to the 19 Cityscapes train IDs.
+
+    python tools/dataset_converters/mapillary.py data/mapillary [--splits validation training] [--nproc 8]
+                                                 [--mismatch resize|skip] [--overwrite]
+
+Writes ``{split}/v1.2/labels/NAME_labelTrainIds.png`` next to the raw labels (read by Mapillary19Dataset with
+``seg_map_suffix='_labelTrainIds.png'``). Report: ``<root>/mapillary_conversion_report.json``.
+Re-runs keep existing outputs unless ``--overwrite``. Exit code 1 when a frame was skipped.
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmnorm.datasets.conversion import (Frame, add_converter_args, pair_frames, read_index_label,
+                                        run_converter)
+from mmnorm.datasets.mapillary import MAPILLARY_V12_TO_TRAINID
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('root', help='Mapillary Vistas root holding {training,validation}/images and v1.2/labels')
+    parser.add_argument('--splits', nargs='+', default=['validation', 'training'],
+                        help='splits to convert (default: validation training; missing ones are skipped)')
+    add_converter_args(parser)
+    args = parser.parse_args(argv)
+    frames = []
+    for split in args.splits:
+        img_dir = osp.join(args.root, split, 'images')
+        label_dir = osp.join(args.root, split, 'v1.2', 'labels')
+        if not osp.isdir(img_dir):
+            print(f'{split}: no {img_dir}, not converted')
+            continue
+        # Frame names carry the split so that the report is unambiguous.
+        frames += [Frame(f'{split}/{f.name}', *f[1:])
+                   for f in pair_frames(img_dir, label_dir, label_dir, img_suffix='.jpg')]
+    if not frames:
+        parser.error(f'no split of {args.splits} found under {args.root!r}')
+    report = args.report or osp.join(args.root, 'mapillary_conversion_report.json')
+    return run_converter(frames, read_index_label, MAPILLARY_V12_TO_TRAINID, args, report)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
