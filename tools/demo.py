@@ -58,6 +58,8 @@ def run_method(name: str, config: str, args) -> Dict[str, float]:
     work_dir = osp.join(args.work_dir, name)
     os.makedirs(work_dir, exist_ok=True)
     opts = data_options(args.data_root) + [f'randomness.seed={args.seed}']
+    opts += [f'{loader}.{kv}' for kv in args.loader_options
+             for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     if args.iters is not None:
         opts += [f'train_cfg.max_iters={args.iters}', f'train_cfg.val_interval={args.iters}',
                  f'default_hooks.checkpoint.interval={args.iters}',
@@ -93,13 +95,17 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=None, help='override the configs\' 1k iterations')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--num-source-train', type=int, default=800)
+    parser.add_argument('--num-source-val', type=int, default=100)
     parser.add_argument('--num-target', type=int, default=200, help='frames per target split (train pool, val)')
+    parser.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data generator')
+    parser.add_argument('--loader-options', nargs='+', default=[],
+                        help='key=value applied to every dataloader, e.g. num_workers=0 batch_size=4')
     args = parser.parse_args(argv)
 
     from mmnorm.datasets.synthetic import generate_demo_data
     start = time.time()
-    generate_demo_data(args.data_root, num_source_train=args.num_source_train,
-                       num_target_train=args.num_target, num_target_val=args.num_target)
+    generate_demo_data(args.data_root, num_source_train=args.num_source_train, num_source_val=args.num_source_val,
+                       num_target_train=args.num_target, num_target_val=args.num_target, seed=args.data_seed)
     rows = {name: run_method(name, METHODS[name], args) for name in args.methods}
     table = to_markdown(rows)
     os.makedirs(args.work_dir, exist_ok=True)
