@@ -1,6 +1,4 @@
 """IBN layer: equivalence with torch IN/BN halves, gradcheck, registry, state dicts, SyncBN round trip, errors."""
-import os
-
 import pytest
 import torch
 import torch.nn as nn
@@ -198,17 +196,17 @@ def test_other_bad_arguments():
         IBN(8)(torch.randn(2, 6, 3, 3))
 
 
-def test_adabn_recalibration_touches_only_the_bn_half():
-    if not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'mmnorm', 'recalibration.py')):
-        pytest.skip('mmnorm/recalibration.py (issue 3) has not landed')
-    from mmnorm.recalibration import recalibrate_bn
+@pytest.mark.parametrize('mode', ['one_pass', 'layerwise'])
+def test_adabn_recalibration_touches_only_the_bn_half(mode):
+    from mmnorm.recalibration import recalibrate_bn  # issue 3
     torch.manual_seed(0)
     model = nn.Sequential(IBN(8, ratio=0.5))
     randomize(model[0])
     in_before = {k: v.clone() for k, v in model[0].IN.state_dict().items()}
     batches = [torch.randn(n, 8, 4, 4) * 2 + 3 for n in (3, 5)]
-    recalibrate_bn(model, batches)
-    data = torch.cat(batches)[:, 4:].double()
+    result = recalibrate_bn(model, batches, mode=mode, progress=False, logger=None)
+    assert result.layers == ['0.BN'] and '0.IN' in result.left_alone
+    data = torch.cat(batches)[:, 4:].double()  # the BN half's channels over all batches
     torch.testing.assert_close(model[0].BN.running_mean.double(), data.mean(dim=(0, 2, 3)), atol=1e-5, rtol=0)
     torch.testing.assert_close(model[0].BN.running_var.double(),
                                data.transpose(0, 1).flatten(1).var(dim=1, unbiased=True), atol=1e-4, rtol=1e-5)
