@@ -85,6 +85,10 @@ class DomainPairDataset(Dataset):
             return max(len(self.source), len(self.target))
         return len(self.source)
 
+    def get_data_info(self, index: int) -> dict:
+        """The source sample's data info (mmdet's ``AspectRatioBatchSampler`` groups by its width / height)."""
+        return self.source.get_data_info(index % len(self.source))
+
     def target_index(self, index: int) -> int:
         """The target sample paired with item ``index``."""
         if self.pairing == 'cycle':

@@ -1,0 +1,162 @@
+"""Toolbox-independent part of the source+target training wrappers.
+
+A UDA model is the toolbox's own model class with :class:`DomainAdaptiveMixin` in front of it
+(``class UDAEncoderDecoder(DomainAdaptiveMixin, EncoderDecoder)``), so configs only change ``model.type`` and
+checkpoints keep the toolbox's keys. One training step:
+
+1. :class:`DomainPairPreprocessor` runs the model's own data preprocessor on the concatenated
+   ``[source | target]`` list (one normalised, padded batch) and returns the source and target data samples apart;
+2. the backbone (and neck) run once on the whole batch inside
+   ``domain_split(model, (num_source, num_target))`` -- every domain-aware layer (RN, AdaBN) sees the split;
+3. the toolbox's own ``loss`` runs on the source features and source data samples only (target labels, if any, are
+   never read);
+4. :meth:`DomainAdaptiveMixin.uda_loss` -- the hook point for UDA losses -- receives the source and target features.
+
+Validation and testing use the target dataset through the normal loops (``predict`` mode is the toolbox's own).
+"""
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from ..norms.domain import domain_split
+
+__all__ = ['DomainPairPreprocessor', 'DomainAdaptiveMixin']
+
+Features = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+class DomainPairPreprocessor(nn.Module):
+    """Applies a toolbox data preprocessor to ``dict(source=..., target=...)`` batches.
+
+    Any other batch (validation / test) goes to the wrapped preprocessor unchanged.
+
+    Args:
+        preprocessor (nn.Module): The model's ``SegDataPreProcessor`` / ``DetDataPreProcessor``.
+    """
+
+    def __init__(self, preprocessor: nn.Module):
+        super().__init__()
+        self.preprocessor = preprocessor
+
+    @staticmethod
+    def _concat(a, b):
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            return torch.cat([a, b])
+        return list(a) + list(b)
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        """Returns ``dict(inputs, data_samples, target_data_samples)`` for a paired batch.
+
+        ``inputs`` is (N_s + N_t, 3, H, W); ``data_samples`` the N_s source samples, ``target_data_samples`` the N_t
+        target samples (their metainfo, e.g. ``batch_input_shape``, set by the wrapped preprocessor).
+        """
+        if not (isinstance(data, dict) and 'source' in data):
+            return self.preprocessor(data, training)
+        if data.get('target') is None:
+            raise ValueError('a [source | target] batch needs a "target" part; build the train dataset with '
+                             'DomainPairDataset(source=..., target=...)')
+        source, target = data['source'], data['target']
+        num_source = len(source['inputs'])
+        merged = dict(inputs=self._concat(source['inputs'], target['inputs']),
+                      data_samples=self._concat(source['data_samples'], target['data_samples']))
+        out = self.preprocessor(merged, training)
+        samples = out['data_samples']
+        return dict(inputs=out['inputs'], data_samples=samples[:num_source],
+                    target_data_samples=samples[num_source:])
+
+
+def _slice_features(feats: Features, part: slice) -> Features:
+    if isinstance(feats, torch.Tensor):
+        return feats[part]
+    return type(feats)(f[part] for f in feats)
+
+
+class DomainAdaptiveMixin:
+    """Source+target training on top of a toolbox model (mmseg ``EncoderDecoder``, mmdet detectors).
+
+    Requirements on the toolbox class: ``forward(inputs, data_samples, mode)``, ``extract_feat(inputs)`` (backbone
+    + neck) and a ``loss(inputs, data_samples)`` that gets its features from ``self.extract_feat``.
+
+    Hook point for UDA losses: override :meth:`uda_loss` in a subclass (and register it), e.g.::
+
+        @MODELS.register_module()
+        class EntropyUDAEncoderDecoder(UDAEncoderDecoder):
+            def uda_loss(self, source_feats, target_feats, source_data_samples, target_data_samples):
+                logits = self.decode_head(target_feats)
+                p = logits.softmax(1)
+                return dict(loss_target_entropy=-(p * p.clamp_min(1e-8).log()).sum(1).mean())
+
+    The returned losses are added to the supervised source losses (keys must start with ``loss`` to be
+    back-propagated and must not clash with them).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_preprocessor = DomainPairPreprocessor(self.data_preprocessor)
+        self._source_feats: Optional[Features] = None
+
+    def forward(self, inputs, data_samples=None, mode: str = 'tensor', target_data_samples=None):
+        if target_data_samples is not None:
+            if mode != 'loss':
+                raise ValueError(f'{type(self).__name__}: a [source | target] batch is for mode="loss", '
+                                 f'got mode={mode!r}')
+            return self.loss_domain_adaptive(inputs, data_samples, target_data_samples)
+        if mode == 'loss':
+            raise ValueError(f'{type(self).__name__} trains on [source | target] batches, but the training batch '
+                             'has no target part; wrap the train dataset in DomainPairDataset(source=..., '
+                             'target=...)')
+        return super().forward(inputs, data_samples, mode)
+
+    def loss_domain_adaptive(self, inputs: torch.Tensor, data_samples: List,
+                             target_data_samples: List) -> Dict[str, torch.Tensor]:
+        """Supervised loss on the source part plus :meth:`uda_loss`.
+
+        Args:
+            inputs (Tensor): (N_s + N_t, 3, H, W), source samples first.
+            data_samples (list): The N_s source data samples (with labels).
+            target_data_samples (list): The N_t target data samples (labels ignored).
+        """
+        split = (len(data_samples), len(target_data_samples))
+        if split[0] == 0 or split[1] == 0:
+            raise ValueError(f'{type(self).__name__}: every training batch needs source and target samples, got '
+                             f'{split[0]} source and {split[1]} target')
+        if inputs.shape[0] != sum(split):
+            raise ValueError(f'{type(self).__name__}: the batch holds {inputs.shape[0]} images but '
+                             f'{split[0]} source + {split[1]} target data samples')
+        with domain_split(self, split):
+            feats = self.extract_feat(inputs)
+        source_feats = _slice_features(feats, slice(0, split[0]))
+        target_feats = _slice_features(feats, slice(split[0], None))
+        self._source_feats = source_feats  # the toolbox loss below asks extract_feat for them
+        try:
+            losses = self.loss(inputs[:split[0]], data_samples)
+        finally:
+            self._source_feats = None
+        extra = self.uda_loss(source_feats, target_feats, data_samples, target_data_samples)
+        clash = sorted(set(extra) & set(losses))
+        if clash:
+            raise ValueError(f'{type(self).__name__}.uda_loss returned keys {clash} that the supervised loss uses')
+        losses.update(extra)
+        return losses
+
+    def extract_feat(self, inputs: torch.Tensor) -> Features:
+        if self._source_feats is not None:  # inside loss_domain_adaptive: the source part of the joint forward
+            return self._source_feats
+        return super().extract_feat(inputs)
+
+    def uda_loss(self, source_feats: Features, target_feats: Features, source_data_samples: List,
+                 target_data_samples: List) -> Dict[str, torch.Tensor]:
+        """Hook point for UDA losses on target features; returns no loss here.
+
+        Args:
+            source_feats: Backbone(+neck) features of the source part (as ``extract_feat`` returns them,
+                N_s samples), computed in the joint [source | target] forward.
+            target_feats: The same for the target part (N_t samples).
+            source_data_samples (list): Source data samples (with labels).
+            target_data_samples (list): Target data samples (metainfo; labels must not be used).
+
+        Returns:
+            dict[str, Tensor]: Extra losses, added to the supervised ones.
+        """
+        return {}
