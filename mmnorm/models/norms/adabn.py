@@ -174,13 +174,16 @@ class AdaBN(DomainAwareMixin, nn.Module):
             return y if domain == self.domains[0] else self._affine(y)
         if self.test_mode == 'batch':
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        # 'blend': prior-weighted running and batch statistics
+        # 'blend': prior-weighted running and batch statistics (differentiable w.r.t. x, reduced in >= fp32)
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         dims = [0] + list(range(2, x.dim()))
-        var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
+        var, mean = torch.var_mean(xf, dim=dims, correction=0)
         w_prior = self.prior / (self.prior + x.shape[0])
-        mean = w_prior * bn.running_mean.float() + (1 - w_prior) * mean
-        var = w_prior * bn.running_var.float() + (1 - w_prior) * var
-        return F.batch_norm(x, mean.to(x.dtype), var.to(x.dtype), self.weight, self.bias, False, 0.0, self.eps)
+        mean = w_prior * bn.running_mean.to(xf.dtype) + (1 - w_prior) * mean
+        var = w_prior * bn.running_var.to(xf.dtype) + (1 - w_prior) * var
+        shape = (1, -1) + (1, ) * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return self._affine(y).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
