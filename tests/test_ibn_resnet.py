@@ -314,3 +314,60 @@ def test_bad_ibn_arguments():
         add_ibn(model, type='b')
     with pytest.raises(TypeError, match='add_ibn expects an mmseg/mmdet ResNet, got Sequential'):
         add_ibn(nn.Sequential())
+
+
+IBN_CONFIGS = {
+    'deeplabv3plus_r50-d8-ibn-a_4xb2-40k_gta5-cityscapes-512x512.py': 'a',
+    'deeplabv3plus_r50-d8-ibn-b_4xb2-40k_gta5-cityscapes-512x512.py': 'b',
+    'faster-rcnn_r50-ibn-a_fpn_2xb4-20k_cityscapes-foggy.py': 'a',
+}
+
+
+@pytest.mark.parametrize('name', sorted(IBN_CONFIGS))
+def test_config_builds_in_a_runner_and_runs_forward(name, tmp_path):
+    """The config's model through a real (non-distributed) Runner: SyncBN halves reverted, IBN kept, forward runs."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from conftest import REPO
+    cfg = Config.fromfile(f'{REPO}/configs/ibn/{name}')
+    assert cfg.model.backbone.type == 'IBNResNet' and cfg.model.backbone.ibn == dict(type=IBN_CONFIGS[name])
+    if cfg.default_scope == 'mmseg':
+        assert cfg.model.pretrained.startswith('checkpoints/resnet50_ibn_')
+        cfg.model.pretrained = None  # no weights in tests
+    else:
+        assert cfg.model.backbone.init_cfg.checkpoint == 'checkpoints/resnet50_ibn_a_mmnorm.pth'
+        cfg.model.backbone.init_cfg = None
+    cfg.work_dir = str(tmp_path)
+    cfg.experiment_name = cfg.visualizer.name = f'ibn_{name}'
+    cfg.log_level = 'WARNING'
+    runner = Runner.from_cfg(cfg)
+    model = runner.model
+    backbone = model.backbone
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+    if IBN_CONFIGS[name] == 'a':
+        assert isinstance(backbone.layer1[0].bn1, IBN) and isinstance(backbone.layer3[5].bn1, IBN)
+        assert isinstance(backbone.layer1[0].bn1.BN, _BatchNorm) and type(backbone.layer4[0].bn1) is not IBN
+    else:
+        assert blocks_with_in(backbone) == {'layer1.2', 'layer2.3'} and type(backbone.bn1) is nn.InstanceNorm2d
+    model.eval()
+    with torch.no_grad():
+        if cfg.default_scope == 'mmseg':
+            from mmseg.structures import SegDataSample
+            sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
+            data = model.data_preprocessor(dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)],
+                                                data_samples=[sample]), False)
+            logits = model(data['inputs'], data['data_samples'], mode='tensor')
+            assert logits.shape == (1, 19, 64 // 4, 64 // 4) and torch.isfinite(logits).all()
+            pred = model(data['inputs'], data['data_samples'], mode='predict')[0]
+            assert pred.pred_sem_seg.data.shape == (1, 64, 64)
+        else:
+            from mmdet.structures import DetDataSample
+            sample = DetDataSample(metainfo=dict(img_shape=(64, 96), ori_shape=(64, 96), pad_shape=(64, 96),
+                                                 scale_factor=(1.0, 1.0), batch_input_shape=(64, 96)))
+            data = model.data_preprocessor(dict(inputs=[torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)],
+                                                data_samples=[sample]), False)
+            feats = model.extract_feat(data['inputs'])
+            assert [f.shape[1] for f in feats] == [256] * 5
+            pred = model(data['inputs'], data['data_samples'], mode='predict')[0]
+            assert pred.pred_instances.bboxes.shape[1] == 4
