@@ -1,2 +1,4 @@
 """Hooks, registered in the root mmengine ``HOOKS`` registry."""
-__all__ = []
+from .adabn_hook import AdaBNHook
+
+__all__ = ['AdaBNHook']
