@@ -2,7 +2,8 @@
 from .adabn import AdaBN, set_adabn_domain
 from .domain import DomainAwareMixin, check_domain_split, domain_split, set_domain_split
 from .ibn import IBN
+from .pbn import PBN
 from .rn import RN
 
 __all__ = ['AdaBN', 'set_adabn_domain', 'DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split',
-           'IBN', 'RN']
+           'IBN', 'PBN', 'RN']

@@ -1,0 +1,523 @@
+"""PBN: Patch-aware Batch Normalization.
+
+Qi et al., "Patch-aware Batch Normalization for Improving Cross-domain Robustness" (arXiv 2304.02848).
+The feature map of a batch is split into non-overlapping spatial patches; each patch is normalised with shared
+affine parameters and a per-channel choice between the globally accumulated (running) statistics and the
+patch's own statistics pooled over the batch.
+
+Default (``mode='random'``) is the authors' released algorithm (code Qi5Lei/PBN, see docs/pbn.md), per training
+forward:
+
+* three views of ``x``: the whole map (view 0), 2 patches (view 1; with probability 1/2 a column cut
+  ``c ~ U[W//4, (W//4)*3)``, else a row cut ``r ~ U[H//4, (H//4)*3)``) and 4 patches (view 2; independent row and
+  column cuts). Two distinct views ``(a, b)`` are drawn at random.
+* every patch of a view is normalised by ``SN``: per channel, with probability ``p`` the patch's batch statistics
+  (over ``N x h x w``), otherwise the running statistics.
+* the patches of view ``a`` update the running statistics one after another (the EMA rule of ``F.batch_norm``,
+  unbiased variance), view ``b`` does not; a patch normalised with running statistics uses them as they are when
+  that patch is reached (view ``b`` sees the statistics after all updates of view ``a``).
+* output: per channel, view ``b`` with probability 1/2, else view ``a``.
+
+Eval is plain BN with the running statistics (the torch ``BatchNorm2d`` child does it). ``mode='fixed'`` is a
+deterministic variant: a fixed ``grid`` of patches, each normalised with ``lam * running + (1 - lam) * patch``
+statistics, running statistics updated from the whole map exactly like BN.
+
+Implementation: whatever the views, every channel's output is an affine map of ``x`` that is constant on the cells
+of the overlay of both views' cuts (at most 3 x 3 cells). Per-cell moments are computed in one vectorised pass (a
+band-summing matmul instead of a Python loop over patches), patch statistics are Chan merges of cell moments, and
+the output is one ``x * scale + shift`` with per-cell coefficients. Both big-tensor steps have hand-written
+backward passes (standard BN calculus restricted to each cell); all the small per-cell algebra runs under
+autograd, so gradients flow through the patch statistics exactly as in BN.
+"""
+import bisect
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.registry import MODELS
+
+__all__ = ['PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed',
+           'cell_norm']
+
+Edges = Tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random plan of one training forward
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class PatchView:
+    """One view of the feature map: cut points and the per-patch, per-channel statistics choice.
+
+    Patches are ordered row-major (released order: up/down, left/right, or lu, ru, ld, rd).
+
+    Attributes:
+        row_cuts (tuple[int]): Interior row indices where the map is cut (0 or 1 entries for the released views).
+        col_cuts (tuple[int]): Interior column indices where the map is cut.
+        patch_stats (Tensor): ``(num_patches, C)`` bool; True: the patch's own batch statistics, False: running.
+    """
+    row_cuts: Tuple[int, ...]
+    col_cuts: Tuple[int, ...]
+    patch_stats: torch.Tensor
+
+    @property
+    def num_patches(self) -> int:
+        return (len(self.row_cuts) + 1) * (len(self.col_cuts) + 1)
+
+
+@dataclass
+class PBNPlan:
+    """All random choices of one ``mode='random'`` training forward.
+
+    Attributes:
+        views (tuple[PatchView, PatchView]): ``(a, b)``; view ``a`` updates the running statistics.
+        use_b (Tensor): ``(C,)`` bool; True where the output channel comes from view ``b``.
+        view_ids (tuple[int, int]): Which views were drawn (0 whole map, 1 two patches, 2 four patches); for logs.
+    """
+    views: Tuple[PatchView, PatchView]
+    use_b: torch.Tensor
+    view_ids: Tuple[int, int] = (-1, -1)
+
+
+def _cut(length: int, low: int, high: int, generator: Optional[torch.Generator]) -> Tuple[int, ...]:
+    """One random cut in ``[low, high)``, or none when the axis is too short to split (``length < 4``)."""
+    if length < 4 or high <= low:
+        return ()
+    return (int(torch.randint(low, high, (1,), generator=generator).item()),)
+
+
+def view_cuts(view_id: int, height: int, width: int,
+              generator: Optional[torch.Generator] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Draws the cut points of view ``view_id`` (0 whole map, 1 two patches, 2 four patches).
+
+    Cuts follow the released code: ``U[L//4, (L//4)*3)`` on an axis of length ``L``. An axis shorter than 4 is never
+    cut (small-map fallback): the view then has fewer patches, down to the whole map.
+
+    Returns:
+        tuple: ``(row_cuts, col_cuts)``.
+    """
+    rows = lambda: _cut(height, height // 4, height // 4 * 3, generator)  # noqa: E731
+    cols = lambda: _cut(width, width // 4, width // 4 * 3, generator)  # noqa: E731
+    if view_id == 0:
+        return (), ()
+    if view_id == 1:
+        split_columns = int(torch.randint(2, (1,), generator=generator).item()) == 0
+        return ((), cols()) if split_columns else (rows(), ())
+    if view_id == 2:
+        row_cuts = rows()
+        return row_cuts, cols()
+    raise ValueError(f'view_id must be 0, 1 or 2, got {view_id!r}')
+
+
+def sample_pbn_plan(num_channels: int, height: int, width: int, p: float = 0.5,
+                    generator: Optional[torch.Generator] = None) -> PBNPlan:
+    """Draws the random choices of one training forward from ``generator`` (torch's default CPU RNG if None).
+
+    All draws happen on the CPU, so the same seed gives the same plan on CPU and GPU.
+
+    Args:
+        num_channels (int): ``C``.
+        height (int): ``H`` of the input.
+        width (int): ``W`` of the input.
+        p (float): Probability that a patch channel uses the patch statistics. Defaults to 0.5 (released).
+        generator (torch.Generator, optional): CPU generator. Defaults to None (global RNG, honours
+            ``torch.manual_seed``).
+    """
+    view_ids = tuple(int(v) for v in torch.randperm(3, generator=generator)[:2])
+    views = []
+    for view_id in view_ids:
+        row_cuts, col_cuts = view_cuts(view_id, height, width, generator)
+        num_patches = (len(row_cuts) + 1) * (len(col_cuts) + 1)
+        patch_stats = torch.rand(num_patches, num_channels, generator=generator) < p
+        views.append(PatchView(row_cuts, col_cuts, patch_stats))
+    use_b = torch.rand(num_channels, generator=generator) < 0.5
+    return PBNPlan(views=(views[0], views[1]), use_b=use_b, view_ids=view_ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cell machinery: per-cell moments and per-cell affine maps on (N, C, H, W), both with analytic backward
+# ----------------------------------------------------------------------------------------------------------------
+def _sizes(edges: Edges) -> List[int]:
+    return [b - a for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _band_index(edges: Edges, device) -> torch.Tensor:
+    """``(L,)`` long: the band ``k`` of each position, bands being ``[edges[k], edges[k+1])``."""
+    return torch.tensor([k for k, size in enumerate(_sizes(edges)) for _ in range(size)], device=device)
+
+
+def _band_matrix(edges: Edges, dtype, device) -> torch.Tensor:
+    """``(L, K)`` 0/1 matrix whose column k selects the positions of band ``k``."""
+    return nn.functional.one_hot(_band_index(edges, device), len(edges) - 1).to(dtype)
+
+
+def _band_sum(t: torch.Tensor, row_edges: Edges, col_edges: Edges) -> torch.Tensor:
+    """Sums ``t`` ``(N, C, H, W)`` over the batch and each cell: ``(C, R, K)`` in float64."""
+    n, c, h, w = t.shape
+    by_col = (t.reshape(-1, w) @ _band_matrix(col_edges, t.dtype, t.device)).view(n, c, h, -1)
+    by_col = by_col.sum(0, dtype=torch.float64)  # (C, H, K)
+    return torch.einsum('chk,hr->crk', by_col, _band_matrix(row_edges, torch.float64, t.device))
+
+
+def _expand(v: torch.Tensor, row_edges: Edges, col_edges: Edges, dtype) -> torch.Tensor:
+    """Per-cell values ``(C, R, K)`` -> per-position map ``(C, H, W)`` of ``dtype``."""
+    v = v.to(dtype).index_select(2, _band_index(col_edges, v.device))  # (C, R, W), small
+    return v.index_select(1, _band_index(row_edges, v.device))  # whole-row copies
+
+
+def _cell_counts(n: int, row_edges: Edges, col_edges: Edges, device) -> torch.Tensor:
+    """Elements per cell ``(R, K)`` (float64): ``N * h_i * w_j``."""
+    rows = torch.tensor(_sizes(row_edges), dtype=torch.float64, device=device)
+    cols = torch.tensor(_sizes(col_edges), dtype=torch.float64, device=device)
+    return n * rows[:, None] * cols[None, :]
+
+
+def _cell_moments(x: torch.Tensor, row_edges: Edges, col_edges: Edges, counts: torch.Tensor):
+    """Per-cell mean and sum of squared deviations ``(C, R, K)`` float64, two passes like torch's CPU BN."""
+    mean = _band_sum(x, row_edges, col_edges) / counts
+    deviation = x - _expand(mean, row_edges, col_edges, x.dtype)
+    return mean, _band_sum(deviation.square_(), row_edges, col_edges)
+
+
+class _CellNorm(torch.autograd.Function):
+    """``y = x * scale[cell] + shift[cell]`` where ``(scale, shift) = coefficients(mean, m2, weight, bias)`` are
+    computed from the per-cell moments of ``x`` by any small differentiable function.
+
+    Backward: ``dscale, dshift`` are cell sums of ``dy * x`` and ``dy``; autograd through the small graph of
+    ``coefficients`` turns them into ``dmean, dm2, dweight, dbias``; then, in one fused expression,
+    ``dx = dy * scale + x * 2 dm2 + (dmean / n - 2 dm2 * mean)`` (since ``d mean/dx = 1/n`` and
+    ``d m2/dx = 2 (x - mean)``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, coefficients, row_edges, col_edges):
+        counts = _cell_counts(x.shape[0], row_edges, col_edges, x.device)
+        mean, m2 = _cell_moments(x, row_edges, col_edges, counts)
+        small_inputs = [mean.requires_grad_(), m2.requires_grad_()]
+        small_inputs += [t.detach().requires_grad_() if t is not None else None for t in (weight, bias)]
+        with torch.enable_grad():
+            scale, shift = coefficients(*small_inputs)
+        ctx.save_for_backward(x, mean, counts)
+        ctx.small = (small_inputs, scale, shift)
+        ctx.edges = (row_edges, col_edges)
+        return torch.addcmul(_expand(shift.detach(), row_edges, col_edges, x.dtype), x,
+                             _expand(scale.detach(), row_edges, col_edges, x.dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, mean, counts = ctx.saved_tensors
+        small_inputs, scale, shift = ctx.small
+        edges = ctx.edges
+        grad_scale = _band_sum(grad_y * x, *edges).to(scale.dtype)
+        grad_shift = _band_sum(grad_y, *edges).to(shift.dtype)
+        wanted = [t for t in small_inputs if t is not None]
+        grads = list(torch.autograd.grad((scale, shift), wanted, (grad_scale, grad_shift), allow_unused=True))
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)]
+        grad_mean, grad_m2 = grads[:2]
+        grad_affine = iter(grads[2:])
+        grad_weight, grad_bias = [next(grad_affine) if t is not None else None for t in small_inputs[2:]]
+        slope = 2 * grad_m2
+        offset = grad_mean / counts - slope * mean
+        grad_x = torch.addcmul(_expand(offset, *edges, x.dtype), x, _expand(slope, *edges, x.dtype))
+        grad_x.addcmul_(grad_y, _expand(scale.detach(), *edges, x.dtype))
+        return grad_x, grad_weight, grad_bias, None, None, None
+
+
+def cell_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], coefficients,
+              row_edges: Edges, col_edges: Edges) -> torch.Tensor:
+    """Normalises ``x`` with per-(channel, cell) coefficients computed from the cells' own moments.
+
+    Args:
+        x (Tensor): ``(N, C, H, W)``.
+        weight, bias (Tensor | None): ``(C,)``, passed to ``coefficients`` (their gradients flow back).
+        coefficients (callable): ``(mean, m2, weight, bias) -> (scale, shift)``; ``mean``/``m2`` are the float64
+            per-cell mean and sum of squared deviations ``(C, R, K)`` pooled over the batch, outputs ``(C, R, K)``.
+            Called once, under autograd, in the forward pass.
+        row_edges (tuple[int]): ``(0, ..., H)``, strictly increasing; cell rows are ``[e_i, e_{i+1})``.
+        col_edges (tuple[int]): ``(0, ..., W)``, likewise for columns.
+
+    Returns:
+        Tensor: ``x * scale + shift`` per cell, ``(N, C, H, W)``.
+    """
+    return _CellNorm.apply(x, weight, bias, coefficients, tuple(row_edges), tuple(col_edges))
+
+
+def _merge(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, group: torch.Tensor, num_groups: int):
+    """Chan merge of cell moments into groups.
+
+    Args:
+        counts (Tensor): ``(K,)`` elements per cell. mean, m2: ``(C, K)``. group: ``(K,)`` long, cell -> group.
+
+    Returns:
+        tuple: ``counts (G,)``, ``mean (C, G)``, biased ``var (C, G)``.
+    """
+    g_counts = torch.zeros(num_groups, dtype=counts.dtype, device=counts.device).index_add(0, group, counts)
+    g_mean = mean.new_zeros(mean.shape[0], num_groups).index_add(1, group, mean * counts) / g_counts
+    spread = m2 + counts * (mean - g_mean[:, group]).square()
+    g_var = mean.new_zeros(mean.shape[0], num_groups).index_add(1, group, spread) / g_counts
+    return g_counts, g_mean, g_var
+
+
+def _patch_index(view: PatchView, row_edges: Edges, col_edges: Edges, device) -> torch.Tensor:
+    """``(R * K,)`` long: the patch of ``view`` (row-major) that contains each overlay cell."""
+    cols_per_row = len(view.col_cuts) + 1
+    index = [bisect.bisect_right(view.row_cuts, r0) * cols_per_row + bisect.bisect_right(view.col_cuts, c0)
+             for r0 in row_edges[:-1] for c0 in col_edges[:-1]]
+    return torch.tensor(index, dtype=torch.long, device=device)
+
+
+def _edges(length: int, *cut_lists: Sequence[int]) -> Edges:
+    return tuple(sorted({0, length}.union(*[set(c) for c in cut_lists])))
+
+
+def _affine_coefficients(mean, var, weight, bias, eps):
+    """Per-(channel, group) ``scale = w / sqrt(var + eps)`` and ``shift = b - mean * scale``; mean, var ``(C, G)``."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.to(scale.dtype)[:, None]
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.to(scale.dtype)[:, None]
+    return scale, shift
+
+
+def _ema(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
+    return old * (1 - momentum) + new * momentum
+
+
+def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+              running_mean: torch.Tensor, running_var: torch.Tensor, plan: PBNPlan, momentum: float,
+              eps: float) -> torch.Tensor:
+    """The released PBN training forward for a given plan; updates ``running_mean/var`` in place.
+
+    Args:
+        x (Tensor): ``(N, C, H, W)``, float32 or float64.
+        weight, bias (Tensor | None): ``(C,)`` affine parameters.
+        running_mean, running_var (Tensor): ``(C,)`` buffers; updated by view ``a``'s patches in order.
+        plan (PBNPlan): The random choices (:func:`sample_pbn_plan`).
+        momentum (float): EMA factor of each patch update.
+        eps (float): Added to the variance.
+
+    Returns:
+        Tensor: ``(N, C, H, W)``.
+    """
+    n, c, h, w = x.shape
+    view_a, view_b = plan.views
+    row_edges = _edges(h, view_a.row_cuts, view_b.row_cuts)  # overlay of both views' cuts
+    col_edges = _edges(w, view_a.col_cuts, view_b.col_cuts)
+    counts = _cell_counts(n, row_edges, col_edges, x.device).flatten()
+    index_a = _patch_index(view_a, row_edges, col_edges, x.device)  # overlay cell -> patch of the view
+    index_b = _patch_index(view_b, row_edges, col_edges, x.device)
+    use_b = plan.use_b.to(x.device)[:, None]
+
+    def coefficients(mean, m2, weight, bias):
+        mean, m2 = mean.flatten(1), m2.flatten(1)
+        n_a, mean_a, var_a = _merge(counts, mean, m2, index_a, view_a.num_patches)
+        _, mean_b, var_b = _merge(counts, mean, m2, index_b, view_b.num_patches)
+        # Running statistics as each patch of view a is reached (released sequential EMA, <= 4 small updates);
+        # view b sees them after all updates.
+        rm = running_mean.detach().to(mean.dtype, copy=True)
+        rv = running_var.detach().to(mean.dtype, copy=True)
+        seen_mean, seen_var = [], []
+        for k in range(view_a.num_patches):
+            seen_mean.append(rm)
+            seen_var.append(rv)
+            unbiased = var_a[:, k].detach() * (n_a[k] / (n_a[k] - 1).clamp(min=1))
+            rm, rv = _ema(rm, mean_a[:, k].detach(), momentum), _ema(rv, unbiased, momentum)
+        with torch.no_grad():
+            running_mean.copy_(rm)
+            running_var.copy_(rv)
+        scales, shifts = [], []
+        for view, index, p_mean, p_var, r_mean, r_var in (
+                (view_a, index_a, mean_a, var_a, torch.stack(seen_mean, 1), torch.stack(seen_var, 1)),
+                (view_b, index_b, mean_b, var_b, rm[:, None], rv[:, None])):
+            use_patch = view.patch_stats.to(x.device).t()  # (C, P)
+            scale, shift = _affine_coefficients(torch.where(use_patch, p_mean, r_mean),
+                                                torch.where(use_patch, p_var, r_var), weight, bias, eps)
+            scales.append(scale[:, index])  # (C, cells)
+            shifts.append(shift[:, index])
+        shape = (c, len(row_edges) - 1, len(col_edges) - 1)
+        return (torch.where(use_b, scales[1], scales[0]).view(shape),
+                torch.where(use_b, shifts[1], shifts[0]).view(shape))
+
+    return cell_norm(x, weight, bias, coefficients, row_edges, col_edges)
+
+
+def grid_edges(length: int, parts: int) -> Edges:
+    """Edges of ``parts`` near-equal bands (``i * L // parts``); an axis shorter than 4 stays whole."""
+    if length < 4 or parts <= 1:
+        return (0, length)
+    return tuple(sorted({i * length // parts for i in range(min(parts, length) + 1)}))
+
+
+def pbn_fixed(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+              running_mean: torch.Tensor, running_var: torch.Tensor, grid: Tuple[int, int], lam: float,
+              momentum: float, eps: float) -> torch.Tensor:
+    """Deterministic PBN: every patch of a fixed grid is normalised with ``lam * running + (1 - lam) * patch``
+    mean and variance; the running statistics get BN's update from the whole-map batch statistics.
+
+    Args:
+        x (Tensor): ``(N, C, H, W)``. grid: ``(rows, cols)`` of patches. lam: weight of the running statistics.
+        Others as in :func:`pbn_train`.
+    """
+    n, c, h, w = x.shape
+    row_edges, col_edges = grid_edges(h, grid[0]), grid_edges(w, grid[1])
+    counts = _cell_counts(n, row_edges, col_edges, x.device).flatten()
+
+    def coefficients(mean, m2, weight, bias):
+        mean, m2 = mean.flatten(1), m2.flatten(1)
+        rm = running_mean.detach().to(mean.dtype, copy=True)
+        rv = running_var.detach().to(mean.dtype, copy=True)
+        whole = torch.zeros(counts.numel(), dtype=torch.long, device=x.device)
+        total, whole_mean, whole_var = _merge(counts, mean.detach(), m2.detach(), whole, 1)
+        with torch.no_grad():
+            running_mean.copy_(_ema(rm, whole_mean[:, 0], momentum))
+            running_var.copy_(_ema(rv, whole_var[:, 0] * total[0] / (total[0] - 1).clamp(min=1), momentum))
+        scale, shift = _affine_coefficients(lam * rm[:, None] + (1 - lam) * mean,
+                                            lam * rv[:, None] + (1 - lam) * m2 / counts, weight, bias, eps)
+        shape = (c, len(row_edges) - 1, len(col_edges) - 1)
+        return scale.view(shape), shift.view(shape)
+
+    return cell_norm(x, weight, bias, coefficients, row_edges, col_edges)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The layer
+# ----------------------------------------------------------------------------------------------------------------
+_BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+
+
+def _flatten_bn_keys(module, state_dict, prefix, local_metadata):
+    """State-dict post hook: ``<prefix>bn.<name>`` -> ``<prefix><name>``, so a PBN state dict is a BN state dict."""
+    inner = prefix + 'bn.'
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _check_probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f'PBN {name} must be a number in [0, 1], got {name}={value!r}')
+    return float(value)
+
+
+@MODELS.register_module()
+class PBN(nn.Module):
+    """Patch-aware Batch Normalization for ``(N, C, H, W)`` inputs, a drop-in for ``BatchNorm2d``.
+
+    Train mode runs PBN (module docstring; ``mode='random'`` is the released algorithm, ``mode='fixed'`` the
+    deterministic grid/``lam`` variant). Eval mode, and train mode while the inner BN is in eval mode
+    (``norm_eval=True``), is the plain BN child. The parameters and buffers are those of a ``BatchNorm2d`` child
+    ``bn``; ``state_dict()`` stores them under BN's own keys (``weight``, ``bias``, ``running_mean``, ...), so BN
+    checkpoints load strictly and PBN checkpoints load into BN models. Holding a torch BN child lets the layer survive
+    ``convert_sync_batchnorm`` (the child becomes SyncBN, PBN stays PBN) and ``revert_sync_batchnorm``.
+
+    Randomness comes from torch's default CPU generator, so ``torch.manual_seed`` and mmengine's ``randomness``
+    config control it, on CPU and GPU alike.
+
+    Args:
+        num_features (int): Number of channels ``C``.
+        eps (float): Added to the variance. Defaults to 1e-5.
+        momentum (float): EMA factor of each running-statistics update. Defaults to 0.1.
+        affine (bool): Learnable ``weight``/``bias``. Defaults to True.
+        track_running_stats (bool): Must be True (PBN mixes in running statistics). Defaults to True.
+        mode (str): ``'random'`` (released algorithm) or ``'fixed'`` (deterministic). Defaults to ``'random'``.
+        p (float): ``'random'``: probability that a patch channel uses the patch statistics. Defaults to 0.5.
+        grid (tuple[int, int]): ``'fixed'``: patch rows and columns. Defaults to (2, 2).
+        lam (float): ``'fixed'``: weight of the running statistics. Defaults to 0.5.
+        device, dtype: Factory arguments of the parameters and buffers.
+
+    Shape:
+        - Input: ``(N, C, H, W)``
+        - Output: ``(N, C, H, W)``
+    """
+
+    _abbr_ = 'bn'  # backbones name it bn1, bn2, ... like BN, so BN checkpoints keep their keys
+    _version = 2  # state-dict metadata version of torch BN (num_batches_tracked present)
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: float = 0.1,
+                 affine: bool = True,
+                 track_running_stats: bool = True,
+                 *,
+                 mode: str = 'random',
+                 p: float = 0.5,
+                 grid: Tuple[int, int] = (2, 2),
+                 lam: float = 0.5,
+                 device=None,
+                 dtype=None):
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f'PBN num_features must be a positive int, got {num_features!r}')
+        if mode not in ('random', 'fixed'):
+            raise ValueError(f"PBN mode must be 'random' or 'fixed', got mode={mode!r}")
+        momentum = _check_probability('momentum', momentum)
+        if not track_running_stats:
+            raise ValueError('PBN needs running statistics, got track_running_stats=False')
+        if (not isinstance(grid, (tuple, list)) or len(grid) != 2
+                or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)):
+            raise ValueError(f'PBN grid must be a pair of positive ints (rows, cols), got grid={grid!r}')
+        self.mode = mode
+        self.p = _check_probability('p', p)
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.lam = _check_probability('lam', lam)
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine, device=device,
+                                 dtype=dtype)
+        self.register_state_dict_post_hook(_flatten_bn_keys)
+
+    # BN attributes, read from the child so they follow sync_bn conversion and momentum changes.
+    num_features = property(lambda self: self.bn.num_features)
+    eps = property(lambda self: self.bn.eps)
+    momentum = property(lambda self: self.bn.momentum)
+    affine = property(lambda self: self.bn.affine)
+    weight = property(lambda self: self.bn.weight)
+    bias = property(lambda self: self.bn.bias)
+    running_mean = property(lambda self: self.bn.running_mean)
+    running_var = property(lambda self: self.bn.running_var)
+    num_batches_tracked = property(lambda self: self.bn.num_batches_tracked)
+
+    def recalibration_buffers(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The buffers AdaBN recalibration writes the target statistics of this layer's input into."""
+        return self.bn.running_mean, self.bn.running_var
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f'PBN expects a 4D (N, C, H, W) input, got shape {tuple(x.shape)}')
+        if not (self.training and self.bn.training):
+            return self.bn(x)
+        n, c, h, w = x.shape
+        if c != self.num_features:
+            raise ValueError(f'PBN over {self.num_features} channels got an input with {c}: shape {tuple(x.shape)}')
+        if n * h * w <= 1:  # the same condition and message as torch BN
+            raise ValueError(f'Expected more than 1 value per channel when training, got input size {x.size()}')
+        momentum = self.momentum
+        if momentum is None:
+            raise ValueError('PBN needs a float momentum in train mode, got momentum=None')
+        compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if self.mode == 'random':
+                plan = sample_pbn_plan(c, h, w, self.p)
+                y = pbn_train(compute, self.weight, self.bias, self.running_mean, self.running_var, plan,
+                              momentum, self.eps)
+            else:
+                y = pbn_fixed(compute, self.weight, self.bias, self.running_mean, self.running_var, self.grid,
+                              self.lam, momentum, self.eps)
+        self.bn.num_batches_tracked.add_(1)
+        return y.to(x.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A plain BN entry (``<prefix>weight`` ...) goes to the child (``<prefix>bn.weight`` ...).
+        for name in _BN_KEYS:
+            if prefix + name in state_dict:
+                state_dict[prefix + 'bn.' + name] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        if self.mode == 'random':
+            return f'{self.num_features}, mode=random, p={self.p}'
+        return f'{self.num_features}, mode=fixed, grid={self.grid}, lam={self.lam}'
