@@ -486,3 +486,29 @@ def test_dist_uda_training_detector(det_data, tmp_path):
         assert set(a).isdisjoint(b)
     assert 'Iter(train) [3/3]' in log and 'loss_rpn_cls' in log and 'loss_cls' in log
     assert 'coco/bbox_mAP_50' in log  # validation on the target set through the ValLoop
+
+
+def test_adabn_trains_domain_pure_statistics_through_the_wrapper(tiny_demo_data):
+    """The AdaBN layer in the same wrapper: source part -> source statistics, target part -> target statistics."""
+    from mmnorm.models.norms import AdaBN
+    cfg = seg_model_cfg()
+    cfg.backbone.norm_cfg = dict(type='AdaBN', eval_domain='target', requires_grad=True)
+    model, _, batch = build('mmseg', cfg, *seg_datasets(tiny_demo_data))
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaBN)}
+    assert len(layers) >= 15
+    inputs = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0].detach()))
+               for name, m in layers.items()]
+    try:
+        losses_of(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    assert inputs.keys() == layers.keys()
+    for name, layer in layers.items():
+        x = inputs[name].double()
+        for domain, part in (('source', x[:2]), ('target', x[2:])):
+            var, mean = torch.var_mean(part, dim=(0, 2, 3), correction=1)
+            bn = getattr(layer, domain)
+            torch.testing.assert_close(bn.running_mean.double(), 0.1 * mean, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(bn.running_var.double(), 0.9 + 0.1 * var, rtol=1e-4, atol=1e-5, msg=name)
