@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmnorm.models.norms.pbn import PBN, sample_pbn_plan
+from mmnorm.models.norms.domain import domain_split
+from mmnorm.models.norms.rn import RN
 
 Shape = Tuple[int, int, int, int]
 
@@ -84,6 +86,10 @@ CASES: Dict[str, Case] = {
     'PBN': Case(build=lambda c: PBN(c)),
     'PBN-fixed': Case(build=lambda c: PBN(c, mode='fixed', grid=(2, 2), lam=0.5)),
     'PBN-loop': Case(build=lambda c: PBNLoop(c)),
+    # RN (issue 6): the [source | target] split declared as the UDA wrappers do (first half source).
+    'RN': Case(build=lambda c: RN(c),
+               context=lambda m, x: domain_split(m, (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2)),
+               shapes=[(8, 256, 64, 64), (8, 1024, 32, 32)]),
 }
 
 
