@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mmnorm.models.norms.pbn import PBN, sample_pbn_plan
 from mmnorm.models.norms.domain import domain_split
 from mmnorm.models.norms.rn import RN
+from mmnorm.models.norms.adabn import AdaBN
 
 Shape = Tuple[int, int, int, int]
 
@@ -82,6 +83,11 @@ class Case:
 
 CASES: Dict[str, Case] = {
     'BN': Case(build=lambda c: nn.BatchNorm2d(c)),
+    # AdaBN (issue 3): an undeclared batch (trains exactly like BN) and a declared [source | target] split
+    # (each half normalised with / updating its own domain's statistics).
+    'AdaBN': Case(build=lambda c: AdaBN(c)),
+    'AdaBN-split': Case(build=lambda c: AdaBN(c),
+                        context=lambda m, x: domain_split(m, (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2))),
     # PBN (issue 5): the released random-view algorithm, the deterministic grid variant and the per-patch loop.
     'PBN': Case(build=lambda c: PBN(c)),
     'PBN-fixed': Case(build=lambda c: PBN(c, mode='fixed', grid=(2, 2), lam=0.5)),
