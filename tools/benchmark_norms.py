@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmnorm.models.norms import IBN
 from mmnorm.models.norms.pbn import PBN, sample_pbn_plan
 from mmnorm.models.norms.domain import domain_split
 from mmnorm.models.norms.rn import RN
@@ -96,6 +97,10 @@ CASES: Dict[str, Case] = {
     'RN': Case(build=lambda c: RN(c),
                context=lambda m, x: domain_split(m, (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2)),
                shapes=[(8, 256, 64, 64), (8, 1024, 32, 32)]),
+    # IBN (issue 4); (8, 64, 56, 56): the IBN-a bn1 of ResNet-50 stage 1 at 224x224.
+    'IBN': Case(build=lambda c: IBN(c, ratio=0.5), shapes=[(8, 64, 56, 56)]),
+    'IBN-0.25': Case(build=lambda c: IBN(c, ratio=0.25), shapes=[(8, 64, 56, 56)]),
+    'IBN-0.75': Case(build=lambda c: IBN(c, ratio=0.75), shapes=[(8, 64, 56, 56)]),
 }
 
 
