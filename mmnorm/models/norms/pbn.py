@@ -213,7 +213,8 @@ class _CellNorm(torch.autograd.Function):
         grad_scale = _band_sum(grad_y * x, *edges).to(scale.dtype)
         grad_shift = _band_sum(grad_y, *edges).to(shift.dtype)
         wanted = [t for t in small_inputs if t is not None]
-        grads = list(torch.autograd.grad((scale, shift), wanted, (grad_scale, grad_shift), allow_unused=True))
+        grads = list(torch.autograd.grad((scale, shift), wanted, (grad_scale, grad_shift), allow_unused=True,
+                                         retain_graph=True))  # tiny graph; the outer one may be retained
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)]
         grad_mean, grad_m2 = grads[:2]
         grad_affine = iter(grads[2:])
