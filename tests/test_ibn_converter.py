@@ -95,7 +95,8 @@ def assert_every_tensor_in_place(model, official):
         assert torch.equal(state[key], value), key
 
 
-@pytest.mark.parametrize('depth,ibn_type', [(18, 'a'), (34, 'b'), (50, 'a'), (50, 'b'), (101, 'a')])
+@pytest.mark.parametrize('depth,ibn_type', [(18, 'a'), (34, 'b'), (50, 'a'), (50, 'b'),
+                                            pytest.param(101, 'a', marks=pytest.mark.slow)])
 def test_convert_and_strict_load_both_toolboxes(tmp_path, capsys, depth, ibn_type):
     official = official_state_dict(depth, ibn_type)
     src, dst = tmp_path / f'resnet{depth}_ibn_{ibn_type}-0123abcd.pth', tmp_path / 'out.pth'
