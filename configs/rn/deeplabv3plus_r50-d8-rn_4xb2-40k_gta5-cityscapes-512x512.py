@@ -1,5 +1,6 @@
 # DeepLabV3+ R50-D8 with RN (Reciprocal Normalization) in the backbone, GTA5 -> Cityscapes unsupervised domain
-# adaptation. Everything else is the BN baseline (configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py).
+# adaptation. Everything else is the BN baseline
+# (configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py).
 # Protocol:
 #   train    every batch = 2 labelled GTA5 crops (baseline pipeline) + 2 unlabelled Cityscapes train crops per GPU,
 #            paired by DomainPairDataset (a random target frame per source frame); UDAEncoderDecoder runs the

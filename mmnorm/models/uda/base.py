@@ -14,7 +14,7 @@ checkpoints keep the toolbox's keys. One training step:
 
 Validation and testing use the target dataset through the normal loops (``predict`` mode is the toolbox's own).
 """
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
