@@ -35,7 +35,6 @@ samples of some ranks' shards. :func:`real_samples_on_rank` knows this and the l
 A custom sampler tells its real count with an attribute ``num_real_samples`` (this rank's real samples, padding
 after them).
 """
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple

@@ -12,7 +12,6 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope

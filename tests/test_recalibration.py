@@ -5,7 +5,6 @@ for the one-pass order, eval mode with the written buffers for the layerwise ord
 concatenated (``torch.cat``) and reduced once.
 """
 import copy
-import os
 import os.path as osp
 
 import pytest

@@ -13,7 +13,7 @@ Test-time modes (when the selected domain's BN is in eval mode):
   batch: ``mu = N/(N+n) mu_domain + n/(N+n) mu_batch``, ``var = N/(N+n) var_domain + n/(N+n) var_batch``
   (``var_batch`` biased, as BN normalises with).
 """
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
