@@ -51,7 +51,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py $(DEMO_ARGS)
+	$(PY) tools/demo.py $(if $(FAST),--fast) $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -26,10 +26,16 @@ source_val = dict(
 target_val = dict(
     type='CityscapesDataset', data_root=target_root,
     data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'), pipeline=test_pipeline)
-# Unlabelled target pool (labels exist on disk as in Cityscapes but the adaptation never reads them).
+# Unlabelled target pool (labels exist on disk as in Cityscapes but the adaptation pipelines never load them):
+# `target_train` for source+target (UDA) training, `target_pool` for test-time recalibration (AdaBN).
 target_train = dict(
     type='CityscapesDataset', data_root=target_root,
-    data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'), pipeline=test_pipeline)
+    data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+    pipeline=[dict(type='LoadImageFromFile'), dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')])
+target_pool = dict(
+    type='CityscapesDataset', data_root=target_root,
+    data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+    pipeline=[dict(type='LoadImageFromFile'), dict(type='PackSegInputs')])
 
 train_dataloader = dict(
     batch_size=8, num_workers=2, persistent_workers=True,
