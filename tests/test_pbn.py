@@ -211,7 +211,7 @@ def test_fixed_mode_against_slicing_and_bn_update():
     # lam = 0 with a 1x1 grid is train-mode BN, gradients included
     layer, bn = make_layer(mode='fixed', grid=(1, 1), lam=0.0), nn.BatchNorm2d(6).double()
     bn.load_state_dict(layer.state_dict())
-    x1, x2 = features(2, 6, 5, 5), None
+    x1 = features(2, 6, 5, 5)
     x2 = x1.detach().clone().requires_grad_()
     y1, y2 = layer(x1), bn(x2)
     torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
