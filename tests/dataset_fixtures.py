@@ -29,7 +29,7 @@ SEG_HW = (32, 48)          # GTA5 / SYNTHIA / Mapillary fixture frames (height, 
 CITY_HW = (64, 128)        # Cityscapes / Foggy fixture frames
 GTA5_SPLIT = dict(train=[1, 2, 3, 4], val=[5], test=[6])
 NUM_CITY = dict(train=3, val=2)
-STAMP = '.fixtures-v1'
+STAMP = '.fixtures-v3'
 
 
 def _rng(seed):
@@ -134,18 +134,20 @@ def write_cityscapes(root):
 
 
 def write_bdd100k(root):
-    idir = osp.join(root, 'images', '10k', 'val')
-    ldir = osp.join(root, 'labels', 'sem_seg', 'masks', 'val')
-    os.makedirs(idir)
-    os.makedirs(ldir)
-    for i in range(2):
-        name = f'7d2f7975-e0c1c5a{i}'
-        cv2.imwrite(osp.join(idir, name + '.jpg'), image((36, 64), 200 + i))
-        Image.fromarray(id_map(list(range(19)) + [255], (36, 64), 200 + i)).save(osp.join(ldir, name + '.png'))
+    for split, count in (('val', 2), ('train', 2)):
+        idir = osp.join(root, 'images', '10k', split)
+        ldir = osp.join(root, 'labels', 'sem_seg', 'masks', split)
+        os.makedirs(idir)
+        os.makedirs(ldir)
+        for i in range(count):
+            name = f'7d2f7975-e0c1c5{split[0]}{i}'
+            seed = 200 + i + (10 if split == 'train' else 0)
+            cv2.imwrite(osp.join(idir, name + '.jpg'), image((36, 64), seed))
+            Image.fromarray(id_map(list(range(19)) + [255], (36, 64), seed)).save(osp.join(ldir, name + '.png'))
 
 
 def write_mapillary(root):
-    for split, count in (('validation', 2), ('training', 1)):
+    for split, count in (('validation', 2), ('training', 2)):
         idir = osp.join(root, split, 'images')
         ldir = osp.join(root, split, 'v1.2', 'labels')
         os.makedirs(idir)

@@ -8,11 +8,14 @@ without changes here. A config that still fails is a finding about that config.
 """
 import glob
 import math
+import re
 import os.path as osp
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from conftest import REPO
 from dataset_fixtures import build_fixture_data
@@ -54,6 +57,8 @@ def override(node, data_root: str, key: str = ''):
     if not isinstance(node, dict):
         return node
     out = {}
+    if 'dataset' in node and 'batch_size' in node:               # any dataloader (incl. those of hooks)
+        node = dict(node, batch_size=min(node['batch_size'], 2), num_workers=0, persistent_workers=False)
     for k, v in node.items():
         if k == 'pretrained' and isinstance(v, str):
             v = None                                            # no downloads in tests
@@ -71,14 +76,13 @@ def override(node, data_root: str, key: str = ''):
     return out
 
 
-def shrunk_config(path: str, data_root: str, work_dir: str) -> Config:
-    """The config at ``path`` with every override applied, ready for ``Runner.from_cfg``."""
-    cfg = override(Config.fromfile(path).to_dict(), data_root)
+def shrunk_config(path: str, data_root: str, work_dir: str, raw: Config = None) -> Config:
+    """The config at ``path`` (or its loaded ``raw`` copy) with every override applied, for ``Runner.from_cfg``."""
+    cfg = override((raw or Config.fromfile(path)).to_dict(), data_root)
     for split in ('train', 'val', 'test'):
         loader = cfg.get(f'{split}_dataloader')
         if loader:
-            loader.update(batch_size=min(loader.get('batch_size', 1), 2) if split == 'train' else 1,
-                          num_workers=0, persistent_workers=False)
+            loader['batch_size'] = min(loader.get('batch_size', 1), 2) if split == 'train' else 1
     loop = cfg['train_cfg']
     if 'max_iters' in loop:
         loop.update(max_iters=1, val_interval=10**6)
@@ -97,12 +101,28 @@ def shrunk_config(path: str, data_root: str, work_dir: str) -> Config:
     return Config(cfg)
 
 
+def states_protocol(path: str) -> bool:
+    """'protocol' in a comment of the config or of a config it names in ``_base_`` (relative paths)."""
+    text = open(path).read()
+    if re.search(r'#.*protocol', text, re.IGNORECASE):
+        return True
+    bases = re.findall(r"['\"](\.\.?/[^'\"]+\.py)['\"]", text.split('_base_', 1)[-1].split('\n\n', 1)[0])
+    return any(states_protocol(osp.normpath(osp.join(osp.dirname(path), b))) for b in bases)
+
+
 def test_configs_are_collected():
     names = {osp.relpath(p, osp.join(REPO, 'configs')) for p in CONFIGS}
     for must in ('baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py',
                  'baseline/faster-rcnn_r50_fpn_2xb4-20k_sim10k-cityscapes.py'):
         assert must in names
     assert not any(n.startswith('_base_') for n in names)
+
+
+def test_states_protocol_follows_relative_bases(tmp_path):
+    (tmp_path / 'a.py').write_text("# Protocol: 8 GPUs\nx = 1\n")
+    (tmp_path / 'b.py').write_text("_base_ = ['./a.py']\ny = 2\n")
+    (tmp_path / 'c.py').write_text("# a config\n_base_ = 'mmseg::_base_/default_runtime.py'\n")
+    assert states_protocol(str(tmp_path / 'b.py')) and not states_protocol(str(tmp_path / 'c.py'))
 
 
 def test_override_repoints_every_data_path():
@@ -129,13 +149,21 @@ def test_config_trains_and_tests_one_iteration(path, fixture_root, tmp_path):
     raw = Config.fromfile(path)
     assert raw.get('custom_imports', {}).get('imports') == ['mmnorm'], 'config must import mmnorm'
     assert raw.get('default_scope') in ('mmseg', 'mmdet')
-    cfg = shrunk_config(path, fixture_root, str(tmp_path))
+    assert 'norm_cfg' in raw, 'config must have a top-level norm_cfg'
+    assert states_protocol(path), 'config (or the config it inherits) must state its protocol in a comment'
+    cfg = shrunk_config(path, fixture_root, str(tmp_path), raw)
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert runner.iter >= 1
     loss = runner.message_hub.get_scalar('train/loss').current()
     assert math.isfinite(loss), f'train loss {loss}'
+    adabn = any(h.get('type') == 'AdaBNHook' for h in raw.get('custom_hooks', []))
+    if adabn:
+        first_bn = next(m for m in runner.model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats)
+        trained_mean = first_bn.running_mean.clone()
     metrics = runner.test()
+    if adabn:
+        assert not torch.equal(first_bn.running_mean, trained_mean), 'AdaBNHook did not recalibrate'
     if raw.default_scope == 'mmseg':
         assert 0 <= metrics['mIoU'] <= 100
         if raw.test_evaluator.get('type') == 'SubsetIoUMetric':

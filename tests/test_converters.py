@@ -138,7 +138,8 @@ def test_mapillary_converter_matches_dataset_label_map(root, tmp_path):
     mpl = fresh_copy(f'{root}/mapillary', tmp_path / 'mapillary')
     assert load_tool('mapillary')([mpl]) == 0
     report = json.load(open(f'{mpl}/mapillary_conversion_report.json'))
-    assert report['frames']['converted'] == ['training/tra_00xYz', 'validation/val_00xYz', 'validation/val_01xYz']
+    assert report['frames']['converted'] == ['training/tra_00xYz', 'training/tra_01xYz', 'validation/val_00xYz',
+                                             'validation/val_01xYz']
     kw = dict(data_root=mpl, data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'))
     raw, conv = Mapillary19Dataset(**kw), Mapillary19Dataset(seg_map_suffix='_labelTrainIds.png', **kw)
     assert len(raw) == len(conv) == 2
