@@ -3,7 +3,7 @@ import json
 
 from conftest import run_tool
 
-from tools_demo_import import METHODS  # noqa: E402  (tests/tools_demo_import.py loads tools/demo.py)
+from tool_loader import METHODS
 
 
 def test_demo_pipeline_tiny(tiny_demo_data, tmp_path):

@@ -162,15 +162,118 @@ def run(names: List[str], shapes: List[Shape], repeats: int, device: str) -> Lis
     return rows
 
 
+# Goals (ratios to BN) from the norm issues; a case named 'X-...' falls under X's goal.
+TRAIN_GOALS = {'AdaBN': 1.02, 'IBN': 1.10, 'RN': 1.30, 'PBN': 2.2}
+EVAL_GOAL = 1.05
+MODEL_GOALS = {'AdaBN': 1.10, 'IBN-a': 1.10, 'RN': 1.5, 'PBN': 1.5}
+
+
+def _goal(table: Dict[str, float], name: str) -> Optional[float]:
+    if name.endswith('-loop'):
+        return None  # a reference implementation, not a layer
+    return table.get(name, table.get(name.split('-')[0]))
+
+
+def _verdict(ratio: float, goal: Optional[float]) -> str:
+    if goal is None:
+        return ''
+    return f'≤ {goal:g} ✓' if ratio <= goal else f'≤ {goal:g} ✗ (+{100 * (ratio / goal - 1):.0f} %)'
+
+
 def to_markdown(rows: List[dict], device: str, repeats: int) -> str:
     machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
               f'{torch.get_num_threads()} threads, device {device}'
     lines = [f'Machine: {machine}; median of {repeats} runs.', '',
-             '| norm | shape (N×C×H×W) | train fwd+bwd ms | × BN | eval ms | × BN | saved MiB | × BN |',
-             '|---|---|---:|---:|---:|---:|---:|---:|']
+             '| norm | shape (N×C×H×W) | train fwd+bwd ms | × BN | goal | eval ms | × BN | goal | saved MiB | × BN |',
+             '|---|---|---:|---:|---|---:|---:|---|---:|---:|']
     for r in rows:
+        is_bn = r['norm'] == 'BN'
+        train_goal = None if is_bn else _goal(TRAIN_GOALS, r['norm'])
+        eval_goal = None if is_bn or r['norm'].endswith('-loop') else EVAL_GOAL
         lines.append(f"| {r['norm']} | {r['shape']} | {r['train_ms']:.2f} | {r['train_ratio']:.2f} | "
-                     f"{r['eval_ms']:.2f} | {r['eval_ratio']:.2f} | {r['saved_mib']:.1f} | {r['saved_ratio']:.2f} |")
+                     f"{_verdict(r['train_ratio'], train_goal)} | {r['eval_ms']:.2f} | {r['eval_ratio']:.2f} | "
+                     f"{_verdict(r['eval_ratio'], eval_goal)} | {r['saved_mib']:.1f} | {r['saved_ratio']:.2f} |")
+    return '\n'.join(lines) + '\n'
+
+
+# Model level: DeepLabV3+ R50-D8 of the GTA5 -> Cityscapes baseline with each norm swapped into the backbone
+# (IBN with the IBN-Net-a placement; RN and AdaBN on a declared [source | target] batch, as in UDA training).
+MODEL_CONFIG = 'configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
+MODEL_NORMS = {
+    'BN': dict(norm_cfg=dict(type='BN', requires_grad=True)),
+    'AdaBN': dict(norm_cfg=dict(type='AdaBN', requires_grad=True)),
+    'IBN-a': dict(type='IBNResNetV1c', ibn=dict(type='a'), norm_cfg=dict(type='BN', requires_grad=True)),
+    'PBN': dict(norm_cfg=dict(type='PBN', requires_grad=True)),
+    'RN': dict(norm_cfg=dict(type='RN', requires_grad=True)),
+}
+
+
+def time_model(norm: str, input_shape: Shape, repeats: int, device: str) -> float:
+    """Median seconds of one DeepLabV3+ R50-D8 training iteration (forward, loss, backward, SGD step)."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), MODEL_CONFIG))
+    cfg.model.pretrained = None
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.update(MODEL_NORMS[norm])
+    for head in ('decode_head', 'auxiliary_head'):
+        cfg.model[head].norm_cfg = dict(type='BN', requires_grad=True)
+    cfg.model.data_preprocessor.size = input_shape[2:]
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    n, _, h, w = input_shape
+    inputs = torch.randn(*input_shape, device=device)
+    samples = []
+    for _ in range(n):
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, h, w), device=device))
+        samples.append(sample)
+    split = (n // 2, n - n // 2) if norm in ('RN', 'AdaBN') else None
+
+    def step():
+        ctx = domain_split(model, split) if split else contextlib.nullcontext()
+        with ctx:
+            losses = model(inputs, samples, mode='loss')
+        loss = sum(v for k, v in losses.items() if 'loss' in k)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        step()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def run_model(norms: List[str], input_shape: Shape, repeats: int, device: str) -> List[dict]:
+    ref = time_model('BN', input_shape, repeats, device)
+    rows = []
+    for norm in norms:
+        t = ref if norm == 'BN' else time_model(norm, input_shape, repeats, device)
+        rows.append(dict(norm=norm, input='x'.join(map(str, input_shape)), iter_s=t, ratio=t / ref))
+    return rows
+
+
+def model_markdown(rows: List[dict], repeats: int) -> str:
+    lines = [f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration (forward, loss, backward, SGD step), '
+             f'median of {repeats}; norm in the backbone, heads BN.', '',
+             '| norm in backbone | input | s / iter | × BN | goal |', '|---|---|---:|---:|---|']
+    for r in rows:
+        goal = None if r['norm'] == 'BN' else MODEL_GOALS.get(r['norm'])
+        lines.append(f"| {r['norm']} | {r['input']} | {r['iter_s']:.3f} | {r['ratio']:.2f} | "
+                     f"{_verdict(r['ratio'], goal)} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -187,6 +290,10 @@ def main(argv=None):
     parser.add_argument('--shapes', nargs='+', type=parse_shape, default=[(8, 256, 64, 64)])
     parser.add_argument('--repeats', type=int, default=20)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--model', action='store_true',
+                        help='also time a DeepLabV3+ R50 training iteration with each norm in the backbone')
+    parser.add_argument('--model-input', type=parse_shape, default=(2, 3, 256, 256))
+    parser.add_argument('--model-repeats', type=int, default=3)
     parser.add_argument('--out', help='write the Markdown table to this file')
     args = parser.parse_args(argv)
     names = args.norms or list(CASES)
@@ -195,6 +302,10 @@ def main(argv=None):
         parser.error(f'unknown norms {unknown}; choose from {sorted(CASES)}')
     rows = run(names, args.shapes, args.repeats, args.device)
     text = to_markdown(rows, args.device, args.repeats)
+    if args.model:
+        model_rows = run_model(list(MODEL_NORMS), args.model_input, args.model_repeats, args.device)
+        text += '\n' + model_markdown(model_rows, args.model_repeats)
+        rows = rows + model_rows
     print(text)
     if args.out:
         with open(args.out, 'w') as f:
