@@ -5,9 +5,9 @@ kept; each BN layer's running mean / variance is replaced by the statistics of i
 set (all samples x all spatial positions). :func:`recalibrate_bn` computes them exactly:
 
 * per batch, the per-channel mean and biased variance of the layer input (one fp32 ``var_mean``, or the BN's own
-  train-mode batch statistics) are merged into a float64 ``(count, mean, M2)`` accumulator with Chan's formula
-  (:func:`chan_merge`), so the result equals the mean / variance of ``torch.cat`` of all features whatever the
-  batch sizes;
+  train-mode batch statistics) are combined in float64 into a ``(count, mean, M2)`` summary (law of total
+  variance within chunks of batches, Chan's formula :func:`chan_merge` between chunks and ranks), so the result
+  equals the mean / variance of ``torch.cat`` of all features whatever the batch sizes;
 * in a distributed run every rank all-gathers the accumulators of all ranks once per pass and merges them in rank
   order (count-weighted), so all ranks write identical buffers equal to the single-process result on the union
   of the shards; ranks may see different numbers of batches (no collective runs inside the data loop);
@@ -108,23 +108,48 @@ def batch_moments(x: torch.Tensor) -> Tuple[int, torch.Tensor, torch.Tensor]:
 
 
 class _Accumulator:
-    """float64 ``(count, mean, M2)`` of one layer's input, fed batch by batch."""
+    """float64 ``(count, mean, M2)`` of one layer's input, fed batch by batch.
+
+    Per batch only the (count, mean, biased variance) are copied into a float64 buffer (cheap inside the data
+    loop); every ``CHUNK`` batches they are combined exactly by the law of total variance,
+    ``M2 = sum_k n_k var_k + sum_k n_k (mean_k - mean)^2``, and Chan-merged into the running summary.
+    """
+    CHUNK = 32
 
     def __init__(self, num_channels: int, device: torch.device):
         self.count = 0
         self.mean = torch.zeros(num_channels, dtype=torch.float64, device=device)
         self.m2 = torch.zeros(num_channels, dtype=torch.float64, device=device)
+        self._counts: List[int] = []
+        self._means = torch.empty(self.CHUNK, num_channels, dtype=torch.float64, device=device)
+        self._vars = torch.empty_like(self._means)
 
     def add(self, count: int, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Adds a batch given its element count, mean and *biased* variance."""
         if count == 0:
             return
-        mean = mean.detach().to(torch.float64)
-        m2 = var.detach().to(torch.float64) * count
-        self.count, self.mean, self.m2 = chan_merge(self.count, self.mean, self.m2, count, mean, m2)
+        k = len(self._counts)
+        self._means[k].copy_(mean.detach())
+        self._vars[k].copy_(var.detach())
+        self._counts.append(count)
+        if k + 1 == self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        k = len(self._counts)
+        if k == 0:
+            return
+        n = self._means.new_tensor(self._counts)[:, None]
+        total = float(sum(self._counts))
+        means, variances = self._means[:k], self._vars[:k]
+        mean = (n * means).sum(0) / total
+        m2 = (n * variances).sum(0) + (n * (means - mean).square()).sum(0)
+        self.count, self.mean, self.m2 = chan_merge(self.count, self.mean, self.m2, total, mean, m2)
+        self._counts = []
 
     def pack(self) -> torch.Tensor:
         """``[count, mean..., M2...]`` as one float64 vector (for the all-gather)."""
+        self._flush()
         return torch.cat([self.mean.new_tensor([float(self.count)]), self.mean, self.m2])
 
     @staticmethod

@@ -109,19 +109,23 @@ def ema(model: nn.Module, batches: List[torch.Tensor], momentum: float = 0.1) ->
     return read_stats(m)
 
 
-def timed(fns: Dict[str, Callable[[], object]], repeats: Dict[str, int]) -> Dict[str, float]:
-    """Median seconds per function; the functions are timed round-robin so that load from other processes on a
-    shared machine spreads over all of them."""
+def timed(fns: Dict[str, Callable[[], object]], repeats: Dict[str, int]) -> Dict[str, Tuple[float, float]]:
+    """Median ``(wall seconds, process CPU seconds)`` per function. The functions are timed round-robin so that
+    load from other processes on a shared machine spreads over all of them; CPU time (all threads of this
+    process) is the steadier measure there."""
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up
     for r in range(max(repeats.values())):
         for name, fn in fns.items():
             if r < repeats[name]:
-                start = time.perf_counter()
+                wall, cpu = time.perf_counter(), time.process_time()
                 fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+
+    def median(values):
+        return sorted(values)[len(values) // 2]
+    return {name: (median([w for w, _ in t]), median([c for _, c in t])) for name, t in times.items()}
 
 
 def run(sizes: List[int], size: int, repeats: int) -> dict:
@@ -148,7 +152,7 @@ def run(sizes: List[int], size: int, repeats: int) -> dict:
     swa_model.train()
     fns = dict(forward_eval=forward(False), forward_train=forward(True), one_pass=recal('one_pass'),
                update_bn=lambda: torch.optim.swa_utils.update_bn(batches, swa_model), layerwise=recal('layerwise'))
-    times = timed(fns, {name: (max(1, repeats // 3) if name == 'layerwise' else repeats) for name in fns})
+    times = timed(fns, {name: (max(1, repeats // 2) if name == 'layerwise' else repeats) for name in fns})
     m = copy.deepcopy(model)
     recalibrate_bn(m, batches, progress=False, logger=None)
     swa_model = copy.deepcopy(model)
@@ -168,14 +172,17 @@ def to_markdown(res: dict, sizes: List[int], size: int, repeats: int) -> str:
     lines = [f'Machine: {machine} (shared with other jobs while measured); mmdet ResNet-18, {res["layers"]} BN '
              f'layers, batches of {sizes} images at {size}x{size} ({res["samples"]} samples); median of {repeats} '
              'runs.', '',
-             '| pass over the batches (no grad) | seconds | × eval forward | × train-mode-BN forward |',
-             '|---|---:|---:|---:|']
+             '| pass over the batches (no grad) | wall s | CPU s | × eval forward (CPU) | '
+             '× train-mode-BN forward (CPU) | × train-mode-BN forward (wall) |',
+             '|---|---:|---:|---:|---:|---:|']
     names = dict(forward_eval='inference forward (BN eval)', forward_train='forward with BN in train mode',
                  one_pass='`recalibrate_bn` one pass', update_bn='`torch.optim.swa_utils.update_bn`',
                  layerwise='`recalibrate_bn` layerwise')
+    (_, eval_cpu), (train_wall, train_cpu) = t['forward_eval'], t['forward_train']
     for key, label in names.items():
-        lines.append(f'| {label} | {t[key]:.3f} | {t[key] / t["forward_eval"]:.2f} | '
-                     f'{t[key] / t["forward_train"]:.2f} |')
+        wall, cpu = t[key]
+        lines.append(f'| {label} | {wall:.3f} | {cpu:.3f} | {cpu / eval_cpu:.2f} | {cpu / train_cpu:.2f} | '
+                     f'{wall / train_wall:.2f} |')
     lines += ['', '| estimator | max rel. error of running_var | max mean error / std |', '|---|---:|---:|']
     for label, (var_err, mean_err) in res['errors'].items():
         lines.append(f'| {label} | {var_err:.2e} | {mean_err:.2e} |')
