@@ -315,6 +315,7 @@ class _Pass:
         self.batch_size = 0
         self.valid = 0
         self.partial_warned = set()
+        self.one_value = set()  # layers whose current call sees one value per channel
 
     def measured_part(self, name: str, x: torch.Tensor) -> Optional[torch.Tensor]:
         """``x`` restricted to the real samples (None: all of ``x``)."""
@@ -465,15 +466,29 @@ def _add_hooks(layers: Dict[str, nn.Module], measured: Sequence[str], accs: Dict
         mean_buf, var_buf = _buffers(module)
 
         if one_pass and _reads_own_batch_stats(module):
+            def one_value(mod, inputs, name=name):
+                # Train-mode BN refuses one value per channel (e.g. a 1x1 image-pool branch on a last batch of one
+                # image): that call normalises with the current buffers and is measured directly.
+                x = inputs[0]
+                if x.numel() == x.shape[1] and mod.training:
+                    mod.training = False
+                    ctx.one_value.add(name)
+
             def read_back(mod, inputs, output, name=name, mean_buf=mean_buf, var_buf=var_buf):
                 # momentum 1: the buffers now hold this batch's mean and unbiased variance
                 x = inputs[0]
                 part = ctx.measured_part(name, x)
+                if name in ctx.one_value:
+                    ctx.one_value.discard(name)
+                    mod.training = True
+                    accs[name].add(*batch_moments(part if part is not None else x))
+                    return
                 if part is not None:
                     accs[name].add(*batch_moments(part))
                     return
                 count = x.numel() // x.shape[1]
                 accs[name].add(count, mean_buf, var_buf * ((count - 1) / count))
+            state['hooks'].append(module.register_forward_pre_hook(one_value))
             state['hooks'].append(module.register_forward_hook(read_back))
         else:
             def measure(mod, inputs, name=name, mean_buf=mean_buf, var_buf=var_buf):
@@ -481,7 +496,7 @@ def _add_hooks(layers: Dict[str, nn.Module], measured: Sequence[str], accs: Dict
                 count, mean, var = batch_moments(x)
                 part = ctx.measured_part(name, x)
                 accs[name].add(*(batch_moments(part) if part is not None else (count, mean, var)))
-                if one_pass:  # normalise with this batch's statistics, as train mode would
+                if one_pass and count > 1:  # normalise with this batch's statistics, as train mode would
                     mean_buf.copy_(mean)
                     var_buf.copy_(var)
             state['hooks'].append(module.register_forward_pre_hook(measure))

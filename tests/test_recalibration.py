@@ -297,3 +297,17 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     assert [r['layerwise_uneven']['batches'] for r in ranks] == [2, 1]
     assert ranks[0]['failure'] == 'RuntimeError: recalibrate_bn: the pass failed on rank(s) [1]; see their logs'
     assert ranks[1]['failure'] == 'OSError: corrupt image file 0003.png'
+
+
+def test_one_value_per_channel_batch_is_measured_not_refused():
+    # DeepLabV3+'s image-pool BN sees one value per channel when the last batch holds one image: train-mode BN
+    # would raise; recalibration normalises that call with the buffers and still counts the value exactly.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    batches = [torch.randn(3, 3, 5, 5), torch.randn(1, 3, 5, 5)]
+    recalibrate_bn(model, batches, progress=False, logger=None)
+    feats = torch.cat([model[1](model[0](b)) for b in batches]).double()
+    torch.testing.assert_close(model[2].running_mean.double(), feats.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model[2].running_var.double(), feats.var(dim=(0, 2, 3), unbiased=True),
+                               rtol=1e-5, atol=1e-6)
+    assert model[2].training  # mode restored
