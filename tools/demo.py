@@ -1,6 +1,6 @@
 """The embedded synthetic source -> target experiment behind ``make demo``.
 
-    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters N] [--jobs 2] [--fast]
+    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 400] [--jobs 1] [--fast]
                          [--data-root data/demo] [--work-dir work_dirs/demo]
 
 1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when present).
@@ -220,9 +220,11 @@ def main(argv=None):
     parser.add_argument('--work-dir', default='work_dirs/demo')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, default=None, help="override the configs' 1k iterations")
-    parser.add_argument('--jobs', type=int, default=2, help='trainings run in parallel (CPU threads are split)')
-    parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 300 iterations')
+    parser.add_argument('--iters', type=int, default=400,
+                        help='training iterations of every method (the configs alone train 1k)')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='trainings run in parallel (CPU threads are split; on 2 cores 1 is fastest)')
+    parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 200 iterations')
     parser.add_argument('--reuse', action='store_true', help='skip trainings whose checkpoint exists')
     parser.add_argument('--num-source-train', type=int, default=800)
     parser.add_argument('--num-source-val', type=int, default=100)
@@ -233,7 +235,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.fast:
         args.seeds = args.seeds[:1]
-        args.iters = args.iters or 300
+        args.iters = 200
     if args.jobs < 1:
         parser.error(f'--jobs must be >= 1, got {args.jobs}')
 
