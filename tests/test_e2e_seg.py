@@ -66,3 +66,15 @@ def test_load_from_initialises_from_checkpoint(dist_run, tiny_demo_data, tmp_pat
     log = proc.stdout + proc.stderr
     assert 'Load checkpoint from' in log
     assert 'Iter(train) [1/1]' in log
+
+
+def test_slurm_launcher_on_cpu(tiny_demo_data, tmp_path):
+    # What srun sets for a 1-task job; MASTER_ADDR given, so no scontrol is needed.
+    from conftest import free_port
+    proc = run_tool(['tools/train.py', DEMO_CONFIG, '--launcher', 'slurm', '--work-dir', tmp_path, '--cfg-options',
+                     *tiny_seg_options(tiny_demo_data, iters=1)],
+                    SLURM_PROCID=0, SLURM_NTASKS=1, SLURM_LOCALID=0, SLURM_NODELIST='localhost',
+                    MASTER_ADDR='127.0.0.1', MASTER_PORT=free_port())
+    log = proc.stdout + proc.stderr
+    assert 'Distributed training: True' in log and 'Iter(train) [1/1]' in log
+    assert (tmp_path / 'iter_1.pth').is_file()
