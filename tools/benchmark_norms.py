@@ -109,6 +109,20 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def median_seconds(step: Callable[[], None], repeats: int, warmup: int) -> float:
+    """Median wall time of ``step()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        step()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def time_case(case: Case, shape: Shape, repeats: int, device: str) -> Dict[str, float]:
     """Median seconds of train fwd+bwd and eval fwd, plus autograd-saved MiB of one train forward."""
     torch.manual_seed(0)
@@ -128,16 +142,7 @@ def time_case(case: Case, shape: Shape, repeats: int, device: str) -> Dict[str, 
     results = {}
     for mode, step in (('train', train_step), ('eval', eval_step)):
         module.train(mode == 'train')
-        for _ in range(3):
-            step()
-        times = []
-        for _ in range(repeats):
-            _sync()
-            start = time.perf_counter()
-            step()
-            _sync()
-            times.append(time.perf_counter() - start)
-        results[mode] = sorted(times)[len(times) // 2]
+        results[mode] = median_seconds(step, repeats, warmup=3)
     module.train()
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
@@ -246,15 +251,7 @@ def time_model(norm: str, input_shape: Shape, repeats: int, device: str) -> floa
         loss.backward()
         optimizer.step()
 
-    step()
-    times = []
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        step()
-        _sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(step, repeats, warmup=1)
 
 
 def run_model(norms: List[str], input_shape: Shape, repeats: int, device: str) -> List[dict]:
