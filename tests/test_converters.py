@@ -1,6 +1,5 @@
 """Label converters on fixture datasets with the traps of the real ones: size mismatches, corrupt and missing
 files, re-runs (resume) and --overwrite."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -11,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_tool
+from tool_loader import load_tool as load_converter
 from dataset_fixtures import (GTA5_EXPECTED, MAPILLARY_EXPECTED, SYNTHIA_EXPECTED, apply, build_fixture_data,
                               id_map, save_palette)
 from mmnorm.datasets import Mapillary19Dataset
@@ -18,11 +18,7 @@ from mmnorm.datasets.conversion import Frame, convert_frame, convert_frames, lut
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'converter_{name}',
-                                                  osp.join(REPO, 'tools', 'dataset_converters', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_converter(f'dataset_converters/{name}').main
 
 
 @pytest.fixture(scope='module')

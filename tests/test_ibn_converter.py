@@ -1,11 +1,11 @@
 """tools/model_converters/ibnnet2mmseg.py on checkpoints written here in the official IBN-Net key layout."""
-import importlib.util
 import os.path as osp
 from collections import OrderedDict
 
 import pytest
 import torch
 from conftest import REPO, run_tool
+from tool_loader import load_tool
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import DefaultScope
 from mmseg.registry import MODELS as SEG_MODELS
@@ -13,9 +13,7 @@ from mmseg.registry import MODELS as SEG_MODELS
 import mmnorm  # noqa: F401  (registration)
 
 TOOL = 'tools/model_converters/ibnnet2mmseg.py'
-_spec = importlib.util.spec_from_file_location('ibnnet2mmseg', osp.join(REPO, TOOL))
-converter = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(converter)
+converter = load_tool('model_converters/ibnnet2mmseg')
 
 ARCH = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3)),
         101: ('bottleneck', (3, 4, 23, 3))}

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mmnorm import recalibrate_bn
 from mmnorm.models.norms import IBN, RN, AdaBN
-from mmnorm.recalibration import batch_moments, chan_merge, find_bn_layers
+from mmnorm.recalibration import find_bn_layers
+from mmnorm.stats import batch_moments, chan_merge
 
 torch.set_num_threads(1)
 
@@ -115,8 +116,13 @@ def test_modes_momentum_hooks_restored_and_only_norms_switched():
     model.bn1.momentum = None
     hook_counts = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
     seen = {}
-    model.drop.register_forward_pre_hook(lambda m, i: seen.setdefault('drop', m.training) and None)
-    model.bn2.register_forward_pre_hook(lambda m, i: seen.setdefault('bn2', m.training) and None)
+
+    def record(name):
+        def hook(module, inputs):  # returns None: the input is unchanged
+            seen.setdefault(name, module.training)
+        return hook
+    model.drop.register_forward_pre_hook(record('drop'))
+    model.bn2.register_forward_pre_hook(record('bn2'))
     hook_counts['drop'] = (0, 1)
     hook_counts['bn2'] = (0, 1)
     batches = make_batches((4, 4))
@@ -170,7 +176,11 @@ def test_mmdet_resnet_with_norm_eval_and_frozen_stages_is_recalibrated():
     modules = dict(model.named_modules())
     for name in bn_names:
         assert not torch.allclose(modules[name].running_mean, before[name]), name
-        assert_buffers(modules[name], *ref[name], rtol=1e-4)
+        # 20 float32 layers deep against a float64 reference: the mean is compared in units of the channel's std
+        # (a near-zero mean has no meaningful relative error), the variance relatively
+        mean, var = ref[name]
+        assert ((modules[name].running_mean.double() - mean).abs() / var.sqrt()).max() < 1e-4, name
+        torch.testing.assert_close(modules[name].running_var.double(), var, rtol=1e-4, atol=1e-6)
         assert not modules[name].training  # the norm_eval lock is back
     assert not model.layer1.training and model.layer2.training
 

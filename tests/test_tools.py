@@ -1,19 +1,12 @@
 """Bad input to the tools gives clear errors naming the value; the launcher set-up works on CPU."""
-import importlib.util
 import os.path as osp
 
 import pytest
 from mmengine.config import Config
 
 from conftest import DEMO_CONFIG, REPO, run_tool
+from tool_loader import load_tool
 from mmnorm.runtime import get_toolbox, setup_launcher
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', osp.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope='module')

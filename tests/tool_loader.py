@@ -6,7 +6,9 @@ TOOLS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools')
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'mmnorm_tools_{name}', osp.join(TOOLS, f'{name}.py'))
+    """The script ``tools/<name>.py`` as a module (``name`` may have folders, e.g. ``'dataset_converters/gta5'``)."""
+    spec = importlib.util.spec_from_file_location('mmnorm_tools_' + name.replace('/', '_'),
+                                                  osp.join(TOOLS, f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -13,7 +13,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..recalibration import _forward, batch_moments, chan_merge, find_bn_layers
+from ..batches import forward_batch
+from ..recalibration import find_bn_layers
+from ..stats import MomentAccumulator, norm_buffers
 
 __all__ = ['Moments', 'input_moments', 'running_moments', 'symmetric_kl', 'mean_shift', 'compare_moments']
 
@@ -37,45 +39,33 @@ def input_moments(model: nn.Module, data: Iterable, num_batches: Optional[int] =
         dict: ``{layer name: (count, mean (C,), biased var (C,))}``, float64.
     """
     layers = layers if layers is not None else find_bn_layers(model)[0]
-    acc: Dict[str, List] = {name: [0, None, None] for name in layers}
-
-    def make_hook(name):
-        def hook(module, args):
-            count, mean, var = batch_moments(args[0])
-            mean, m2 = mean.double(), var.double() * count
-            a = acc[name]
-            if a[1] is None:
-                acc[name] = [count, mean, m2]
-            else:
-                acc[name] = list(chan_merge(a[0], a[1], a[2], count, mean, m2))
-        return hook
-
-    modes = {m: m.training for m in model.modules()}
-    handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in layers.items()]
     device = next(model.parameters()).device
+    accs = {name: MomentAccumulator(norm_buffers(module)[0].numel(), device) for name, module in layers.items()}
+    modes = {m: m.training for m in model.modules()}
+    handles = [module.register_forward_pre_hook(lambda mod, args, acc=accs[name]: acc.add_input(args[0]))
+               for name, module in layers.items()]
     try:
         model.eval()
         for i, batch in enumerate(data):
             if num_batches is not None and i >= num_batches:
                 break
-            _forward(model, batch, device)
+            forward_batch(model, batch, device)
     finally:
         for h in handles:
             h.remove()
         for m, mode in modes.items():
             m.train(mode)
-    empty = [name for name, a in acc.items() if a[1] is None]
-    if len(empty) == len(acc):
+    summaries = {name: acc.summary() for name, acc in accs.items()}
+    if all(count == 0 for count, _, _ in summaries.values()):
         raise ValueError('input_moments saw no batch (empty data or num_batches=0)')
-    return {name: (a[0], a[1], a[2] / a[0]) for name, a in acc.items() if a[1] is not None}
+    return {name: (count, mean, m2 / count) for name, (count, mean, m2) in summaries.items() if count > 0}
 
 
 def running_moments(layers: Dict[str, nn.Module]) -> Dict[str, Moments]:
     """The statistics each layer normalises with in eval mode (its running / selected-domain buffers)."""
-    from ..recalibration import _buffers
     out = {}
     for name, module in layers.items():
-        mean, var = _buffers(module)
+        mean, var = norm_buffers(module)
         out[name] = (float('nan'), mean.detach().double().cpu(), var.detach().double().cpu())
     return out
 

@@ -12,8 +12,9 @@ from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import get_state_dict, save_checkpoint, weights_to_cpu
 from torch.utils.data import DataLoader
 
-from ...models.norms.adabn import TEST_MODES, AdaBN, set_adabn_domain
+from ...models.norms.adabn import TEST_MODES, AdaBN, adabn_selection, restore_adabn_selection, set_adabn_domain
 from ...recalibration import MODES, recalibrate_bn
+from ...validation import check_positive_int
 
 __all__ = ['AdaBNHook']
 
@@ -28,7 +29,7 @@ class AdaBNHook(Hook):
 
     * Data: the runner's test or val loader (transductive AdaBN, as in the paper), or any dataloader config / a
       ``DataLoader`` (e.g. an unlabeled target split). Padded repeats of the distributed samplers are not counted
-      (see :func:`mmnorm.recalibration.real_samples_on_rank`).
+      (see :func:`mmnorm.batches.real_samples_on_rank`).
     * Priority ``BELOW_NORMAL``: runs after ``EMAHook`` (``NORMAL``) has swapped the EMA weights in, so the
       statistics are those of the weights being evaluated.
     * Validation during training: the model's buffers (and the AdaBN domain selection) are snapshotted before and
@@ -45,7 +46,8 @@ class AdaBNHook(Hook):
         domain (str, optional): Select this domain in every :class:`AdaBN` layer first (its statistics receive the
             recalibration and normalise at eval). Defaults to None (keep each layer's ``eval_domain``).
         test_mode (str, optional): Also set the AdaBN layers' test mode (``'running'``, ``'batch'``,
-            ``'blend'``). Defaults to None.
+            ``'blend'``). Defaults to None. ``domain`` / ``test_mode`` on a model without AdaBN layers is an error
+            (at ``before_run``), not silently ignored.
         before (str | Sequence[str]): ``'val'``, ``'test'`` or both. Defaults to ``('val', 'test')``.
         mode (str): ``'one_pass'`` or ``'layerwise'`` (see :func:`mmnorm.recalibrate_bn`). Defaults to
             ``'one_pass'``.
@@ -66,9 +68,8 @@ class AdaBNHook(Hook):
         elif not isinstance(dataloader, (dict, DataLoader)):
             raise TypeError(f'dataloader must be "test", "val", a dataloader config (dict) or a DataLoader, got '
                             f'{type(dataloader).__name__} {dataloader!r}')
-        for arg, value in (('num_samples', num_samples), ('num_iters', num_iters)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f'{arg} must be a positive int or None, got {value!r}')
+        check_positive_int(num_samples, 'num_samples', optional=True)
+        check_positive_int(num_iters, 'num_iters', optional=True)
         before = (before, ) if isinstance(before, str) else tuple(before)
         if not before or any(b not in LOOPS for b in before):
             raise ValueError(f'before must be "val", "test" or both, got {before!r}')
@@ -110,12 +111,7 @@ class AdaBNHook(Hook):
 
     def _recalibrate(self, runner, loop: str) -> None:
         model = self._model(runner)
-        if self.domain is not None:
-            set_adabn_domain(model, self.domain, self.test_mode)
-        elif self.test_mode is not None:
-            for layer in model.modules():
-                if isinstance(layer, AdaBN):
-                    layer.set_test_mode(self.test_mode)
+        set_adabn_domain(model, self.domain, self.test_mode)
         print_log(f'AdaBNHook: recalibrating BN statistics before {loop} on the {self._describe()} data',
                   logger='current')
         was_training = runner.model.training
@@ -133,10 +129,17 @@ class AdaBNHook(Hook):
 
     # -- hook points -------------------------------------------------------------------------------------------
     def before_run(self, runner) -> None:
-        if self.domain is not None:  # fail before any work for an unknown domain
-            for layer in self._model(runner).modules():
-                if isinstance(layer, AdaBN):
-                    layer._check_domain(self.domain, 'AdaBNHook domain')
+        if self.domain is None and self.test_mode is None:
+            return
+        # fail before any work for an unknown domain, or for a selection no layer would receive
+        layers = [m for m in self._model(runner).modules() if isinstance(m, AdaBN)]
+        if not layers:
+            raise ValueError(f'AdaBNHook(domain={self.domain!r}, test_mode={self.test_mode!r}): the model has no '
+                             'AdaBN layer to select in; drop domain= / test_mode= (plain BN layers are '
+                             "recalibrated without them) or build the model with norm_cfg=dict(type='AdaBN')")
+        for layer in layers:
+            if self.domain is not None:
+                layer.check_domain(self.domain, 'AdaBNHook domain')
 
     def before_val_epoch(self, runner) -> None:
         if 'val' not in self.before:
@@ -144,7 +147,7 @@ class AdaBNHook(Hook):
         model = self._model(runner)
         self._snapshot = dict(
             buffers=[(buf, buf.detach().clone()) for buf in model.buffers()],
-            adabn=[(m, m.eval_domain, m.test_mode) for m in model.modules() if isinstance(m, AdaBN)])
+            adabn=adabn_selection(model))
         self._recalibrate(runner, 'val')
 
     def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -160,8 +163,7 @@ class AdaBNHook(Hook):
         with torch.no_grad():
             for buf, saved in self._snapshot['buffers']:
                 buf.copy_(saved)
-        for layer, domain, test_mode in self._snapshot['adabn']:
-            layer.eval_domain, layer.test_mode = domain, test_mode
+        restore_adabn_selection(self._snapshot['adabn'])
         self._snapshot = None
 
     def before_test_epoch(self, runner) -> None:

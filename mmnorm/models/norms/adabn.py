@@ -13,7 +13,7 @@ Test-time modes (when the selected domain's BN is in eval mode):
   batch: ``mu = N/(N+n) mu_domain + n/(N+n) mu_batch``, ``var = N/(N+n) var_domain + n/(N+n) var_batch``
   (``var_batch`` biased, as BN normalises with).
 """
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .domain import DomainAwareMixin, check_domain_split
 
-__all__ = ['AdaBN', 'DomainBatchNorm', 'set_adabn_domain', 'TEST_MODES']
+__all__ = ['AdaBN', 'DomainBatchNorm', 'set_adabn_domain', 'adabn_selection', 'restore_adabn_selection', 'TEST_MODES']
 
 TEST_MODES = ('running', 'batch', 'blend')
 _STATE_KEYS = ('running_mean', 'running_var', 'num_batches_tracked')
@@ -109,26 +109,27 @@ class AdaBN(DomainAwareMixin, nn.Module):
         for i, name in enumerate(self.domains):  # the first domain's BN holds the shared affine
             self.add_module(name, DomainBatchNorm(num_features, eps, momentum, affine and i == 0,
                                                   track_running_stats, device=device, dtype=dtype))
-        self.eval_domain = self._check_domain(eval_domain or self.domains[0], 'eval_domain')
-        self.train_domain = self._check_domain(train_domain or self.domains[0], 'train_domain')
+        self.eval_domain = self.check_domain(eval_domain or self.domains[0], 'eval_domain')
+        self.train_domain = self.check_domain(train_domain or self.domains[0], 'train_domain')
         if split_domains is None:
             split_domains = (self.domains + self.domains)[:2] if len(self.domains) == 1 else self.domains[:2]
         if isinstance(split_domains, str) or len(split_domains) != 2:
             raise ValueError(f'split_domains must name the (source, target) domains, got {split_domains!r}')
-        self.split_domains = tuple(self._check_domain(d, 'split_domains') for d in split_domains)
+        self.split_domains = tuple(self.check_domain(d, 'split_domains') for d in split_domains)
         self.test_mode = test_mode
         self.prior = prior
         self.set_test_mode(test_mode, prior)
 
     # -- selection ---------------------------------------------------------------------------------------------
-    def _check_domain(self, domain: str, arg: str) -> str:
+    def check_domain(self, domain: str, arg: str = 'domain') -> str:
+        """Returns ``domain`` if this layer has it; otherwise ValueError naming ``arg``, the value and the domains."""
         if domain not in self.domains:
             raise ValueError(f'{arg}: unknown domain {domain!r}; this AdaBN layer has domains {self.domains}')
         return domain
 
     def set_eval_domain(self, domain: str) -> None:
         """Selects the domain whose statistics normalise in eval (and receive a recalibration)."""
-        self.eval_domain = self._check_domain(domain, 'eval_domain')
+        self.eval_domain = self.check_domain(domain, 'eval_domain')
 
     def set_test_mode(self, test_mode: str, prior: Optional[float] = None) -> None:
         """Sets the eval-mode statistics: ``'running'``, ``'batch'`` or ``'blend'`` (with ``prior`` N)."""
@@ -142,7 +143,7 @@ class AdaBN(DomainAwareMixin, nn.Module):
 
     def domain_bn(self, domain: str) -> nn.Module:
         """The BN child holding ``domain``'s statistics."""
-        return self._modules[self._check_domain(domain, 'domain')]
+        return self._modules[self.check_domain(domain, 'domain')]
 
     @property
     def weight(self) -> Optional[torch.Tensor]:
@@ -222,29 +223,45 @@ class AdaBN(DomainAwareMixin, nn.Module):
                 f'split_domains={self.split_domains}, test_mode={self.test_mode!r}, prior={self.prior}')
 
 
-def set_adabn_domain(model: nn.Module, domain: str, test_mode: Optional[str] = None,
+def set_adabn_domain(model: nn.Module, domain: Optional[str] = None, test_mode: Optional[str] = None,
                      prior: Optional[float] = None) -> int:
-    """Selects ``domain`` (and optionally the test mode) in every :class:`AdaBN` layer of ``model``.
+    """Selects ``domain`` and/or the test mode in every :class:`AdaBN` layer of ``model``.
 
     Args:
         model (nn.Module): Any module (wrappers included).
-        domain (str): A domain every AdaBN layer has.
+        domain (str, optional): A domain every AdaBN layer has; None keeps each layer's ``eval_domain``.
         test_mode (str, optional): ``'running'``, ``'batch'`` or ``'blend'``; None keeps each layer's.
         prior (float, optional): ``N`` of ``'blend'``; None keeps each layer's.
 
     Returns:
-        int: Number of AdaBN layers set.
+        int: Number of AdaBN layers in ``model``.
 
     Raises:
-        ValueError: ``domain`` unknown to a layer (checked for all layers before any is changed).
+        ValueError: ``domain`` unknown to a layer, or a bad ``test_mode`` / ``prior`` (checked for all layers
+        before any is changed).
     """
     layers = [m for m in model.modules() if isinstance(m, AdaBN)]
+    if test_mode is not None and test_mode not in TEST_MODES:
+        raise ValueError(f'test_mode must be one of {TEST_MODES}, got {test_mode!r}')
     for layer in layers:
-        layer._check_domain(domain, 'domain')
-        if test_mode is not None and test_mode not in TEST_MODES:
-            raise ValueError(f'test_mode must be one of {TEST_MODES}, got {test_mode!r}')
+        if domain is not None:
+            layer.check_domain(domain, 'domain')
     for layer in layers:
-        layer.set_eval_domain(domain)
+        if domain is not None:
+            layer.set_eval_domain(domain)
         if test_mode is not None or prior is not None:
             layer.set_test_mode(test_mode or layer.test_mode, prior)
     return len(layers)
+
+
+def adabn_selection(model: nn.Module) -> List[Tuple[AdaBN, str, str, float]]:
+    """A snapshot of every AdaBN layer's selection ``(layer, eval_domain, test_mode, prior)``, for
+    :func:`restore_adabn_selection`."""
+    return [(m, m.eval_domain, m.test_mode, m.prior) for m in model.modules() if isinstance(m, AdaBN)]
+
+
+def restore_adabn_selection(snapshot: List[Tuple[AdaBN, str, str, float]]) -> None:
+    """Restores the selections recorded by :func:`adabn_selection`."""
+    for layer, domain, test_mode, prior in snapshot:
+        layer.set_eval_domain(domain)
+        layer.set_test_mode(test_mode, prior)

@@ -22,12 +22,10 @@ Eval is plain BN with the running statistics (the torch ``BatchNorm2d`` child do
 deterministic variant: a fixed ``grid`` of patches, each normalised with ``lam * running + (1 - lam) * patch``
 statistics, running statistics updated from the whole map exactly like BN.
 
-Implementation: whatever the views, every channel's output is an affine map of ``x`` that is constant on the cells
-of the overlay of both views' cuts (at most 3 x 3 cells). Per-cell moments are computed in one vectorised pass (a
-band-summing matmul instead of a Python loop over patches), patch statistics are Chan merges of cell moments, and
-the output is one ``x * scale + shift`` with per-cell coefficients. Both big-tensor steps have hand-written
-backward passes (standard BN calculus restricted to each cell); all the small per-cell algebra runs under
-autograd, so gradients flow through the patch statistics exactly as in BN.
+Implementation: the output is an affine map of ``x`` constant on the cells of the overlay of both views' cuts (at
+most 3 x 3 cells), computed in one vectorised pass with a hand-written backward (``_pbn_cells.cell_norm``); the
+per-cell algebra below (patch statistics as Chan merges of cell moments, the sequential EMA, the choices) is a small
+differentiable function of the cell moments.
 """
 import bisect
 from dataclasses import dataclass
@@ -37,10 +35,9 @@ import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
 
-__all__ = ['PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed',
-           'cell_norm']
+from ._pbn_cells import Edges, cell_counts, cell_norm, merge_cells
 
-Edges = Tuple[int, ...]
+__all__ = ['PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed']
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -73,11 +70,9 @@ class PBNPlan:
     Attributes:
         views (tuple[PatchView, PatchView]): ``(a, b)``; view ``a`` updates the running statistics.
         use_b (Tensor): ``(C,)`` bool; True where the output channel comes from view ``b``.
-        view_ids (tuple[int, int]): Which views were drawn (0 whole map, 1 two patches, 2 four patches); for logs.
     """
     views: Tuple[PatchView, PatchView]
     use_b: torch.Tensor
-    view_ids: Tuple[int, int] = (-1, -1)
 
 
 def _cut(length: int, low: int, high: int, generator: Optional[torch.Generator]) -> Tuple[int, ...]:
@@ -132,133 +127,7 @@ def sample_pbn_plan(num_channels: int, height: int, width: int, p: float = 0.5,
         patch_stats = torch.rand(num_patches, num_channels, generator=generator) < p
         views.append(PatchView(row_cuts, col_cuts, patch_stats))
     use_b = torch.rand(num_channels, generator=generator) < 0.5
-    return PBNPlan(views=(views[0], views[1]), use_b=use_b, view_ids=view_ids)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Cell machinery: per-cell moments and per-cell affine maps on (N, C, H, W), both with analytic backward
-# ----------------------------------------------------------------------------------------------------------------
-def _sizes(edges: Edges) -> List[int]:
-    return [b - a for a, b in zip(edges[:-1], edges[1:])]
-
-
-def _band_index(edges: Edges, device) -> torch.Tensor:
-    """``(L,)`` long: the band ``k`` of each position, bands being ``[edges[k], edges[k+1])``."""
-    return torch.tensor([k for k, size in enumerate(_sizes(edges)) for _ in range(size)], device=device)
-
-
-def _band_matrix(edges: Edges, dtype, device) -> torch.Tensor:
-    """``(L, K)`` 0/1 matrix whose column k selects the positions of band ``k``."""
-    return nn.functional.one_hot(_band_index(edges, device), len(edges) - 1).to(dtype)
-
-
-def _band_sum(t: torch.Tensor, row_edges: Edges, col_edges: Edges) -> torch.Tensor:
-    """Sums ``t`` ``(N, C, H, W)`` over the batch and each cell: ``(C, R, K)`` in float64."""
-    n, c, h, w = t.shape
-    by_col = (t.reshape(-1, w) @ _band_matrix(col_edges, t.dtype, t.device)).view(n, c, h, -1)
-    by_col = by_col.sum(0, dtype=torch.float64)  # (C, H, K)
-    return torch.einsum('chk,hr->crk', by_col, _band_matrix(row_edges, torch.float64, t.device))
-
-
-def _expand(v: torch.Tensor, row_edges: Edges, col_edges: Edges, dtype) -> torch.Tensor:
-    """Per-cell values ``(C, R, K)`` -> per-position map ``(C, H, W)`` of ``dtype``."""
-    v = v.to(dtype).index_select(2, _band_index(col_edges, v.device))  # (C, R, W), small
-    return v.index_select(1, _band_index(row_edges, v.device))  # whole-row copies
-
-
-def _cell_counts(n: int, row_edges: Edges, col_edges: Edges, device) -> torch.Tensor:
-    """Elements per cell ``(R, K)`` (float64): ``N * h_i * w_j``."""
-    rows = torch.tensor(_sizes(row_edges), dtype=torch.float64, device=device)
-    cols = torch.tensor(_sizes(col_edges), dtype=torch.float64, device=device)
-    return n * rows[:, None] * cols[None, :]
-
-
-def _cell_moments(x: torch.Tensor, row_edges: Edges, col_edges: Edges, counts: torch.Tensor):
-    """Per-cell mean and sum of squared deviations ``(C, R, K)`` float64, two passes like torch's CPU BN."""
-    mean = _band_sum(x, row_edges, col_edges) / counts
-    deviation = x - _expand(mean, row_edges, col_edges, x.dtype)
-    return mean, _band_sum(deviation.square_(), row_edges, col_edges)
-
-
-class _CellNorm(torch.autograd.Function):
-    """``y = x * scale[cell] + shift[cell]`` where ``(scale, shift) = coefficients(mean, m2, weight, bias)`` are
-    computed from the per-cell moments of ``x`` by any small differentiable function.
-
-    Backward: ``dscale, dshift`` are cell sums of ``dy * x`` and ``dy``; autograd through the small graph of
-    ``coefficients`` turns them into ``dmean, dm2, dweight, dbias``; then, in one fused expression,
-    ``dx = dy * scale + x * 2 dm2 + (dmean / n - 2 dm2 * mean)`` (since ``d mean/dx = 1/n`` and
-    ``d m2/dx = 2 (x - mean)``).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, coefficients, row_edges, col_edges):
-        counts = _cell_counts(x.shape[0], row_edges, col_edges, x.device)
-        mean, m2 = _cell_moments(x, row_edges, col_edges, counts)
-        small_inputs = [mean.requires_grad_(), m2.requires_grad_()]
-        small_inputs += [t.detach().requires_grad_() if t is not None else None for t in (weight, bias)]
-        with torch.enable_grad():
-            scale, shift = coefficients(*small_inputs)
-        ctx.save_for_backward(x, mean, counts)
-        ctx.small = (small_inputs, scale, shift)
-        ctx.edges = (row_edges, col_edges)
-        return torch.addcmul(_expand(shift.detach(), row_edges, col_edges, x.dtype), x,
-                             _expand(scale.detach(), row_edges, col_edges, x.dtype))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y):
-        x, mean, counts = ctx.saved_tensors
-        small_inputs, scale, shift = ctx.small
-        edges = ctx.edges
-        grad_scale = _band_sum(grad_y * x, *edges).to(scale.dtype)
-        grad_shift = _band_sum(grad_y, *edges).to(shift.dtype)
-        wanted = [t for t in small_inputs if t is not None]
-        grads = list(torch.autograd.grad((scale, shift), wanted, (grad_scale, grad_shift), allow_unused=True,
-                                         retain_graph=True))  # tiny graph; the outer one may be retained
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)]
-        grad_mean, grad_m2 = grads[:2]
-        grad_affine = iter(grads[2:])
-        grad_weight, grad_bias = [next(grad_affine) if t is not None else None for t in small_inputs[2:]]
-        slope = 2 * grad_m2
-        offset = grad_mean / counts - slope * mean
-        grad_x = torch.addcmul(_expand(offset, *edges, x.dtype), x, _expand(slope, *edges, x.dtype))
-        grad_x.addcmul_(grad_y, _expand(scale.detach(), *edges, x.dtype))
-        return grad_x, grad_weight, grad_bias, None, None, None
-
-
-def cell_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], coefficients,
-              row_edges: Edges, col_edges: Edges) -> torch.Tensor:
-    """Normalises ``x`` with per-(channel, cell) coefficients computed from the cells' own moments.
-
-    Args:
-        x (Tensor): ``(N, C, H, W)``.
-        weight, bias (Tensor | None): ``(C,)``, passed to ``coefficients`` (their gradients flow back).
-        coefficients (callable): ``(mean, m2, weight, bias) -> (scale, shift)``; ``mean``/``m2`` are the float64
-            per-cell mean and sum of squared deviations ``(C, R, K)`` pooled over the batch, outputs ``(C, R, K)``.
-            Called once, under autograd, in the forward pass.
-        row_edges (tuple[int]): ``(0, ..., H)``, strictly increasing; cell rows are ``[e_i, e_{i+1})``.
-        col_edges (tuple[int]): ``(0, ..., W)``, likewise for columns.
-
-    Returns:
-        Tensor: ``x * scale + shift`` per cell, ``(N, C, H, W)``.
-    """
-    return _CellNorm.apply(x, weight, bias, coefficients, tuple(row_edges), tuple(col_edges))
-
-
-def _merge(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, group: torch.Tensor, num_groups: int):
-    """Chan merge of cell moments into groups.
-
-    Args:
-        counts (Tensor): ``(K,)`` elements per cell. mean, m2: ``(C, K)``. group: ``(K,)`` long, cell -> group.
-
-    Returns:
-        tuple: ``counts (G,)``, ``mean (C, G)``, biased ``var (C, G)``.
-    """
-    g_counts = torch.zeros(num_groups, dtype=counts.dtype, device=counts.device).index_add(0, group, counts)
-    g_mean = mean.new_zeros(mean.shape[0], num_groups).index_add(1, group, mean * counts) / g_counts
-    spread = m2 + counts * (mean - g_mean[:, group]).square()
-    g_var = mean.new_zeros(mean.shape[0], num_groups).index_add(1, group, spread) / g_counts
-    return g_counts, g_mean, g_var
+    return PBNPlan(views=(views[0], views[1]), use_b=use_b)
 
 
 def _patch_index(view: PatchView, row_edges: Edges, col_edges: Edges, device) -> torch.Tensor:
@@ -308,28 +177,25 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
     view_a, view_b = plan.views
     row_edges = _edges(h, view_a.row_cuts, view_b.row_cuts)  # overlay of both views' cuts
     col_edges = _edges(w, view_a.col_cuts, view_b.col_cuts)
-    counts = _cell_counts(n, row_edges, col_edges, x.device).flatten()
+    counts = cell_counts(n, row_edges, col_edges, x.device).flatten()
     index_a = _patch_index(view_a, row_edges, col_edges, x.device)  # overlay cell -> patch of the view
     index_b = _patch_index(view_b, row_edges, col_edges, x.device)
     use_b = plan.use_b.to(x.device)[:, None]
+    old_mean, old_var = running_mean.detach().clone(), running_var.detach().clone()
 
     def coefficients(mean, m2, weight, bias):
         mean, m2 = mean.flatten(1), m2.flatten(1)
-        n_a, mean_a, var_a = _merge(counts, mean, m2, index_a, view_a.num_patches)
-        _, mean_b, var_b = _merge(counts, mean, m2, index_b, view_b.num_patches)
+        n_a, mean_a, var_a = merge_cells(counts, mean, m2, index_a, view_a.num_patches)
+        _, mean_b, var_b = merge_cells(counts, mean, m2, index_b, view_b.num_patches)
         # Running statistics as each patch of view a is reached (released sequential EMA, <= 4 small updates);
         # view b sees them after all updates.
-        rm = running_mean.detach().to(mean.dtype, copy=True)
-        rv = running_var.detach().to(mean.dtype, copy=True)
+        rm, rv = old_mean.to(mean.dtype), old_var.to(mean.dtype)
         seen_mean, seen_var = [], []
         for k in range(view_a.num_patches):
             seen_mean.append(rm)
             seen_var.append(rv)
             unbiased = var_a[:, k].detach() * (n_a[k] / (n_a[k] - 1).clamp(min=1))
             rm, rv = _ema(rm, mean_a[:, k].detach(), momentum), _ema(rv, unbiased, momentum)
-        with torch.no_grad():
-            running_mean.copy_(rm)
-            running_var.copy_(rv)
         scales, shifts = [], []
         for view, index, p_mean, p_var, r_mean, r_var in (
                 (view_a, index_a, mean_a, var_a, torch.stack(seen_mean, 1), torch.stack(seen_var, 1)),
@@ -341,9 +207,13 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
             shifts.append(shift[:, index])
         shape = (c, len(row_edges) - 1, len(col_edges) - 1)
         return (torch.where(use_b, scales[1], scales[0]).view(shape),
-                torch.where(use_b, shifts[1], shifts[0]).view(shape))
+                torch.where(use_b, shifts[1], shifts[0]).view(shape), rm, rv)
 
-    return cell_norm(x, weight, bias, coefficients, row_edges, col_edges)
+    y, new_mean, new_var = cell_norm(x, weight, bias, coefficients, row_edges, col_edges)
+    with torch.no_grad():
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+    return y
 
 
 def grid_edges(length: int, parts: int) -> Edges:
@@ -365,23 +235,26 @@ def pbn_fixed(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
     """
     n, c, h, w = x.shape
     row_edges, col_edges = grid_edges(h, grid[0]), grid_edges(w, grid[1])
-    counts = _cell_counts(n, row_edges, col_edges, x.device).flatten()
+    counts = cell_counts(n, row_edges, col_edges, x.device).flatten()
+    whole = torch.zeros(counts.numel(), dtype=torch.long, device=x.device)
+    old_mean, old_var = running_mean.detach().clone(), running_var.detach().clone()
 
     def coefficients(mean, m2, weight, bias):
         mean, m2 = mean.flatten(1), m2.flatten(1)
-        rm = running_mean.detach().to(mean.dtype, copy=True)
-        rv = running_var.detach().to(mean.dtype, copy=True)
-        whole = torch.zeros(counts.numel(), dtype=torch.long, device=x.device)
-        total, whole_mean, whole_var = _merge(counts, mean.detach(), m2.detach(), whole, 1)
-        with torch.no_grad():
-            running_mean.copy_(_ema(rm, whole_mean[:, 0], momentum))
-            running_var.copy_(_ema(rv, whole_var[:, 0] * total[0] / (total[0] - 1).clamp(min=1), momentum))
+        rm, rv = old_mean.to(mean.dtype), old_var.to(mean.dtype)
+        total, whole_mean, whole_var = merge_cells(counts, mean.detach(), m2.detach(), whole, 1)
+        new_mean = _ema(rm, whole_mean[:, 0], momentum)
+        new_var = _ema(rv, whole_var[:, 0] * total[0] / (total[0] - 1).clamp(min=1), momentum)
         scale, shift = _affine_coefficients(lam * rm[:, None] + (1 - lam) * mean,
                                             lam * rv[:, None] + (1 - lam) * m2 / counts, weight, bias, eps)
         shape = (c, len(row_edges) - 1, len(col_edges) - 1)
-        return scale.view(shape), shift.view(shape)
+        return scale.view(shape), shift.view(shape), new_mean, new_var
 
-    return cell_norm(x, weight, bias, coefficients, row_edges, col_edges)
+    y, new_mean, new_var = cell_norm(x, weight, bias, coefficients, row_edges, col_edges)
+    with torch.no_grad():
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+    return y
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -519,6 +392,7 @@ class PBN(nn.Module):
                                       error_msgs)
 
     def extra_repr(self) -> str:
+        common = f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}'
         if self.mode == 'random':
-            return f'{self.num_features}, mode=random, p={self.p}'
-        return f'{self.num_features}, mode=fixed, grid={self.grid}, lam={self.lam}'
+            return f'{common}, mode=random, p={self.p}'
+        return f'{common}, mode=fixed, grid={self.grid}, lam={self.lam}'
