@@ -6,24 +6,32 @@ checkpoints keep the toolbox's keys. One training step:
 
 1. :class:`DomainPairPreprocessor` runs the model's own data preprocessor on the concatenated
    ``[source | target]`` list (one normalised, padded batch) and returns the source and target data samples apart;
-2. the backbone (and neck) run once on the whole batch inside
-   ``domain_split(model, (num_source, num_target))`` -- every domain-aware layer (RN, AdaBN) sees the split;
-3. the toolbox's own ``loss`` runs on the source features and source data samples only (target labels, if any, are
-   never read);
+2. inside ``domain_split(model, (num_source, num_target))`` -- every domain-aware layer (RN, AdaBN) sees the split --
+   the backbone and neck run once on the whole batch, and so do the *joint heads*
+   (:meth:`DomainAdaptiveMixin.joint_head_losses`: heads whose output rows are images, e.g. mmseg decode and
+   auxiliary heads, mmdet dense heads); their losses read only the source rows and source labels;
+3. heads whose rows are not images (mmdet RPN + RoI heads, point heads) run the toolbox's own ``loss`` on the source
+   features only. They must not hold a domain-aware layer: the model refuses to build otherwise
+   (:meth:`DomainAdaptiveMixin.source_only_heads`);
 4. :meth:`DomainAdaptiveMixin.uda_loss` -- the hook point for UDA losses -- receives the source and target features.
 
-Validation and testing use the target dataset through the normal loops (``predict`` mode is the toolbox's own).
+Target labels, if any, are never read. Validation and testing use the target dataset through the normal loops
+(``predict`` mode is the toolbox's own).
 """
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from ..norms.domain import domain_split
+from ..norms.domain import DomainAwareMixin, domain_split
+from ..norms.layer_names import name_layers
 
-__all__ = ['DomainPairPreprocessor', 'DomainAdaptiveMixin']
+__all__ = ['DomainPairPreprocessor', 'DomainAdaptiveMixin', 'slice_rows']
 
 Features = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+# Children of a toolbox model that are not heads: they run on the joint batch (or hold no layers).
+NON_HEAD_CHILDREN = ('backbone', 'neck', 'data_preprocessor')
 
 
 class DomainPairPreprocessor(nn.Module):
@@ -66,6 +74,19 @@ class DomainPairPreprocessor(nn.Module):
                     target_data_samples=samples[num_source:])
 
 
+def slice_rows(out, part: slice, batch_size: int):
+    """``out`` with every tensor whose first dimension is the batch (``batch_size``) cut to ``part``.
+
+    Walks tensors, lists and tuples (head outputs: a logits tensor, per-level lists, tuples of lists); anything else
+    is returned unchanged.
+    """
+    if isinstance(out, torch.Tensor):
+        return out[part] if out.dim() > 0 and out.shape[0] == batch_size else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(slice_rows(o, part, batch_size) for o in out)
+    return out
+
+
 def _slice_features(feats: Features, part: slice) -> Features:
     if isinstance(feats, torch.Tensor):
         return feats[part]
@@ -73,10 +94,13 @@ def _slice_features(feats: Features, part: slice) -> Features:
 
 
 class DomainAdaptiveMixin:
-    """Source+target training on top of a toolbox model (mmseg ``EncoderDecoder``, mmdet detectors).
+    """Source+target training on top of a toolbox model (mmseg segmentors, mmdet detectors).
 
     Requirements on the toolbox class: ``forward(inputs, data_samples, mode)``, ``extract_feat(inputs)`` (backbone
     + neck) and a ``loss(inputs, data_samples)`` that gets its features from ``self.extract_feat``.
+
+    Subclasses choose which heads run on the joint batch by overriding :meth:`joint_head_losses` and
+    :meth:`source_only_heads` (the defaults: every head source-only, through the toolbox's own ``loss``).
 
     Hook point for UDA losses: override :meth:`uda_loss` in a subclass (and register it), e.g.::
 
@@ -88,14 +112,50 @@ class DomainAdaptiveMixin:
                 return dict(loss_target_entropy=-(p * p.clamp_min(1e-8).log()).sum(1).mean())
 
     The returned losses are added to the supervised source losses (keys must start with ``loss`` to be
-    back-propagated and must not clash with them).
+    back-propagated and must not clash with them). ``uda_loss`` runs outside the split: a head with RN layers needs
+    ``with mmnorm.domain_split(self, (0, n_t))`` and ``allow_single_domain=True`` there.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.data_preprocessor = DomainPairPreprocessor(self.data_preprocessor)
         self._source_feats: Optional[Features] = None
+        self.check_source_only_heads()
+        name_layers(self)  # error messages of mmnorm layers name their module path
 
+    # -- which heads see what ----------------------------------------------------------------------------------
+    def source_only_heads(self) -> Dict[str, nn.Module]:
+        """Heads that run on the source rows only, by attribute name. Default: every child except
+        backbone, neck and data preprocessor."""
+        return {name: child for name, child in self.named_children() if name not in NON_HEAD_CHILDREN}
+
+    def check_source_only_heads(self) -> None:
+        """Raises ValueError if a source-only head holds a domain-aware layer (RN, AdaBN).
+
+        Such a layer never sees target rows (and no split), so its target statistics could not be trained.
+        """
+        for head_name, head in self.source_only_heads().items():
+            layers = [f'{head_name}.{name}' for name, m in head.named_modules() if isinstance(m, DomainAwareMixin)]
+            if layers:
+                kinds = sorted({type(m).__name__ for m in head.modules() if isinstance(m, DomainAwareMixin)})
+                raise ValueError(
+                    f'{type(self).__name__}: {head_name} ({type(head).__name__}) runs on the source part of the '
+                    f'batch only, but holds {"/".join(kinds)} layers that need the [source | target] split: '
+                    f'{", ".join(layers[:3])}{" ..." if len(layers) > 3 else ""}. Use BN or GN there (e.g. '
+                    f'norm_cfg=dict(type="BN") in model.{head_name}) and keep RN / AdaBN in the backbone, neck and '
+                    'the heads that run on whole images (mmseg decode / auxiliary heads, dense heads of '
+                    'single-stage detectors such as UDARetinaNet, UDAFCOS)')
+
+    def joint_head_losses(self, feats: Features, data_samples: List, num_source: int) -> Optional[Dict]:
+        """Supervised losses from heads run on the joint features, or None to use the toolbox's ``loss`` on the
+        source features instead (the default).
+
+        Called inside the domain split. Implementations forward the heads on ``feats`` (N_s + N_t rows) and
+        compute the losses from the first ``num_source`` rows of their outputs and ``data_samples``.
+        """
+        return None
+
+    # -- forward -----------------------------------------------------------------------------------------------
     def forward(self, inputs, data_samples=None, mode: str = 'tensor', target_data_samples=None):
         if target_data_samples is not None:
             if mode != 'loss':
@@ -126,13 +186,15 @@ class DomainAdaptiveMixin:
                              f'{split[0]} source + {split[1]} target data samples')
         with domain_split(self, split):
             feats = self.extract_feat(inputs)
+            losses = self.joint_head_losses(feats, data_samples, split[0])
         source_feats = _slice_features(feats, slice(0, split[0]))
         target_feats = _slice_features(feats, slice(split[0], None))
-        self._source_feats = source_feats  # the toolbox loss below asks extract_feat for them
-        try:
-            losses = self.loss(inputs[:split[0]], data_samples)
-        finally:
-            self._source_feats = None
+        if losses is None:
+            self._source_feats = source_feats  # the toolbox loss below asks extract_feat for them
+            try:
+                losses = self.loss(inputs[:split[0]], data_samples)
+            finally:
+                self._source_feats = None
         extra = self.uda_loss(source_feats, target_feats, data_samples, target_data_samples)
         clash = sorted(set(extra) & set(losses))
         if clash:
