@@ -7,13 +7,21 @@ statistics), the remaining channels go through batch normalization.
 The layer is a plain container of two torch norm modules, ``IN`` and ``BN`` (the names of the official
 checkpoints), so everything that works on torch BN layers works on the BN half unchanged: ``norm_eval``,
 ``convert_sync_batchnorm`` / ``revert_sync_batchnorm`` and AdaBN recalibration.
+
+Degenerate maps: on a map with one spatial position (``H * W == 1``, e.g. ASPP / PSP image pooling) instance
+statistics are those of a single value, so the instance half is ``(x - x) / sqrt(0 + eps) * w + b = b``: it outputs
+its bias (in train and eval; torch's ``InstanceNorm2d`` refuses such maps). A one-time warning names the layer. A
+training batch with one value per channel in the BN half (``N * H * W == 1``) is a ``ValueError``.
 """
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
+from mmengine.logging import print_log
 from mmengine.registry import MODELS
+
+from .layer_names import layer_label
 
 __all__ = ['IBN', 'num_instance_channels']
 
@@ -58,6 +66,8 @@ class IBN(nn.Module):
     """
 
     _abbr_ = 'bn'  # backbones name it bn1, bn2, ... like BN, so BN checkpoints keep their keys
+    layer_path = None  # module path for messages, set by mmnorm.models.norms.layer_names.name_layers
+    _warned_single_position = False
 
     def __init__(self,
                  num_features: int,
@@ -90,7 +100,27 @@ class IBN(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f'IBN expects (N, {self.num_features}, H, W) input, got shape {tuple(x.shape)}')
         x_in, x_bn = x.split([self.num_in, self.num_features - self.num_in], dim=1)
-        return torch.cat([self.IN(x_in), self.BN(x_bn)], dim=1)
+        if x.shape[2] * x.shape[3] > 1:
+            y_in = self.IN(x_in)
+        else:
+            y_in = self._single_position_instance_norm(x_in)
+        if self.training and self.BN.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+            raise ValueError(
+                f'{layer_label(self)}: input {tuple(x.shape)} has one value per channel for the batch-norm half in '
+                'training (N x H x W = 1); use more than one image per GPU, or keep IBN out of 1x1 pooling branches '
+                '(IBN-Net places IN in the early backbone stages only)')
+        return torch.cat([y_in, self.BN(x_bn)], dim=1)
+
+    def _single_position_instance_norm(self, x_in: torch.Tensor) -> torch.Tensor:
+        """Instance norm of (N, h, 1, 1): every value is its own mean, so the output is the IN bias (zero
+        gradient to ``x_in`` and to the IN weight, both kept in the graph)."""
+        if not self._warned_single_position:
+            self._warned_single_position = True
+            print_log(f'{layer_label(self)}: input with one spatial position; the instance-normalised half outputs '
+                      'its bias (IN of a single value is 0). IBN-Net places IN in early, high-resolution layers '
+                      'only: use norm_cfg=dict(type="BN") for pooling branches', logger='current', level=30)
+        shape = (1, -1, 1, 1)
+        return (x_in - x_in) * self.IN.weight.view(shape) + self.IN.bias.view(shape)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
