@@ -9,7 +9,19 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 
-__all__ = ['prepare_batch', 'forward_batch', 'real_samples_on_rank']
+__all__ = ['check_data_loader', 'prepare_batch', 'forward_batch', 'real_samples_on_rank']
+
+
+def check_data_loader(data_loader: Any, reiterable: Optional[str] = None) -> None:
+    """TypeError unless ``data_loader`` is an iterable of batches (and, when ``reiterable`` gives the reason, not a
+    one-shot iterator)."""
+    if (isinstance(data_loader, (str, bytes, dict, torch.Tensor, nn.Module))
+            or not hasattr(data_loader, '__iter__')):
+        raise TypeError('data_loader must be an iterable of batches (e.g. a torch DataLoader), got '
+                        f'{type(data_loader).__name__}')
+    if reiterable and iter(data_loader) is data_loader:
+        raise TypeError(f'{reiterable}; data_loader must be re-iterable (e.g. a DataLoader or a list), got the '
+                        f'one-shot iterator {type(data_loader).__name__}')
 
 
 def prepare_batch(model: nn.Module, batch: Any, device: torch.device) -> Tuple[tuple, Dict[str, Any], int]:

@@ -4,16 +4,14 @@ Li et al., "Revisiting Batch Normalization for Practical Domain Adaptation" (arX
 kept; each BN layer's running mean / variance is replaced by the statistics of its input over the *whole* target
 set (all samples x all spatial positions), computed exactly by :func:`recalibrate_bn`:
 
-* a forward pre-hook per BN-like layer feeds its input's moments to a float64 :class:`~mmnorm.stats.MomentAccumulator`
-  (equal to the moments of ``torch.cat`` of all features, whatever the batch sizes); ``running_var`` receives the
-  unbiased pooled variance, torch's convention;
+* a pre-hook per BN-like layer feeds its input's moments to a float64 :class:`~mmnorm.stats.MomentAccumulator`
+  (the moments of ``torch.cat`` of all features, whatever the batch sizes); ``running_var`` gets the unbiased one;
 * distributed: one all-gather of all ranks' accumulators per pass, merged in rank order, so every rank writes the
   same buffers; ranks may see different numbers of batches; padding repeats of the distributed samplers are not
   measured (:func:`mmnorm.batches.real_samples_on_rank`).
 
-BN-like layers (:func:`find_bn_layers`): torch ``_BatchNorm`` (incl. SyncBN, ``_BatchNormXd``), mmcv ``MMSyncBN``,
-and modules with ``recalibration_buffers()`` (AdaBN / RN / PBN; their BN children are not visited). During a pass
-every BN-like layer runs in eval mode (no collective, no momentum update). Two orders (``mode``):
+BN-like layers (:func:`mmnorm.stats.find_bn_layers`) run in eval mode during a pass (no collective, no momentum
+update). Two orders (``mode``):
 
 * ``'one_pass'`` (the paper; public tools): one pass; the hook also writes the batch's statistics into the layer's
   buffers just before it normalises, so every layer normalises as in train mode (a call with one value per
@@ -32,52 +30,15 @@ from mmengine.dist import all_gather, get_dist_info
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
-from .batches import forward_batch, prepare_batch, real_samples_on_rank
-from .stats import MomentAccumulator, batch_moments, norm_buffers
+from .batches import check_data_loader, forward_batch, prepare_batch, real_samples_on_rank
+from .stats import MomentAccumulator, batch_moments, find_bn_layers, norm_buffers
 from .validation import check_positive_int
 
+# find_bn_layers and real_samples_on_rank are re-exported from mmnorm.stats and mmnorm.batches
 __all__ = ['recalibrate_bn', 'RecalibrationResult', 'find_bn_layers', 'real_samples_on_rank', 'MODES']
 
 MODES = ('one_pass', 'layerwise')
-
-try:  # mmcv's own SyncBN (CUDA kernels; not a torch _BatchNorm subclass)
-    from mmcv.ops import SyncBatchNorm as MMSyncBN
-except ImportError:  # pragma: no cover - mmcv without ops
-    MMSyncBN = None
-
-
-def find_bn_layers(model: nn.Module) -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
-    """Finds the layers :func:`recalibrate_bn` recalibrates and the norm layers it leaves alone.
-
-    A module with a ``recalibration_buffers`` method is BN-like and its descendants are not visited (a composite
-    layer's BN children are not recalibrated twice). Otherwise torch ``_BatchNorm`` subclasses and mmcv
-    ``MMSyncBN`` with running statistics are BN-like.
-
-    Returns:
-        tuple: ``(layers, left_alone)``: ``{name: module}`` in registration order, and ``{name: reason}`` for
-        InstanceNorm / GroupNorm / LayerNorm and BN layers without running statistics.
-    """
-    layers: Dict[str, nn.Module] = {}
-    left_alone: Dict[str, str] = {}
-    owners: List[str] = []  # names of composite BN-like layers: their descendants are skipped
-    for name, module in model.named_modules():
-        if any(name.startswith(owner + '.' if owner else '') for owner in owners):
-            continue
-        composite = callable(getattr(module, 'recalibration_buffers', None))
-        if composite or isinstance(module, _BatchNorm) or (MMSyncBN is not None and isinstance(module, MMSyncBN)):
-            mean, var = norm_buffers(module)
-            if mean is None or var is None:
-                left_alone[name] = f'{type(module).__name__}: no running statistics'
-            else:
-                layers[name] = module
-            if composite:
-                owners.append(name)
-        elif isinstance(module, (_InstanceNorm, nn.GroupNorm, nn.LayerNorm)):
-            left_alone[name] = f'{type(module).__name__}: no batch statistics to recalibrate'
-    return layers, left_alone
 
 
 @dataclass
@@ -110,70 +71,56 @@ class _Recalibrating:
             sub.training = False
         return self
 
-    def before(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The statistics ``name`` held before the recalibration."""
-        saved = {id(b): copy for b, copy in self.saved}
-        return tuple(saved[id(b)] for b in norm_buffers(self.layers[name]))
-
     def remove_hooks(self) -> None:
-        for handle in self.hooks:
-            handle.remove()
-        self.hooks.clear()
+        while self.hooks:
+            self.hooks.pop().remove()
 
     def commit(self, name: str, mean: torch.Tensor, var: torch.Tensor) -> None:
         """Writes ``name``'s final statistics now (later layerwise passes see them) and again on exit."""
-        buf_mean, buf_var = norm_buffers(self.layers[name])
-        self.final[name] = (mean.to(buf_mean.dtype), var.to(buf_var.dtype))
-        buf_mean.copy_(mean)
-        buf_var.copy_(var)
+        self.final[name] = (mean, var)
+        self._write(name)
+
+    def _write(self, name: str) -> None:
+        for buf, value in zip(norm_buffers(self.layers[name]), self.final[name]):
+            buf.copy_(value)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.remove_hooks()
         for module, flag in self.modes:
             module.training = flag
-        for buf, saved in self.saved:
+        for buf, saved in self.saved:  # undoes the passes' own writes (batch statistics, layerwise commits)
             buf.copy_(saved)
         if exc_type is None:
-            for name, (mean, var) in self.final.items():
-                for buf, value in zip(norm_buffers(self.layers[name]), (mean, var)):
-                    buf.copy_(value)
+            for name in self.final:
+                self._write(name)
 
 
-class _Batch:
-    """How many leading samples of the current batch are real, shared by the measuring hooks."""
+class _Measuring:
+    """The measuring pre-hooks of one pass and what they share: how many leading samples of the batch are real."""
 
-    def __init__(self):
-        self.size = 0
-        self.valid = 0
+    def __init__(self, inject: bool):
+        self.inject = inject  # one-pass: the layer normalises with the batch's (biased) statistics, as in training
+        self.size = self.valid = 0
         self.warned = set()
 
-    def real_part(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """``x`` restricted to the real samples (all of ``x`` when rows are not samples, with a warning)."""
-        if self.valid >= self.size:
-            return x
-        if x.shape[0] == self.size:
-            return x[:self.valid]
-        if name not in self.warned:  # e.g. RoI features: samples cannot be told apart
-            self.warned.add(name)
-            warnings.warn(f'recalibrate_bn: {name} sees {x.shape[0]} rows for a batch of {self.size} samples '
-                          f'of which {self.valid} are real; padded samples cannot be excluded for this layer')
-        return x
-
-
-def _measure_hook(name: str, acc: MomentAccumulator, batch: _Batch, inject: bool):
-    """Pre-hook: accumulates the input's real part; with ``inject``, the layer normalises with the batch's
-    (biased) statistics, as in train mode."""
-
-    def hook(module, inputs):
-        x = inputs[0]
-        count, mean, var = batch_moments(x)
-        part = batch.real_part(name, x)
-        acc.add(*((count, mean, var) if part is x else batch_moments(part)))
-        if inject and count > 1:
-            buf_mean, buf_var = norm_buffers(module)
-            buf_mean.copy_(mean)
-            buf_var.copy_(var)
-    return hook
+    def hook(self, name: str, acc: MomentAccumulator):
+        def measure(module, inputs):
+            x = inputs[0]
+            count, mean, var = batch_moments(x)
+            if self.valid >= self.size:
+                acc.add(count, mean, var)
+            elif x.shape[0] == self.size:
+                acc.add_input(x[:self.valid])
+            else:  # e.g. RoI features: samples cannot be told apart
+                acc.add(count, mean, var)
+                if name not in self.warned:
+                    self.warned.add(name)
+                    warnings.warn(f'recalibrate_bn: {name} sees {x.shape[0]} rows for a batch of {self.size} samples'
+                                  f' ({self.valid} real); padded samples cannot be excluded for this layer')
+            if self.inject and count > 1:
+                for buf, value in zip(norm_buffers(module), (mean, var)):
+                    buf.copy_(value)
+        return measure
 
 
 @dataclass
@@ -183,7 +130,10 @@ class _Plan:
     rank: int
     num_iters: Optional[int]
     limit: Optional[int]  # real samples to measure on this rank (None: all)
-    progress: bool
+
+    @property
+    def counts_samples(self) -> bool:  # the progress bar counts samples (a sample budget only), else batches
+        return self.num_iters is None and self.limit is not None
 
 
 def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, plan: _Plan, *,
@@ -193,11 +143,10 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
     Returns:
         tuple: ``({name: (count, mean, unbiased var)}, samples over all ranks, batches on this rank)``.
     """
-    batch = _Batch()
+    batch = _Measuring(inject)
     accs = {name: MomentAccumulator(norm_buffers(state.layers[name])[0].numel(), plan.device) for name in measured}
     for name in measured:
-        state.hooks.append(state.layers[name].register_forward_pre_hook(
-            _measure_hook(name, accs[name], batch, inject)))
+        state.hooks.append(state.layers[name].register_forward_pre_hook(batch.hook(name, accs[name])))
     bar = _progress_bar(data_loader, plan) if progress else None
     seen, batches, error = 0, 0, None
     try:
@@ -210,9 +159,8 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
             seen += batch.valid
             batches += 1
             if bar is not None:
-                bar.update(batch.valid if plan.num_iters is None and plan.limit is not None else 1)
-            if (plan.num_iters is not None and batches >= plan.num_iters) or (plan.limit is not None
-                                                                               and seen >= plan.limit):
+                bar.update(batch.valid if plan.counts_samples else 1)
+            if batches == plan.num_iters or (plan.limit is not None and seen >= plan.limit):
                 break
     except Exception as exc:  # take part in the all-gather so the other ranks do not hang, then re-raise
         error = exc
@@ -225,15 +173,14 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
 
 
 def _progress_bar(data_loader: Iterable, plan: _Plan) -> Optional[ProgressBar]:
-    """Rank 0's bar: batches when ``num_iters`` or only the loader length is known, else samples."""
+    """Rank 0's bar over this rank's share: ``limit`` samples, or ``num_iters`` / ``len(data_loader)`` batches."""
     if plan.rank != 0:
         return None
-    length = len(data_loader) if hasattr(data_loader, '__len__') else None
-    if plan.num_iters is not None:
-        total = plan.num_iters if length is None else min(plan.num_iters, length)
-    else:
-        total = plan.limit if plan.limit is not None else length
-    return ProgressBar(total or 0)
+    if plan.counts_samples:
+        return ProgressBar(plan.limit)
+    totals = [n for n in (plan.num_iters, len(data_loader) if hasattr(data_loader, '__len__') else None)
+              if n is not None]
+    return ProgressBar(min(totals) if totals else 0)  # 0: a bar without total
 
 
 def _gather(accs: Dict[str, MomentAccumulator], seen: int, error: Optional[Exception], device: torch.device):
@@ -269,9 +216,9 @@ def _execution_order(model: nn.Module, data_loader: Iterable, state: _Recalibrat
             lambda mod, inputs, name=name: calls.append(name) if name not in calls else None))
     error = None
     try:
-        for data in data_loader:
-            forward_batch(model, data, plan.device)
-            break
+        forward_batch(model, next(iter(data_loader)), plan.device)
+    except StopIteration:  # no batch on this rank: the others decide the order
+        pass
     except Exception as exc:
         error = exc
     finally:
@@ -293,13 +240,8 @@ def _check_arguments(data_loader: Any, num_iters: Any, num_samples: Any, mode: s
         raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
     check_positive_int(num_iters, 'num_iters', optional=True)
     check_positive_int(num_samples, 'num_samples', optional=True)
-    if (isinstance(data_loader, (str, bytes, dict, torch.Tensor, nn.Module))
-            or not hasattr(data_loader, '__iter__')):
-        raise TypeError('data_loader must be an iterable of batches (e.g. a torch DataLoader), got '
-                        f'{type(data_loader).__name__}')
-    if mode == 'layerwise' and iter(data_loader) is data_loader:
-        raise TypeError('mode="layerwise" iterates the data once per layer; data_loader must be re-iterable '
-                        f'(e.g. a DataLoader or a list), got the one-shot iterator {type(data_loader).__name__}')
+    check_data_loader(data_loader, reiterable='mode="layerwise" iterates the data once per layer' if mode ==
+                      'layerwise' else None)
 
 
 @torch.no_grad()
@@ -350,7 +292,7 @@ def recalibrate_bn(model: nn.Module, data_loader: Iterable, num_iters: Optional[
         limit = share if limit is None else min(limit, share)
     param = next(iter(model.parameters()), None)
     plan = _Plan(device=param.device if param is not None else torch.device('cpu'), rank=rank,
-                 num_iters=num_iters, limit=limit, progress=progress)
+                 num_iters=num_iters, limit=limit)
     with _Recalibrating(layers) as state:
         if mode == 'one_pass':
             stats, samples, batches = _run_pass(model, data_loader, state, plan, measured=list(layers),
@@ -371,7 +313,7 @@ def recalibrate_bn(model: nn.Module, data_loader: Iterable, num_iters: Optional[
                     bar.update()
             if bar is not None:
                 bar.file.write('\n')
-        before = {name: state.before(name) for name in state.final}
+        result.stages = _stage_changes(state)
     result.samples, result.batches = samples, batches
     if samples < (num_samples or 0) or (num_iters is not None and batches < num_iters):
         warnings.warn(f'recalibrate_bn: asked for num_iters={num_iters}, num_samples={num_samples}; the data '
@@ -380,17 +322,17 @@ def recalibrate_bn(model: nn.Module, data_loader: Iterable, num_iters: Optional[
         if count == 0:
             result.layers.remove(name)
             result.left_alone[name] = 'not reached by the forward'
-    result.stages = _stage_changes(layers, before)
     if logger is not None:
         _log_summary(result, mode, world_size, logger)
     return result
 
 
-def _stage_changes(layers: Dict[str, nn.Module], before: Dict[str, tuple]) -> Dict[str, Tuple[int, float, float]]:
+def _stage_changes(state: _Recalibrating) -> Dict[str, Tuple[int, float, float]]:
     """Per stage (first two name components): layers, mean |d mean| and mean |d std| of the recalibration."""
+    saved = {id(buf): copy for buf, copy in state.saved}
     stages: Dict[str, List[Tuple[float, float]]] = {}
-    for name, (old_mean, old_var) in before.items():
-        mean, var = norm_buffers(layers[name])
+    for name, (mean, var) in state.final.items():
+        old_mean, old_var = (saved[id(buf)] for buf in norm_buffers(state.layers[name]))
         d_mean = (mean.double() - old_mean.double()).abs().mean().item()
         d_std = (var.double().clamp_min(0).sqrt() - old_var.double().clamp_min(0).sqrt()).abs().mean().item()
         stages.setdefault('.'.join(name.split('.')[:2]) or '(root)', []).append((d_mean, d_std))

@@ -1,30 +1,29 @@
-"""Exact per-channel statistics of norm-layer inputs: the primitives of :func:`mmnorm.recalibrate_bn` and
-:mod:`mmnorm.analysis.bn_shift`.
+"""BN-like layers and exact per-channel statistics of their inputs (used by recalibration and analysis).
 
 A per-channel summary is ``(count, mean, M2)``: ``count`` elements per channel, their mean and ``M2``, the sum of
 squared deviations from the mean (biased variance = ``M2 / count``). Summaries merge exactly (Chan et al.), so the
 result equals the statistics of ``torch.cat`` of all batches whatever the batch sizes.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
-__all__ = ['batch_moments', 'chan_merge', 'MomentAccumulator', 'norm_buffers']
+try:  # mmcv's own SyncBN (CUDA kernels; not a torch _BatchNorm subclass)
+    from mmcv.ops import SyncBatchNorm as MMSyncBN
+except ImportError:  # pragma: no cover - mmcv without ops
+    MMSyncBN = None
+
+__all__ = ['batch_moments', 'chan_merge', 'MomentAccumulator', 'norm_buffers', 'find_bn_layers']
 
 Summary = Tuple[float, torch.Tensor, torch.Tensor]
 
 
 def batch_moments(x: torch.Tensor) -> Tuple[int, torch.Tensor, torch.Tensor]:
-    """Per-channel ``(count, mean, biased variance)`` of a norm-layer input.
-
-    Args:
-        x (Tensor): Shape (N, C, *) (any number of trailing spatial dims, none for 1-D BN).
-
-    Returns:
-        tuple: ``count = N * prod(*)`` (int), ``mean`` (C,) and ``var`` (C,), float32 (fp16/bf16 inputs are
-        reduced in fp32).
-    """
+    """Per-channel ``(count = N * prod(*), mean (C,), biased variance (C,))`` of an input ``x`` of shape (N, C, *);
+    fp16 / bf16 inputs are reduced in fp32."""
     dims = [0] + list(range(2, x.dim()))
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
@@ -43,19 +42,15 @@ def chan_merge(count_a: float, mean_a: torch.Tensor, m2_a: torch.Tensor, count_b
         return count_a, mean_a, m2_a
     if count_a == 0:
         return count_b, mean_b, m2_b
-    count = count_a + count_b
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (count_b / count)
-    m2 = m2_a + m2_b + delta.square() * (count_a * count_b / count)
-    return count, mean, m2
+    count, delta = count_a + count_b, mean_b - mean_a
+    return count, mean_a + delta * (count_b / count), m2_a + m2_b + delta.square() * (count_a * count_b / count)
 
 
 class MomentAccumulator:
     """float64 ``(count, mean, M2)`` of one layer's input (C channels), fed batch by batch.
 
-    Per batch only its (count, mean, biased variance) are copied into a float64 buffer (cheap inside a data loop);
-    every ``CHUNK`` batches they are combined exactly by the law of total variance,
-    ``M2 = sum_k n_k var_k + sum_k n_k (mean_k - mean)^2``, and Chan-merged into the running summary.
+    Per batch only its (count, mean, biased variance) are copied (cheap inside a data loop); every ``CHUNK`` batches
+    they are combined by the law of total variance and Chan-merged into the running summary.
     """
     CHUNK = 32
 
@@ -124,3 +119,29 @@ def norm_buffers(module: nn.Module) -> Tuple[Optional[torch.Tensor], Optional[to
     if callable(getattr(module, 'recalibration_buffers', None)):
         return module.recalibration_buffers()
     return getattr(module, 'running_mean', None), getattr(module, 'running_var', None)
+
+
+def find_bn_layers(model: nn.Module) -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
+    """The BN-like layers of ``model`` (``{name: module}``, registration order) and ``{name: reason}`` for the norm
+    layers without batch statistics to recalibrate (IN / GN / LN, BN with ``track_running_stats=False``).
+
+    BN-like: a module with ``recalibration_buffers()`` (its descendants are not visited: a composite layer's BN
+    children are not counted twice), a torch ``_BatchNorm`` or an mmcv ``MMSyncBN`` with running statistics.
+    """
+    layers: Dict[str, nn.Module] = {}
+    left_alone: Dict[str, str] = {}
+    owners: List[str] = []  # composite BN-like layers: their descendants are skipped
+    for name, module in model.named_modules():
+        if any(name.startswith(owner + '.' if owner else '') for owner in owners):
+            continue
+        composite = callable(getattr(module, 'recalibration_buffers', None))
+        if composite or isinstance(module, _BatchNorm) or (MMSyncBN is not None and isinstance(module, MMSyncBN)):
+            if any(b is None for b in norm_buffers(module)):
+                left_alone[name] = f'{type(module).__name__}: no running statistics'
+            else:
+                layers[name] = module
+            if composite:
+                owners.append(name)
+        elif isinstance(module, (_InstanceNorm, nn.GroupNorm, nn.LayerNorm)):
+            left_alone[name] = f'{type(module).__name__}: no batch statistics to recalibrate'
+    return layers, left_alone

@@ -8,7 +8,7 @@ mode. Two Gaussians per channel are compared with
   averaged over channels (the AdaBN paper's measure), and
 * the mean shift |μp − μq| / σp, averaged over channels.
 """
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn

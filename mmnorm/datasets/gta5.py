@@ -8,18 +8,17 @@ pipeline works unchanged. Files converted by ``tools/dataset_converters/gta5.py`
 as they are with ``seg_map_suffix``; the converter also resolves the frames whose image and label sizes differ.
 """
 import os.path as osp
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset, CityscapesDataset
 from mmseg.registry import DATASETS
 
+from .labels import CITYSCAPES_ID_TO_TRAINID
+
 __all__ = ['GTA5Dataset', 'CITYSCAPES_ID_TO_TRAINID', 'GTA5_SPLITS', 'read_gta5_split']
 
 # Cityscapes label ID -> train ID (19 classes); every other ID is ignored (255).
-CITYSCAPES_ID_TO_TRAINID: Dict[int, int] = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
-    28: 15, 31: 16, 32: 17, 33: 18}
 # Cityscapes label IDs are 0..33 (-1 'license plate' is stored as 255 already).
 _NUM_LABEL_IDS = 34
 # split name -> variable in split.mat

@@ -88,10 +88,13 @@ def reciprocal_statistics(mean: torch.Tensor, var: torch.Tensor, gate_mean: torc
 
 
 def _domain_moments(x: torch.Tensor, num_source: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-domain channel mean and unbiased variance of ``x`` (N, C, L); each (2, C)."""
+    """Per-domain channel mean and unbiased variance of ``x`` (N, C, L); each (2, C).
+
+    ``torch.batch_norm_update_stats`` is BN's own one-pass statistics kernel (biased variance); the public
+    ``torch.var_mean(part, dim=(0, 2))`` is 1.3x slower (tools/benchmark_rn_kernels.py, docs/benchmarks.md).
+    """
     means, variances = [], []
     for part in (x[:num_source], x[num_source:]):
-        # One fused pass; returns the biased variance.
         mean, var = torch.batch_norm_update_stats(part, None, None, 0.0)
         count = part.numel() // part.shape[1]
         means.append(mean)
@@ -103,7 +106,8 @@ def _channel_sums(grad: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, to
     """``(sum(grad * x), sum(grad))`` per channel of (N, C, L) tensors in one fused pass.
 
     The eval-mode batch-norm backward with identity statistics (mean 0, variance 1, eps 0) computes exactly these
-    two reductions as its weight and bias gradients.
+    two reductions as its weight and bias gradients, in one pass without a ``grad * x`` temporary: 3x faster than
+    the public ``((grad * x).sum((0, 2)), grad.sum((0, 2)))`` (tools/benchmark_rn_kernels.py, docs/benchmarks.md).
     """
     ones = x.new_ones(x.shape[1])
     _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
