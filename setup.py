@@ -10,6 +10,10 @@ def read_version():
     return ns['__version__']
 
 
+# mmseg 1.2.2 imports ftfy and regex in mmseg.utils without declaring them.
+SEG = ['mmsegmentation>=1.2.0,<1.3.0', 'ftfy', 'regex']
+DET = ['mmdet>=3.3.0,<3.4.0']
+
 setup(
     name='mmnorm',
     version=read_version(),
@@ -19,12 +23,17 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(exclude=('configs', 'tools', 'tests', 'docs')),
     python_requires='>=3.8',
+    # The core (norm layers, hooks, recalibration) needs mmengine + mmcv; each toolbox's datasets, backbones and
+    # UDA wrappers register when that toolbox is installed: pip install mmnorm[seg], mmnorm[det] or mmnorm[all].
     install_requires=[
         'mmengine>=0.10.0,<1.0.0',
         'mmcv>=2.0.0,<2.2.0',
-        'mmsegmentation>=1.2.0,<1.3.0',
-        'mmdet>=3.3.0,<3.4.0',
     ],
+    extras_require={
+        'seg': SEG,
+        'det': DET,
+        'all': SEG + DET,
+    },
     license='Apache License 2.0',
     zip_safe=False,
 )

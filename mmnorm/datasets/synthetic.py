@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from .gta5 import CITYSCAPES_ID_TO_TRAINID
+from .labels import CITYSCAPES_ID_TO_TRAINID
 
 __all__ = ['SHIFTS', 'render_scene', 'apply_target_shift', 'generate_demo_data', 'CITYSCAPES_PALETTE']
 

@@ -19,10 +19,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
-from mmdet.models.backbones import resnet as det_resnet
-from mmseg.models.backbones import resnet as seg_resnet
 
-__all__ = ['add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin']
+__all__ = ['add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin', 'IBN_B_BLOCKS', 'register_ibn_b_blocks']
 
 #: Default stages per type (stage 1 first); shortened to ``num_stages``.
 DEFAULT_STAGES = {'a': (True, True, True, False), 'b': (True, True, False, False)}
@@ -65,28 +63,15 @@ class PostResidualIN:
         return self.relu(self.IN(out))
 
 
-class SegBasicBlockIBNb(PostResidualIN, seg_resnet.BasicBlock):
-    """mmseg ``BasicBlock`` with InstanceNorm after the residual sum (IBN-b)."""
+# toolbox block class -> its IBN-b subclass; filled by the toolbox modules (mmseg_ibn_resnet, mmdet_ibn_resnet)
+IBN_B_BLOCKS = {}
 
 
-class SegBottleneckIBNb(PostResidualIN, seg_resnet.Bottleneck):
-    """mmseg ``Bottleneck`` with InstanceNorm after the residual sum (IBN-b)."""
-
-
-class DetBasicBlockIBNb(PostResidualIN, det_resnet.BasicBlock):
-    """mmdet ``BasicBlock`` with InstanceNorm after the residual sum (IBN-b)."""
-
-
-class DetBottleneckIBNb(PostResidualIN, det_resnet.Bottleneck):
-    """mmdet ``Bottleneck`` with InstanceNorm after the residual sum (IBN-b)."""
-
-
-_IBN_B_BLOCKS = {
-    seg_resnet.BasicBlock: SegBasicBlockIBNb,
-    seg_resnet.Bottleneck: SegBottleneckIBNb,
-    det_resnet.BasicBlock: DetBasicBlockIBNb,
-    det_resnet.Bottleneck: DetBottleneckIBNb,
-}
+def register_ibn_b_blocks(*blocks: type) -> None:
+    """Records IBN-b subclasses (``PostResidualIN`` + a toolbox block class) for :func:`add_ibn`."""
+    for block in blocks:
+        base = next(b for b in block.__bases__ if b is not PostResidualIN)
+        IBN_B_BLOCKS[base] = block
 
 
 def _check_stages(stages: Optional[Sequence[bool]], ibn_type: str, num_stages: int) -> tuple:
@@ -177,10 +162,10 @@ def _add_ibn_b(resnet: nn.Module, stages: tuple, stem: bool, norm_cfg: dict) -> 
         if not use:
             continue
         block = getattr(resnet, layer_name)[-1]
-        if type(block) not in _IBN_B_BLOCKS:
+        if type(block) not in IBN_B_BLOCKS:
             raise TypeError(f'IBN-b supports the mmseg/mmdet BasicBlock and Bottleneck, got {type(block).__name__}')
         # Same modules, one more child and the IBN-b forward: switch the instance to the IBN-b subclass.
-        block.__class__ = _IBN_B_BLOCKS[type(block)]
+        block.__class__ = IBN_B_BLOCKS[type(block)]
         out_channels = (block.conv3 if hasattr(block, 'conv3') else block.conv2).out_channels
         block.add_module('IN', _instance_norm(out_channels, norm_cfg))
 

@@ -5,11 +5,23 @@ Each is the mmdet class with one more argument, ``ibn`` (see :func:`mmnorm.model
     backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)  # any other mmdet ResNet option
 """
 from mmdet.models.backbones import ResNet, ResNetV1d
+from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
 from mmdet.registry import MODELS
 
-from .ibn_resnet import IBNResNetMixin
+from .ibn_resnet import IBNResNetMixin, PostResidualIN, register_ibn_b_blocks
 
 __all__ = ['IBNResNet', 'IBNResNetV1d']
+
+
+class DetBasicBlockIBNb(PostResidualIN, BasicBlock):
+    """mmdet ``BasicBlock`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+class DetBottleneckIBNb(PostResidualIN, Bottleneck):
+    """mmdet ``Bottleneck`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+register_ibn_b_blocks(DetBasicBlockIBNb, DetBottleneckIBNb)
 
 
 @MODELS.register_module()

@@ -5,11 +5,23 @@ Each is the mmseg class with one more argument, ``ibn`` (see :func:`mmnorm.model
     backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)  # any other mmseg ResNet option
 """
 from mmseg.models.backbones import ResNet, ResNetV1c, ResNetV1d
+from mmseg.models.backbones.resnet import BasicBlock, Bottleneck
 from mmseg.registry import MODELS
 
-from .ibn_resnet import IBNResNetMixin
+from .ibn_resnet import IBNResNetMixin, PostResidualIN, register_ibn_b_blocks
 
 __all__ = ['IBNResNet', 'IBNResNetV1c', 'IBNResNetV1d']
+
+
+class SegBasicBlockIBNb(PostResidualIN, BasicBlock):
+    """mmseg ``BasicBlock`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+class SegBottleneckIBNb(PostResidualIN, Bottleneck):
+    """mmseg ``Bottleneck`` with InstanceNorm after the residual sum (IBN-b)."""
+
+
+register_ibn_b_blocks(SegBasicBlockIBNb, SegBottleneckIBNb)
 
 
 @MODELS.register_module()

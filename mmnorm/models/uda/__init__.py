@@ -1,10 +1,16 @@
-"""Source+target (domain-adaptive) training wrappers for mmseg segmentors and mmdet detectors."""
+"""Source+target (domain-adaptive) training wrappers for mmseg segmentors and mmdet detectors (each imported only
+when its toolbox is installed)."""
+from ...toolboxes import toolbox_installed
 from .base import DomainAdaptiveMixin, DomainPairPreprocessor, slice_rows
-from .detector import (UDAATSS, UDAFCOS, UDAGFL, UDATOOD, UDAYOLOX, UDACascadeRCNN, UDAFasterRCNN, UDAMaskRCNN,
-                       UDARetinaNet, UDARTMDet, UDASingleStageDetector, dense_head_runs_jointly)
-from .segmentor import UDACascadeEncoderDecoder, UDAEncoderDecoder, head_runs_jointly
 
-__all__ = ['DomainAdaptiveMixin', 'DomainPairPreprocessor', 'slice_rows', 'UDAEncoderDecoder',
-           'UDACascadeEncoderDecoder', 'head_runs_jointly', 'UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS',
-           'UDAATSS', 'UDAGFL', 'UDATOOD', 'UDAYOLOX', 'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN',
-           'dense_head_runs_jointly']
+__all__ = ['DomainAdaptiveMixin', 'DomainPairPreprocessor', 'slice_rows']
+
+if toolbox_installed('mmseg'):
+    from .segmentor import UDACascadeEncoderDecoder, UDAEncoderDecoder, head_runs_jointly
+    __all__ += ['UDAEncoderDecoder', 'UDACascadeEncoderDecoder', 'head_runs_jointly']
+
+if toolbox_installed('mmdet'):
+    from .detector import (UDAATSS, UDAFCOS, UDAGFL, UDATOOD, UDAYOLOX, UDACascadeRCNN, UDAFasterRCNN, UDAMaskRCNN,
+                           UDARetinaNet, UDARTMDet, UDASingleStageDetector, dense_head_runs_jointly)
+    __all__ += ['UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL', 'UDATOOD', 'UDAYOLOX',
+                'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'dense_head_runs_jointly']
