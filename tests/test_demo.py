@@ -25,7 +25,42 @@ def test_demo_pipeline_tiny(tiny_demo_data, tmp_path):
     for name in METHODS:
         assert f'| {name} |' in table and f'| {name} |' in proc.stdout
     assert (work_dir / 'results.png').stat().st_size > 5000
+    # progress: a start and an end line per job (5 trainings + 7 tests), with the log path, mIoU and time left
+    total = 5 + len(METHODS)
+    assert f'{total} jobs' in proc.stdout
+    for k in range(1, total + 1):
+        assert proc.stdout.count(f'[{k}/{total}] ') == 2, (k, proc.stdout)
+    assert f'[1/{total}] BN seed 0 train ... (log ' in proc.stdout
+    assert 'seed0/BN/train.log' in proc.stdout
+    ends = [line for line in proc.stdout.splitlines() if ' left' in line]
+    assert len(ends) == total and all('mIoU ' in line and 'elapsed' in line for line in ends)
+    assert ends[-1].endswith('about 0 s left')
     # the AdaBN row really recalibrated on the target pool before testing
     log = (work_dir / 'seed0' / 'AdaBN' / 'test_target.log').read_text()
     assert 'AdaBNHook' in log
     assert 'AdaBNHook' not in (work_dir / 'seed0' / 'BN' / 'test_target.log').read_text()
+
+
+def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path):
+    """A job that fails stops the demo with exit 1, the path of its log and the log's last lines; no traceback."""
+    work_dir = tmp_path / 'demo'
+    proc = run_tool(['tools/demo.py', '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2,
+                     '--seeds', 0, '--methods', 'BN', '--num-source-train', 8, '--num-source-val', 4,
+                     '--num-target', 4, '--data-seed', 1, '--loader-options', 'num_workers=0',
+                     'persistent_workers=False', 'batch_size=2', 'no_such_option=1'], check=False)
+    assert proc.returncode == 1
+    log = work_dir / 'seed0' / 'BN' / 'train.log'
+    assert f'log {log}' in proc.stderr and 'last lines' in proc.stderr
+    assert 'no_such_option' in proc.stderr  # the log's own error, shown
+    assert 'Traceback' not in proc.stderr.split('make demo stopped')[0]
+    assert '[1/2] BN seed 0 train FAILED' in proc.stdout
+
+
+def test_demo_keeps_user_omp_num_threads(monkeypatch):
+    from tool_loader import load_tool
+    demo = load_tool('demo')
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    assert demo.thread_count(jobs=2) == 3
+    monkeypatch.delenv('OMP_NUM_THREADS')
+    import os
+    assert demo.thread_count(jobs=1) == max(1, os.cpu_count() or 2)

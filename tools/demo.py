@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
@@ -78,23 +79,112 @@ def final_val_miou(work_dir: str) -> float:
     return vals[-1]['mIoU']
 
 
+class JobFailed(RuntimeError):
+    """A train/test subprocess exited non-zero; the message names its log and holds the log's last lines."""
+
+
+def thread_count(jobs: int) -> int:
+    """CPU threads per job: the user's ``OMP_NUM_THREADS`` when set, else the cores split over ``jobs``."""
+    user = os.environ.get('OMP_NUM_THREADS', '').strip()
+    if user.isdigit() and int(user) > 0:
+        return int(user)
+    return max(1, (os.cpu_count() or 2) // jobs)
+
+
 def run(cmd: List[str], log_file: str, threads: int) -> None:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env.setdefault('OMP_NUM_THREADS', str(threads))
+    env.setdefault('MKL_NUM_THREADS', env['OMP_NUM_THREADS'])
     with open(log_file, 'w') as log:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        with open(log_file) as f:
-            tail = f.read()[-3000:]
-        raise RuntimeError(f'{" ".join(cmd)} failed (exit {proc.returncode}); log {log_file}:\n{tail}')
+        with open(log_file, errors='replace') as f:
+            tail = ''.join(f.readlines()[-25:])
+        raise JobFailed(f'{" ".join(map(str, cmd[1:3]))} failed (exit {proc.returncode}); log {log_file}, last '
+                        f'lines:\n{tail}')
+
+
+class Progress:
+    """One line per job start and end: ``[k/total] name seed s train ... 52 s``, elapsed time and ETA.
+
+    The ETA assumes every remaining job of a kind (train / test) takes the mean time of the finished jobs of that
+    kind (before the first one finishes: ``prior_s``), divided by the number of parallel jobs.
+    """
+
+    def __init__(self, num_train: int, num_test: int, jobs: int, prior_s: Dict[str, float], stream=None):
+        self.total = num_train + num_test
+        self.left = dict(train=num_train, test=num_test)
+        self.durations: Dict[str, List[float]] = dict(train=[], test=[])
+        self.prior_s = prior_s
+        self.jobs = jobs
+        self.started = 0
+        self.start = time.time()
+        self.stream = stream or sys.stdout
+        self.lock = threading.Lock()
+
+    def eta(self) -> float:
+        seconds = 0.0
+        for kind, left in self.left.items():
+            done = self.durations[kind]
+            seconds += left * (statistics.mean(done) if done else self.prior_s[kind])
+        return seconds / self.jobs
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def begin(self, label: str, kind: str, log_file: str) -> Tuple[int, float]:
+        with self.lock:
+            self.started += 1
+            index = self.started
+            self._print(f'[{index}/{self.total}] {label} {kind} ... (log {display_path(log_file)})')
+        return index, time.time()
+
+    def end(self, ticket: Tuple[int, float], label: str, kind: str, miou: Optional[float] = None,
+            failed: bool = False) -> None:
+        index, t0 = ticket
+        seconds = time.time() - t0
+        with self.lock:
+            self.left[kind] -= 1
+            if not failed:
+                self.durations[kind].append(seconds)
+            result = 'FAILED' if failed else (f'mIoU {miou:.1f}' if miou is not None else 'done')
+            elapsed = time.time() - self.start
+            self._print(f'[{index}/{self.total}] {label} {kind} {result} in {seconds:.0f} s | elapsed '
+                        f'{format_seconds(elapsed)}, about {format_seconds(self.eta())} left')
+
+
+def display_path(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it, else absolute."""
+    path = osp.abspath(path)
+    return osp.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f'{seconds // 60} min {seconds % 60:02d} s' if seconds >= 60 else f'{seconds} s'
 
 
 class Experiment:
     """Runs the (method, seed) grid; training jobs of independent methods run ``jobs`` at a time."""
 
-    def __init__(self, args):
+    def __init__(self, args, progress: Optional[Progress] = None):
         self.args = args
-        self.threads = max(1, (os.cpu_count() or 2) // args.jobs)
+        self.threads = thread_count(args.jobs)
+        self.progress = progress
+
+    def job(self, cmd: List[str], log_file: str, label: str, kind: str, read_miou) -> float:
+        """Runs one train/test subprocess with a progress line before and after it; returns its mIoU."""
+        ticket = self.progress.begin(label, kind, log_file) if self.progress else None
+        try:
+            run(cmd, log_file, self.threads)
+            miou = read_miou()
+        except Exception:
+            if ticket:
+                self.progress.end(ticket, label, kind, failed=True)
+            raise
+        if ticket:
+            self.progress.end(ticket, label, kind, miou)
+        return miou
 
     def options(self, config: str, seed: int) -> List[str]:
         a = self.args
@@ -115,20 +205,31 @@ class Experiment:
         config, work_dir = METHODS[name]['config'], self.work_dir(name, seed)
         os.makedirs(work_dir, exist_ok=True)
         last = osp.join(work_dir, 'last_checkpoint')
-        if not (self.args.reuse and osp.exists(last)):
-            run([sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
-                 *self.options(config, seed)], osp.join(work_dir, 'train.log'), self.threads)
+        if self.args.reuse and osp.exists(last):
+            miou = final_val_miou(work_dir)
+            if self.progress:  # counted as done at once
+                self.progress.end(self.progress.begin(f'{name} seed {seed}', 'train', last), f'{name} seed {seed}',
+                                  'train', miou)
+        else:
+            cmd = [sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
+                   *self.options(config, seed)]
+            miou = self.job(cmd, osp.join(work_dir, 'train.log'), f'{name} seed {seed}', 'train',
+                            lambda: final_val_miou(work_dir))
         with open(last) as f:
-            return f.read().strip(), final_val_miou(work_dir)
+            return f.read().strip(), miou
 
     def test_target(self, name: str, seed: int, checkpoint: str) -> float:
         config, work_dir = METHODS[name]['config'], self.work_dir(name, seed)
         os.makedirs(work_dir, exist_ok=True)
         out = osp.join(work_dir, 'metrics_target.json')
-        run([sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir, '--metrics-out', out,
-             '--cfg-options', *self.options(config, seed)], osp.join(work_dir, 'test_target.log'), self.threads)
-        with open(out) as f:
-            return json.load(f)['mIoU']
+        cmd = [sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir, '--metrics-out', out,
+               '--cfg-options', *self.options(config, seed)]
+
+        def read_miou() -> float:
+            with open(out) as f:
+                return json.load(f)['mIoU']
+
+        return self.job(cmd, osp.join(work_dir, 'test_target.log'), f'{name} seed {seed}', 'test', read_miou)
 
     def run_method(self, name: str, seed: int, trained: Dict) -> Dict[str, float]:
         start = time.time()
@@ -241,12 +342,23 @@ def main(argv=None):
 
     from mmnorm.datasets.synthetic import generate_demo_data
     start = time.time()
+    print(f'writing the synthetic data to {args.data_root} (skipped when present) ...', flush=True)
     generate_demo_data(args.data_root, num_source_train=args.num_source_train, num_source_val=args.num_source_val,
                        num_target_train=args.num_target, num_target_val=args.num_target, seed=args.data_seed)
-    results = Experiment(args).run_all()
+    trained = [n for n in args.methods if 'weights_from' not in METHODS[n]]
+    iters = args.iters or 1000
+    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (400 iterations ~ 40 s).
+    progress = Progress(len(trained) * len(args.seeds), len(args.methods) * len(args.seeds), args.jobs,
+                        prior_s=dict(train=8 + 0.08 * iters, test=8.0))
+    print(f'{progress.total} jobs ({len(trained)} trainings and {len(args.methods)} tests per seed, seeds '
+          f'{args.seeds}, {iters} iterations); logs under {args.work_dir}/seed*/<method>/', flush=True)
+    try:
+        results = Experiment(args, progress).run_all()
+    except JobFailed as err:
+        print(f'\nmake demo stopped: {err}', file=sys.stderr, flush=True)
+        sys.exit(1)
     rows = summarise(results)
     table = to_markdown(rows)
-    iters = args.iters or 1000
     title = (f'synthetic GTA5-like -> Cityscapes-like, {iters} iterations, seeds {args.seeds} '
              '(mIoU over the 8 classes present)')
     os.makedirs(args.work_dir, exist_ok=True)
