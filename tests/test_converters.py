@@ -160,3 +160,35 @@ def test_conversion_bad_arguments(tmp_path):
                       mismatch='crop')
     with pytest.raises(ValueError, match='0 <= train ID <= 255, got 7 -> 300'):
         lut_from_mapping({7: 300})
+
+
+def test_converter_reports_are_kept_and_resized_frames_named(root, tmp_path, capsys):
+    gta, _ = broken_gta5(root, tmp_path)
+    main = load_tool('gta5')
+    assert main([gta]) == 1
+    first = json.load(open(f'{gta}/gta5_conversion_report.json'))
+    out = capsys.readouterr().out
+    assert '  resized 00007: image 48x32, label 24x16' in out and '  skipped 00010: label missing' in out
+    assert main([gta]) == 1  # a re-run keeps the first report under a new name
+    kept = [f for f in os.listdir(gta) if f.startswith('gta5_conversion_report.') and f != 'gta5_conversion_report.json']
+    assert len(kept) == 1 and json.load(open(osp.join(gta, kept[0]))) == first
+    assert f'the previous report was kept as {osp.join(gta, kept[0])}' in capsys.readouterr().out
+    assert json.load(open(f'{gta}/gta5_conversion_report.json'))['summary']['exists'] == 7
+
+
+def test_converter_bad_nproc_exits_2(root, tmp_path, capsys):
+    gta, _ = broken_gta5(root, tmp_path)
+    for value in ('0', '-1', 'two'):
+        with pytest.raises(SystemExit) as exc:
+            load_tool('gta5')([gta, '--nproc', value])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and 'argument --nproc' in err and 'Traceback' not in err
+
+
+def test_synthia_corrupt_label_without_opencv_log_lines(root, tmp_path, capfd):
+    syn = fresh_copy(f'{root}/synthia', tmp_path / 'synthia')
+    open(f'{syn}/GT/LABELS/0000003.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)   # corrupt
+    assert load_tool('synthia')([syn]) == 1
+    captured = capfd.readouterr()
+    assert '[ERROR' not in captured.err and '[ WARN' not in captured.err and 'readHeader' not in captured.err
+    assert 'skipped 0000003: unreadable label' in captured.out

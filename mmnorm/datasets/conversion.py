@@ -9,7 +9,9 @@ progress bar and applies one policy everywhere:
 - a missing or unreadable image or label is reported (``'skipped'`` with the reason) and counted, never fatal;
 - image/label size mismatch: ``'resize'`` (default) nearest-resizes the label to the image and reports the frame as
   ``'resized'`` with both sizes, ``'skip'`` writes nothing and reports it as ``'skipped'``;
-- the summary and the per-frame outcomes go to a JSON report; the caller's exit code is 1 when anything was skipped.
+- the summary and the per-frame outcomes go to a JSON report; a report left by an earlier run is kept, renamed
+  ``<name>.<its time>.json``; the caller's exit code is 1 when anything was skipped;
+- OpenCV's own log lines (``[ERROR:0@...] ... readHeader``) are silenced: the report gives mmnorm's reason per file.
 """
 import json
 import os
@@ -58,9 +60,20 @@ def read_index_label(path: str) -> np.ndarray:
         return np.array(img)
 
 
+def quiet_opencv():
+    """Imports cv2 with its logging off (a corrupt file is reported per frame by mmnorm instead)."""
+    import cv2
+    logging = getattr(getattr(cv2, 'utils', None), 'logging', None)
+    if logging is not None:  # OpenCV >= 4
+        logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    elif hasattr(cv2, 'setLogLevel'):
+        cv2.setLogLevel(0)
+    return cv2
+
+
 def read_synthia_label(path: str) -> np.ndarray:
     """(H, W) class IDs of a SYNTHIA ``GT/LABELS`` PNG (16-bit, class ID in the red channel)."""
-    import cv2
+    cv2 = quiet_opencv()
     arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ValueError('cv2 could not decode the label')
@@ -172,9 +185,25 @@ def convert_frames(frames: Sequence[Frame], read_label: Callable[[str], np.ndarr
     report = dict(summary=summary, mismatch=mismatch, overwrite=overwrite, frames=by_status)
     if report_file is not None:
         os.makedirs(osp.dirname(osp.abspath(report_file)), exist_ok=True)
+        report['previous_report'] = keep_previous_report(report_file)
         with open(report_file, 'w') as f:
             json.dump(report, f, indent=1)
     return report
+
+
+def keep_previous_report(report_file: str) -> Optional[str]:
+    """Renames an existing ``report_file`` to ``<stem>.<its modification time>.json``; returns the new name."""
+    if not osp.exists(report_file):
+        return None
+    import time
+    stem, ext = osp.splitext(report_file)
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(osp.getmtime(report_file)))
+    kept, k = f'{stem}.{stamp}{ext}', 1
+    while osp.exists(kept):
+        k += 1
+        kept = f'{stem}.{stamp}-{k}{ext}'
+    os.replace(report_file, kept)
+    return kept
 
 
 def pair_frames(img_dir: str, label_dir: str, out_dir: str, img_suffix: str = '.png', label_suffix: str = '.png',
@@ -196,9 +225,21 @@ def pair_frames(img_dir: str, label_dir: str, out_dir: str, img_suffix: str = '.
                   osp.join(out_dir, name + out_suffix)) for name in sorted(images | labels)]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (a bad value exits 2 with argparse's message naming the option)."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+    return value
+
+
 def add_converter_args(parser) -> None:
     """The options every converter CLI shares."""
-    parser.add_argument('--nproc', type=int, default=1, help='worker processes (default 1)')
+    parser.add_argument('--nproc', type=positive_int, default=1, help='worker processes (default 1)')
     parser.add_argument('--mismatch', choices=MISMATCH_POLICIES, default='resize',
                         help='image/label size mismatch: nearest-resize the label to the image (default) or skip')
     parser.add_argument('--overwrite', action='store_true', help='rewrite outputs that exist (default: keep them)')
@@ -218,6 +259,12 @@ def run_converter(frames: Sequence[Frame], read_label: Callable[[str], np.ndarra
     print(f"{s['total']} frames: {s['converted']} converted, {s['resized']} resized (size mismatch), "
           f"{s['exists']} already present (kept; --overwrite rewrites), {s['skipped']} skipped. "
           f'Report: {report_file}')
-    for item in report['frames']['skipped'][:20]:
-        print(f'  skipped {item}')
+    if report.get('previous_report'):
+        print(f"  the previous report was kept as {report['previous_report']}")
+    for status in ('resized', 'skipped'):
+        for item in report['frames'][status][:20]:
+            (name, detail), = item.items()
+            print(f'  {status} {name}: {detail}')
+        if len(report['frames'][status]) > 20:
+            print(f"  ... and {len(report['frames'][status]) - 20} more {status} (see the report)")
     return 1 if s['skipped'] else 0
