@@ -170,7 +170,8 @@ def test_converter_reports_are_kept_and_resized_frames_named(root, tmp_path, cap
     out = capsys.readouterr().out
     assert '  resized 00007: image 48x32, label 24x16' in out and '  skipped 00010: label missing' in out
     assert main([gta]) == 1  # a re-run keeps the first report under a new name
-    kept = [f for f in os.listdir(gta) if f.startswith('gta5_conversion_report.') and f != 'gta5_conversion_report.json']
+    kept = [f for f in os.listdir(gta)
+            if f.startswith('gta5_conversion_report.') and f != 'gta5_conversion_report.json']
     assert len(kept) == 1 and json.load(open(osp.join(gta, kept[0]))) == first
     assert f'the previous report was kept as {osp.join(gta, kept[0])}' in capsys.readouterr().out
     assert json.load(open(f'{gta}/gta5_conversion_report.json'))['summary']['exists'] == 7
