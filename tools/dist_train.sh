@@ -7,9 +7,17 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
+# The interpreter: $PYTHON if set, else the project's venv (make install) when it exists, else python on PATH.
+REPO_DIR="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -z "$PYTHON" ]; then
+    if [ -x "$REPO_DIR/.venv/bin/python" ]; then PYTHON="$REPO_DIR/.venv/bin/python"; else PYTHON=python; fi
+fi
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+    echo "$(basename "$0"): '$PYTHON' cannot import torch; run 'make install' (creates .venv) or set PYTHON=/path/to/python" >&2
+    exit 2
+fi
 
-PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
+PYTHONPATH="$REPO_DIR":$PYTHONPATH \
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \

@@ -1,15 +1,22 @@
 """Test an mmseg or mmdet checkpoint (the toolbox follows from the config's ``default_scope``) with mmnorm loaded.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out OUT] [--show-dir DIR] [--show]
-                         [--cfg-options k=v ...] [--launcher none|pytorch|slurm] [--metrics-out FILE]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out OUT] [--show-dir DIR [--show-interval N]]
+                         [--show] [--tta] [--cfg-options k=v ...] [--launcher none|pytorch|slurm] [--metrics-out FILE]
 
 ``--out``: mmseg writes the predicted label maps into the directory OUT; mmdet dumps its results into OUT (.pkl).
 ``--metrics-out``: the metrics dict as JSON (rank 0), for scripts such as ``tools/demo.py``.
+``--show-dir`` / ``--show``: every ``--show-interval``-th test batch is painted (default: every batch).
+``--tta``: test-time augmentation as mmseg / mmdet's own ``tools/test.py`` do it: the config's ``tta_model`` wraps
+the model and ``tta_pipeline`` replaces the test pipeline (mmdet: flip TTA by default when the config has neither).
+
+Bad input (a missing or unreadable config or checkpoint, an unknown norm type) ends with a one-line message and
+exit status 2, not a traceback.
 """
 import argparse
 import json
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.dist import get_rank
@@ -17,7 +24,8 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules, checkpoint allow-list)
-from mmnorm.runtime import LAUNCHERS, get_toolbox, setup_launcher, teardown_launcher
+from mmnorm.runtime import (LAUNCHERS, CheckpointFileError, check_checkpoint_file, check_norm_types, get_toolbox,
+                            setup_launcher, teardown_launcher)
 
 
 def parse_args(argv=None):
@@ -28,13 +36,18 @@ def parse_args(argv=None):
     parser.add_argument('--out', help='mmseg: dir for predicted label maps; mmdet: .pkl file of results')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='dir to save painted predictions')
+    parser.add_argument('--show-interval', type=int, default=1,
+                        help='with --show/--show-dir, paint every N-th test batch. Defaults to 1 (every batch)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation (tta_model, tta_pipeline)')
     parser.add_argument('--metrics-out', help='write the metrics dict to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, key=value')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.show_interval < 1:
+        parser.error(f'--show-interval must be >= 1, got {args.show_interval}')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -46,6 +59,7 @@ def trigger_visualization_hook(cfg: Config, args, scope: str) -> None:
                            'DetVisualizationHook) in the config')
     hook = hooks['visualization']
     hook['draw'] = True
+    hook['interval'] = args.show_interval
     if args.show:
         hook['show'] = True
         hook['wait_time'] = args.wait_time
@@ -56,9 +70,36 @@ def trigger_visualization_hook(cfg: Config, args, scope: str) -> None:
             cfg.visualizer['save_dir'] = args.show_dir
 
 
+def apply_tta(cfg: Config, scope: str) -> None:
+    """Wraps the model in ``cfg.tta_model`` and gives the test dataset ``cfg.tta_pipeline`` (as mmseg/mmdet do)."""
+    if scope == 'mmdet':
+        if 'tta_model' not in cfg:
+            cfg.tta_model = dict(type='DetTTAModel',
+                                 tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        if 'tta_pipeline' not in cfg:
+            test_pipeline = list(cfg.test_dataloader.dataset.get('pipeline', cfg.get('test_pipeline', [])))
+            if len(test_pipeline) < 2:
+                raise ValueError('--tta: the mmdet config has no tta_pipeline and its test pipeline has fewer '
+                                 'than two steps to build a flip TTA from; add tta_pipeline to the config')
+            flip = [[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)]]
+            cfg.tta_pipeline = [*test_pipeline[:-1], dict(type='TestTimeAug', transforms=[*flip, [test_pipeline[-1]]])]
+    missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
+    if missing:
+        raise ValueError(f'--tta needs {" and ".join(missing)} in the config {cfg.filename!r} (mmseg configs '
+                         "define them next to the test pipeline, e.g. tta_model = dict(type='SegTTAModel'))")
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # dataset wrappers
+        dataset = dataset['dataset']
+    dataset.pipeline = cfg.tta_pipeline
+
+
 def build_cfg(args) -> Config:
     if not osp.isfile(args.config):
         raise FileNotFoundError(f'config file not found: {args.config!r}')
+    if osp.isdir(args.checkpoint):
+        check_checkpoint_file(args.checkpoint)  # raises: names the folder and what to pass instead
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg = Config.fromfile(args.config)
@@ -73,6 +114,8 @@ def build_cfg(args) -> Config:
     cfg.resume = False
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args, scope)
+    if args.tta:
+        apply_tta(cfg, scope)
     if args.out is not None and scope == 'mmseg':
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
@@ -83,7 +126,13 @@ def build_cfg(args) -> Config:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_cfg(args)
+    try:
+        cfg = build_cfg(args)
+        check_norm_types(cfg)
+        check_checkpoint_file(args.checkpoint)
+    except (FileNotFoundError, ValueError, CheckpointFileError) as err:
+        print(f'tools/test.py: error: {err}', file=sys.stderr)
+        sys.exit(2)
     setup_launcher(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out is not None and cfg.default_scope == 'mmdet':

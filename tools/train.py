@@ -2,17 +2,22 @@
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
                           [--launcher none|pytorch|slurm]
+
+Bad input (a missing or unreadable config or checkpoint, an unknown norm type) ends with a one-line message and
+exit status 2, not a traceback.
 """
 import argparse
 import os
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules, checkpoint allow-list)
-from mmnorm.runtime import LAUNCHERS, get_toolbox, setup_launcher, teardown_launcher
+from mmnorm.runtime import (LAUNCHERS, CheckpointFileError, check_checkpoint_file, check_norm_types, get_toolbox,
+                            setup_launcher, teardown_launcher)
 
 
 def parse_args(argv=None):
@@ -54,6 +59,8 @@ def build_cfg(args) -> Config:
         cfg.resume = True
         cfg.load_from = None
     elif args.resume is not None:
+        if osp.isdir(args.resume):
+            check_checkpoint_file(args.resume, '--resume checkpoint')  # raises: names the folder
         if not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume checkpoint not found: {args.resume!r}')
         cfg.resume = True
@@ -61,9 +68,23 @@ def build_cfg(args) -> Config:
     return cfg
 
 
+def check_inputs(cfg: Config, args) -> None:
+    """Norm types and the checkpoints to load, checked before anything is built."""
+    check_norm_types(cfg)
+    if args.resume not in (None, 'auto'):
+        check_checkpoint_file(args.resume, '--resume checkpoint')
+    elif cfg.get('load_from') and not cfg.get('resume') and '://' not in str(cfg.load_from):
+        check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
+
+
 def main(argv=None):
     args = parse_args(argv)
-    cfg = build_cfg(args)
+    try:
+        cfg = build_cfg(args)
+        check_inputs(cfg, args)
+    except (FileNotFoundError, ValueError, CheckpointFileError) as err:
+        print(f'tools/train.py: error: {err}', file=sys.stderr)
+        sys.exit(2)
     setup_launcher(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()

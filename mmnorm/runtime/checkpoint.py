@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-__all__ = ['restricted_getattr', 'allow_mmengine_checkpoints', 'MMENGINE_SAFE_GLOBALS']
+__all__ = ['restricted_getattr', 'allow_mmengine_checkpoints', 'MMENGINE_SAFE_GLOBALS', 'CheckpointFileError',
+           'check_checkpoint_file']
 
 
 def restricted_getattr(obj: Any, name: str) -> Any:
@@ -75,3 +76,72 @@ def allow_mmengine_checkpoints() -> None:
         warnings.simplefilter('ignore', DeprecationWarning)  # np.core alias on numpy 2
         MMENGINE_SAFE_GLOBALS = _safe_globals()
     add_safe_globals(MMENGINE_SAFE_GLOBALS)
+
+
+class CheckpointFileError(ValueError):
+    """A checkpoint path that cannot be loaded: missing, a directory, empty, truncated or refused (unsafe)."""
+
+
+def _refused_what(message: str) -> str:
+    """The refused global / opcode named in torch's weights-only error, without torch's advice to disable it."""
+    import re
+    found = re.search(r'GLOBAL (\S+)', message)
+    if found:
+        return f'it references the global {found.group(1).rstrip(".,")}, which is not allow-listed'
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    detail = [line for line in lines if 'weights_only' not in line and 'Weights only' not in line
+              and 'documentation' not in line]
+    return (detail[0] if detail else 'an object that is not allow-listed')[:200]
+
+
+def check_checkpoint_file(path: str, what: str = 'checkpoint') -> None:
+    """Fails early, with a message naming ``path``, on a checkpoint the tools could not load.
+
+    Opens the file with ``torch.load(weights_only=True, mmap=True)`` (the tensor data is mapped, not read), the
+    way mmengine will load it once mmnorm's allow-list is in place.
+
+    Args:
+        path (str): The file given on the command line or in the config (``load_from``).
+        what (str): How the message names it (e.g. ``'--resume checkpoint'``). Defaults to ``'checkpoint'``.
+
+    Raises:
+        CheckpointFileError: Missing, a directory, empty, not a torch file / truncated, or refused by weights-only
+            unpickling (the message names what was refused).
+    """
+    import os
+    import os.path as osp
+    import pickle
+    import zipfile
+    if osp.isdir(path):
+        last = osp.join(path, 'last_checkpoint')
+        raise CheckpointFileError(f'{what} {path!r} is a directory; pass a checkpoint file inside it (e.g. '
+                                  f'{osp.join(path, "iter_1000.pth")!r}; {last!r} names the latest)')
+    if not osp.isfile(path):
+        raise CheckpointFileError(f'{what} not found: {path!r}')
+    if os.path.getsize(path) == 0:
+        raise CheckpointFileError(f'{what} {path!r} is an empty file (0 bytes): a save that never wrote, or a '
+                                  'copy that failed; use another checkpoint')
+    allow_mmengine_checkpoints()
+    try:
+        try:
+            torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if 'mmap' not in str(err):
+                raise
+            torch.load(path, map_location='cpu', weights_only=True)  # legacy (non-zip) format: no mmap
+    except pickle.UnpicklingError as err:
+        raise CheckpointFileError(
+            f'{what} {path!r} was refused by weights-only loading ({_refused_what(str(err))}). mmnorm loads '
+            'tensors, plain containers and what mmengine Runner checkpoints hold, nothing that can run code. Do '
+            'not disable weights-only loading (weights_only=False) for a file from an unknown source; if you '
+            'trust its origin, load it once in a separate script and re-save only its state_dict') from None
+    except (EOFError, zipfile.BadZipFile) as err:
+        raise CheckpointFileError(f'{what} {path!r} is truncated or not a torch checkpoint ({err}); a save '
+                                  'interrupted mid-write leaves such files: use an earlier checkpoint') from None
+    except RuntimeError as err:
+        text = str(err)
+        if 'zip archive' in text or 'central directory' in text or 'invalid load key' in text:
+            raise CheckpointFileError(f'{what} {path!r} is truncated or not a torch checkpoint ({text.strip()}); '
+                                      'a save interrupted mid-write leaves such files: use an earlier checkpoint'
+                                      ) from None
+        raise

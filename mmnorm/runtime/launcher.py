@@ -4,6 +4,8 @@ mmengine 0.10.7 assumes GPUs for ``--launcher pytorch|slurm``: ``init_dist`` cal
 ``AttributeError`` on a CPU-only torch) and the Runner wraps DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects
 for CPU modules. :func:`setup_launcher` keeps mmengine's own path on GPUs (nccl) and, without CUDA, initialises a gloo
 process group itself (the Runner then skips ``init_dist``) and asks for a CPU DDP wrapper (``device_ids=None``).
+On CPU the config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the Runner's environment log
+says ``backend: gloo`` and ``device: cpu`` instead of the GPU config's ``nccl``.
 """
 import os
 import subprocess
@@ -73,6 +75,13 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
     if backend == 'nccl':
         backend = 'gloo'  # configs written for GPUs say nccl; CPU tensors need gloo
     init_cpu_process_group(launcher, backend=backend, **dist_cfg)
+    # What the Runner logs under "Runtime environment" (it prints env_cfg): the backend that really runs, and that
+    # the processes are CPU processes (mmengine's own "GPU number" line there counts processes).
+    env_cfg = dict(cfg.get('env_cfg') or {})
+    env_cfg['dist_cfg'] = dict(env_cfg.get('dist_cfg') or {}, backend=backend)
+    env_cfg['device'] = 'cpu'
+    env_cfg['processes'] = torch_dist.get_world_size()
+    cfg.env_cfg = env_cfg
     wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
     wrapper.setdefault('type', 'MMDistributedDataParallel')
     if 'DistributedDataParallel' in str(wrapper['type']):
