@@ -335,7 +335,8 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='C=1101 is not divisible by 2'):
         RN(1101)
     assert rn_groups(1100) == 2 and rn_groups(511) == 1 and rn_groups(1536) == 3
-    with pytest.raises(ValueError, match='more than one value per channel .* the target part .* has 1'):
+    with pytest.raises(ValueError, match=r'RN\(8\): the target part \(1 of split \(2, 1\)\) of input \(3, 8\) has one '
+                                         'value per channel'):
         with domain_split(rn, (2, 1)):
             rn(torch.randn(3, 8))
     with pytest.raises(ValueError, match=r'expects input \(N, 8, \*\), got shape \(6, 4, 2, 2\)'):

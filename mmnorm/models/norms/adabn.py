@@ -21,12 +21,15 @@ import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
 
 __all__ = ['AdaBN', 'DomainBatchNorm', 'set_adabn_domain', 'adabn_selection', 'restore_adabn_selection', 'TEST_MODES']
 
 TEST_MODES = ('running', 'batch', 'blend')
 _STATE_KEYS = ('running_mean', 'running_var', 'num_batches_tracked')
+_BATCH_MODE_FIX = ("test with more than one image per batch, or use test_mode='blend' (batch statistics blended "
+                   'with the running ones)')
 
 
 class DomainBatchNorm(_BatchNorm):
@@ -83,6 +86,7 @@ class AdaBN(DomainAwareMixin, nn.Module):
         - Output: (N, C, *) (same shape as input)
     """
     _abbr_ = 'bn'
+    layer_path = None  # module path for messages (layer_names.name_layers)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, domains: Sequence[str] = ('source', 'target'),
@@ -170,6 +174,10 @@ class AdaBN(DomainAwareMixin, nn.Module):
     def _normalise(self, x: torch.Tensor, domain: str) -> torch.Tensor:
         """Normalises ``x`` with ``domain``'s BN (its own train/eval mode) and applies the shared affine."""
         bn = self._modules[domain]
+        if bn.training or not self.track_running_stats or self.test_mode == 'batch':  # batch statistics
+            split = self.training and self.domain_split is not None
+            check_batch_statistics(self, x, part=f'the {domain!r} domain part' if split else None, bn=bn,
+                                   fix=None if bn.training else _BATCH_MODE_FIX)
         if bn.training or self.test_mode == 'running' or not self.track_running_stats:
             y = bn(x)  # the child's forward: EMA update in training, SyncBN after conversion
             return y if domain == self.domains[0] else self._affine(y)

@@ -36,6 +36,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS
 
 from ._pbn_cells import Edges, cell_counts, cell_norm, merge_cells
+from .degenerate import check_batch_statistics
 
 __all__ = ['PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed']
 
@@ -308,6 +309,7 @@ class PBN(nn.Module):
     """
 
     _abbr_ = 'bn'  # backbones name it bn1, bn2, ... like BN, so BN checkpoints keep their keys
+    layer_path = None  # module path for messages (layer_names.name_layers)
     _version = 2  # state-dict metadata version of torch BN (num_batches_tracked present)
 
     def __init__(self,
@@ -365,8 +367,9 @@ class PBN(nn.Module):
         n, c, h, w = x.shape
         if c != self.num_features:
             raise ValueError(f'PBN over {self.num_features} channels got an input with {c}: shape {tuple(x.shape)}')
-        if n * h * w <= 1:  # the same condition and message as torch BN
-            raise ValueError(f'Expected more than 1 value per channel when training, got input size {x.size()}')
+        check_batch_statistics(self, x)  # one value per channel: mmnorm's message (degenerate.py)
+        if n * h * w == 0:
+            return self.bn(x)  # an empty batch: torch BN's empty output
         momentum = self.momentum
         if momentum is None:
             raise ValueError('PBN needs a float momentum in train mode, got momentum=None')

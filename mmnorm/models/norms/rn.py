@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 
+from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
 
 __all__ = ['RN', 'rn_groups', 'reciprocal_compensation', 'reciprocal_statistics', 'reciprocal_norm']
@@ -246,6 +247,7 @@ class RN(DomainAwareMixin, nn.Module):
     """
 
     _abbr_ = 'bn'  # backbones name it bn1, bn2, ... so BN checkpoints keep their keys
+    layer_path = None  # module path for messages (layer_names.name_layers)
 
     def __init__(self,
                  num_features: int,
@@ -354,6 +356,7 @@ class RN(DomainAwareMixin, nn.Module):
             return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight, self.bias,
                                 False, 0.0, self.eps)
         num_source, num_target = self._resolve_split(x.shape[0])
+        check_batch_statistics(self, x, (num_source, num_target))
         self._project_gates()
         self.num_batches_tracked.add_(1)
         if num_source == 0 or num_target == 0:
