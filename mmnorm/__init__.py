@@ -12,5 +12,6 @@ allow_mmengine_checkpoints()
 from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration)
 from .models.norms import domain_split  # noqa: E402
 from .recalibration import recalibrate_bn  # noqa: E402
+from .tta import TestTimeAdapter  # noqa: E402
 
-__all__ = ['__version__', 'domain_split', 'recalibrate_bn']
+__all__ = ['__version__', 'domain_split', 'recalibrate_bn', 'TestTimeAdapter']

@@ -1,4 +1,5 @@
 """Hooks, registered in the root mmengine ``HOOKS`` registry."""
 from .adabn_hook import AdaBNHook
+from .tta_hook import TestTimeAdaptHook
 
-__all__ = ['AdaBNHook']
+__all__ = ['AdaBNHook', 'TestTimeAdaptHook']
