@@ -1,6 +1,8 @@
 # mmnorm — two commands for a new user:
 #   make test   install the pinned stack into ./.venv (once) and run the test suite
 #   make demo   run the embedded synthetic GTA5-like -> Cityscapes-like experiment
+# and for contributors:
+#   make lint   flake8 + isort + yapf (settings in setup.cfg), as CI runs them
 #
 # Overridable: PYTHON, VENV, TORCH_SPEC (e.g. a CUDA build on a GPU box:
 #   make test TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'),
@@ -16,8 +18,10 @@ NPROC       := $(shell nproc 2>/dev/null || echo 2)
 PY    := $(VENV)/bin/python
 PIP   := $(PY) -m pip
 STAMP := $(VENV)/.mmnorm-installed
+LINT_STAMP := $(VENV)/.mmnorm-lint-installed
+LINT_PATHS := mmnorm tools tests configs setup.py
 
-.PHONY: install test test-all demo clean-venv
+.PHONY: install test test-all demo lint clean-venv
 
 install: $(STAMP)
 
@@ -49,6 +53,17 @@ test: $(STAMP)
 # Everything, slow cases included.
 test-all: $(STAMP)
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+# Lint tools only (no torch needed): a fresh clone can lint before the stack is installed.
+$(LINT_STAMP): requirements/lint.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -r requirements/lint.txt
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(PY) -m flake8 $(LINT_PATHS)
+	$(PY) -m isort --check-only --diff $(LINT_PATHS)
+	$(PY) -m yapf --diff --recursive $(LINT_PATHS)
 
 demo: $(STAMP)
 	$(PY) tools/demo.py $(if $(FAST),--fast) $(DEMO_ARGS)

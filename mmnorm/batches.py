@@ -1,15 +1,18 @@
 """Reading batches the way mmnorm's statistics passes do (recalibration, analysis, test-time adaptation).
 
 A batch is a tensor, an ``(inputs, ...)`` sequence (as ``torch.optim.swa_utils.update_bn`` takes), or an mmengine
-data dict; mmengine models get it through their data preprocessor and run in ``tensor`` mode.
+data dict; mmengine models get it through their data preprocessor and run in ``tensor`` mode (``predict`` where
+``tensor`` fails).
 """
-from typing import Any, Dict, Optional, Tuple
+import logging
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from mmengine.logging import print_log
 from mmengine.model import BaseModel
 
-__all__ = ['check_data_loader', 'prepare_batch', 'forward_batch', 'real_samples_on_rank']
+__all__ = ['check_data_loader', 'prepare_batch', 'forward_prepared', 'forward_batch', 'real_samples_on_rank']
 
 
 def check_data_loader(data_loader: Any, reiterable: Optional[str] = None) -> None:
@@ -24,10 +27,12 @@ def check_data_loader(data_loader: Any, reiterable: Optional[str] = None) -> Non
                         f'one-shot iterator {type(data_loader).__name__}')
 
 
-def prepare_batch(model: nn.Module, batch: Any, device: torch.device) -> Tuple[tuple, Dict[str, Any], int]:
+def prepare_batch(model: nn.Module, batch: Any, device: torch.device,
+                  mode: str = 'tensor') -> Tuple[tuple, Dict[str, Any], int]:
     """The call ``model(*args, **kwargs)`` that forwards one batch, and the number of samples in it.
 
-    mmengine ``BaseModel``: the data preprocessor runs first, and the batch size is read from what it returns
+    mmengine ``BaseModel``: the data preprocessor runs first (the call gets ``mode``, ``'tensor'`` unless the model
+    needs ``'predict'``), and the batch size is read from what it returns
     (``inputs``: a batched tensor or a list of samples), so a preprocessor mapping e.g. ``dict(imgs=...)`` to
     ``inputs`` works. Plain modules: the tensor (or the first element of a tuple / list), moved to ``device``.
 
@@ -40,11 +45,11 @@ def prepare_batch(model: nn.Module, batch: Any, device: torch.device) -> Tuple[t
     if isinstance(model, BaseModel):
         data = model.data_preprocessor(batch, False)
         if isinstance(data, dict):
-            args, kwargs = (), dict(data, mode='tensor')
+            args, kwargs = (), dict(data, mode=mode)
             inputs = data.get('inputs')
         else:
             args = tuple(data) if isinstance(data, (list, tuple)) else (data, )
-            kwargs, inputs = dict(mode='tensor'), args[0] if args else None
+            kwargs, inputs = dict(mode=mode), args[0] if args else None
         if isinstance(inputs, torch.Tensor):
             return args, kwargs, inputs.shape[0]
         if isinstance(inputs, (list, tuple)):
@@ -58,10 +63,32 @@ def prepare_batch(model: nn.Module, batch: Any, device: torch.device) -> Tuple[t
     return (x.to(device), ), {}, x.shape[0]
 
 
-def forward_batch(model: nn.Module, batch: Any, device: torch.device) -> Any:
-    """Forwards one batch (see :func:`prepare_batch`) and returns the model's output."""
-    args, kwargs, _ = prepare_batch(model, batch, device)
-    return model(*args, **kwargs)
+def forward_prepared(model: nn.Module, args: tuple, kwargs: Dict[str, Any],
+                     on_retry: Optional[Callable[[], None]] = None) -> Tuple[Any, Optional[str]]:
+    """``model(*args, **kwargs)``; an mmengine model whose ``tensor`` mode fails (e.g. mmseg's
+    ``CascadeEncoderDecoder`` with a PointRend head, whose last stage needs points) is forwarded again in
+    ``predict`` mode, after ``on_retry()`` (e.g. to drop what the failed forward measured), and a warning is logged.
+
+    Returns:
+        tuple: ``(output, mode used)``; the mode is None for plain modules.
+    """
+    mode = kwargs.get('mode')
+    try:
+        return model(*args, **kwargs), mode
+    except (TypeError, NotImplementedError, AttributeError) as err:
+        if mode != 'tensor':
+            raise
+        if on_retry is not None:
+            on_retry()
+        print_log(f'{type(model).__name__} cannot forward in tensor mode ({type(err).__name__}: {err}); '
+                  'forwarding in predict mode instead', logger='current', level=logging.WARNING)
+        return model(*args, **dict(kwargs, mode='predict')), 'predict'
+
+
+def forward_batch(model: nn.Module, batch: Any, device: torch.device, mode: str = 'tensor') -> Any:
+    """Forwards one batch (see :func:`prepare_batch`, :func:`forward_prepared`) and returns the model's output."""
+    args, kwargs, _ = prepare_batch(model, batch, device, mode)
+    return forward_prepared(model, args, kwargs)[0]
 
 
 def real_samples_on_rank(data_loader: Any) -> Optional[int]:

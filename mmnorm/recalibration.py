@@ -4,22 +4,19 @@ Li et al., "Revisiting Batch Normalization for Practical Domain Adaptation" (arX
 kept; each BN layer's running mean / variance is replaced by the statistics of its input over the *whole* target
 set (all samples x all spatial positions), computed exactly by :func:`recalibrate_bn`:
 
-* a pre-hook per BN-like layer feeds its input's moments to a float64 :class:`~mmnorm.stats.MomentAccumulator`
-  (the moments of ``torch.cat`` of all features, whatever the batch sizes); ``running_var`` gets the unbiased one;
-* distributed: one all-gather of all ranks' accumulators per pass, merged in rank order, so every rank writes the
-  same buffers; ranks may see different numbers of batches; padding repeats of the distributed samplers are not
-  measured (:func:`mmnorm.batches.real_samples_on_rank`).
-
-BN-like layers (:func:`mmnorm.stats.find_bn_layers`) run in eval mode during a pass (no collective, no momentum
-update). Two orders (``mode``):
-
-* ``'one_pass'`` (the paper; public tools): one pass; the hook also writes the batch's statistics into the layer's
-  buffers just before it normalises, so every layer normalises as in train mode (a call with one value per
-  channel, e.g. a 1x1 image pool on one image, uses the current buffers). Distributed, the result equals one
-  process over the same per-rank batches.
+* a pre-hook per BN-like layer (:func:`~mmnorm.stats.find_bn_layers`, all in eval mode: no collective, no
+  momentum) feeds its input's moments to a float64 :class:`~mmnorm.stats.MomentAccumulator` (the moments of
+  ``torch.cat`` of all features, whatever the batch sizes); ``running_var`` gets the unbiased one;
+* distributed: one all-gather of all ranks' accumulators per pass, merged in rank order (identical buffers on
+  every rank); padding repeats of the samplers are not measured (:func:`mmnorm.batches.real_samples_on_rank`).
+Two orders (``mode``):
+* ``'one_pass'`` (the paper; public tools): the hook also writes the batch's statistics into the layer's buffers
+  just before it normalises, so every layer normalises as in train mode (one value per channel, e.g. a 1x1 image
+  pool on one image: the current buffers). Distributed: equals one process over the same per-rank batches.
 * ``'layerwise'``: one pass per layer in execution order, earlier layers already holding their final statistics:
   independent of the batch size and of the number of ranks, at ``L`` times the cost.
 """
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -31,7 +28,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
-from .batches import check_data_loader, forward_batch, prepare_batch, real_samples_on_rank
+from .batches import check_data_loader, forward_prepared, prepare_batch, real_samples_on_rank
 from .stats import MomentAccumulator, batch_moments, find_bn_layers, norm_buffers
 from .validation import check_positive_int
 
@@ -102,18 +99,22 @@ class _Measuring:
         self.inject = inject  # one-pass: the layer normalises with the batch's (biased) statistics, as in training
         self.size = self.valid = 0
         self.warned = set()
+        self.pending: List[Tuple[MomentAccumulator, tuple]] = []  # a batch counts once its forward completed
+
+    def commit(self) -> None:
+        for acc, moments in self.pending:
+            acc.add(*moments)
+        self.pending.clear()
 
     def hook(self, name: str, acc: MomentAccumulator):
         def measure(module, inputs):
             x = inputs[0]
             count, mean, var = batch_moments(x)
-            if self.valid >= self.size:
-                acc.add(count, mean, var)
-            elif x.shape[0] == self.size:
-                acc.add_input(x[:self.valid])
-            else:  # e.g. RoI features: samples cannot be told apart
-                acc.add(count, mean, var)
-                if name not in self.warned:
+            if self.valid < self.size and x.shape[0] == self.size:
+                self.pending.append((acc, batch_moments(x[:self.valid])))
+            else:
+                self.pending.append((acc, (count, mean, var)))
+                if self.valid < self.size and name not in self.warned:  # e.g. RoI rows: padding not separable
                     self.warned.add(name)
                     warnings.warn(f'recalibrate_bn: {name} sees {x.shape[0]} rows for a batch of {self.size} samples'
                                   f' ({self.valid} real); padded samples cannot be excluded for this layer')
@@ -130,10 +131,18 @@ class _Plan:
     rank: int
     num_iters: Optional[int]
     limit: Optional[int]  # real samples to measure on this rank (None: all)
+    forward_mode: str = 'tensor'  # mmengine models whose tensor mode fails: 'predict'
 
     @property
     def counts_samples(self) -> bool:  # the progress bar counts samples (a sample budget only), else batches
         return self.num_iters is None and self.limit is not None
+
+    def progress_bar(self, data_loader: Iterable) -> Optional[ProgressBar]:
+        """Rank 0's bar over this rank's share: ``limit`` samples, or ``num_iters`` / ``len(data_loader)`` batches."""
+        if self.rank != 0:
+            return None
+        totals = [n for n in (self.num_iters, len(data_loader) if hasattr(data_loader, '__len__') else None) if n]
+        return ProgressBar(self.limit if self.counts_samples else min(totals, default=0), file=sys.stdout)
 
 
 def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, plan: _Plan, *,
@@ -147,15 +156,16 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
     accs = {name: MomentAccumulator(norm_buffers(state.layers[name])[0].numel(), plan.device) for name in measured}
     for name in measured:
         state.hooks.append(state.layers[name].register_forward_pre_hook(batch.hook(name, accs[name])))
-    bar = _progress_bar(data_loader, plan) if progress else None
+    bar = plan.progress_bar(data_loader) if progress else None
     seen, batches, error = 0, 0, None
     try:
         for data in data_loader:
             if plan.limit is not None and seen >= plan.limit:  # e.g. a rank whose shard is all padding
                 break
-            args, kwargs, batch.size = prepare_batch(model, data, plan.device)
+            args, kwargs, batch.size = prepare_batch(model, data, plan.device, plan.forward_mode)
             batch.valid = batch.size if plan.limit is None else min(batch.size, plan.limit - seen)
-            model(*args, **kwargs)
+            plan.forward_mode = forward_prepared(model, args, kwargs, on_retry=batch.pending.clear)[1] or 'tensor'
+            batch.commit()
             seen += batch.valid
             batches += 1
             if bar is not None:
@@ -170,17 +180,6 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
         state.remove_hooks()
     stats, samples = _gather(accs, seen, error, plan.device)
     return stats, samples, batches
-
-
-def _progress_bar(data_loader: Iterable, plan: _Plan) -> Optional[ProgressBar]:
-    """Rank 0's bar over this rank's share: ``limit`` samples, or ``num_iters`` / ``len(data_loader)`` batches."""
-    if plan.rank != 0:
-        return None
-    if plan.counts_samples:
-        return ProgressBar(plan.limit)
-    totals = [n for n in (plan.num_iters, len(data_loader) if hasattr(data_loader, '__len__') else None)
-              if n is not None]
-    return ProgressBar(min(totals) if totals else 0)  # 0: a bar without total
 
 
 def _gather(accs: Dict[str, MomentAccumulator], seen: int, error: Optional[Exception], device: torch.device):
@@ -216,7 +215,8 @@ def _execution_order(model: nn.Module, data_loader: Iterable, state: _Recalibrat
             lambda mod, inputs, name=name: calls.append(name) if name not in calls else None))
     error = None
     try:
-        forward_batch(model, next(iter(data_loader)), plan.device)
+        args, kwargs, _ = prepare_batch(model, next(iter(data_loader)), plan.device)
+        plan.forward_mode = forward_prepared(model, args, kwargs, on_retry=calls.clear)[1] or 'tensor'
     except StopIteration:  # no batch on this rank: the others decide the order
         pass
     except Exception as exc:
@@ -302,7 +302,7 @@ def recalibrate_bn(model: nn.Module, data_loader: Iterable, num_iters: Optional[
                     state.commit(name, mean, var)
         else:
             order, stats = _execution_order(model, data_loader, state, plan), {}
-            bar = ProgressBar(len(order)) if progress and rank == 0 else None
+            bar = ProgressBar(len(order), file=sys.stdout) if progress and rank == 0 else None
             for name in order:
                 layer_stats, samples, batches = _run_pass(model, data_loader, state, plan, measured=[name],
                                                           inject=False, progress=False)

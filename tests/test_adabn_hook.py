@@ -252,6 +252,24 @@ def test_hook_bad_inputs_name_the_value(seg_root, tmp_path):
         runner.test()
 
 
+def test_hook_domain_on_a_model_without_adabn_and_an_empty_folder_are_named(seg_root, tmp_path):
+    cfg, _ = seg_config(seg_root, tmp_path, [dict(type='AdaBNHook', domain='target', progress=False)])
+    with pytest.raises(ValueError, match=r"AdaBNHook\(domain='target'.*no AdaBN layer"):
+        Runner.from_cfg(cfg).test()
+    empty = tmp_path / 'empty'
+    loader = dict(batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+                  dataset=dict(type='BaseSegDataset', data_root=str(empty), img_suffix='.png', seg_map_suffix='.png',
+                               data_prefix=dict(img_path='img', seg_map_path='ann'), pipeline=[]))
+    cfg, _ = seg_config(seg_root, tmp_path, [dict(type='AdaBNHook', dataloader=loader, progress=False)], name='e.py')
+    with pytest.raises(ValueError, match=rf"{empty / 'img'} does not exist"):  # the folder itself is missing
+        Runner.from_cfg(cfg).test()
+    for folder in ('img', 'ann'):
+        (empty / folder).mkdir(parents=True)
+    with pytest.raises(ValueError, match=rf"AdaBNHook: the dataloader config found no sample in data_root='{empty}'"
+                                         r".*point data_root / data_prefix / ann_file at the target images"):
+        Runner.from_cfg(cfg).test()
+
+
 def test_tools_test_and_dist_test_equal_in_process_run(seg_root, tmp_path):
     """tools/test.py (1 process) and tools/dist_test.sh (2 gloo processes, 7 images: rank 1 gets a padded repeat)
     write the same recalibrated checkpoint; batch size 1 makes the one-pass order independent of the sharding."""

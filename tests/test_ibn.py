@@ -198,7 +198,7 @@ def test_other_bad_arguments():
 
 @pytest.mark.parametrize('mode', ['one_pass', 'layerwise'])
 def test_adabn_recalibration_touches_only_the_bn_half(mode):
-    from mmnorm.recalibration import recalibrate_bn  # issue 3
+    from mmnorm.recalibration import recalibrate_bn
     torch.manual_seed(0)
     model = nn.Sequential(IBN(8, ratio=0.5))
     randomize(model[0])

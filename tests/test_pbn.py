@@ -1,4 +1,4 @@
-"""PBN (issue 5): numerics against slicing / per-patch-loop / torch BN references, reproducibility, gradcheck,
+"""PBN: numerics against slicing / per-patch-loop / torch BN references, reproducibility, gradcheck,
 small maps, checkpoints, sync-BN conversion, toolbox integration and the two PBN configs."""
 import copy
 import os.path as osp
@@ -65,7 +65,7 @@ def test_build_norm_layer_in_toolbox_scopes(scope):
     (dict(mode='grid'), "mode must be 'random' or 'fixed', got mode='grid'"),
     (dict(p=1.5), r'p must be a number in \[0, 1\], got p=1.5'),
     (dict(lam=-0.1), r'lam must be a number in \[0, 1\], got lam=-0.1'),
-    (dict(grid=(0, 2)), r'grid must be a pair of positive ints \(rows, cols\), got grid=\(0, 2\)'),
+    (dict(grid=(0, 2)), r'PBN grid rows \(grid=\(0, 2\)\) must be a positive int, got 0'),
     (dict(grid=4), 'got grid=4'),
     (dict(momentum=None), r'momentum must be a number in \[0, 1\], got momentum=None'),
     (dict(track_running_stats=False), 'needs running statistics, got track_running_stats=False'),

@@ -15,8 +15,9 @@ def mmnorm_norm_types():
 
 def test_import_registers_norms_and_version():
     assert mmnorm.__version__.count('.') == 2
-    assert 'IBN' in mmnorm_norm_types()  # the layers of the landed norm issues
-    assert len(mmnorm_norm_types()) >= 1
+    # exactly the documented norm layers, each importable from the package top level
+    assert mmnorm_norm_types() == ['AdaBN', 'IBN', 'PBN', 'RN']
+    assert all(getattr(mmnorm.models.norms, name) is MODELS.get(name) for name in mmnorm_norm_types())
 
 
 @pytest.mark.parametrize('norm', mmnorm_norm_types())

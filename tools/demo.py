@@ -40,6 +40,10 @@ METHODS: Dict[str, dict] = {
     'IBN-b': dict(config=DEMO.format('ibn-b')),
     'PBN': dict(config=DEMO.format('pbn')),
     'RN (UDA)': dict(config=DEMO.format('rn-uda')),
+    'MixStyle': dict(config=DEMO.format('mixstyle')),
+    'EFDMix': dict(config=DEMO.format('efdmix')),
+    'DSU': dict(config=DEMO.format('dsu')),
+    'PBN + MixStyle': dict(config=DEMO.format('pbn-mixstyle')),
 }
 
 

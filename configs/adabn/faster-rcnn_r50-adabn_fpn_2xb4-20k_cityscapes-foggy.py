@@ -7,7 +7,7 @@
 #            (beta 0.02), shorter side 600, batches of 4 per GPU, one pass, pooled statistics (the frozen stem and
 #            stage 1 are recalibrated too)
 #   test     Foggy Cityscapes val (500), beta 0.02, shorter side 600; AP50 over the 8 classes
-_base_ = '../baseline/faster-rcnn_r50_fpn_2xb4-20k_cityscapes-foggy.py'
+_base_ = ['../baseline/faster-rcnn_r50_fpn_2xb4-20k_cityscapes-foggy.py', '../_base_/adabn/det_target_pool.py']
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 adabn_pool = dict(
@@ -17,14 +17,5 @@ adabn_pool = dict(
     data_prefix=dict(img='leftImg8bit_foggy/train/'),
     betas={{_base_.foggy_betas}},
     test_mode=True,
-    pipeline=[
-        dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
-        dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-    ])
-custom_hooks = [
-    dict(type='AdaBNHook', before='test',
-         dataloader=dict(batch_size=4, num_workers=4, persistent_workers=False,
-                         sampler=dict(type='DefaultSampler', shuffle=False), dataset=adabn_pool,
-                         drop_last=True))
-]
+    pipeline=_base_.adabn_pipeline)
+custom_hooks = [dict(type='AdaBNHook', before='test', dataloader=dict(_base_.adabn_dataloader, dataset=adabn_pool))]

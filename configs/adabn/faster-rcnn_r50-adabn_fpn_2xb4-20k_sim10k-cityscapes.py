@@ -5,7 +5,7 @@
 #   adapt    AdaBNHook before test: the 2,975 Cityscapes *train* frames (unlabelled), shorter side 600, batches of
 #            4 per GPU, one pass, pooled statistics
 #   test     Cityscapes val (500), car, shorter side 600; car AP50
-_base_ = '../baseline/faster-rcnn_r50_fpn_2xb4-20k_sim10k-cityscapes.py'
+_base_ = ['../baseline/faster-rcnn_r50_fpn_2xb4-20k_sim10k-cityscapes.py', '../_base_/adabn/det_target_pool.py']
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 adabn_pool = dict(
@@ -15,14 +15,5 @@ adabn_pool = dict(
     ann_file='annotations/instancesonly_filtered_gtFine_train.json',
     data_prefix=dict(img='leftImg8bit/train/'),
     test_mode=True,
-    pipeline=[
-        dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale={{_base_.img_scale}}, keep_ratio=True),
-        dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-    ])
-custom_hooks = [
-    dict(type='AdaBNHook', before='test',
-         dataloader=dict(batch_size=4, num_workers=4, persistent_workers=False,
-                         sampler=dict(type='DefaultSampler', shuffle=False), dataset=adabn_pool,
-                         drop_last=True))
-]
+    pipeline=_base_.adabn_pipeline)
+custom_hooks = [dict(type='AdaBNHook', before='test', dataloader=dict(_base_.adabn_dataloader, dataset=adabn_pool))]

@@ -6,7 +6,7 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 train_dataloader = dict(dataset=dict(target=dict(
     _delete_=True, type='BDD100KDataset', data_root='data/bdd100k/',
     data_prefix=dict(img_path='images/10k/train', seg_map_path='labels/sem_seg/masks/train'),
-    pipeline={{_base_.target_pipeline}})))
+    pipeline=_base_.uda_target_pipeline)))
 val_dataloader = dict(dataset=dict(
     _delete_=True, type='BDD100KDataset', data_root='data/bdd100k/',
     data_prefix=dict(img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val'),

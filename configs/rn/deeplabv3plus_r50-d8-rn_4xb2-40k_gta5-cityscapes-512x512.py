@@ -9,26 +9,12 @@
 #   norm     RN in every backbone norm layer (stem, stages, downsample); gates in [0.5, 1], G = C // 512 for C >= 512;
 #            ImageNet BN weights load into both domains' statistics; heads keep the baseline's (Sync)BN
 #   test     Cityscapes val, RN with the target running statistics (baseline test pipeline and metric)
-_base_ = ['../baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py']
+_base_ = [
+    '../baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py', '../_base_/uda/seg_target_cityscapes.py'
+]
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 model = dict(type='UDAEncoderDecoder', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True)))
-
-crop_size = (512, 512)
-target_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResize', scale=(1024, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
-]
 train_dataloader = dict(
     dataset=dict(
-        _delete_=True,
-        type='DomainPairDataset',
-        source={{_base_.train_dataloader.dataset}},
-        target=dict(
-            type='CityscapesDataset',
-            data_root='data/cityscapes/',
-            data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-            pipeline=target_pipeline)))
+        _delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset, target=_base_.uda_target))

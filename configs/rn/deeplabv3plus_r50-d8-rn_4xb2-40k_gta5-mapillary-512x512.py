@@ -6,7 +6,7 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 train_dataloader = dict(dataset=dict(target=dict(
     _delete_=True, type='Mapillary19Dataset', data_root='data/mapillary/',
     data_prefix=dict(img_path='training/images', seg_map_path='training/v1.2/labels'),
-    pipeline={{_base_.target_pipeline}})))
+    pipeline=_base_.uda_target_pipeline)))
 val_dataloader = dict(dataset=dict(
     _delete_=True, type='Mapillary19Dataset', data_root='data/mapillary/',
     data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'),

@@ -2,24 +2,12 @@
 # Protocol: the SYNTHIA BN baseline's source batch (2 crops per GPU, 4 GPUs, 40k) plus 2 unlabelled Cityscapes
 # train crops per GPU paired by DomainPairDataset; target pipeline and test as the GTA5 RN config
 # (Cityscapes val, RN with the target running statistics, mIoU over 19/16/13 classes).
-_base_ = ['../baseline/deeplabv3plus_r50-d8_4xb2-40k_synthia-cityscapes-512x512.py']
+_base_ = [
+    '../baseline/deeplabv3plus_r50-d8_4xb2-40k_synthia-cityscapes-512x512.py', '../_base_/uda/seg_target_cityscapes.py'
+]
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 model = dict(type='UDAEncoderDecoder', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True)))
-target_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResize', scale=(1024, 512), ratio_range=(0.5, 2.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=(512, 512)),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackSegInputs'),
-]
 train_dataloader = dict(
     dataset=dict(
-        _delete_=True,
-        type='DomainPairDataset',
-        source={{_base_.train_dataloader.dataset}},
-        target=dict(
-            type='CityscapesDataset',
-            data_root='data/cityscapes/',
-            data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-            pipeline=target_pipeline)))
+        _delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset, target=_base_.uda_target))

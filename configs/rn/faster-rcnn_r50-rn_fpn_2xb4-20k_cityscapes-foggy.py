@@ -7,26 +7,19 @@
 #   norm     RN in the backbone's norm layers; stem and stage 1 stay frozen as in the baseline (frozen layers run in
 #            eval mode, i.e. with the target running statistics, which start from the ImageNet BN statistics)
 #   test     Foggy Cityscapes val, AP50 over the 8 classes (baseline test pipeline and metric)
-_base_ = ['../baseline/faster-rcnn_r50_fpn_2xb4-20k_cityscapes-foggy.py']
+_base_ = ['../baseline/faster-rcnn_r50_fpn_2xb4-20k_cityscapes-foggy.py', '../_base_/uda/det_target.py']
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 model = dict(type='UDAFasterRCNN', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True), norm_eval=False))
-
-target_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(1200, 600), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
 train_dataloader = dict(
     dataset=dict(
         _delete_=True,
         type='DomainPairDataset',
-        source={{_base_.train_dataloader.dataset}},
+        source=_base_.train_dataloader.dataset,
         target=dict(
             type='FoggyCityscapesDataset',
             data_root='data/cityscapes/',
             ann_file='annotations/instancesonly_filtered_gtFine_train.json',
             data_prefix=dict(img='leftImg8bit_foggy/train/'),
             betas={{_base_.foggy_betas}},
-            pipeline=target_pipeline)))
+            pipeline=_base_.uda_target_pipeline)))

@@ -11,7 +11,8 @@ layer. Writes ``bn_shift.md`` (table), ``bn_shift.csv`` and ``bn_shift.png`` (di
 Columns: for every BN-like layer in execution order, the symmetric KL and mean shift |Δμ|/σ between the statistics
 of its input on source and on target data (source-trained model), then the symmetric KL between the statistics
 the layer normalises with in eval mode and those of its actual target input, before and after
-``recalibrate_bn`` on the target data.
+``recalibrate_bn`` on the target data. The plot has one log-scale panel per measure, with the stage / head
+boundaries and the layer names on the x axis; a progress bar counts the four passes over the data.
 """
 import argparse
 import copy
@@ -68,12 +69,19 @@ def analyse(cfg: Config, checkpoint: str, source: str, target: str, num_batches=
     layers, _ = find_bn_layers(model)
     src_loader = build_loader(cfg, source, batch_size)
     tgt_loader = build_loader(cfg, target, batch_size)
+    from mmengine.utils import ProgressBar
+    passes = ProgressBar(4)  # source, target, recalibration, target again
     src = input_moments(model, src_loader, num_batches, layers)
+    passes.update()
     tgt = input_moments(model, tgt_loader, num_batches, layers)
+    passes.update()
     before = compare_moments(running_moments(layers), tgt)
     src_tgt = compare_moments(src, tgt)
     recalibrate_bn(model, tgt_loader, num_iters=num_batches, progress=False)
+    passes.update()
     tgt_after = input_moments(model, tgt_loader, num_batches, layers)
+    passes.update()
+    passes.file.write('\n')
     after = compare_moments(running_moments(layers), tgt_after)
     rows = []
     for depth, name in enumerate(n for n in layers if n in src_tgt):
@@ -98,23 +106,61 @@ def write_outputs(rows, out_dir: str, title: str) -> None:
                      f"{r['kl_running_target_after']:.4f} |")
     with open(osp.join(out_dir, 'bn_shift.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    plot(rows, osp.join(out_dir, 'bn_shift.png'), title)
+
+
+def layer_group(name: str) -> str:
+    """The stage / head a layer belongs to: ``backbone.layer2.0.bn1`` -> ``backbone.layer2``, ``decode_head``."""
+    parts = name.split('.')
+    if parts[0] == 'backbone' and len(parts) > 2 and parts[1].startswith(('layer', 'stage', 'res')):
+        return '.'.join(parts[:2])
+    if parts[0] == 'backbone':
+        return 'backbone.stem'
+    return parts[0]
+
+
+def plot(rows, out_file: str, title: str) -> None:
+    """One panel per measure, log scale, stage / head boundaries and layer names on the x axis.
+
+    Exact zeros (log scale cannot show them) are not drawn; each panel's legend says how many there are.
+    """
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    depth = [r['depth'] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    axes[0].plot(depth, [r['kl_source_target'] for r in rows], 'o-', label='sym. KL')
-    axes[0].plot(depth, [r['shift_source_target'] for r in rows], 's-', label='|Δμ|/σ')
-    axes[0].set_title('input statistics: source vs target')
-    axes[1].semilogy(depth, [max(r['kl_running_target_before'], 1e-12) for r in rows], 'o-', label='before AdaBN')
-    axes[1].semilogy(depth, [max(r['kl_running_target_after'], 1e-12) for r in rows], 's-', label='after AdaBN')
-    axes[1].set_title('normalising stats vs target input (sym. KL)')
-    for ax in axes:
-        ax.set_xlabel('BN layer (execution order)')
-        ax.legend()
+    import numpy as np
+    depth = np.array([r['depth'] for r in rows])
+    names = [r['layer'] for r in rows]
+    panels = [('sym. KL, input statistics: source vs target', [('kl_source_target', 'source vs target', 'o-')]),
+              ('|Δμ|/σ, input statistics: source vs target', [('shift_source_target', 'source vs target', 's-')]),
+              ('sym. KL, eval statistics vs target input', [('kl_running_target_before', 'before AdaBN', 'o-'),
+                                                             ('kl_running_target_after', 'after AdaBN', 's-')])]
+    width = max(8.0, 0.16 * len(rows) + 2)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.0 * len(panels) + 1.5), sharex=True)
+    groups = [layer_group(n) for n in names]
+    bounds = [i for i in range(1, len(groups)) if groups[i] != groups[i - 1]]
+    for ax, (panel_title, series) in zip(axes, panels):
+        for key, label, style in series:
+            values = np.array([r[key] for r in rows], dtype=float)
+            zeros = int((values <= 0).sum())
+            shown = np.where(values > 0, values, np.nan)
+            note = f' ({zeros} exact zeros not shown)' if zeros else ''
+            ax.semilogy(depth, shown, style, markersize=3, label=label + note)
+        for b in bounds:
+            ax.axvline(b - 0.5, color='grey', linestyle='--', linewidth=0.7)
+        ax.set_title(panel_title, fontsize=9)
+        ax.grid(True, which='major', axis='y', alpha=0.3)
+        ax.legend(fontsize=7)
+    starts = [0] + bounds
+    ends = bounds + [len(groups)]
+    for start, end in zip(starts, ends):
+        axes[0].annotate(groups[start], xy=((start + end - 1) / 2, 1.0), xycoords=('data', 'axes fraction'),
+                         ha='center', va='bottom', fontsize=7, color='dimgrey')
+    axes[-1].set_xticks(depth)
+    axes[-1].set_xticklabels(names, rotation=90, fontsize=5 if len(rows) > 40 else 7)
+    axes[-1].set_xlabel('BN-like layer, in execution order')
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(osp.join(out_dir, 'bn_shift.png'), dpi=120)
+    fig.savefig(out_file, dpi=120)
     plt.close(fig)
 
 

@@ -21,6 +21,16 @@ __all__ = ['AdaBNHook']
 LOOPS = ('val', 'test')
 
 
+def dataset_location(loader_cfg: dict) -> str:
+    """``data_root`` / ``data_prefix`` / ``ann_file`` of a dataloader config's dataset (and of wrapped datasets)."""
+    dataset = loader_cfg.get('dataset', {})
+    while 'dataset' in dataset and isinstance(dataset['dataset'], dict):  # e.g. RepeatDataset
+        dataset = dataset['dataset']
+    keys = ('data_root', 'data_prefix', 'ann_file')
+    found = ', '.join(f'{k}={dataset[k]!r}' for k in keys if dataset.get(k))
+    return found or f'the dataset {dataset.get("type", dataset)!r}'
+
+
 @HOOKS.register_module()
 class AdaBNHook(Hook):
     """Re-estimates every BN-like layer's statistics on target data before the test and/or val epochs (AdaBN).
@@ -101,13 +111,30 @@ class AdaBNHook(Hook):
             return self.dataloader
         if isinstance(self.dataloader, dict):
             if self._built_loader is None:
-                self._built_loader = runner.build_dataloader(self.dataloader, seed=runner.seed)
+                self._built_loader = self._build_loader(runner)
             return self._built_loader
         loop = runner.test_loop if self.dataloader == 'test' else runner.val_loop
         if loop is None:
             raise ValueError(f'AdaBNHook(dataloader={self.dataloader!r}): the runner has no {self.dataloader} loop; '
                              'configure it or pass a dataloader config')
         return loop.dataloader
+
+    def _build_loader(self, runner) -> DataLoader:
+        """Builds the configured loader; an empty dataset is reported with the paths it was read from."""
+        try:
+            loader = runner.build_dataloader(self.dataloader, seed=runner.seed)
+        except FileNotFoundError as err:
+            raise ValueError(f'AdaBNHook: the dataloader config reads {dataset_location(self.dataloader)}, but '
+                             f'{err.filename} does not exist; point data_root / data_prefix / ann_file at the target '
+                             'images') from None
+        except ValueError as err:  # mmengine serialises an empty data list with np.concatenate
+            if 'need at least one array' not in str(err):
+                raise
+            loader = None
+        if loader is None or len(loader.dataset) == 0:
+            raise ValueError(f'AdaBNHook: the dataloader config found no sample in {dataset_location(self.dataloader)}'
+                             '; point data_root / data_prefix / ann_file at the target images')
+        return loader
 
     def _recalibrate(self, runner, loop: str) -> None:
         model = self._model(runner)

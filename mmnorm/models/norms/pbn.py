@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
 
+from ...validation import check_positive_int
 from ._pbn_cells import Edges, cell_counts, cell_norm, merge_cells
 from .degenerate import check_batch_statistics
 
@@ -326,16 +327,16 @@ class PBN(nn.Module):
                  device=None,
                  dtype=None):
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f'PBN num_features must be a positive int, got {num_features!r}')
+        check_positive_int(num_features, 'PBN num_features')
         if mode not in ('random', 'fixed'):
             raise ValueError(f"PBN mode must be 'random' or 'fixed', got mode={mode!r}")
         momentum = _check_probability('momentum', momentum)
         if not track_running_stats:
             raise ValueError('PBN needs running statistics, got track_running_stats=False')
-        if (not isinstance(grid, (tuple, list)) or len(grid) != 2
-                or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)):
+        if not isinstance(grid, (tuple, list)) or len(grid) != 2:
             raise ValueError(f'PBN grid must be a pair of positive ints (rows, cols), got grid={grid!r}')
+        check_positive_int(grid[0], f'PBN grid rows (grid={grid!r})')
+        check_positive_int(grid[1], f'PBN grid cols (grid={grid!r})')
         self.mode = mode
         self.p = _check_probability('p', p)
         self.grid = (int(grid[0]), int(grid[1]))

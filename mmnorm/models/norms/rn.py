@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 
+from ...validation import check_positive_int
 from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
 
@@ -261,15 +262,13 @@ class RN(DomainAwareMixin, nn.Module):
                  device=None,
                  dtype=None):
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f'RN num_features must be a positive int, got {num_features!r}')
+        check_positive_int(num_features, 'RN num_features')
         if momentum is not None and not 0 <= momentum <= 1:
             raise ValueError(f'RN momentum must be in [0, 1] or None, got {momentum!r}')
         if (not isinstance(gate_range, (tuple, list)) or len(gate_range) != 2
                 or not 0 <= gate_range[0] <= gate_range[1] <= 1):
             raise ValueError(f'RN gate_range must be (low, high) with 0 <= low <= high <= 1, got {gate_range!r}')
-        if isinstance(group_channels, bool) or not isinstance(group_channels, int) or group_channels < 1:
-            raise ValueError(f'RN group_channels must be a positive int, got {group_channels!r}')
+        check_positive_int(group_channels, 'RN group_channels')
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
