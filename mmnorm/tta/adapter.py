@@ -175,8 +175,8 @@ class TestTimeAdapter:
         return next(self.model.parameters()).device
 
     def _predict(self, batch: Any) -> Any:
-        if isinstance(self.model, BaseModel):
-            return self.model.test_step(batch)
+        if isinstance(self.model, BaseModel):  # the class's test_step: TestTimeAdaptHook routes the instance's here
+            return type(self.model).test_step(self.model, batch)
         return forward_batch(self.model, batch, self.device)
 
     def _logits(self, batch: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], Callable]:

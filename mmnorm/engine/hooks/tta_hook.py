@@ -44,6 +44,7 @@ class TestTimeAdaptHook(Hook):
         self.adapter_args = adapter_args
         self.adapter: Optional[TestTimeAdapter] = None
         self._steps_to_take = 0
+        self.summary: Optional[dict] = None  # after a test epoch: method, optimizer steps, resets
 
     def before_test_epoch(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -71,6 +72,7 @@ class TestTimeAdaptHook(Hook):
             return
         runner.model.__dict__.pop('test_step', None)
         adapter = self.adapter
+        self.summary = dict(method=adapter.method, steps=adapter.num_steps, resets=adapter.num_resets)
         print_log(f'TestTimeAdaptHook: {adapter.method} done; {adapter.num_steps} optimizer steps, '
                   f'{adapter.num_resets} resets', logger='current')
         if self.restore:
