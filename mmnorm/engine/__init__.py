@@ -1,3 +1,3 @@
-from . import hooks  # noqa: F401
+from . import hooks, optimizers  # noqa: F401
 
 __all__ = []

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..norms.conventions import apply_norm_eval
 from ..norms.domain import DomainAwareMixin, domain_split
 from ..norms.layer_names import name_layers
 
@@ -122,6 +123,15 @@ class DomainAdaptiveMixin:
         self._source_feats: Optional[Features] = None
         self.check_source_only_heads()
         name_layers(self)  # error messages of mmnorm layers name their module path
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train`` (the toolbox backbones apply ``norm_eval`` / ``frozen_stages`` to their torch BNs),
+        then ``norm_eval`` for the mmnorm layers that hold their own statistics (RN):
+        :func:`~mmnorm.models.norms.conventions.apply_norm_eval`."""
+        super().train(mode)
+        if mode:
+            apply_norm_eval(self)
+        return self
 
     # -- which heads see what ----------------------------------------------------------------------------------
     def source_only_heads(self) -> Dict[str, nn.Module]:
