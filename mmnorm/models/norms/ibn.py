@@ -8,12 +8,15 @@ The layer is a plain container of two torch norm modules, ``IN`` and ``BN`` (the
 checkpoints), so everything that works on torch BN layers works on the BN half unchanged: ``norm_eval``,
 ``convert_sync_batchnorm`` / ``revert_sync_batchnorm`` and AdaBN recalibration.
 
+Speed: while the children are the plain torch modules (and nothing would notice they are not called: no hooks on
+them, no tracing, export or ``torch.compile``), the forward runs IBN's fused kernels (``_ibn_fused``: one statistics
+pass and one affine pass, the same numbers as the children); otherwise it calls the children.
+
 Degenerate maps: on a map with one spatial position (``H * W == 1``, e.g. ASPP / PSP image pooling) instance
 statistics are those of a single value, so the instance half is ``(x - x) / sqrt(0 + eps) * w + b = b``: it outputs
 its bias (in train and eval; torch's ``InstanceNorm2d`` refuses such maps). A one-time warning names the layer. A
 training batch with one value per channel in the BN half (``N * H * W == 1``) is a ``ValueError``.
 """
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -21,6 +24,8 @@ from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmengine.registry import MODELS
 
+from ...validation import check_positive_int
+from ._ibn_fused import ibn_fused
 from .layer_names import layer_label
 
 __all__ = ['IBN', 'num_instance_channels']
@@ -78,8 +83,7 @@ class IBN(nn.Module):
                  device=None,
                  dtype=None):
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 2:
-            raise ValueError(f'IBN num_features must be an int >= 2, got {num_features!r}')
+        check_positive_int(num_features, 'IBN num_features', minimum=2)
         if not isinstance(bn_cfg, dict) or 'type' not in bn_cfg:
             raise TypeError(f'IBN bn_cfg must be a dict with a "type", got {bn_cfg!r}')
         clash = sorted({'eps', 'momentum'} & set(bn_cfg))
@@ -99,6 +103,8 @@ class IBN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f'IBN expects (N, {self.num_features}, H, W) input, got shape {tuple(x.shape)}')
+        if self.fused_path_applies(x):
+            return ibn_fused(x, self.IN, self.BN)
         x_in, x_bn = x.split([self.num_in, self.num_features - self.num_in], dim=1)
         if x.shape[2] * x.shape[3] > 1:
             y_in = self.IN(x_in)
@@ -110,6 +116,31 @@ class IBN(nn.Module):
                 'training (N x H x W = 1); use more than one image per GPU, or keep IBN out of 1x1 pooling branches '
                 '(IBN-Net places IN in the early backbone stages only)')
         return torch.cat([y_in, self.BN(x_bn)], dim=1)
+
+    def fused_path_applies(self, x: torch.Tensor) -> bool:
+        """Whether :func:`~mmnorm.models.norms._ibn_fused.ibn_fused` gives exactly what calling the children gives.
+
+        It needs the plain torch children (an ``nn.InstanceNorm2d`` with affine and no running statistics, an
+        ``nn.BatchNorm2d`` with affine and running statistics; not SyncBN or any subclass) with the same ``eps``,
+        no forward hooks on them (AdaBN recalibration measures the BN half through a pre-hook), a contiguous
+        float32/float64 map with samples and more than one position, parameters of its dtype and device, and no tracing,
+        export or ``torch.compile`` (which fuse the children themselves).
+        """
+        inorm, bnorm = self.IN, self.BN
+        if type(inorm) is not nn.InstanceNorm2d or type(bnorm) is not nn.BatchNorm2d:
+            return False
+        if not (inorm.affine and not inorm.track_running_stats and bnorm.affine and bnorm.track_running_stats
+                and inorm.eps == bnorm.eps):
+            return False
+        if (x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous() or x.shape[0] == 0
+                or x.shape[2] * x.shape[3] < 2):
+            return False
+        if any(t.dtype != x.dtype or t.device != x.device for t in (inorm.weight, bnorm.weight, bnorm.running_mean)):
+            return False
+        if any(m._forward_pre_hooks or m._forward_hooks for m in (inorm, bnorm)):
+            return False
+        return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+                    or torch.onnx.is_in_onnx_export())
 
     def _single_position_instance_norm(self, x_in: torch.Tensor) -> torch.Tensor:
         """Instance norm of (N, h, 1, 1): every value is its own mean, so the output is the IN bias (zero
