@@ -96,6 +96,9 @@ def shrunk_config(path: str, data_root: str, work_dir: str, raw: Config = None) 
     hooks['checkpoint'] = None
     if hooks.get('logger'):
         hooks['logger']['interval'] = 1
+    for hook in cfg.get('custom_hooks', []):
+        if hook.get('type') == 'AdaBNHook' and hook.get('num_samples'):
+            hook['num_samples'] = None  # the fixture pool holds a few images, not the config's sample budget
     name = osp.splitext(osp.basename(path))[0]
     cfg.update(work_dir=work_dir, experiment_name=name, log_level='WARNING', randomness=dict(seed=0))
     if cfg.get('visualizer'):

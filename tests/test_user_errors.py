@@ -52,7 +52,7 @@ def test_refused_checkpoint_names_the_global_and_keeps_weights_only(tmp_path):
     assert 'Do not disable weights-only loading' in message
     assert 'will likely succeed' not in message and 'Re-running' not in message
     with open(tmp_path / 'plain.pkl', 'wb') as f:  # a raw pickle, not a torch file
-        pickle.dump([1, 2], f)
+        pickle.dump([1, 2], f, protocol=2)  # torch.save's protocol: no unpickler warning
     with pytest.raises(CheckpointFileError, match='plain.pkl'):
         check_checkpoint_file(str(tmp_path / 'plain.pkl'))
 

@@ -140,7 +140,7 @@ def check_checkpoint_file(path: str, what: str = 'checkpoint') -> None:
                                   'interrupted mid-write leaves such files: use an earlier checkpoint') from None
     except RuntimeError as err:
         text = str(err)
-        if 'zip archive' in text or 'central directory' in text or 'invalid load key' in text:
+        if any(sign in text for sign in ('zip archive', 'central directory', 'invalid load key', 'magic number')):
             raise CheckpointFileError(f'{what} {path!r} is truncated or not a torch checkpoint ({text.strip()}); '
                                       'a save interrupted mid-write leaves such files: use an earlier checkpoint'
                                       ) from None
