@@ -1,59 +1,20 @@
-"""IBN's fused kernels (private to :mod:`mmnorm.models.norms.ibn`).
+"""IBN's fused path (private to :mod:`mmnorm.models.norms.ibn`).
 
 IBN's output is one affine map per (sample, channel), ``y[n, c] = (x[n, c] - mean[n, c]) * invstd[n, c] * w[c] +
 b[c]``: the instance channels with the sample's own statistics, the batch channels with the batch (train) or running
 (eval) statistics. Instead of split -> InstanceNorm -> BatchNorm -> cat (two kernels per half and two copies), the
-fused path makes one statistics pass (the instance half only, in eval) and ONE affine pass over the whole map (the
-eval batch-norm kernel on the ``(1, N*C, H*W)`` view with per-(n, c) statistics). Its backward is one reduction pass
-(per-(n, c) ``sum(dy)`` and ``sum(dy * x_hat)``, the eval batch-norm backward kernel on the same view) and one
-elementwise pass ``dx = a * dy + k1 * x + k0``.
+fused path makes one statistics pass (the instance half only, in eval) and ONE affine pass over the whole map; its
+backward is one reduction pass and one elementwise pass (kernels: :mod:`mmnorm.models.norms.fused_kernels`).
 
-The fused path needs a contiguous (N, C, H, W) float32/float64 map; :meth:`IBN.forward` checks when it applies.
+The fused path needs a contiguous (N, C, H, W) float32/float64 map; :meth:`IBN.fused_path_applies` says when.
 """
-from typing import Tuple
-
 import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ['sample_moments', 'merge_samples', 'ibn_fused']
+from .fused_kernels import merge_samples, row_affine_grad, row_sums, rowwise_batch_norm, sample_moments
 
-# The one-pass variance ``E[x^2] - mean^2`` loses about log10(E[x^2] / var) digits; above this ratio the statistics
-# are recomputed in two passes (float32 keeps ~5 digits at the limit).
-_ONE_PASS_MAX_RATIO = 100.0
-
-
-def sample_moments(x: torch.Tensor, num_channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance over ``H x W`` of each (sample, channel) among the first ``num_channels`` channels.
-
-    On CPU one pass (sum and sum of squares; BN's Welford-style statistics kernels are 10-20x slower on these
-    ``(N, k, H*W)`` views), recomputed in two passes where the one-pass variance would lose digits; on other devices
-    two passes.
-
-    Args:
-        x (Tensor): ``(N, C, H, W)``.
-        num_channels (int): Leading channels to reduce.
-
-    Returns:
-        tuple[Tensor, Tensor]: ``mean``, ``var``, each ``(N, num_channels)`` of ``x.dtype``.
-    """
-    flat = x.flatten(2)[:, :num_channels]  # (N, k, H*W) view
-    count = flat.shape[2]
-    mean = flat.sum(2).div_(count)
-    if x.device.type == 'cpu':
-        mean_sq = torch.linalg.vector_norm(flat, dim=2).square_().div_(count)
-        var = torch.addcmul(mean_sq, mean, mean, value=-1)
-        # E[x^2] / var bounds the digits lost; a negative var (rounding of a constant channel) fails it too
-        if bool((var * _ONE_PASS_MAX_RATIO >= mean_sq).all()):
-            return mean, var
-    var = torch.linalg.vector_norm(flat - mean[..., None], dim=2).square_().div_(count)
-    return mean, var
-
-
-def merge_samples(mean: torch.Tensor, var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel batch mean and biased variance from equal-sized per-sample moments ``(N, k)`` (Chan merge)."""
-    batch_mean = mean.mean(0)
-    return batch_mean, var.mean(0) + (mean - batch_mean).square().mean(0)
+__all__ = ['ibn_fused']
 
 
 def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -64,16 +25,16 @@ def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Ten
     bn.running_var.lerp_(var * (count / (count - 1)), factor)
 
 
-def _affine(flat: torch.Tensor, n: int, in_weight, in_bias, bn_weight, bn_bias, mean, var, eps: float):
-    """The affine pass: one eval batch norm of the ``(1, N*C, H*W)`` view ``flat`` with per-(n, c) vectors."""
+def _affine(flat, n, in_weight, in_bias, bn_weight, bn_bias, mean, var, eps):
+    """The affine pass over the ``(1, N*C, L)`` view; returns it and the per-(n, c) weight."""
     weight = torch.cat([in_weight, bn_weight] * n)  # (N*C,)
     bias = torch.cat([in_bias, bn_bias] * n)
-    return torch.batch_norm(flat, weight, bias, mean.view(-1), var.view(-1), False, 0.0, eps, False), weight
+    return rowwise_batch_norm(flat, mean.view(-1), var.view(-1), weight, bias, eps), weight
 
 
 class _FusedIBN(torch.autograd.Function):
-    """``y = batch_norm_eval(x.view(1, N*C, L), mean, var, weight, bias)`` with per-(n, c) statistics that are
-    functions of ``x`` (instance channels always, batch channels in train mode): the backward adds their terms.
+    """The affine pass with per-(n, c) statistics that are functions of ``x`` (instance channels always, batch
+    channels in train mode); the backward adds their terms.
 
     Backward per (n, c), with ``p``, ``q`` the means of ``dy`` and ``dy * x_hat`` over what the statistics pooled
     (the sample's map for instance channels, the whole batch for batch channels in train, nothing in eval: 0):
@@ -95,10 +56,7 @@ class _FusedIBN(torch.autograd.Function):
         n, h = ctx.n, ctx.num_in
         c, count = flat.shape[1] // n, flat.shape[2]
         grad_y = grad_y.contiguous()
-        ones = torch.ones_like(weight)
-        # Per-(n, c) sum(dy * x_hat) and sum(dy): the weight / bias gradients of an eval batch norm with unit weight.
-        _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
-            grad_y, flat, ones, mean.view(-1), var.view(-1), None, None, False, ctx.eps, [False, True, True])
+        sum_gx, sum_g = row_sums(grad_y, flat, mean.view(-1), var.view(-1), ctx.eps)  # dy * x_hat, dy
         sum_gx, sum_g = sum_gx.view(n, c), sum_g.view(n, c)
         grad_weight, grad_bias = sum_gx.sum(0), sum_g.sum(0)
         grad_x = None
@@ -113,9 +71,7 @@ class _FusedIBN(torch.autograd.Function):
             invstd = torch.rsqrt(var + ctx.eps)
             a = weight.view(n, c) * invstd
             k1 = -a * invstd * q
-            k0 = -a * p - k1 * mean
-            grad_x = torch.addcmul(k0.view(-1, 1), flat[0], k1.view(-1, 1))
-            grad_x = grad_x.addcmul_(grad_y[0], a.view(-1, 1)).unsqueeze(0)
+            grad_x = row_affine_grad(grad_y, flat, a.view(-1), k1.view(-1), (-a * p - k1 * mean).view(-1))
         return grad_x, None, grad_weight[:h], grad_bias[:h], grad_weight[h:], grad_bias[h:], None, None, None, None
 
 
@@ -126,7 +82,7 @@ def ibn_fused(x: torch.Tensor, inorm: nn.InstanceNorm2d, bn: nn.BatchNorm2d) -> 
     statistics and ``num_batches_tracked``), ``h = inorm.num_features``.
 
     Args:
-        x (Tensor): ``(N, C, H, W)`` contiguous, float32 or float64, ``H * W > 1``.
+        x (Tensor): ``(N, C, H, W)`` contiguous, float32 or float64, ``N > 0``, ``H * W > 1``.
         inorm (nn.InstanceNorm2d): Affine, without running statistics.
         bn (nn.BatchNorm2d): Affine, with running statistics; batch statistics in train mode, running in eval.
 
@@ -137,7 +93,7 @@ def ibn_fused(x: torch.Tensor, inorm: nn.InstanceNorm2d, bn: nn.BatchNorm2d) -> 
     h = inorm.num_features
     with torch.no_grad():
         if bn.training:
-            mean, var = sample_moments(x, c)
+            mean, var = sample_moments(x)
             bn_mean, bn_var = merge_samples(mean[:, h:], var[:, h:])
             _update_running_stats(bn, bn_mean, bn_var, n * x[0, 0].numel())
             mean[:, h:], var[:, h:] = bn_mean, bn_var

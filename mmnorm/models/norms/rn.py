@@ -29,6 +29,7 @@ from mmengine.registry import MODELS
 from ...validation import check_positive_int
 from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
+from .fused_kernels import merge_samples, row_affine_grad, row_sums, rowwise_batch_norm, sample_moments
 
 __all__ = ['RN', 'rn_groups', 'reciprocal_compensation', 'reciprocal_statistics', 'reciprocal_norm']
 
@@ -92,29 +93,23 @@ def reciprocal_statistics(mean: torch.Tensor, var: torch.Tensor, gate_mean: torc
 def _domain_moments(x: torch.Tensor, num_source: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-domain channel mean and unbiased variance of ``x`` (N, C, L); each (2, C).
 
-    ``torch.batch_norm_update_stats`` is BN's own one-pass statistics kernel (biased variance); the public
-    ``torch.var_mean(part, dim=(0, 2))`` is 1.3x slower (tools/benchmark_rn_kernels.py, docs/benchmarks.md).
+    Per-(sample, channel) moments in one pass (:func:`~mmnorm.models.norms.fused_kernels.sample_moments`), merged
+    per domain part; ``torch.batch_norm_update_stats`` and ``torch.var_mean`` are several times slower on CPU
+    (tools/benchmark_rn_kernels.py, docs/benchmarks.md).
     """
+    sample_mean, sample_var = sample_moments(x)
     means, variances = [], []
-    for part in (x[:num_source], x[num_source:]):
-        mean, var = torch.batch_norm_update_stats(part, None, None, 0.0)
-        count = part.numel() // part.shape[1]
+    for part in (slice(0, num_source), slice(num_source, None)):
+        mean, var = merge_samples(sample_mean[part], sample_var[part])
+        count = sample_mean[part].shape[0] * x.shape[2]
         means.append(mean)
         variances.append(var * (count / (count - 1)))
     return torch.stack(means), torch.stack(variances)
 
 
-def _channel_sums(grad: torch.Tensor, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(sum(grad * x), sum(grad))`` per channel of (N, C, L) tensors in one fused pass.
-
-    The eval-mode batch-norm backward with identity statistics (mean 0, variance 1, eps 0) computes exactly these
-    two reductions as its weight and bias gradients, in one pass without a ``grad * x`` temporary: 3x faster than
-    the public ``((grad * x).sum((0, 2)), grad.sum((0, 2)))`` (tools/benchmark_rn_kernels.py, docs/benchmarks.md).
-    """
-    ones = x.new_ones(x.shape[1])
-    _, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
-        grad, x, ones, torch.zeros_like(ones), ones, None, None, False, 0.0, [False, True, True])
-    return sum_gx, sum_g
+def _rows(per_domain: torch.Tensor, num_source: int, n: int) -> torch.Tensor:
+    """(2, C) per-domain vectors -> (N * C,) per (sample, channel) row of the ``(1, N*C, L)`` view."""
+    return torch.cat([per_domain[0].expand(num_source, -1), per_domain[1].expand(n - num_source, -1)]).reshape(-1)
 
 
 def _affine_from_stats(mean, var, weight, bias, gates, eps, groups):
@@ -127,35 +122,39 @@ def _affine_from_stats(mean, var, weight, bias, gates, eps, groups):
 
 
 class _ReciprocalNorm(torch.autograd.Function):
-    """The two-domain normalisation with a fused backward.
+    """The two-domain normalisation with a fused backward, on the ``(1, N*C, L)`` view of the map.
 
     Autograd through ``var_mean``, the per-domain affine and ``cat`` costs about twice a BN. Here the forward makes
-    one statistics pass and one affine pass per domain, and the backward one reduction pass and one elementwise pass:
-    ``dx = scale * dy + k1 * x + k0`` with the gradients of the (C,)-sized compensation graph folded into
+    one statistics pass and one affine pass (``y = scale * x + shift`` per (sample, channel) row: the eval
+    batch-norm kernel with mean 0, variance 1 and eps 0), and the backward one reduction pass and one elementwise
+    pass: ``dx = scale * dy + k1 * x + k0`` with the gradients of the (C,)-sized compensation graph folded into
     ``k1 = 2 dvar / (n - 1)``, ``k0 = dmean / n - k1 * mean`` (``n`` values per channel in the domain part).
     """
 
     @staticmethod
-    def forward(ctx, x, num_source, weight, bias, gates, eps, groups):
-        # x: (N, C, L) contiguous; gates: (4, C) rows as GATE_NAMES.
-        mean, var = _domain_moments(x, num_source)
+    def forward(ctx, flat, n, num_source, weight, bias, gates, eps, groups):
+        # flat: (1, N*C, L) contiguous view of x; gates: (4, C) rows as GATE_NAMES.
+        c = flat.shape[1] // n
+        mean, var = _domain_moments(flat.view(n, c, -1), num_source)
         scale, shift, mean_c, var_c = _affine_from_stats(mean, var, weight, bias, gates, eps, groups)
-        y = torch.empty_like(x)
-        for d, part in enumerate((slice(0, num_source), slice(num_source, None))):
-            torch.addcmul(shift[d, :, None], x[part], scale[d, :, None], out=y[part])
-        ctx.save_for_backward(x, mean, var, weight, bias, gates)
-        ctx.num_source, ctx.eps, ctx.groups = num_source, eps, groups
+        zeros, ones = flat.new_zeros(n * c), flat.new_ones(n * c)
+        y = rowwise_batch_norm(flat, zeros, ones, _rows(scale, num_source, n), _rows(shift, num_source, n), 0.0)
+        ctx.save_for_backward(flat, mean, var, weight, bias, gates)
+        ctx.n, ctx.num_source, ctx.eps, ctx.groups = n, num_source, eps, groups
         ctx.mark_non_differentiable(mean_c, var_c)
         return y, mean_c, var_c
 
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var):
-        x, mean, var, weight, bias, gates = ctx.saved_tensors
-        parts = (slice(0, ctx.num_source), slice(ctx.num_source, None))
+        flat, mean, var, weight, bias, gates = ctx.saved_tensors
+        n, num_source = ctx.n, ctx.num_source
+        c = flat.shape[1] // n
         grad_y = grad_y.contiguous()
-        sums = [_channel_sums(grad_y[p], x[p]) for p in parts]
-        grad_scale = torch.stack([s[0] for s in sums])
-        grad_shift = torch.stack([s[1] for s in sums])
+        # raw per-row sum(dy * x), sum(dy) (identity statistics), then per domain part
+        sum_gx, sum_g = row_sums(grad_y, flat, flat.new_zeros(n * c), flat.new_ones(n * c), 0.0)
+        sum_gx, sum_g = sum_gx.view(n, c), sum_g.view(n, c)
+        grad_scale = torch.stack([sum_gx[:num_source].sum(0), sum_gx[num_source:].sum(0)])
+        grad_shift = torch.stack([sum_g[:num_source].sum(0), sum_g[num_source:].sum(0)])
         # Back-propagate through the small (2, C) graph: stats -> compensation -> gates -> scale/shift.
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (mean, var, weight, bias, gates)]
@@ -164,14 +163,11 @@ class _ReciprocalNorm(torch.autograd.Function):
                 (scale, shift), leaves, (grad_scale, grad_shift))
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
-            for d, p in enumerate(parts):
-                count = x[p].numel() // x.shape[1]
-                k1 = grad_var[d] * (2.0 / (count - 1))
-                k0 = grad_mean[d] / count - k1 * mean[d]
-                torch.addcmul(k0[:, None], x[p], k1[:, None], out=grad_x[p])
-                grad_x[p].addcmul_(grad_y[p], scale[d, :, None].detach())
-        return grad_x, None, grad_w, grad_b, grad_g, None, None
+            counts = flat.new_tensor([num_source, n - num_source])[:, None] * flat.shape[2]  # values per part
+            k1 = grad_var * (2.0 / (counts - 1))
+            k0 = grad_mean / counts - k1 * mean
+            grad_x = row_affine_grad(grad_y, flat, *(_rows(t, num_source, n) for t in (scale.detach(), k1, k0)))
+        return grad_x, None, None, grad_w, grad_b, grad_g, None, None
 
 
 def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias: torch.Tensor,
@@ -205,8 +201,8 @@ def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias
                              f'unbiased variance; the {name} part of input {tuple(x.shape)} has {count * per_channel}')
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
-        flat = x.reshape(n, c, -1).to(compute_dtype).contiguous()
-        y, mean_c, var_c = _ReciprocalNorm.apply(flat, num_source, weight.to(compute_dtype),
+        flat = x.reshape(n, c, -1).to(compute_dtype).contiguous().view(1, n * c, -1)
+        y, mean_c, var_c = _ReciprocalNorm.apply(flat, n, num_source, weight.to(compute_dtype),
                                                  bias.to(compute_dtype), gates.to(compute_dtype), eps, groups)
     return y.reshape(x.shape).to(x.dtype), mean_c, var_c
 
