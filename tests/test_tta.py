@@ -301,6 +301,20 @@ def test_reset_rule_returns_to_source_when_collapsing():
     assert_identical(before, net)
 
 
+def test_entropy_reset_signal_fires_on_over_confidence():
+    net = make_net('BN')
+    before = snapshot(net)
+    adapter = TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=20.0), reset_signal='entropy',
+                              reset_threshold=0.9, reset_momentum=1.0, logger=None)
+    for x in batches(4):
+        adapter.adapt(x)
+    entropies = [r['entropy'] for r in adapter.history]
+    first = next(i for i, r in enumerate(adapter.history) if r['reset'])
+    assert entropies[first] < 0.9 * entropies[0] and all(e >= 0.9 * entropies[0] for e in entropies[1:first])
+    adapter.reset()
+    assert_identical(before, net)
+
+
 def test_reliable_selection_limits_the_loss():
     net = make_net('BN')
     strict = TestTimeAdapter(net, 'tent', reliable=0.05, optimizer=dict(type='SGD', lr=1.0), logger=None)
@@ -325,6 +339,7 @@ def test_reliable_selection_limits_the_loss():
     (dict(reset_momentum=0), r'reset_momentum must be a number in \(0, 1\], got 0'),
     (dict(reliable=2), r'reliable must be a number in \(0, 1\] or None, got 2'),
     (dict(reset_every=0), 'reset_every must be a positive int or None, got 0'),
+    (dict(reset_signal='loss'), "reset_signal must be one of \\('marginal', 'entropy'\\), got 'loss'"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

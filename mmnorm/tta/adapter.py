@@ -25,7 +25,7 @@ from ..batches import forward_batch
 from .distributed import sum_gradients_over_ranks, sum_over_ranks
 from .norm_modes import TestStatistics, affine_parameters, statistics_leaves
 from .objectives import check_class_logits, entropy_terms, marginal_entropy, valid_pixel_mask
-from .safeguards import CollapseMonitor, check_fraction, entropy_margin
+from .safeguards import RESET_SIGNALS, CollapseMonitor, check_fraction, entropy_margin
 from .validation import check_method_arguments
 
 __all__ = ['TestTimeAdapter', 'METHODS', 'DEFAULT_OPTIMIZER']
@@ -61,6 +61,9 @@ class TestTimeAdapter:
         reset_threshold (float, optional): Collapse reset: back to the source state when the running marginal
             entropy drops below this fraction of its first value since the last reset; in (0, 1). Defaults to None.
         reset_momentum (float): EMA momentum of the collapse signal, in (0, 1]. Defaults to 0.1.
+        reset_signal (str): The collapse signal: ``'marginal'`` (entropy of the predicted-class marginal, falls when
+            the predictions collapse onto few classes) or ``'entropy'`` (mean prediction entropy, falls when the
+            model grows over-confident). Defaults to ``'marginal'``.
         reset_every (int, optional): Also reset every this many steps. Defaults to None.
         num_classes (int, optional): Classes ``K`` of the logits (segmentors: read from the decode head); needed
             only by a rank that calls :meth:`idle_step` before it saw a batch. Defaults to None.
@@ -75,7 +78,7 @@ class TestTimeAdapter:
                  optimizer: Optional[dict] = None, steps: int = 1, episodic: bool = False,
                  predict_after_update: bool = False, reliable: Optional[float] = None,
                  reset_threshold: Optional[float] = None, reset_momentum: float = 0.1,
-                 reset_every: Optional[int] = None, num_classes: Optional[int] = None,
+                 reset_signal: str = 'marginal', reset_every: Optional[int] = None, num_classes: Optional[int] = None,
                  logger: Optional[str] = 'current') -> None:
         optimizer = dict(DEFAULT_OPTIMIZER if optimizer is None else optimizer)
         check_method_arguments(method, METHODS, prior=prior, optimizer=optimizer, steps=steps,
@@ -87,6 +90,9 @@ class TestTimeAdapter:
         self.episodic = bool(episodic)
         self.predict_after_update = bool(predict_after_update)
         self.reliable = check_fraction(reliable, 'reliable', closed_right=True)
+        if reset_signal not in RESET_SIGNALS:
+            raise ValueError(f'reset_signal must be one of {RESET_SIGNALS}, got {reset_signal!r}')
+        self.reset_signal = reset_signal
         self.monitor = CollapseMonitor(reset_threshold, reset_momentum, reset_every)
         self.logger = logger
         self.layers, self.leaves, self.left_alone = statistics_leaves(self.model)
@@ -227,7 +233,7 @@ class TestTimeAdapter:
         record = dict(step=self.num_steps, entropy=float(total[2]) / max(valid, 1.0), selected=selected / max(
             valid, 1.0), marginal=marginal_entropy(total[3:], valid), reset=None)
         if not self.episodic and self.monitor.enabled and valid > 0:
-            reason = self.monitor.update(record['marginal'])
+            reason = self.monitor.update(record[self.reset_signal])
             if reason is not None:
                 self.reset()
                 self.num_resets += 1

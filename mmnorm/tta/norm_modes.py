@@ -23,7 +23,9 @@ How each layer kind takes part (the layer's own forward still runs around its st
   ``norm_buffers`` (RN: the target statistics) are the source prior.
 
 A leaf's ``forward`` is replaced for the duration of :class:`TestStatistics` (an instance attribute, removed on
-exit); ``norm_eval`` / ``frozen_stages`` locks do not matter, since the modules' train/eval flags are not used.
+exit); ``norm_eval`` / ``frozen_stages`` locks do not matter, since the modules' train/eval flags are not used. Each
+leaf also carries a no-op forward pre-hook meanwhile: composite layers with a fused fast path that bypasses their
+children (IBN) take their children's path when a child has hooks, so the leaf's forward is called.
 """
 from typing import Dict, List, Optional, Tuple
 
@@ -124,6 +126,11 @@ def affine_parameters(model: nn.Module, layers: Dict[str, nn.Module]) -> List[Tu
     return sorted(found.values(), key=lambda item: order.get(id(item[1]), len(order)))
 
 
+def _called_through_children(module: nn.Module, inputs: tuple) -> None:
+    """No-op pre-hook: a hooked child is called through its forward by fused composite layers (IBN)."""
+    return None
+
+
 class TestStatistics:
     """Context manager: every statistics leaf of ``leaves`` normalises in ``mode`` (``'bn'`` / ``'prior'``).
 
@@ -139,6 +146,7 @@ class TestStatistics:
         self.mode = mode
         self.prior = prior
         self._saved: List[Tuple[nn.Module, Optional[object]]] = []
+        self._handles: List[object] = []
         self._adabn = None
 
     def _forward_of(self, leaf: nn.Module, source_mean: torch.Tensor, source_var: torch.Tensor):
@@ -160,9 +168,12 @@ class TestStatistics:
             else:
                 source = norm_buffers(leaf)
             leaf.forward = self._forward_of(leaf, *source)
+            self._handles.append(leaf.register_forward_pre_hook(_called_through_children))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        while self._handles:
+            self._handles.pop().remove()
         while self._saved:
             leaf, previous = self._saved.pop()
             del leaf.forward

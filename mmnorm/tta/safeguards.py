@@ -9,7 +9,9 @@
   when the collapse signal fires. The signal is the entropy of the predicted-class marginal (the mean softmax over the
   valid pixels of a batch), which falls towards 0 when the model collapses onto few classes: with ``m_0`` its value
   on the first batch after a (re)start and ``m_t`` its exponential moving average (``momentum``), the rule fires when
-  ``m_t < threshold * m_0``. Optionally also every ``every`` steps (RDumb).
+  ``m_t < threshold * m_0``. The mean prediction entropy can be the signal instead (``reset_signal='entropy'``): it
+  falls as the model grows over-confident, which precedes the collapse (and forgetting) even while the marginal still
+  covers the classes. Optionally also every ``every`` steps (RDumb).
 
 Distributed, the monitor is fed sums reduced over the ranks, so every rank takes the same decision.
 """
@@ -18,7 +20,9 @@ from typing import Optional
 
 from ..validation import check_positive_int
 
-__all__ = ['entropy_margin', 'check_fraction', 'CollapseMonitor']
+__all__ = ['entropy_margin', 'check_fraction', 'CollapseMonitor', 'RESET_SIGNALS']
+
+RESET_SIGNALS = ('marginal', 'entropy')
 
 
 def check_fraction(value, name: str, *, closed_right: bool = False, optional: bool = True) -> Optional[float]:
@@ -42,12 +46,13 @@ def entropy_margin(num_classes: int, reliable: Optional[float]) -> Optional[floa
 
 
 class CollapseMonitor:
-    """The reset rule: feeds on one marginal entropy per step, says when to return to the source state.
+    """The reset rule: feeds on one signal value per step (marginal or mean entropy), says when to return to the
+    source state.
 
     Args:
-        threshold (float, optional): Fire when the running marginal entropy drops below ``threshold`` times its
+        threshold (float, optional): Fire when the running signal drops below ``threshold`` times its
             first value since the last (re)start; in (0, 1). None: no collapse signal.
-        momentum (float): EMA momentum of the running marginal entropy, in (0, 1]. Defaults to 0.1.
+        momentum (float): EMA momentum of the running signal, in (0, 1]. Defaults to 0.1.
         every (int, optional): Also fire every ``every`` steps (periodic reset). None: never.
     """
 
@@ -67,15 +72,15 @@ class CollapseMonitor:
         self.running: Optional[float] = None
         self.steps = 0
 
-    def update(self, marginal_entropy: float) -> Optional[str]:
-        """Feeds one step's marginal entropy (nats); returns the reason to reset, or None."""
+    def update(self, value: float) -> Optional[str]:
+        """Feeds one step's signal (nats); returns the reason to reset, or None."""
         self.steps += 1
         if self.reference is None:
-            self.reference = self.running = marginal_entropy
+            self.reference = self.running = value
         else:
-            self.running += self.momentum * (marginal_entropy - self.running)
+            self.running += self.momentum * (value - self.running)
         if self.threshold is not None and self.running < self.threshold * self.reference:
-            return (f'marginal entropy {self.running:.3f} < {self.threshold} x {self.reference:.3f} (first value '
+            return (f'running signal {self.running:.3f} < {self.threshold} x {self.reference:.3f} (first value '
                     'since the last reset)')
         if self.every is not None and self.steps >= self.every:
             return f'periodic reset after {self.steps} steps'
