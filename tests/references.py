@@ -32,4 +32,3 @@ def pbn_patch_loop(x: torch.Tensor, layer: nn.Module, plan) -> torch.Tensor:
             rows.append(torch.cat(cols, dim=3))
         outputs.append(torch.cat(rows, dim=2))
     return torch.where(plan.use_b.to(x.device).view(1, -1, 1, 1), outputs[1], outputs[0])
-

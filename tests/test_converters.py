@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_tool
+from conftest import run_tool
 from tool_loader import load_tool as load_converter
 from dataset_fixtures import (GTA5_EXPECTED, MAPILLARY_EXPECTED, SYNTHIA_EXPECTED, apply, build_fixture_data,
                               id_map, save_palette)

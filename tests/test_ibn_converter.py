@@ -1,10 +1,9 @@
 """tools/model_converters/ibnnet2mmseg.py on checkpoints written here in the official IBN-Net key layout."""
-import os.path as osp
 from collections import OrderedDict
 
 import pytest
 import torch
-from conftest import REPO, run_tool
+from conftest import run_tool
 from tool_loader import load_tool
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import DefaultScope

@@ -9,7 +9,7 @@ from mmengine.registry import MODELS, DefaultScope
 
 import mmnorm  # noqa: F401  (registration)
 from mmnorm.models.norms.domain import domain_split
-from mmnorm.models.perturb import (DSU, EFDMix, MixStyle, dsu, efdmix, mixing_partners, mixstyle, sample_beta,
+from mmnorm.models.perturb import (DSU, EFDMix, MixStyle, efdmix, mixing_partners, mixstyle, sample_beta,
                                    set_perturbation_active)
 
 LAYERS = {'MixStyle': MixStyle, 'EFDMix': EFDMix, 'DSU': DSU}

@@ -3,7 +3,6 @@ eval path, checkpoints, registry, toolchain survival and bad inputs."""
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
 from mmengine.registry import DefaultScope

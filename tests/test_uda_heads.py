@@ -54,8 +54,8 @@ def test_seg_decode_and_auxiliary_heads_see_the_split(tiny_demo_data):
     sum(v for k, v in losses.items() if k.startswith(('decode.loss', 'aux.loss'))).backward()
     head_rn = model.decode_head.bottleneck.bn
     assert head_rn.weight.grad is not None and head_rn.weight.grad.abs().sum() > 0
-    assert int(head_rn.num_batches_tracked) == 1 and not torch.equal(head_rn.running_mean_target,
-                                                                      head_rn.running_mean_source)
+    assert int(head_rn.num_batches_tracked) == 1
+    assert not torch.equal(head_rn.running_mean_target, head_rn.running_mean_source)
 
 
 def test_seg_joint_heads_equal_the_toolbox_loss_on_the_source_part(tiny_demo_data):
@@ -155,7 +155,7 @@ def retina_cfg(norm, kind='UDARetinaNet'):
 
 
 @pytest.mark.parametrize('kind', ['UDARetinaNet', 'UDAFCOS'])
-def test_det_dense_head_sees_the_split(kind, det_data):
+def test_det_dense_head_sees_the_split(kind, det_data):  # noqa: F811 (pytest fixture imported above)
     model, _, batch = build('mmdet', retina_cfg(RN, kind), *det_datasets(det_data, target_labelled=True))
     seen, losses = split_calls(model, batch)
     head = [n for n in seen if n.startswith('bbox_head.')]
@@ -165,7 +165,7 @@ def test_det_dense_head_sees_the_split(kind, det_data):
     assert 'loss_cls' in losses and all(torch.isfinite(torch.as_tensor(v)).all() for v in losses.values())
 
 
-def test_det_dense_head_equals_the_toolbox_loss_on_the_source_part(det_data):
+def test_det_dense_head_equals_the_toolbox_loss_on_the_source_part(det_data):  # noqa: F811
     uda, _, batch = build('mmdet', retina_cfg(ADABN), *det_datasets(det_data, target_labelled=True))
     from mmdet.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmdet'):

@@ -133,7 +133,7 @@ def plot(rows, out_file: str, title: str) -> None:
     panels = [('sym. KL, input statistics: source vs target', [('kl_source_target', 'source vs target', 'o-')]),
               ('|Δμ|/σ, input statistics: source vs target', [('shift_source_target', 'source vs target', 's-')]),
               ('sym. KL, eval statistics vs target input', [('kl_running_target_before', 'before AdaBN', 'o-'),
-                                                             ('kl_running_target_after', 'after AdaBN', 's-')])]
+                                                            ('kl_running_target_after', 'after AdaBN', 's-')])]
     width = max(8.0, 0.16 * len(rows) + 2)
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.0 * len(panels) + 1.5), sharex=True)
     groups = [layer_group(n) for n in names]
