@@ -223,3 +223,44 @@ def test_uda_segmentor_names_the_pooling_branch(tiny_demo_data):
     assert '2 images per domain per GPU' in message
     model2, _, batch2 = build('mmseg', cfg, *seg_datasets(tiny_demo_data, 'target_labelled'), n=2)
     assert torch.isfinite(losses_of(model2, batch2)['decode.loss_ce'])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BN1d positions: IBN / PBN on (N, C, L) and (N, C) (e.g. EncNet's encoding, built from the head's norm_cfg)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('train', [True, False])
+def test_ibn_on_sequences_is_in1d_and_bn1d(train):
+    layer = _ibn().double().train(train)
+    x = torch.randn(3, 8, 5, dtype=torch.float64)
+    h = layer.num_in
+    bn = nn.BatchNorm1d(8 - h, dtype=torch.float64).train(train)
+    bn.load_state_dict(layer.BN.state_dict())
+    expected = torch.cat([F.instance_norm(x[:, :h], weight=layer.IN.weight, bias=layer.IN.bias), bn(x[:, h:])], 1)
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer.BN.running_mean, bn.running_mean)
+    flat = layer(torch.randn(4, 8, dtype=torch.float64))  # (N, C): one position, the IN half outputs its bias
+    assert flat.shape == (4, 8) and torch.equal(flat[:, :h], layer.IN.bias.expand(4, h))
+
+
+def test_pbn_on_sequences():
+    layer = PBN(6, p=1.0).double()
+    x = torch.randn(2, 6, 3, dtype=torch.float64)  # L < 4: one patch, p=1: train-mode BN1d
+    bn = nn.BatchNorm1d(6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), bn(x))
+    torch.testing.assert_close(layer.running_var, bn.running_var)
+    assert layer(torch.randn(2, 6, 16, dtype=torch.float64)).shape == (2, 6, 16)  # patches along L
+    layer.eval()
+    bn.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), bn.eval()(x))
+
+
+def test_split_on_rows_that_are_not_images_names_layer_and_fix():
+    """A head that reshapes the map into rows of patches (ISANet) gives RN a batch the split does not describe."""
+    from mmnorm import domain_split
+    model = _named(RN(8))
+    with domain_split(model, (2, 2)):
+        message = _raises_mmnorm(lambda: model(torch.randn(16, 8, 2, 2)),
+                                 r'RN\(8\) at 0: declared domain split \(2, 2\) \(source, target\) sums to 4 but the '
+                                 r'batch holds 16 samples')
+    assert "norm_cfg=dict(type='BN') there" in message and 'ISANet' in message

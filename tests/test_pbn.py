@@ -77,8 +77,9 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_inputs():
     layer = PBN(4)
-    with pytest.raises(ValueError, match=r'expects a 4D \(N, C, H, W\) input, got shape \(2, 4, 8\)'):
-        layer(torch.randn(2, 4, 8))
+    with pytest.raises(ValueError, match=r'expects an \(N, C, H, W\), \(N, C, L\) or \(N, C\) input, got shape '
+                                         r'\(2, 4, 8, 1, 1\)'):
+        layer(torch.randn(2, 4, 8, 1, 1))
     with pytest.raises(ValueError, match='PBN over 4 channels got an input with 3'):
         layer(torch.randn(2, 3, 8, 8))
     with pytest.raises(ValueError, match='num_features must be a positive int, got 0'):

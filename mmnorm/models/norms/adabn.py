@@ -203,7 +203,7 @@ class AdaBN(DomainAwareMixin, nn.Module):
         split = self.domain_split
         if split is None:
             return self._normalise(x, self.train_domain)
-        check_domain_split(split, x.shape[0], f'AdaBN({self.num_features})')
+        check_domain_split(split, x.shape[0], self)
         parts = [self._normalise(part, domain)
                  for part, domain in zip(torch.split(x, list(split)), self.split_domains) if part.shape[0] > 0]
         return torch.cat(parts) if len(parts) > 1 else parts[0]

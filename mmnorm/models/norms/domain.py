@@ -5,9 +5,11 @@ that normalise each domain separately (RN, the AdaBN layer) must know where the 
 wrapper declares it with :func:`domain_split` instead of the layers guessing (e.g. "first half is source").
 """
 from contextlib import contextmanager
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 import torch.nn as nn
+
+from .layer_names import layer_label
 
 __all__ = ['DomainAwareMixin', 'domain_split', 'set_domain_split', 'check_domain_split']
 
@@ -56,16 +58,22 @@ def domain_split(model: nn.Module, split: Tuple[int, int]) -> Iterator[int]:
             module.domain_split = old
 
 
-def check_domain_split(split: Optional[Tuple[int, int]], batch_size: int, layer: str) -> None:
+def check_domain_split(split: Optional[Tuple[int, int]], batch_size: int, layer: Union[str, nn.Module]) -> None:
     """Raises ValueError unless ``split`` describes a batch of ``batch_size`` samples.
 
     Args:
         split: The declared ``(num_source, num_target)`` or None.
         batch_size (int): ``x.shape[0]`` seen by the layer.
-        layer (str): Layer description used in the message.
+        layer (str | nn.Module): The layer (named with its module path when known) or its description.
     """
     if split is None:
         return
     if sum(split) != batch_size:
-        raise ValueError(f'{layer}: declared domain split {tuple(split)} (source, target) sums to {sum(split)} '
-                         f'but the batch holds {batch_size} samples')
+        if isinstance(layer, nn.Module):
+            layer = layer_label(layer)
+        raise ValueError(
+            f'{layer}: declared domain split {tuple(split)} (source, target) sums to {sum(split)} but the batch holds '
+            f'{batch_size} samples. Either its rows are not the images of the batch (a head that reshapes the map '
+            "into rows of patches or regions, e.g. ISANet's self-attention): use norm_cfg=dict(type='BN') there and "
+            'keep RN / split AdaBN in the layers that see whole images; or the split does not describe this batch: '
+            'declare domain_split(model, (num_source, num_target)) around its forward')

@@ -63,8 +63,8 @@ class IBN(nn.Module):
         device, dtype: Factory arguments of the parameters and buffers.
 
     Shape:
-        - Input: ``(N, C, H, W)``
-        - Output: ``(N, C, H, W)``
+        - Input: ``(N, C, H, W)``; ``(N, C)`` and ``(N, C, L)`` are normalised as ``(N, C, L, 1)`` maps
+        - Output: same shape as the input
 
     Children (state-dict keys as in the official IBN-Net checkpoints):
         ``IN``: ``nn.InstanceNorm2d(h, affine=True)``; ``BN``: the configured BN over ``C - h`` channels.
@@ -101,6 +101,8 @@ class IBN(nn.Module):
                                    num_features - self.num_in)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() in (2, 3):  # (N, C) / (N, C, L), BN1d positions (e.g. EncNet's encoding): an (L, 1) map
+            return self.forward(x.reshape(*x.shape, *(1, ) * (4 - x.dim()))).reshape(x.shape)
         if x.dim() != 4 or x.shape[1] != self.num_features:
             raise ValueError(f'IBN expects (N, {self.num_features}, H, W) input, got shape {tuple(x.shape)}')
         if self.fused_path_applies(x):

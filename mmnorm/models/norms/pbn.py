@@ -361,8 +361,10 @@ class PBN(nn.Module):
         return self.bn.running_mean, self.bn.running_var
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() in (2, 3):  # (N, C) / (N, C, L), BN1d positions (e.g. EncNet's encoding): an (L, 1) map
+            return self.forward(x.reshape(*x.shape, *(1, ) * (4 - x.dim()))).reshape(x.shape)
         if x.dim() != 4:
-            raise ValueError(f'PBN expects a 4D (N, C, H, W) input, got shape {tuple(x.shape)}')
+            raise ValueError(f'PBN expects an (N, C, H, W), (N, C, L) or (N, C) input, got shape {tuple(x.shape)}')
         if not (self.training and self.bn.training):
             return self.bn(x)
         n, c, h, w = x.shape

@@ -326,7 +326,7 @@ class RN(DomainAwareMixin, nn.Module):
                 raise ValueError(f'RN(implicit_split=True) splits a training batch in halves (source, target) but '
                                  f'the batch holds an odd number of samples: {batch_size}')
             return batch_size // 2, batch_size // 2
-        check_domain_split(split, batch_size, f'RN({self.num_features})')
+        check_domain_split(split, batch_size, self)
         if 0 in split and not self.allow_single_domain:
             empty = 'source' if split[0] == 0 else 'target'
             raise ValueError(f'RN({self.num_features}): the {empty} part of the batch is empty (declared split '
@@ -347,7 +347,7 @@ class RN(DomainAwareMixin, nn.Module):
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f'RN expects input (N, {self.num_features}, *), got shape {tuple(x.shape)}')
         if not self.training:
-            check_domain_split(self.domain_split, x.shape[0], f'RN({self.num_features})')
+            check_domain_split(self.domain_split, x.shape[0], self)
             return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight, self.bias,
                                 False, 0.0, self.eps)
         num_source, num_target = self._resolve_split(x.shape[0])
