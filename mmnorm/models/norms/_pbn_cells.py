@@ -52,9 +52,44 @@ def cell_counts(n: int, row_edges: Edges, col_edges: Edges, device) -> torch.Ten
     return n * rows[:, None] * cols[None, :]
 
 
+def _col_bands(col_edges: Edges) -> List[slice]:
+    return [slice(a, b) for a, b in zip(col_edges[:-1], col_edges[1:])]
+
+
+def _row_band_sum(t: torch.Tensor, row_edges: Edges) -> torch.Tensor:
+    """Per-row values ``(N, C, H, K)`` summed over the batch and each row band: ``(C, R, K)`` float64."""
+    return torch.einsum('chk,hr->crk', t.sum(0, dtype=torch.float64),
+                        _band_matrix(row_edges, torch.float64, t.device))
+
+
+def band_dot(a: torch.Tensor, b: torch.Tensor, row_edges: Edges, col_edges: Edges) -> torch.Tensor:
+    """``band_sum(a * b)`` without the ``a * b`` map: row dot products per column band, ``(C, R, K)`` float64."""
+    dots = [torch.linalg.vecdot(a[..., band], b[..., band]) for band in _col_bands(col_edges)]
+    return _row_band_sum(torch.stack(dots, -1), row_edges)
+
+
+def band_sum_of_squares(t: torch.Tensor, row_edges: Edges, col_edges: Edges) -> torch.Tensor:
+    """``band_sum(t * t)`` without the ``t * t`` map (row norms per column band), ``(C, R, K)`` float64."""
+    norms = [torch.linalg.vector_norm(t[..., band], dim=-1) for band in _col_bands(col_edges)]
+    return _row_band_sum(torch.stack(norms, -1).square_(), row_edges)
+
+
+# The one-pass sum of squared deviations ``sum(x^2) - n mean^2`` loses about log10(sum(x^2) / m2) digits; above this
+# ratio the moments are recomputed in two passes.
+_ONE_PASS_MAX_RATIO = 100.0
+
+
 def _cell_moments(x: torch.Tensor, row_edges: Edges, col_edges: Edges, counts: torch.Tensor):
-    """Per-cell mean and sum of squared deviations ``(C, R, K)`` float64, two passes like torch's CPU BN."""
+    """Per-cell mean and sum of squared deviations ``(C, R, K)`` float64.
+
+    One pass (cell sums and sums of squares, accumulated in float64); two passes like torch's CPU BN where the
+    one-pass value would lose digits (a large mean, a constant cell).
+    """
     mean = band_sum(x, row_edges, col_edges) / counts
+    sum_sq = band_sum_of_squares(x, row_edges, col_edges)
+    m2 = sum_sq - counts * mean.square()
+    if bool((m2 * _ONE_PASS_MAX_RATIO >= sum_sq).all()):
+        return mean, m2
     deviation = x - expand(mean, row_edges, col_edges, x.dtype)
     return mean, band_sum(deviation.square_(), row_edges, col_edges)
 
@@ -77,8 +112,8 @@ class _CellNorm(torch.autograd.Function):
         ctx.save_for_backward(x, mean, m2, counts, weight, bias)
         ctx.coefficients, ctx.edges = coefficients, (row_edges, col_edges)
         ctx.mark_non_differentiable(new_mean, new_var)
-        y = torch.addcmul(expand(shift, row_edges, col_edges, x.dtype), x, expand(scale, row_edges, col_edges,
-                                                                                  x.dtype))
+        # in place on one new map: an out-of-place addcmul with broadcast operands is slower
+        y = (x * expand(scale, row_edges, col_edges, x.dtype)).add_(expand(shift, row_edges, col_edges, x.dtype))
         return y, new_mean, new_var
 
     @staticmethod
@@ -90,15 +125,15 @@ class _CellNorm(torch.autograd.Function):
             leaves = [t.detach().requires_grad_() if t is not None else None for t in (mean, m2, weight, bias)]
             scale, shift, _, _ = ctx.coefficients(*leaves)
         wanted = [t for t in leaves if t is not None]
-        grads = torch.autograd.grad((scale, shift), wanted, (band_sum(grad_y * x, *edges).to(scale.dtype),
+        grads = torch.autograd.grad((scale, shift), wanted, (band_dot(grad_y, x, *edges).to(scale.dtype),
                                                              band_sum(grad_y, *edges).to(shift.dtype)),
                                     allow_unused=True)
         grads = iter([torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)])
         grad_mean, grad_m2, grad_weight, grad_bias = [next(grads) if t is not None else None for t in leaves]
         slope = 2 * grad_m2
         offset = grad_mean / counts - slope * mean
-        grad_x = torch.addcmul(expand(offset, *edges, x.dtype), x, expand(slope, *edges, x.dtype))
-        grad_x.addcmul_(grad_y, expand(scale.detach(), *edges, x.dtype))
+        grad_x = (grad_y * expand(scale.detach(), *edges, x.dtype)).addcmul_(x, expand(slope, *edges, x.dtype))
+        grad_x.add_(expand(offset, *edges, x.dtype))
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
