@@ -63,8 +63,19 @@ def input_shape(cfg, args, parser):
     return tuple(size)
 
 
+def quiet_third_party() -> None:
+    """Silences what the pinned stack prints while building and exporting (not about the user's model): mmseg's
+    build_loss / avg_non_ignore notices, torch.onnx's list of torchvision ops it skips, a pytree deprecation."""
+    import logging
+    import warnings
+    for message in ('``build_loss`` would be deprecated', 'Default ``avg_non_ignore``', r'`isinstance\(treespec'):
+        warnings.filterwarnings('ignore', message=message)
+    logging.getLogger('torch.onnx._internal.exporter._registration').setLevel(logging.ERROR)
+
+
 def main(argv=None):
     parser, args = parse_args(argv)
+    quiet_third_party()
     import torch
     from mmengine.config import Config
 
