@@ -23,3 +23,22 @@ def test_goal_verdicts():
     assert bench._verdict(1.0, 1.1) == '≤ 1.1 ✓'
     assert bench._verdict(1.21, 1.1) == '≤ 1.1 ✗ (+10 %)'
     assert bench._goal(bench.TRAIN_GOALS, 'IBN-0.25') == 1.10 and bench._goal(bench.TRAIN_GOALS, 'PBN-loop') is None
+
+
+def test_device_option_is_checked(capsys):
+    import pytest
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as err:
+            bench.main(['--device', 'cuda', '--norms', 'BN', '--shapes', '2x4x4x4', '--repeats', '1'])
+        assert err.value.code == 2 and 'CUDA is not available' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(['--device', 'tpu', '--norms', 'BN'])
+    assert 'cpu, cuda or cuda:N' in capsys.readouterr().err
+
+
+def test_paired_ratio_is_the_median_of_interleaved_pairs():
+    calls = []
+    ref_s, s, ratio = bench.paired_seconds(lambda: calls.append('ref'), lambda: calls.append('case'), 4, warmup=1)
+    assert calls == ['ref', 'case'] + ['ref', 'case', 'case', 'ref'] * 2  # warm-up, then alternating order
+    assert ref_s > 0 and s > 0 and ratio > 0
