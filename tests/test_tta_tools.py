@@ -1,0 +1,79 @@
+"""tools/benchmark_tta.py and tools/analysis/tta_stream.py at a tiny size, and the drifting-stream generator."""
+import json
+import os.path as osp
+
+import numpy as np
+import pytest
+import torch
+from conftest import DEMO_CONFIG, REPO, run_tool
+from PIL import Image
+from tool_loader import load_tool
+
+from mmnorm.datasets.synthetic_stream import generate_drifting_stream, shift_frame, stream_schedule
+
+
+def test_stream_schedule_phases_and_strengths():
+    schedule = stream_schedule(40)
+    assert [s['phase'] for s in schedule] == ['clear'] * 8 + ['fog'] * 12 + ['colour'] * 12 + ['back'] * 8
+    fog = [s['fog'] for s in schedule]
+    assert fog[:8] == [0.0] * 8 and fog[19] == 1.0 and fog[-8:] == [0.0] * 8
+    assert all(a < b for a, b in zip(fog[8:20], fog[9:20]))  # fog ramps in
+    assert schedule[31]['colour'] == 1.0 and schedule[31]['fog'] == 0.0
+    with pytest.raises(ValueError, match='num_frames must be an int >= 4.*got 2'):
+        stream_schedule(2)
+
+
+def test_shift_frame_fog_whitens_far_pixels():
+    rng = np.random.default_rng(0)
+    image = np.full((64, 128, 3), 0.2, np.float32)
+    depth = np.full((64, 128), 100.0, np.float32)
+    clear = shift_frame(image, depth, rng, fog=0.0, colour=0.0)
+    foggy = shift_frame(image, depth, rng, fog=1.0, colour=0.0)
+    expected = 0.2 * np.exp(-0.08 * 100) + 0.8 * (1 - np.exp(-0.08 * 100))
+    assert abs(clear.mean() - 0.2) < 0.01 and abs(foggy.mean() - expected) < 0.01
+
+
+def test_generate_drifting_stream_writes_cityscapes_layout(tmp_path):
+    schedule = generate_drifting_stream(str(tmp_path), 8, seed=3)
+    assert len(schedule) == 8
+    img = tmp_path / 'leftImg8bit/val/stream/stream_000000_000007_leftImg8bit.png'
+    ann = tmp_path / 'gtFine/val/stream/stream_000000_000007_gtFine_labelTrainIds.png'
+    assert Image.open(img).size == (128, 64) and set(np.unique(np.asarray(Image.open(ann)))) <= set(range(19))
+    assert json.loads((tmp_path / 'stream.json').read_text()) == schedule
+    assert generate_drifting_stream(str(tmp_path), 8, seed=3) == schedule  # same arguments: nothing rewritten
+    with pytest.raises(FileExistsError, match='other settings'):
+        generate_drifting_stream(str(tmp_path), 12, seed=3)
+
+
+def test_benchmark_tta_tiny(tmp_path):
+    tool = load_tool('benchmark_tta')
+    doc = tmp_path / 'doc.md'
+    doc.write_text('# x\n<!-- benchmark:start -->\nold\n<!-- benchmark:end -->\n')
+    rows = tool.main(['--batch-size', '2', '--size', '32', '64', '--repeats', '1', '--threads', '1', '--out',
+                      str(doc)])
+    assert list(rows) == ['inference', 'bn', 'prior', 'tent']
+    assert rows['inference']['ratio'] == 1.0 and all(r['seconds'] > 0 for r in rows.values())
+    assert rows['tent']['peak'] > rows['inference']['peak'] > 0  # the backward keeps activations
+    text = doc.read_text()
+    assert 'old' not in text and '| tent |' in text and '<= 3.00x' in text
+
+
+def test_tta_stream_tiny(tmp_path):
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG))
+    cfg.work_dir = str(tmp_path / 'init')
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'bn.pth'
+    torch.save(dict(meta=dict(), state_dict=Runner.from_cfg(cfg).model.state_dict()), ckpt)
+    out = tmp_path / 'out'
+    proc = run_tool(['tools/analysis/tta_stream.py', DEMO_CONFIG, ckpt, '--stream-root', tmp_path / 'stream',
+                     '--frames', 8, '--batch-size', 2, '--window', 1, '--out-dir', out], timeout=600)
+    table = (out / 'stream_results.md').read_text()
+    for name in ('BN', 'BN + test-batch stats', 'AdaBN (offline)', 'TENT continual', 'TENT continual + safeguards'):
+        assert f'| {name} |' in table
+    assert '| clear | fog | colour | back | whole stream | resets |' in table
+    result = json.loads((out / 'stream_results.json').read_text())
+    assert result['phases'] == ['clear', 'fog', 'colour', 'back'] and len(result['rows']['BN']['curve']) == 4
+    assert (out / 'stream_miou.png').stat().st_size > 0
+    assert 'written to' in proc.stdout

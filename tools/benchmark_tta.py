@@ -1,0 +1,163 @@
+"""Cost of online test-time adaptation against plain inference on the same model and batches.
+
+    python tools/benchmark_tta.py [--config CONFIG] [--batch-size 8] [--size 64 128] [--repeats 7] [--threads 2]
+                                  [--out docs/tta.md]
+
+Model: an mmseg segmentor built from ``--config`` (default: the embedded demo's DeepLabV3+ on a reduced ResNet-18,
+random weights; ``configs/baseline/deeplabv3plus_r50-d8_...`` works too, at a small ``--size``). Batches: random
+images of ``--size`` through the model's data preprocessor. Timed, median of ``--repeats`` after one warm-up call:
+``model.test_step`` under ``torch.no_grad`` (plain inference) and ``TestTimeAdapter.adapt`` for ``'bn'``,
+``'prior'`` and ``'tent'`` (1 step: forward, entropy, backward to the norm affine, Adam step), taking turns in every
+repeat (a loaded machine slows them alike). Peak memory of one
+call (CUDA: ``max_memory_allocated``; CPU: the peak of the allocation curve recorded by ``torch.profiler``), beyond
+the model and the batch. Goals (issue): ``'bn'`` / ``'prior'`` <= 1.10x, ``'tent'`` <= 3.0x inference.
+``--out`` replaces the section between ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``.
+"""
+import argparse
+import os.path as osp
+import platform
+import re
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+DEMO = 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-64x128.py'
+GOALS = {'bn': 1.10, 'prior': 1.10, 'tent': 3.0}
+
+
+def build(config: str, device: str):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import mmnorm  # noqa: F401
+    cfg = Config.fromfile(config)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.to(device).eval()
+
+
+def make_batch(batch_size: int, size: List[int], seed: int = 0) -> dict:
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    inputs = [(torch.rand(3, h, w, generator=g) * 255).to(torch.uint8) for _ in range(batch_size)]
+    samples = [SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w))) for _ in range(batch_size)]
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def median_seconds(calls: Dict[str, Callable], repeats: int, device: str) -> Dict[str, float]:
+    """Median seconds per call; the calls take turns in every repeat, so load on a shared machine hits all."""
+    times: Dict[str, List[float]] = {name: [] for name in calls}
+    for fn in calls.values():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_bytes(fn: Callable, device: str) -> int:
+    """Peak memory allocated during one call, above what was allocated before it."""
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    level = peak = 0  # ops' own allocations (net of their frees) and the frees recorded apart, in time order
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        level += event.cpu_memory_usage if event.name == '[memory]' else event.self_cpu_memory_usage
+        peak = max(peak, level)
+    return peak
+
+
+def run(config: str, batch_size: int, size: List[int], repeats: int, device: str) -> Dict[str, dict]:
+    from mmnorm import TestTimeAdapter
+    model = build(config, device)
+    batch = make_batch(batch_size, size)
+
+    def inference():
+        with torch.no_grad():
+            return model.test_step(batch)
+
+    calls = {'inference': inference}
+    adapters = {m: TestTimeAdapter(model, m, logger=None) for m in ('bn', 'prior', 'tent')}
+    for method, adapter in adapters.items():
+        calls[method] = (lambda a: (lambda: a.adapt(batch)))(adapter)
+    seconds = median_seconds(calls, repeats, device)
+    rows = {name: dict(seconds=seconds[name], peak=peak_bytes(fn, device)) for name, fn in calls.items()}
+    adapters['tent'].reset()
+    base = rows['inference']
+    for row in rows.values():
+        row['ratio'] = row['seconds'] / base['seconds']
+        row['memory_ratio'] = row['peak'] / max(base['peak'], 1)
+    return rows
+
+
+def to_markdown(rows: Dict[str, dict], args, device: str) -> str:
+    lines = [f'`python tools/benchmark_tta.py --config {args.config} --batch-size {args.batch_size} --size '
+             f'{args.size[0]} {args.size[1]} --repeats {args.repeats} --threads {args.threads}` on {device} '
+             f'({platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads):',
+             '', '| call | s / batch | x inference | goal | peak memory (MiB) | x inference |',
+             '|---|---|---|---|---|---|']
+    for name, row in rows.items():
+        goal = GOALS.get(name)
+        verdict = '' if goal is None else f'<= {goal:.2f}x: {"met" if row["ratio"] <= goal else "NOT met"}'
+        lines.append(f'| {name} | {row["seconds"]:.4f} | {row["ratio"]:.2f} | {verdict} | '
+                     f'{row["peak"] / 2**20:.1f} | {row["memory_ratio"]:.2f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_section(path: str, text: str) -> None:
+    with open(path) as f:
+        doc = f.read()
+    pattern = re.compile(r'(<!-- benchmark:start -->\n).*?(<!-- benchmark:end -->)', re.S)
+    if not pattern.search(doc):
+        raise SystemExit(f'{path} has no <!-- benchmark:start --> ... <!-- benchmark:end --> section')
+    with open(path, 'w') as f:
+        f.write(pattern.sub(lambda m: m.group(1) + text + m.group(2), doc))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', default=DEMO)
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--size', type=int, nargs=2, default=[64, 128], metavar=('H', 'W'))
+    parser.add_argument('--repeats', type=int, default=7)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--out', help='markdown file whose benchmark section is replaced')
+    args = parser.parse_args(argv)
+    for name in ('batch_size', 'repeats', 'threads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
+    torch.set_num_threads(args.threads)
+    rows = run(args.config, args.batch_size, args.size, args.repeats, args.device)
+    text = to_markdown(rows, args, args.device)
+    print(text)
+    if args.out:
+        write_section(args.out, text)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
