@@ -29,6 +29,7 @@ from mmengine.registry import MODELS
 from ...validation import check_positive_int
 from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
+from .layer_names import layer_label
 from .fused_kernels import merge_samples, row_affine_grad, row_sums, rowwise_batch_norm, sample_moments
 
 __all__ = ['RN', 'rn_groups', 'reciprocal_compensation', 'reciprocal_statistics', 'reciprocal_norm']
@@ -318,10 +319,12 @@ class RN(DomainAwareMixin, nn.Module):
         if split is None:
             if not self.implicit_split:
                 raise ValueError(
-                    f'RN({self.num_features}) got a training batch of {batch_size} samples without a declared '
-                    '[source | target] split; train through the mmnorm UDA wrappers (UDAEncoderDecoder, '
-                    'UDAFasterRCNN), wrap the forward in mmnorm.domain_split(model, (n_source, n_target)), or set '
-                    'implicit_split=True for the official first-half-is-source rule')
+                    f'{layer_label(self)} got a training batch of {batch_size} samples without a declared '
+                    '[source | target] split; train through an mmnorm UDA wrapper (UDAEncoderDecoder, '
+                    'UDACascadeEncoderDecoder, UDAFasterRCNN, UDARetinaNet, UDASingleStageDetector, ...; a model type '
+                    'without one, e.g. DETR, cannot hold RN: use AdaBN there), wrap the forward in '
+                    'mmnorm.domain_split(model, (n_source, n_target)), or set implicit_split=True for the official '
+                    'first-half-is-source rule')
             if batch_size % 2:
                 raise ValueError(f'RN(implicit_split=True) splits a training batch in halves (source, target) but '
                                  f'the batch holds an odd number of samples: {batch_size}')
