@@ -2,6 +2,7 @@
 import os.path as osp
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from conftest import DEMO_CONFIG, REPO, run_tool
@@ -62,7 +63,10 @@ def test_train_cfg_plumbing(train_tool):
     args = train_tool.parse_args([osp.join(REPO, DEMO_CONFIG), '--amp', '--resume', '--work-dir', 'wd',
                                   '--cfg-options', 'model.backbone.depth=34'])
     cfg = train_tool.build_cfg(args)
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
+    if torch.cuda.is_available():  # mmengine's GradScaler AMP on a GPU, bfloat16 autocast on CPU
+        assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
+    else:
+        assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper' and cfg.optim_wrapper.dtype == 'bfloat16'
     assert cfg.resume is True and cfg.load_from is None and cfg.work_dir == 'wd'
     assert cfg.model.backbone.depth == 34
     default = train_tool.build_cfg(train_tool.parse_args([osp.join(REPO, DEMO_CONFIG)]))

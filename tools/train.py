@@ -3,6 +3,10 @@
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
                           [--launcher none|pytorch|slurm]
 
+``--amp``: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scale) on a GPU, mmnorm's ``CPUAmpOptimWrapper``
+(bfloat16 autocast) without one. ``--cfg-options compile=True`` (or ``compile.backend=...``) is mmengine's
+``torch.compile`` switch (the model's ``train_step`` is compiled).
+
 Bad input (a missing or unreadable config or checkpoint, an unknown norm type) ends with a one-line message and
 exit status 2, not a traceback.
 """
@@ -11,6 +15,7 @@ import os
 import os.path as osp
 import sys
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -50,10 +55,13 @@ def build_cfg(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
         optim_type = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if optim_type == 'OptimWrapper':
+        if optim_type == 'OptimWrapper' and torch.cuda.is_available():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
-        elif optim_type != 'AmpOptimWrapper':
+        elif optim_type == 'OptimWrapper':  # mmengine's AmpOptimWrapper needs a GPU: bfloat16 autocast on CPU
+            cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+            cfg.optim_wrapper.dtype = 'bfloat16'
+        elif optim_type not in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got {optim_type!r}')
     if args.resume == 'auto':
         cfg.resume = True

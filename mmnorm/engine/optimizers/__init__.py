@@ -1,4 +1,5 @@
-"""Optimizer wrapper constructors, registered in the root mmengine ``OPTIM_WRAPPER_CONSTRUCTORS`` registry."""
+"""Optimizer wrapper constructors (root ``OPTIM_WRAPPER_CONSTRUCTORS``), CPU AMP wrapper (root ``OPTIM_WRAPPERS``)."""
+from .cpu_amp import CPUAmpOptimWrapper
 from .norm_aware_constructor import NormAwareOptimWrapperConstructor, is_norm
 
-__all__ = ['NormAwareOptimWrapperConstructor', 'is_norm']
+__all__ = ['CPUAmpOptimWrapper', 'NormAwareOptimWrapperConstructor', 'is_norm']

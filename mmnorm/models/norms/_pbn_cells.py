@@ -83,15 +83,17 @@ def _cell_moments(x: torch.Tensor, row_edges: Edges, col_edges: Edges, counts: t
     """Per-cell mean and sum of squared deviations ``(C, R, K)`` float64.
 
     One pass (cell sums and sums of squares, accumulated in float64); two passes like torch's CPU BN where the
-    one-pass value would lose digits (a large mean, a constant cell).
+    one-pass value would lose digits (a large mean, a constant cell), and under ``torch.compile`` (no data-dependent
+    branch in the graph).
     """
     mean = band_sum(x, row_edges, col_edges) / counts
-    sum_sq = band_sum_of_squares(x, row_edges, col_edges)
-    m2 = sum_sq - counts * mean.square()
-    if bool((m2 * _ONE_PASS_MAX_RATIO >= sum_sq).all()):
-        return mean, m2
+    if not torch.compiler.is_compiling():
+        sum_sq = band_sum_of_squares(x, row_edges, col_edges)
+        m2 = sum_sq - counts * mean.square()
+        if bool((m2 * _ONE_PASS_MAX_RATIO >= sum_sq).all()):
+            return mean, m2
     deviation = x - expand(mean, row_edges, col_edges, x.dtype)
-    return mean, band_sum(deviation.square_(), row_edges, col_edges)
+    return mean, band_sum(deviation.square(), row_edges, col_edges)
 
 
 class _CellNorm(torch.autograd.Function):
@@ -155,6 +157,11 @@ def cell_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
     Returns:
         tuple: ``y = x * scale + shift`` per cell ``(N, C, H, W)``, and ``new_mean``, ``new_var`` (detached).
     """
+    if torch.compiler.is_compiling():  # dynamo does not trace the backward's autograd.grad: plain autograd
+        counts = cell_counts(x.shape[0], row_edges, col_edges, x.device)
+        scale, shift, new_mean, new_var = coefficients(*_cell_moments(x, row_edges, col_edges, counts), weight, bias)
+        y = x * expand(scale, row_edges, col_edges, x.dtype) + expand(shift, row_edges, col_edges, x.dtype)
+        return y, new_mean.detach(), new_var.detach()
     return _CellNorm.apply(x, weight, bias, coefficients, tuple(row_edges), tuple(col_edges))
 
 

@@ -29,7 +29,8 @@ def sample_moments(x: torch.Tensor, num_channels: int = None) -> Tuple[torch.Ten
 
     On CPU one pass (sum and sum of squares; BN's Welford-style statistics kernels are several times slower on these
     rows), recomputed in two passes where the one-pass variance would lose digits (large mean, constant rows); on
-    other devices two passes.
+    other devices and under ``torch.compile`` (no data-dependent branch in the graph; inductor fuses the passes)
+    two passes.
 
     Args:
         x (Tensor): ``(N, C, *)``.
@@ -41,7 +42,7 @@ def sample_moments(x: torch.Tensor, num_channels: int = None) -> Tuple[torch.Ten
     flat = x.reshape(x.shape[0], x.shape[1], -1)[:, :num_channels]  # (N, k, L), a view of a contiguous map
     count = flat.shape[2]
     mean = flat.sum(2).div_(count)
-    if x.device.type == 'cpu':
+    if x.device.type == 'cpu' and not torch.compiler.is_compiling():
         mean_sq = torch.linalg.vector_norm(flat, dim=2).square_().div_(count)
         var = torch.addcmul(mean_sq, mean, mean, value=-1)
         # E[x^2] / var bounds the digits lost; a negative var (rounding of a constant row) fails it too

@@ -117,7 +117,10 @@ class IBN(nn.Module):
                 f'{layer_label(self)}: input {tuple(x.shape)} has one value per channel for the batch-norm half in '
                 'training (N x H x W = 1); use more than one image per GPU, or keep IBN out of 1x1 pooling branches '
                 '(IBN-Net places IN in the early backbone stages only)')
-        return torch.cat([y_in, self.BN(x_bn)], dim=1)
+        y = torch.cat([y_in, self.BN(x_bn)], dim=1)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            y = y.contiguous(memory_format=torch.channels_last)  # as torch's BN returns channels_last maps
+        return y
 
     def fused_path_applies(self, x: torch.Tensor) -> bool:
         """Whether :func:`~mmnorm.models.norms._ibn_fused.ibn_fused` gives exactly what calling the children gives.

@@ -39,7 +39,8 @@ from ...validation import check_positive_int
 from ._pbn_cells import Edges, cell_counts, cell_norm, merge_cells
 from .degenerate import check_batch_statistics
 
-__all__ = ['PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed']
+__all__ = ['PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed',
+           'pbn_random_train']
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,6 +219,19 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
     return y
 
 
+@torch.compiler.disable
+def pbn_random_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                     running_mean: torch.Tensor, running_var: torch.Tensor, p: float, momentum: float,
+                     eps: float) -> torch.Tensor:
+    """Draws a plan (:func:`sample_pbn_plan`, patch-statistics probability ``p``) and runs :func:`pbn_train`.
+
+    The plan's cut positions are drawn on the host every forward and shape the computation, so ``torch.compile``
+    runs this eagerly: one graph break at the layer instead of a recompilation per plan.
+    """
+    _, c, h, w = x.shape
+    return pbn_train(x, weight, bias, running_mean, running_var, sample_pbn_plan(c, h, w, p), momentum, eps)
+
+
 def grid_edges(length: int, parts: int) -> Edges:
     """Edges of ``parts`` near-equal bands (``i * L // parts``); an axis shorter than 4 stays whole."""
     if length < 4 or parts <= 1:
@@ -379,9 +393,8 @@ class PBN(nn.Module):
         compute = x if x.dtype in (torch.float32, torch.float64) else x.float()
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.mode == 'random':
-                plan = sample_pbn_plan(c, h, w, self.p)
-                y = pbn_train(compute, self.weight, self.bias, self.running_mean, self.running_var, plan,
-                              momentum, self.eps)
+                y = pbn_random_train(compute, self.weight, self.bias, self.running_mean, self.running_var, self.p,
+                                     momentum, self.eps)
             else:
                 y = pbn_fixed(compute, self.weight, self.bias, self.running_mean, self.running_var, self.grid,
                               self.lam, momentum, self.eps)

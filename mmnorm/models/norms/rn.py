@@ -171,6 +171,19 @@ class _ReciprocalNorm(torch.autograd.Function):
         return grad_x, None, None, grad_w, grad_b, grad_g, None, None
 
 
+def _reciprocal_norm_autograd(flat: torch.Tensor, n: int, num_source: int, weight, bias, gates, eps: float,
+                              groups: int):
+    """What :class:`_ReciprocalNorm` computes, in plain differentiable ops (for ``torch.compile``, whose dynamo does
+    not trace the Function's ``autograd.grad``; inductor fuses these passes itself)."""
+    x = flat.view(n, flat.shape[1] // n, -1)
+    moments = [torch.var_mean(part, dim=(0, 2), correction=1) for part in (x[:num_source], x[num_source:])]
+    var, mean = torch.stack([m[0] for m in moments]), torch.stack([m[1] for m in moments])
+    scale, shift, mean_c, var_c = _affine_from_stats(mean, var, weight, bias, gates, eps, groups)
+    y = torch.cat([x[:num_source] * scale[0, :, None] + shift[0, :, None],
+                   x[num_source:] * scale[1, :, None] + shift[1, :, None]])
+    return y.view_as(flat), mean_c.detach(), var_c.detach()
+
+
 def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias: torch.Tensor,
                     gates: torch.Tensor, eps: float = 1e-5,
                     groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -203,9 +216,13 @@ def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=x.device.type, enabled=False):
         flat = x.reshape(n, c, -1).to(compute_dtype).contiguous().view(1, n * c, -1)
-        y, mean_c, var_c = _ReciprocalNorm.apply(flat, n, num_source, weight.to(compute_dtype),
-                                                 bias.to(compute_dtype), gates.to(compute_dtype), eps, groups)
-    return y.reshape(x.shape).to(x.dtype), mean_c, var_c
+        norm = _reciprocal_norm_autograd if torch.compiler.is_compiling() else _ReciprocalNorm.apply
+        y, mean_c, var_c = norm(flat, n, num_source, weight.to(compute_dtype), bias.to(compute_dtype),
+                                gates.to(compute_dtype), eps, groups)
+    y = y.reshape(x.shape).to(x.dtype)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = y.contiguous(memory_format=torch.channels_last)  # as torch's BN returns channels_last maps
+    return y, mean_c, var_c
 
 
 @MODELS.register_module()
