@@ -1,19 +1,28 @@
 """`make demo`'s pipeline at a tiny size: every method through the real tools/train.py + tools/test.py."""
 import json
 
+import pytest
+
 from conftest import run_tool
 
 from tool_loader import METHODS
 
 
-def test_demo_pipeline_tiny(tiny_demo_data, tmp_path):
-    work_dir = tmp_path / 'demo'
-    proc = run_tool(['tools/demo.py', '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2,
-                     '--seeds', 0, '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4,
-                     '--data-seed', 1, '--loader-options', 'num_workers=0', 'persistent_workers=False',
-                     'batch_size=2'])
+def run_tiny_demo(data_root, work_dir, methods=None):
+    """The demo at a tiny size: 2 iterations, 8 source frames, 4 target frames, a 16-frame stream."""
+    args = ['tools/demo.py', '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0,
+            '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--stream-frames',
+            16, '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2']
+    return run_tool(args + (['--methods', *methods] if methods else []))
+
+
+# one method of each kind: trained (BN, DSU), recalibrated on BN's weights (AdaBN), adapted online (TENT)
+KINDS = ['BN', 'AdaBN', 'DSU', 'BN + TENT (episodic)']
+
+
+def check_demo_outputs(proc, work_dir, methods):
     results = json.loads((work_dir / 'results.json').read_text())
-    assert list(results['summary']) == list(METHODS)  # every landed norm has a row
+    assert list(results['summary']) == methods
     for name, row in results['summary'].items():
         assert 0 <= row['source']['mean'] <= 100 and 0 <= row['target']['mean'] <= 100
         assert row['seeds'] == [0]
@@ -22,23 +31,38 @@ def test_demo_pipeline_tiny(tiny_demo_data, tmp_path):
     assert results['summary']['BN']['gap_closed']['mean'] == 0.0
     table = (work_dir / 'results.md').read_text()
     assert '| method | source-val mIoU | target mIoU | BN gap closed (%) |' in table
-    for name in METHODS:
+    for name in methods:
         assert f'| {name} |' in table and f'| {name} |' in proc.stdout
     assert (work_dir / 'results.png').stat().st_size > 5000
-    # progress: a start and an end line per job (5 trainings + 7 tests), with the log path, mIoU and time left
-    total = 5 + len(METHODS)
+    # progress: a start and an end line per job (trainings, tests, the stream), with the log path, mIoU, time left
+    trainings = sum('weights_from' not in METHODS[n] for n in methods)
+    total = trainings + len(methods) + 1
     assert f'{total} jobs' in proc.stdout
     for k in range(1, total + 1):
         assert proc.stdout.count(f'[{k}/{total}] ') == 2, (k, proc.stdout)
-    assert f'[1/{total}] BN seed 0 train ... (log ' in proc.stdout
     assert 'seed0/BN/train.log' in proc.stdout
     ends = [line for line in proc.stdout.splitlines() if ' left' in line]
-    assert len(ends) == total and all('mIoU ' in line and 'elapsed' in line for line in ends)
+    assert len(ends) == total and all('elapsed' in line for line in ends)
+    assert sum('mIoU ' in line for line in ends) == total - 1 and 'continual stream' in ends[-1]
     assert ends[-1].endswith('about 0 s left')
     # the AdaBN row really recalibrated on the target pool before testing
     log = (work_dir / 'seed0' / 'AdaBN' / 'test_target.log').read_text()
     assert 'AdaBNHook' in log
     assert 'AdaBNHook' not in (work_dir / 'seed0' / 'BN' / 'test_target.log').read_text()
+    # the continual stream: its table is printed and written with the plot
+    assert 'continual test-time adaptation on a drifting stream' in proc.stdout
+    assert (work_dir / 'stream' / 'stream_results.md').exists() and (work_dir / 'stream' / 'stream_miou.png').exists()
+
+
+def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path):
+    proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo', KINDS)
+    check_demo_outputs(proc, tmp_path / 'demo', KINDS)
+
+
+@pytest.mark.slow
+def test_demo_pipeline_tiny_every_method(tiny_demo_data, tmp_path):
+    proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo')
+    check_demo_outputs(proc, tmp_path / 'demo', list(METHODS))
 
 
 def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path):
@@ -47,7 +71,7 @@ def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path):
     proc = run_tool(['tools/demo.py', '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2,
                      '--seeds', 0, '--methods', 'BN', '--num-source-train', 8, '--num-source-val', 4,
                      '--num-target', 4, '--data-seed', 1, '--loader-options', 'num_workers=0',
-                     'persistent_workers=False', 'batch_size=2', 'no_such_option=1'], check=False)
+                     'persistent_workers=False', 'batch_size=2', 'no_such_option=1', '--no-stream'], check=False)
     assert proc.returncode == 1
     log = work_dir / 'seed0' / 'BN' / 'train.log'
     assert f'log {log}' in proc.stderr and 'last lines' in proc.stderr

@@ -1,16 +1,19 @@
 """The embedded synthetic source -> target experiment behind ``make demo``.
 
-    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 400] [--jobs 1] [--fast]
-                         [--data-root data/demo] [--work-dir work_dirs/demo]
+    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 400] [--jobs 2] [--fast]
+                         [--data-root data/demo] [--work-dir work_dirs/demo] [--reuse] [--no-stream]
 
 1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when present).
 2. For every method and seed, trains the method's demo config with ``tools/train.py``, whose final validation runs
    on the source val split (the source-val mIoU, no test-time adaptation), and tests the checkpoint with
-   ``tools/test.py`` on the target val split (the method as deployed). Methods that only adapt at test time (AdaBN)
-   reuse the weights, and so the source-val mIoU, of the method they build on.
+   ``tools/test.py`` on the target val split (the method as deployed). Methods that only adapt at test time (AdaBN,
+   the test-time adaptation rows) reuse the weights, and so the source-val mIoU, of the method they build on.
 3. Prints one table — source-val mIoU, target mIoU, share of the BN source->target gap closed, each mean ± std over
    the seeds (the gap share is computed per seed against BN of the same seed) — and writes it to
    ``<work-dir>/results.md``, ``results.json`` and a bar chart ``results.png``.
+4. Continual stream (``tools/analysis/tta_stream.py``): BN's first-seed checkpoint tested on a drifting target
+   stream in order — BN, test-batch statistics, offline AdaBN, TENT continual without and with the safeguards —
+   table and mIoU curve under ``<work-dir>/stream/``.
 
 Every row uses the same data, seeds, schedule and test protocol; only the config differs.
 """
@@ -44,7 +47,12 @@ METHODS: Dict[str, dict] = {
     'EFDMix': dict(config=DEMO.format('efdmix')),
     'DSU': dict(config=DEMO.format('dsu')),
     'PBN + MixStyle': dict(config=DEMO.format('pbn-mixstyle')),
+    # online test-time adaptation on BN's weights (TestTimeAdaptHook on the target test stream)
+    'BN + test-batch stats': dict(config=DEMO.format('bn-tta-bn'), weights_from='BN'),
+    'BN + prior': dict(config=DEMO.format('bn-tta-prior'), weights_from='BN'),
+    'BN + TENT (episodic)': dict(config=DEMO.format('bn-tta-tent'), weights_from='BN'),
 }
+STREAM_TOOL = 'tools/analysis/tta_stream.py'
 
 
 def data_root_options(config: str, data_root: str) -> List[str]:
@@ -115,10 +123,11 @@ class Progress:
     kind (before the first one finishes: ``prior_s``), divided by the number of parallel jobs.
     """
 
-    def __init__(self, num_train: int, num_test: int, jobs: int, prior_s: Dict[str, float], stream=None):
-        self.total = num_train + num_test
-        self.left = dict(train=num_train, test=num_test)
-        self.durations: Dict[str, List[float]] = dict(train=[], test=[])
+    def __init__(self, num_train: int, num_test: int, jobs: int, prior_s: Dict[str, float], stream=None,
+                 num_stream: int = 0):
+        self.total = num_train + num_test + num_stream
+        self.left = dict(train=num_train, test=num_test, stream=num_stream)
+        self.durations: Dict[str, List[float]] = dict(train=[], test=[], stream=[])
         self.prior_s = prior_s
         self.jobs = jobs
         self.started = 0
@@ -127,11 +136,12 @@ class Progress:
         self.lock = threading.Lock()
 
     def eta(self) -> float:
-        seconds = 0.0
-        for kind, left in self.left.items():
+        def remaining(kind: str) -> float:
             done = self.durations[kind]
-            seconds += left * (statistics.mean(done) if done else self.prior_s[kind])
-        return seconds / self.jobs
+            return self.left[kind] * (statistics.mean(done) if done else self.prior_s.get(kind, 0.0))
+
+        # trainings and tests share the parallel jobs; the stream experiment runs alone at the end
+        return (remaining('train') + remaining('test')) / self.jobs + remaining('stream')
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -240,7 +250,20 @@ class Experiment:
         base = METHODS[name].get('weights_from')
         ckpt, source = trained[(base, seed)] if base else self.train(name, seed)
         trained[(name, seed)] = (ckpt, source)
-        return dict(source=source, target=self.test_target(name, seed, ckpt), seconds=time.time() - start)
+        return dict(source=source, target=self.test_target(name, seed, ckpt), seconds=time.time() - start,
+                    checkpoint=ckpt)
+
+    def stream(self, checkpoint: str) -> str:
+        """The continual-stream experiment on BN's ``checkpoint``; returns its Markdown table."""
+        out_dir = osp.join(self.args.work_dir, 'stream')
+        os.makedirs(out_dir, exist_ok=True)
+        cmd = [sys.executable, STREAM_TOOL, METHODS['BN']['config'], checkpoint, '--out-dir', out_dir,
+               '--stream-root', osp.join(osp.dirname(self.args.data_root.rstrip('/')) or '.', 'demo_stream')]
+        cmd += ['--frames', str(self.args.stream_frames or (120 if self.args.fast else 240))]
+        self.job(cmd, osp.join(out_dir, 'stream.log'), 'continual stream (BN seed '
+                 f'{self.args.seeds[0]})', 'stream', lambda: None)
+        with open(osp.join(out_dir, 'stream_results.md')) as f:
+            return f.read()
 
     def run_all(self) -> Dict[str, Dict[int, Dict[str, float]]]:
         names, seeds = self.args.methods, self.args.seeds
@@ -333,6 +356,11 @@ def main(argv=None):
                         'OpenMP job with more threads than free cores slows down many times')
     parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 200 iterations')
     parser.add_argument('--reuse', action='store_true', help='skip trainings whose checkpoint exists')
+    parser.add_argument('--no-stream', action='store_true',
+                        help='skip the continual-stream experiment (test-time adaptation on a drifting stream, '
+                        "on BN's weights of the first seed)")
+    parser.add_argument('--stream-frames', type=int, default=None,
+                        help='frames of the drifting stream (default 240; 120 with --fast)')
     parser.add_argument('--num-source-train', type=int, default=800)
     parser.add_argument('--num-source-val', type=int, default=100)
     parser.add_argument('--num-target', type=int, default=200, help='frames per target split (train pool, val)')
@@ -354,12 +382,18 @@ def main(argv=None):
     trained = [n for n in args.methods if 'weights_from' not in METHODS[n]]
     iters = args.iters or 1000
     # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (400 iterations ~ 40 s).
+    with_stream = not args.no_stream and 'BN' in args.methods
     progress = Progress(len(trained) * len(args.seeds), len(args.methods) * len(args.seeds), args.jobs,
-                        prior_s=dict(train=8 + 0.08 * iters, test=8.0))
+                        prior_s=dict(train=8 + 0.08 * iters, test=8.0, stream=90.0), num_stream=int(with_stream))
     print(f'{progress.total} jobs ({len(trained)} trainings and {len(args.methods)} tests per seed, seeds '
-          f'{args.seeds}, {iters} iterations); logs under {args.work_dir}/seed*/<method>/', flush=True)
+          f'{args.seeds}, {iters} iterations{", the continual stream" if with_stream else ""}); logs under '
+          f'{args.work_dir}/seed*/<method>/', flush=True)
+    experiment = Experiment(args, progress)
+    stream_table = None
     try:
-        results = Experiment(args, progress).run_all()
+        results = experiment.run_all()
+        if with_stream:
+            stream_table = experiment.stream(results['BN'][args.seeds[0]]['checkpoint'])
     except JobFailed as err:
         print(f'\nmake demo stopped: {err}', file=sys.stderr, flush=True)
         sys.exit(1)
@@ -375,6 +409,9 @@ def main(argv=None):
     plot(rows, osp.join(args.work_dir, 'results.png'), title)
     print(f'\n{title}\n')
     print(table)
+    if stream_table:
+        print(f'continual test-time adaptation on a drifting stream ({args.work_dir}/stream/stream_miou.png):\n')
+        print(stream_table)
     print(f'total {time.time() - start:.0f} s; results in {args.work_dir}/results.md, results.png')
     return rows
 
