@@ -44,7 +44,8 @@ def dsu(x: torch.Tensor, noise: torch.Tensor, factor: float = 1.0, eps: float = 
     e1, e2 = noise[..., None, None]
     beta = mu + e1 * factor * sigma_mu
     gamma = sig + e2 * factor * sigma_sig
-    return (x - mu) / sig * gamma + beta
+    scale = gamma / sig  # (x - mu) / sig * gamma + beta as one per-(N, C) affine pass (gradients through mu, sig)
+    return torch.addcmul(beta - mu * scale, x, scale)
 
 
 @MODELS.register_module()

@@ -40,7 +40,8 @@ def mixstyle(x: torch.Tensor, lam: torch.Tensor, partners: torch.Tensor, eps: fl
     lam = lam.view(-1, 1, 1, 1)
     mu_mix = lam * mu + (1 - lam) * mu[partners]
     sig_mix = lam * sig + (1 - lam) * sig[partners]
-    return (x - mu) / sig * sig_mix + mu_mix
+    scale = sig_mix / sig  # (x - mu) / sig * sig_mix + mu_mix as one per-(N, C) affine pass over the map
+    return torch.addcmul(mu_mix - mu * scale, x, scale)
 
 
 @MODELS.register_module()
