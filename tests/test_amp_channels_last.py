@@ -9,9 +9,9 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import REPO, run_tool, tiny_seg_options
 from tool_loader import load_tool
+
 import mmnorm  # noqa: F401  (registration)
 from mmnorm.engine.optimizers import CPUAmpOptimWrapper
 from mmnorm.models.norms import IBN, PBN, RN, AdaBN, domain_split

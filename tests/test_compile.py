@@ -12,9 +12,9 @@ import re
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import REPO, run_tool, tiny_seg_options
 from tool_loader import load_tool
+
 import mmnorm  # noqa: F401  (registration)
 from mmnorm.models.norms import IBN, PBN, RN, AdaBN, domain_split
 from mmnorm.models.perturb import DSU, EFDMix, MixStyle
@@ -171,9 +171,9 @@ def test_compiled_deeplabv3plus(norm):
 @pytest.mark.slow
 @pytest.mark.parametrize('norm', list(MODEL_NORMS))
 def test_compiled_faster_rcnn_backbone_and_neck(norm):
+    from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
     init_default_scope('mmdet')
     cfg = Config.fromfile('mmdet::_base_/models/faster-rcnn_r50_fpn.py')
     backbone = dict(depth=18, base_channels=16, init_cfg=None, frozen_stages=-1, norm_eval=False)
