@@ -78,7 +78,8 @@ def write_between_markers(path: str, text: str) -> None:
     old = open(path).read() if osp.exists(path) else ''
     if BEGIN in old and END in old:
         head, rest = old.split(BEGIN, 1)
-        new = head + block + rest.split(END, 1)[1].lstrip('\n')
+        tail = rest.split(END, 1)[1].lstrip('\n')
+        new = head + block + ('\n' + tail if tail else '')
     else:
         new = old + ('\n' if old else '') + block
     with open(path, 'w') as f:

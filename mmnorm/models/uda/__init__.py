@@ -10,7 +10,9 @@ if toolbox_installed('mmseg'):
     __all__ += ['UDAEncoderDecoder', 'UDACascadeEncoderDecoder', 'head_runs_jointly']
 
 if toolbox_installed('mmdet'):
-    from .detector import (UDAATSS, UDAFCOS, UDAGFL, UDATOOD, UDAYOLOX, UDACascadeRCNN, UDAFasterRCNN, UDAMaskRCNN,
-                           UDARetinaNet, UDARTMDet, UDASingleStageDetector, dense_head_runs_jointly)
+    from .detector import (UDAATSS, UDADETR, UDAFCOS, UDAGFL, UDATOOD, UDAYOLOX, UDACascadeRCNN, UDADeformableDETR,
+                           UDAFasterRCNN, UDAMaskRCNN, UDARetinaNet, UDARTMDet, UDASingleStageDetector,
+                           dense_head_runs_jointly)
     __all__ += ['UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL', 'UDATOOD', 'UDAYOLOX',
-                'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'dense_head_runs_jointly']
+                'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'UDADETR', 'UDADeformableDETR',
+                'dense_head_runs_jointly']

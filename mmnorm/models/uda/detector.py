@@ -8,6 +8,8 @@
 * Two-stage detectors (``UDAFasterRCNN``, ``UDAMaskRCNN``, ``UDACascadeRCNN``): backbone and neck on the joint
   batch; RPN and RoI heads on the source part only (RoI rows are regions, not images), so they must not hold
   domain-aware layers -- the model refuses to build with a message naming the head.
+* DETR-style detectors (``UDADETR``, ``UDADeformableDETR``): backbone and neck on the joint batch; transformer and
+  head (rows are queries) on the source part only, with the same build-time check.
 
 Other mmdet detectors whose ``loss`` starts with ``self.extract_feat`` get the two-stage behaviour with
 ``class UDAX(DomainAdaptiveMixin, X)``.
@@ -16,15 +18,16 @@ from typing import Dict, List, Optional
 
 import torch.nn as nn
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
-from mmdet.models.detectors import (ATSS, FCOS, GFL, RTMDet, TOOD, YOLOX, CascadeRCNN, FasterRCNN, MaskRCNN,
-                                    RetinaNet, SingleStageDetector)
+from mmdet.models.detectors import (ATSS, DETR, FCOS, GFL, TOOD, YOLOX, CascadeRCNN, DeformableDETR, FasterRCNN,
+                                    MaskRCNN, RetinaNet, RTMDet, SingleStageDetector)
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 
 from .base import DomainAdaptiveMixin, slice_rows
 
 __all__ = ['dense_head_runs_jointly', 'UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL',
-           'UDATOOD', 'UDAYOLOX', 'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN']
+           'UDATOOD', 'UDAYOLOX', 'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'UDADETR',
+           'UDADeformableDETR']
 
 
 def dense_head_runs_jointly(head: nn.Module) -> bool:
@@ -104,3 +107,13 @@ class UDAMaskRCNN(DomainAdaptiveMixin, MaskRCNN):
 @MODELS.register_module()
 class UDACascadeRCNN(DomainAdaptiveMixin, CascadeRCNN):
     """mmdet ``CascadeRCNN`` trained on [source | target] batches (RPN and RoI heads on the source part)."""
+
+
+@MODELS.register_module()
+class UDADETR(DomainAdaptiveMixin, DETR):
+    """mmdet ``DETR`` trained on [source | target] batches (transformer and head on the source part)."""
+
+
+@MODELS.register_module()
+class UDADeformableDETR(DomainAdaptiveMixin, DeformableDETR):
+    """mmdet ``DeformableDETR`` trained on [source | target] batches (transformer and head on the source part)."""
