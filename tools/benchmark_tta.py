@@ -40,6 +40,8 @@ def build(config: str, device: str):
 
     import mmnorm  # noqa: F401
     cfg = Config.fromfile(config)
+    cfg.model.pretrained = None  # random weights: no download (timing does not depend on the values)
+    cfg.model.backbone.init_cfg = None
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)

@@ -68,7 +68,7 @@ def test_batch_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     if grad:
         var, mean = torch.var_mean(xf, dim=[0] + list(range(2, x.dim())), correction=0)
     else:
-        mean, var = _shifted_moments(xf, source_mean)
+        mean, var = _two_pass_moments(xf)
     if mode == 'prior':
         a = float(prior) / (float(prior) + x.shape[0])
         mean = a * source_mean.to(xf.dtype) + (1 - a) * mean
@@ -86,14 +86,14 @@ def test_batch_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     return y.to(x.dtype)
 
 
-def _shifted_moments(x: torch.Tensor, shift: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``x`` (N, C, *) from contiguous per-(sample, channel) means of
-    ``d = x - shift`` and ``d^2`` (shift: the source mean, so ``E[d^2] - E[d]^2`` does not cancel): 3x faster on
-    CPU than ``torch.batch_norm_update_stats`` and 10x faster than ``torch.var_mean`` over (0, 2, 3)."""
-    d = x.reshape(x.shape[0], x.shape[1], -1) - shift.to(x.dtype)[None, :, None]
-    m1 = d.mean(2).mean(0)
-    var = (d * d).mean(2).mean(0) - m1 * m1
-    return m1 + shift.to(x.dtype), var.clamp_min(0)
+def _two_pass_moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``x`` (N, C, *) by the two-pass algorithm over contiguous
+    per-(sample, channel) rows: ``mu = mean_n mean_l x``, ``var = mean_n mean_l (x - mu)^2``. About 2x faster on
+    CPU than ``torch.batch_norm_update_stats`` and several times faster than ``torch.var_mean`` over (0, 2, 3)."""
+    rows = x.reshape(x.shape[0], x.shape[1], -1)
+    mean = rows.mean(2).mean(0)
+    var = (rows - mean[None, :, None]).square_().mean(2).mean(0)
+    return mean, var
 
 
 def _leaf_of(name: str, layer: nn.Module) -> nn.Module:
