@@ -80,3 +80,43 @@ def test_slurm_launcher_on_cpu(tiny_demo_data, tmp_path):
     log = proc.stdout + proc.stderr
     assert 'Distributed training: True' in log and 'Iter(train) [1/1]' in log
     assert (tmp_path / 'iter_1.pth').is_file()
+
+
+KILL_AT_SAVE = '''"""sitecustomize of the test's processes: SIGTERM to this process while the Runner writes the
+iteration-2 checkpoint (the data is in the file being written, not yet on disk), as a scheduler's kill arrives."""
+import os
+import signal
+
+_fsync = os.fsync
+
+
+def fsync(fd):
+    if '.iter_2.pth.tmp-' in os.readlink(f'/proc/self/fd/{fd}'):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return _fsync(fd)
+
+
+os.fsync = fsync
+'''
+
+
+def test_sigterm_while_saving_leaves_the_checkpoints_loadable(tiny_demo_data, tmp_path):
+    """A 2-process run killed while writing iter_2.pth: iter_1.pth and last_checkpoint stay intact, no truncated
+    iter_2.pth appears, and --resume finishes the run."""
+    from conftest import free_port
+    (tmp_path / 'sitecustomize.py').write_text(KILL_AT_SAVE)  # imported by every Python started with this path
+    work_dir = tmp_path / 'work'
+    options = tiny_seg_options(tiny_demo_data, iters=3) + ['default_hooks.checkpoint.interval=1',
+                                                           'default_hooks.checkpoint.max_keep_ckpts=3']
+    killed = run_tool(['tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', work_dir, '--cfg-options', *options],
+                      check=False, PORT=free_port(),
+                      PYTHONPATH=f'{tmp_path}:{osp.dirname(osp.dirname(osp.abspath(__file__)))}')
+    assert killed.returncode != 0, killed.stdout[-3000:]
+    names = sorted(p.name for p in work_dir.iterdir())
+    assert 'iter_1.pth' in names and 'iter_2.pth' not in names, names
+    assert torch.load(work_dir / 'iter_1.pth', weights_only=True)['meta']['iter'] == 1
+    assert (work_dir / 'last_checkpoint').read_text().strip().endswith('iter_1.pth')
+    resumed = run_tool(['tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', work_dir, '--resume', '--cfg-options',
+                        *options], PORT=free_port())
+    assert 'resumed' in (resumed.stdout + resumed.stderr).lower()
+    assert torch.load(work_dir / 'iter_3.pth', weights_only=True)['meta']['iter'] == 3
