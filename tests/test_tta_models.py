@@ -116,7 +116,8 @@ def test_hook_rejects_unknown_method():
         TestTimeAdaptHook(method='adapt')
 
 
-@pytest.mark.parametrize('method', ['tent'])
+@pytest.mark.slow  # ~20 s; the default run covers the hook in a real Runner (what tools/test.py builds)
+@pytest.mark.parametrize('method', ['bn', 'prior', 'tent'])
 def test_tools_test_py_with_demo_tta_config(method, tiny_demo_data, tmp_path):
     cfg = seg_cfg(tiny_demo_data, tmp_path)
     model = Runner.from_cfg(cfg).model
@@ -126,7 +127,7 @@ def test_tools_test_py_with_demo_tta_config(method, tiny_demo_data, tmp_path):
     options = [o for o in tiny_seg_options(tiny_demo_data) if o.startswith('test_dataloader')]
     proc = run_tool(['tools/test.py', TTA_CONFIG.format(method), ckpt, '--work-dir', tmp_path / 'test',
                      '--metrics-out', out, '--cfg-options'] + options, timeout=600)
-    assert 'TestTimeAdaptHook: tent on' in proc.stdout + proc.stderr
+    assert f'TestTimeAdaptHook: {method} on' in proc.stdout + proc.stderr
     assert out.exists()
 
 
