@@ -18,8 +18,7 @@ __all__ = ['check_data_loader', 'prepare_batch', 'forward_prepared', 'forward_ba
 def check_data_loader(data_loader: Any, reiterable: Optional[str] = None) -> None:
     """TypeError unless ``data_loader`` is an iterable of batches (and, when ``reiterable`` gives the reason, not a
     one-shot iterator)."""
-    if (isinstance(data_loader, (str, bytes, dict, torch.Tensor, nn.Module))
-            or not hasattr(data_loader, '__iter__')):
+    if (isinstance(data_loader, (str, bytes, dict, torch.Tensor, nn.Module)) or not hasattr(data_loader, '__iter__')):
         raise TypeError('data_loader must be an iterable of batches (e.g. a torch DataLoader), got '
                         f'{type(data_loader).__name__}')
     if reiterable and iter(data_loader) is data_loader:
@@ -80,8 +79,9 @@ def forward_prepared(model: nn.Module, args: tuple, kwargs: Dict[str, Any],
             raise
         if on_retry is not None:
             on_retry()
-        print_log(f'{type(model).__name__} cannot forward in tensor mode ({type(err).__name__}: {err}); '
-                  'forwarding in predict mode instead', logger='current', level=logging.WARNING)
+        print_log(
+            f'{type(model).__name__} cannot forward in tensor mode ({type(err).__name__}: {err}); '
+            'forwarding in predict mode instead', logger='current', level=logging.WARNING)
         return model(*args, **dict(kwargs, mode='predict')), 'predict'
 
 

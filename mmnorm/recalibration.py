@@ -19,6 +19,7 @@ Two orders (``mode``):
 import sys
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -106,22 +107,21 @@ class _Measuring:
             acc.add(*moments)
         self.pending.clear()
 
-    def hook(self, name: str, acc: MomentAccumulator):
-        def measure(module, inputs):
-            x = inputs[0]
-            count, mean, var = batch_moments(x)
-            if self.valid < self.size and x.shape[0] == self.size:
-                self.pending.append((acc, batch_moments(x[:self.valid])))
-            else:
-                self.pending.append((acc, (count, mean, var)))
-                if self.valid < self.size and name not in self.warned:  # e.g. RoI rows: padding not separable
-                    self.warned.add(name)
-                    warnings.warn(f'recalibrate_bn: {name} sees {x.shape[0]} rows for a batch of {self.size} samples'
-                                  f' ({self.valid} real); padded samples cannot be excluded for this layer')
-            if self.inject and count > 1:
-                for buf, value in zip(norm_buffers(module), (mean, var)):
-                    buf.copy_(value)
-        return measure
+    def measure(self, name: str, acc: MomentAccumulator, module: nn.Module, inputs: tuple) -> None:
+        """The pre-hook of layer ``name`` (bound with ``functools.partial``): measures ``inputs[0]`` (N, C, *)."""
+        x = inputs[0]
+        count, mean, var = batch_moments(x)
+        if self.valid < self.size and x.shape[0] == self.size:
+            self.pending.append((acc, batch_moments(x[:self.valid])))
+        else:
+            self.pending.append((acc, (count, mean, var)))
+            if self.valid < self.size and name not in self.warned:  # e.g. RoI rows: padding not separable
+                self.warned.add(name)
+                warnings.warn(f'recalibrate_bn: {name} sees {x.shape[0]} rows for a batch of {self.size} samples'
+                              f' ({self.valid} real); padded samples cannot be excluded for this layer')
+        if self.inject and count > 1:
+            for buf, value in zip(norm_buffers(module), (mean, var)):
+                buf.copy_(value)
 
 
 @dataclass
@@ -145,8 +145,8 @@ class _Plan:
         return ProgressBar(self.limit if self.counts_samples else min(totals, default=0), file=sys.stdout)
 
 
-def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, plan: _Plan, *,
-              measured: List[str], inject: bool, progress: bool) -> Tuple[Dict[str, tuple], int, int]:
+def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, plan: _Plan, *, measured: List[str],
+              inject: bool, progress: bool) -> Tuple[Dict[str, tuple], int, int]:
     """One pass over the data measuring ``measured``. Collective: one all-gather.
 
     Returns:
@@ -155,7 +155,7 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
     batch = _Measuring(inject)
     accs = {name: MomentAccumulator(norm_buffers(state.layers[name])[0].numel(), plan.device) for name in measured}
     for name in measured:
-        state.hooks.append(state.layers[name].register_forward_pre_hook(batch.hook(name, accs[name])))
+        state.hooks.append(state.layers[name].register_forward_pre_hook(partial(batch.measure, name, accs[name])))
     bar = plan.progress_bar(data_loader) if progress else None
     seen, batches, error = 0, 0, None
     try:
@@ -210,9 +210,9 @@ def _execution_order(model: nn.Module, data_loader: Iterable, state: _Recalibrat
     """The layers in the order of their first call on one batch (eval mode). Ranks agree on rank 0's order, or
     that of the first rank that had a batch; layers not reached come last. Collective: one all-gather."""
     names, calls = list(state.layers), []
+    first_call = lambda module, inputs, name: calls.append(name) if name not in calls else None
     for name, module in state.layers.items():
-        state.hooks.append(module.register_forward_pre_hook(
-            lambda mod, inputs, name=name: calls.append(name) if name not in calls else None))
+        state.hooks.append(module.register_forward_pre_hook(partial(first_call, name=name)))
     error = None
     try:
         args, kwargs, _ = prepare_batch(model, next(iter(data_loader)), plan.device)
@@ -240,8 +240,8 @@ def _check_arguments(data_loader: Any, num_iters: Any, num_samples: Any, mode: s
         raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
     check_positive_int(num_iters, 'num_iters', optional=True)
     check_positive_int(num_samples, 'num_samples', optional=True)
-    check_data_loader(data_loader, reiterable='mode="layerwise" iterates the data once per layer' if mode ==
-                      'layerwise' else None)
+    check_data_loader(data_loader,
+                      reiterable='mode="layerwise" iterates the data once per layer' if mode == 'layerwise' else None)
 
 
 @torch.no_grad()
@@ -291,12 +291,12 @@ def recalibrate_bn(model: nn.Module, data_loader: Iterable, num_iters: Optional[
         share = len(range(rank, num_samples, world_size))
         limit = share if limit is None else min(limit, share)
     param = next(iter(model.parameters()), None)
-    plan = _Plan(device=param.device if param is not None else torch.device('cpu'), rank=rank,
-                 num_iters=num_iters, limit=limit)
+    plan = _Plan(
+        device=param.device if param is not None else torch.device('cpu'), rank=rank, num_iters=num_iters, limit=limit)
     with _Recalibrating(layers) as state:
         if mode == 'one_pass':
-            stats, samples, batches = _run_pass(model, data_loader, state, plan, measured=list(layers),
-                                                inject=True, progress=progress)
+            stats, samples, batches = _run_pass(model, data_loader, state, plan, measured=list(layers), inject=True,
+                                                progress=progress)
             for name, (count, mean, var) in stats.items():
                 if count > 0:
                     state.commit(name, mean, var)
@@ -336,13 +336,13 @@ def _stage_changes(state: _Recalibrating) -> Dict[str, Tuple[int, float, float]]
         d_mean = (mean.double() - old_mean.double()).abs().mean().item()
         d_std = (var.double().clamp_min(0).sqrt() - old_var.double().clamp_min(0).sqrt()).abs().mean().item()
         stages.setdefault('.'.join(name.split('.')[:2]) or '(root)', []).append((d_mean, d_std))
-    return {stage: (len(v), sum(a for a, _ in v) / len(v), sum(b for _, b in v) / len(v))
-            for stage, v in stages.items()}
+    return {stage: (len(v), *(sum(column) / len(v) for column in zip(*v))) for stage, v in stages.items()}
 
 
 def _log_summary(result: RecalibrationResult, mode: str, world_size: int, logger: str) -> None:
-    lines = [f'recalibrate_bn ({mode}, {world_size} rank(s)): {len(result.layers)} layers from {result.samples} '
-             f'samples ({result.batches} batches on this rank)']
+    head = (f'recalibrate_bn ({mode}, {world_size} rank(s)): {len(result.layers)} layers from {result.samples} '
+            f'samples ({result.batches} batches on this rank)')
+    lines = [head]
     for stage, (n, d_mean, d_std) in result.stages.items():
         lines.append(f'  {stage}: {n} layers, mean |d mean| {d_mean:.4g}, mean |d std| {d_std:.4g}')
     if result.left_alone:

@@ -63,11 +63,12 @@ def tiny_demo_data(tmp_path_factory):
 def tiny_seg_options(data_root: str, iters: int = 2, batch_size: int = 2) -> list:
     """cfg-options that shrink the demo config to a few iterations on ``tiny_demo_data``."""
     src, tgt = osp.join(data_root, 'gta5'), osp.join(data_root, 'cityscapes')
-    opts = [f'train_dataloader.dataset.data_root={src}', f'val_dataloader.dataset.data_root={src}',
-            f'test_dataloader.dataset.data_root={tgt}', f'train_cfg.max_iters={iters}',
-            f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={iters}',
-            f'param_scheduler.0.end={iters}', 'default_hooks.logger.interval=1', 'log_processor.window_size=1']
+    opts = [
+        f'train_dataloader.dataset.data_root={src}', f'val_dataloader.dataset.data_root={src}',
+        f'test_dataloader.dataset.data_root={tgt}', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+        f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.0.end={iters}',
+        'default_hooks.logger.interval=1', 'log_processor.window_size=1'
+    ]
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.batch_size={batch_size}', f'{loader}.num_workers=0',
-                 f'{loader}.persistent_workers=False']
+        opts += [f'{loader}.batch_size={batch_size}', f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
     return opts

@@ -17,16 +17,61 @@ from scipy.io import savemat
 # Cityscapes label ID -> expected train ID for the IDs the GTA5 fixture uses (0, 4: void; 34: out of range).
 GTA5_EXPECTED = {0: 255, 4: 255, 7: 0, 8: 1, 11: 2, 17: 5, 21: 8, 23: 10, 24: 11, 26: 13, 31: 16, 33: 18}
 # SYNTHIA class ID -> expected train ID (0 void, 13 lanemarking -> ignored; 22 outside SYNTHIA's table).
-SYNTHIA_EXPECTED = {0: 255, 1: 10, 2: 2, 3: 0, 4: 1, 5: 4, 6: 8, 7: 5, 8: 13, 9: 7, 10: 11, 11: 18, 12: 17,
-                    13: 255, 15: 6, 17: 12, 19: 15, 21: 3, 22: 255}
+SYNTHIA_EXPECTED = {
+    0: 255,
+    1: 10,
+    2: 2,
+    3: 0,
+    4: 1,
+    5: 4,
+    6: 8,
+    7: 5,
+    8: 13,
+    9: 7,
+    10: 11,
+    11: 18,
+    12: 17,
+    13: 255,
+    15: 6,
+    17: 12,
+    19: 15,
+    21: 3,
+    22: 255
+}
 # Mapillary v1.2 ID -> expected train ID (road, lane marking, manhole -> road; 0 bird, 65 unlabeled -> ignored).
-MAPILLARY_EXPECTED = {13: 0, 24: 0, 41: 0, 2: 1, 15: 1, 17: 2, 6: 3, 3: 4, 45: 5, 47: 5, 48: 6, 50: 7, 30: 8,
-                      29: 9, 27: 10, 19: 11, 20: 12, 21: 12, 22: 12, 55: 13, 61: 14, 54: 15, 58: 16, 57: 17,
-                      52: 18, 0: 255, 65: 255}
+MAPILLARY_EXPECTED = {
+    13: 0,
+    24: 0,
+    41: 0,
+    2: 1,
+    15: 1,
+    17: 2,
+    6: 3,
+    3: 4,
+    45: 5,
+    47: 5,
+    48: 6,
+    50: 7,
+    30: 8,
+    29: 9,
+    27: 10,
+    19: 11,
+    20: 12,
+    21: 12,
+    22: 12,
+    55: 13,
+    61: 14,
+    54: 15,
+    58: 16,
+    57: 17,
+    52: 18,
+    0: 255,
+    65: 255
+}
 CITYSCAPES_DET_CLASSES = ('person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle')
 
-SEG_HW = (32, 48)          # GTA5 / SYNTHIA / Mapillary fixture frames (height, width)
-CITY_HW = (64, 128)        # Cityscapes / Foggy fixture frames
+SEG_HW = (32, 48)  # GTA5 / SYNTHIA / Mapillary fixture frames (height, width)
+CITY_HW = (64, 128)  # Cityscapes / Foggy fixture frames
 GTA5_SPLIT = dict(train=[1, 2, 3, 4], val=[5], test=[6])
 NUM_CITY = dict(train=3, val=2)
 STAMP = '.fixtures-v3'
@@ -88,8 +133,7 @@ def write_synthia(root):
         ids = id_map(SYNTHIA_EXPECTED, SEG_HW, 10 + i)
         Image.fromarray(image(SEG_HW, 10 + i)).save(osp.join(root, 'RGB', name + '.png'))
         cv2.imwrite(osp.join(root, 'GT', 'LABELS', name + '.png'), synthia_label(ids, i))
-        Image.fromarray(apply(SYNTHIA_EXPECTED, ids)).save(
-            osp.join(root, 'GT', 'LABELS', name + '_labelTrainIds.png'))
+        Image.fromarray(apply(SYNTHIA_EXPECTED, ids)).save(osp.join(root, 'GT', 'LABELS', name + '_labelTrainIds.png'))
 
 
 def city_boxes(i):
@@ -103,8 +147,7 @@ def write_cityscapes(root):
     os.makedirs(osp.join(root, 'annotations'))
     ann_id = 1
     for split, count in NUM_CITY.items():
-        coco = dict(images=[], annotations=[],
-                    categories=[dict(id=v, name=k) for k, v in det_classes.items()])
+        coco = dict(images=[], annotations=[], categories=[dict(id=v, name=k) for k, v in det_classes.items()])
         for i in range(count):
             city = 'aachen'
             stem = f'{city}_{i:06d}_000019'
@@ -122,12 +165,13 @@ def write_cityscapes(root):
                 Image.fromarray(image(CITY_HW, seed + int(float(beta) * 1000))).save(
                     osp.join(fdir, f'{stem}_leftImg8bit_foggy_beta_{beta}.png'))
             img_id = i + 1
-            coco['images'].append(dict(id=img_id, file_name=f'{city}/{stem}_leftImg8bit.png',
-                                       height=CITY_HW[0], width=CITY_HW[1], segm_file=''))
+            coco['images'].append(
+                dict(id=img_id, file_name=f'{city}/{stem}_leftImg8bit.png', height=CITY_HW[0], width=CITY_HW[1],
+                     segm_file=''))
             for x, y, w, h, c in city_boxes(i):
-                coco['annotations'].append(dict(
-                    id=ann_id, image_id=img_id, category_id=c + 1, bbox=[x, y, w, h], area=w * h, iscrowd=0,
-                    segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
+                coco['annotations'].append(
+                    dict(id=ann_id, image_id=img_id, category_id=c + 1, bbox=[x, y, w, h], area=w * h, iscrowd=0,
+                         segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
                 ann_id += 1
         with open(osp.join(root, 'annotations', f'instancesonly_filtered_gtFine_{split}.json'), 'w') as f:
             json.dump(coco, f)
@@ -200,7 +244,7 @@ def build_fixture_data(root):
     write_mapillary(osp.join(root, 'mapillary'))
     write_sim10k(osp.join(root, 'sim10k'))
     from mmnorm.datasets import generate_demo_data
-    generate_demo_data(osp.join(root, 'demo'), num_source_train=4, num_source_val=2, num_target_train=2,
-                       num_target_val=2)
+    generate_demo_data(
+        osp.join(root, 'demo'), num_source_train=4, num_source_val=2, num_target_train=2, num_target_val=2)
     open(osp.join(root, STAMP), 'w').close()
     return root

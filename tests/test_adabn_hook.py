@@ -12,6 +12,7 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from conftest import free_port, run_tool
 from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
@@ -20,7 +21,6 @@ from PIL import Image
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmnorm  # noqa: F401
-from conftest import free_port, run_tool
 from mmnorm.engine.hooks import AdaBNHook
 from mmnorm.models.norms import AdaBN
 
@@ -163,8 +163,7 @@ def test_hook_in_runner_test_loop_writes_closed_form_statistics(seg_root, tmp_pa
     assert saved['meta']['adabn']['mode'] == 'one_pass'
     for n in names:
         assert torch.equal(saved['state_dict'][f'{n}.running_var'], dict(model.named_modules())[n].running_var)
-        assert not torch.allclose(saved['state_dict'][f'{n}.running_var'],
-                                  dict(initial.named_modules())[n].running_var)
+        assert not torch.allclose(saved['state_dict'][f'{n}.running_var'], dict(initial.named_modules())[n].running_var)
 
 
 class Probe(Hook):
@@ -190,8 +189,10 @@ class Probe(Hook):
 
 
 def test_val_during_training_uses_ema_weights_and_restores_training_statistics(seg_root, tmp_path):
-    hooks = [dict(type='EMAHook', momentum=0.5, begin_iter=0),
-             dict(type='AdaBNHook', dataloader='val', before='val', mode='layerwise', progress=False)]
+    hooks = [
+        dict(type='EMAHook', momentum=0.5, begin_iter=0),
+        dict(type='AdaBNHook', dataloader='val', before='val', mode='layerwise', progress=False)
+    ]
     cfg, _ = seg_config(seg_root, tmp_path, hooks)
     runner = Runner.from_cfg(cfg)
     probe = Probe()
@@ -247,8 +248,9 @@ def test_hook_bad_inputs_name_the_value(seg_root, tmp_path):
     hooks = [dict(type='AdaBNHook', domain='cityscapes', progress=False)]
     cfg, _ = seg_config(seg_root, tmp_path, hooks, norm='AdaBN')
     runner = Runner.from_cfg(cfg)
-    with pytest.raises(ValueError, match=r"AdaBNHook domain: unknown domain 'cityscapes'; this AdaBN layer has "
-                                         r"domains \('source', 'target'\)"):
+    with pytest.raises(
+            ValueError, match=r"AdaBNHook domain: unknown domain 'cityscapes'; this AdaBN layer has "
+            r"domains \('source', 'target'\)"):
         runner.test()
 
 
@@ -257,16 +259,18 @@ def test_hook_domain_on_a_model_without_adabn_and_an_empty_folder_are_named(seg_
     with pytest.raises(ValueError, match=r"AdaBNHook\(domain='target'.*no AdaBN layer"):
         Runner.from_cfg(cfg).test()
     empty = tmp_path / 'empty'
-    loader = dict(batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-                  dataset=dict(type='BaseSegDataset', data_root=str(empty), img_suffix='.png', seg_map_suffix='.png',
-                               data_prefix=dict(img_path='img', seg_map_path='ann'), pipeline=[]))
+    loader = dict(
+        batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+        dataset=dict(type='BaseSegDataset', data_root=str(empty), img_suffix='.png', seg_map_suffix='.png',
+                     data_prefix=dict(img_path='img', seg_map_path='ann'), pipeline=[]))
     cfg, _ = seg_config(seg_root, tmp_path, [dict(type='AdaBNHook', dataloader=loader, progress=False)], name='e.py')
     with pytest.raises(ValueError, match=rf"{empty / 'img'} does not exist"):  # the folder itself is missing
         Runner.from_cfg(cfg).test()
     for folder in ('img', 'ann'):
         (empty / folder).mkdir(parents=True)
-    with pytest.raises(ValueError, match=rf"AdaBNHook: the dataloader config found no sample in data_root='{empty}'"
-                                         r".*point data_root / data_prefix / ann_file at the target images"):
+    with pytest.raises(
+            ValueError, match=rf"AdaBNHook: the dataloader config found no sample in data_root='{empty}'"
+            r".*point data_root / data_prefix / ann_file at the target images"):
         Runner.from_cfg(cfg).test()
 
 
@@ -278,8 +282,7 @@ def test_tools_test_and_dist_test_equal_in_process_run(seg_root, tmp_path):
     initial = save_initial_checkpoint(cfg, tmp_path / 'init.pth')
     single, dist = tmp_path / 'single', tmp_path / 'dist'
     run_tool(['tools/test.py', config, tmp_path / 'init.pth', '--work-dir', single])
-    proc = run_tool(['tools/dist_test.sh', config, tmp_path / 'init.pth', 2, '--work-dir', dist],
-                    PORT=free_port())
+    proc = run_tool(['tools/dist_test.sh', config, tmp_path / 'init.pth', 2, '--work-dir', dist], PORT=free_port())
     assert '7 samples' in proc.stdout + proc.stderr  # the padded repeat on rank 1 is not counted
     one = torch.load(single / 'adabn.pth', weights_only=True)['state_dict']
     two = torch.load(dist / 'adabn.pth', weights_only=True)['state_dict']
@@ -324,10 +327,9 @@ def test_mmdet_faster_rcnn_under_tools_test(tmp_path):
         img[10:30, 20:50] = (200, 30, 30)
         Image.fromarray(img).save(root / 'images' / f'{i}.jpg', quality=95)
         images.append(dict(id=i + 1, file_name=f'{i}.jpg', width=90, height=60))
-        anns.append(dict(id=i + 1, image_id=i + 1, category_id=1, bbox=[20.0, 10.0, 30.0, 20.0], area=600.0,
-                         iscrowd=0))
-    (root / 'test.json').write_text(json.dumps(dict(images=images, annotations=anns,
-                                                    categories=[dict(id=1, name='car')])))
+        anns.append(dict(id=i + 1, image_id=i + 1, category_id=1, bbox=[20.0, 10.0, 30.0, 20.0], area=600.0, iscrowd=0))
+    (root / 'test.json').write_text(
+        json.dumps(dict(images=images, annotations=anns, categories=[dict(id=1, name='car')])))
     config = tmp_path / 'faster-rcnn_r18-tiny.py'
     config.write_text(DET_CONFIG.format(root=str(root)))
     cfg = Config.fromfile(str(config))

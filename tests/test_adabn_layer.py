@@ -71,8 +71,11 @@ def test_declared_split_uses_and_updates_each_domain():
         ada(x)
     ada.eval()
     with domain_split(ada, (3, 4)):  # eval ignores the split: one domain for the whole batch
-        torch.testing.assert_close(ada(x), F.batch_norm(x, ada.domain_bn('source').running_mean,
-                                                        ada.domain_bn('source').running_var, ada.weight, ada.bias))
+        torch.testing.assert_close(
+            ada(x),
+            F.batch_norm(x,
+                         ada.domain_bn('source').running_mean,
+                         ada.domain_bn('source').running_var, ada.weight, ada.bias))
 
 
 def test_gradcheck_float64_split_and_eval():
@@ -83,6 +86,7 @@ def test_gradcheck_float64_split_and_eval():
 
     def fn(inp, weight, bias):
         return torch.func.functional_call(ada, {'a.weight': weight, 'a.bias': bias}, (inp, ))
+
     with domain_split(ada, (2, 3)):  # part 'c' (no affine of its own) uses the shared one held by 'a'
         assert torch.autograd.gradcheck(fn, (x, w, b))
     ada.eval()
@@ -97,8 +101,12 @@ def test_domain_selection_from_config_code_and_helper():
         ada.domain_bn('city').running_mean.add_(3.0)
     x = torch.randn(4, 6, 3, 3)
     ada.eval()
-    expect = {d: F.batch_norm(x, ada.domain_bn(d).running_mean, ada.domain_bn(d).running_var, ada.weight,
-                              ada.bias) for d in ada.domains}
+    expect = {
+        d: F.batch_norm(x,
+                        ada.domain_bn(d).running_mean,
+                        ada.domain_bn(d).running_var, ada.weight, ada.bias)
+        for d in ada.domains
+    }
     torch.testing.assert_close(ada(x), expect['city'])
     ada.set_eval_domain('gta')
     torch.testing.assert_close(ada(x), expect['gta'])
@@ -127,6 +135,7 @@ def test_test_modes_against_hand_computed_reference():
 
     def normalise(mu, var):
         return (x - mu.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + 1e-5) * w + b
+
     torch.testing.assert_close(ada(x), normalise(mu_d, var_d))
     ada.set_test_mode('batch')
     torch.testing.assert_close(ada(x), normalise(mu_b, var_b))
@@ -144,9 +153,10 @@ def test_checkpoints_plain_bn_and_round_trip():
     bn, ada = bn_pair()
     for domain in ada.domains:  # the plain BN statistics went to every domain, the affine once
         torch.testing.assert_close(ada.domain_bn(domain).running_var, bn.running_var)
-    assert set(ada.state_dict()) == {'source.weight', 'source.bias', 'source.running_mean', 'source.running_var',
-                                     'source.num_batches_tracked', 'target.running_mean', 'target.running_var',
-                                     'target.num_batches_tracked'}
+    assert set(ada.state_dict()) == {
+        'source.weight', 'source.bias', 'source.running_mean', 'source.running_var', 'source.num_batches_tracked',
+        'target.running_mean', 'target.running_var', 'target.num_batches_tracked'
+    }
     torch.testing.assert_close(ada.weight, bn.weight)
     with torch.no_grad():
         ada.domain_bn('target').running_mean.fill_(7.0)
@@ -193,8 +203,7 @@ def test_norm_eval_frozen_stages_and_norm_decay_mult():
     assert torch.equal(model.layer3[0].bn1.domain_bn('source').running_mean, before)  # norm_eval holds
     assert not any(p.requires_grad for p in model.layer1.parameters())
     constructor = DefaultOptimWrapperConstructor(
-        dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4)),
-        dict(norm_decay_mult=0.0))
+        dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4)), dict(norm_decay_mult=0.0))
     wrapper = constructor(model)
     shared = model.layer3[0].bn1.weight
     group = next(g for g in wrapper.optimizer.param_groups if any(p is shared for p in g['params']))

@@ -55,16 +55,18 @@ def test_channels_last_same_numbers_and_format(name, train):
     y_cf, y_cl = forward(name, layer, x_cf), forward(name, other, x_cl)
     torch.testing.assert_close(y_cl, y_cf, atol=1e-5, rtol=1e-5)
     assert y_cl.is_contiguous(memory_format=torch.channels_last)  # as torch's BN returns it
-    (g_cf,), (g_cl,) = torch.autograd.grad(y_cf, x_cf, grad), torch.autograd.grad(y_cl, x_cl, grad)
+    (g_cf, ), (g_cl, ) = torch.autograd.grad(y_cf, x_cf, grad), torch.autograd.grad(y_cl, x_cl, grad)
     torch.testing.assert_close(g_cl, g_cf, atol=1e-5, rtol=1e-5)
     for key, value in layer.state_dict().items():  # running statistics
         torch.testing.assert_close(other.state_dict()[key], value)
 
 
 @pytest.mark.parametrize('name', [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason='the split AdaBN path returns float32 under '
-                                               'autocast (adabn.py, reported)')) if name == 'AdaBN-split' else name
-    for name in LAYERS])
+    pytest.param(
+        name, marks=pytest.mark.xfail(
+            strict=True, reason='the split AdaBN path returns float32 under '
+            'autocast (adabn.py, reported)')) if name == 'AdaBN-split' else name for name in LAYERS
+])
 def test_bfloat16_autocast_statistics_in_float32(name):
     """A bfloat16 map from an autocast conv: the layer returns bfloat16 (as torch's BN), finite, and equal to the
     float32 computation on the same (bfloat16-rounded) values up to the output's rounding."""
@@ -109,8 +111,8 @@ def _demo_cases():
 def test_train_amp_demo_config(config, tiny_demo_data, tmp_path):
     """``tools/train.py --amp`` (bfloat16 autocast on CPU) trains 3 iterations with finite losses."""
     iters = 3
-    opts = load_tool('demo').data_root_options(config, tiny_demo_data) + [
-        o for o in tiny_seg_options(tiny_demo_data, iters=iters) if 'data_root=' not in o]
+    opts = load_tool('demo').data_root_options(
+        config, tiny_demo_data) + [o for o in tiny_seg_options(tiny_demo_data, iters=iters) if 'data_root=' not in o]
     opts += [f'train_cfg.val_interval={iters + 1}']  # training only
     work_dir = tmp_path / 'wd'
     run_tool(['tools/train.py', config, '--amp', '--work-dir', work_dir, '--cfg-options', *opts])

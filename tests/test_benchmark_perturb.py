@@ -1,6 +1,5 @@
 """tools/benchmark_perturb.py runs at a tiny size and reports every layer against the model / BN without it."""
 import pytest
-
 from tool_loader import load_tool
 
 bench = load_tool('benchmark_perturb')
@@ -8,8 +7,11 @@ bench = load_tool('benchmark_perturb')
 
 def test_benchmark_perturb_tiny(tmp_path):
     out = tmp_path / 'bench.md'
-    rows = bench.main(['--model-input', '2x3x32x32', '--model-repeats', '1', '--layer-batch', '2', '--layer-crop',
-                       '32', '--layer-repeats', '1', '--out', str(out)])
+    rows = bench.main([
+        '--model-input', '2x3x32x32', '--model-repeats', '1', '--layer-batch', '2', '--layer-crop', '32',
+        '--layer-repeats', '1', '--out',
+        str(out)
+    ])
     model_rows = [r for r in rows if 'iter_s' in r]
     layer_rows = [r for r in rows if 'ms' in r]
     assert [r['variant'] for r in model_rows] == ['none (BN)', 'MixStyle', 'EFDMix', 'DSU']

@@ -6,8 +6,11 @@ bench = load_tool('benchmark_norms')
 
 def test_benchmark_norms_tiny(tmp_path):
     out = tmp_path / 'bench.md'
-    rows = bench.main(['--shapes', '2x8x8x8', '--repeats', '1', '--norms', 'BN', 'AdaBN', 'IBN', 'PBN', 'RN',
-                       '--model', '--model-input', '2x3x32x32', '--model-repeats', '1', '--out', str(out)])
+    rows = bench.main([
+        '--shapes', '2x8x8x8', '--repeats', '1', '--norms', 'BN', 'AdaBN', 'IBN', 'PBN', 'RN', '--model',
+        '--model-input', '2x3x32x32', '--model-repeats', '1', '--out',
+        str(out)
+    ])
     layer_rows = [r for r in rows if 'shape' in r]
     model_rows = [r for r in rows if 'iter_s' in r]
     assert {r['norm'] for r in layer_rows} == {'BN', 'AdaBN', 'IBN', 'PBN', 'RN'}

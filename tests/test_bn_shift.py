@@ -3,10 +3,10 @@ import csv
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG, run_tool, tiny_seg_options
 from mmengine.registry import MODELS, DefaultScope
 
 import mmnorm  # noqa: F401
-from conftest import DEMO_CONFIG, run_tool, tiny_seg_options
 from mmnorm.analysis import compare_moments, input_moments, mean_shift, symmetric_kl
 from mmnorm.recalibration import find_bn_layers
 
@@ -40,8 +40,8 @@ def test_every_layer_mmdet_backbone(norm):
     from mmdet.registry import MODELS as DET_MODELS
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmdet'):
-        model = DET_MODELS.build(dict(type='ResNet', depth=18, base_channels=8, init_cfg=None,
-                                      norm_cfg=dict(type=norm)))
+        model = DET_MODELS.build(
+            dict(type='ResNet', depth=18, base_channels=8, init_cfg=None, norm_cfg=dict(type=norm)))
     layers, _ = find_bn_layers(model)
     assert len(layers) >= 10
     source = [torch.rand(2, 3, 64, 64) for _ in range(2)]
@@ -55,9 +55,9 @@ def test_every_layer_mmdet_backbone(norm):
 
 
 def test_tool_on_mmseg_model(tiny_demo_data, tmp_path):
+    from conftest import REPO
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from conftest import REPO
     init_default_scope('mmseg')
     cfg = Config.fromfile(f'{REPO}/{DEMO_CONFIG}')
     torch.manual_seed(0)
@@ -66,10 +66,14 @@ def test_tool_on_mmseg_model(tiny_demo_data, tmp_path):
     torch.save(dict(state_dict=model.state_dict()), ckpt)
     opts = tiny_seg_options(tiny_demo_data)
     out_same, out_shift = tmp_path / 'same', tmp_path / 'shift'
-    run_tool(['tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'test', '--target', 'test',
-              '--out-dir', out_same, '--cfg-options', *opts])
-    run_tool(['tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'val', '--target', 'test',
-              '--out-dir', out_shift, '--cfg-options', *opts])
+    run_tool([
+        'tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'test', '--target', 'test', '--out-dir', out_same,
+        '--cfg-options', *opts
+    ])
+    run_tool([
+        'tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'val', '--target', 'test', '--out-dir', out_shift,
+        '--cfg-options', *opts
+    ])
     same = list(csv.DictReader(open(out_same / 'bn_shift.csv')))
     shift = list(csv.DictReader(open(out_shift / 'bn_shift.csv')))
     assert len(same) == len(shift) >= 30 and same[0]['layer'] == 'backbone.stem.1'

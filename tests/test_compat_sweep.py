@@ -21,14 +21,18 @@ def test_sweep_covers_enough_shipped_configs():
     families = {name.split('/')[0] for name in SEG_CONFIGS + DET_CONFIGS}
     assert len(families) >= 35
     import os.path as osp
-    missing = [n for s, names in (('mmseg', SEG_CONFIGS), ('mmdet', DET_CONFIGS)) for n in names
-               if not osp.isfile(config_path(s, n))]
+    missing = [
+        n for s, names in (('mmseg', SEG_CONFIGS), ('mmdet', DET_CONFIGS)) for n in names
+        if not osp.isfile(config_path(s, n))
+    ]
     assert missing == []
 
 
 def test_replace_norms_only_bn_and_syncbn():
-    model = dict(backbone=dict(norm_cfg=dict(type='SyncBN', requires_grad=True), stages=[dict(norm_cfg=dict(
-        type='BN', eps=1e-3))]), neck=dict(norm_cfg=dict(type='GN', num_groups=32)), head=dict(norm_cfg=None))
+    model = dict(
+        backbone=dict(
+            norm_cfg=dict(type='SyncBN', requires_grad=True), stages=[dict(norm_cfg=dict(type='BN', eps=1e-3))]),
+        neck=dict(norm_cfg=dict(type='GN', num_groups=32)), head=dict(norm_cfg=None))
     out = replace_norms(model, 'RN')
     assert out['backbone']['norm_cfg'] == dict(type='RN', requires_grad=True)
     assert out['backbone']['stages'][0]['norm_cfg'] == dict(type='RN', eps=1e-3)
@@ -80,8 +84,10 @@ def test_table_and_resumable_output(tmp_path, capsys):
     first = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r['norm'], r['status']) for r in first] == [('BN', 'pass'), ('RN', 'pass')]
     assert sweep.main(args) == 0 and out.read_text().count('\n') == 2  # done cases are skipped
-    records = first + [dict(first[1], norm='IBN', status='named', step='train', error='ValueError: IBN(8) ...'),
-                       dict(first[1], norm='PBN', status='FAIL', step='predict', error='RuntimeError: boom')]
+    records = first + [
+        dict(first[1], norm='IBN', status='named', step='train', error='ValueError: IBN(8) ...'),
+        dict(first[1], norm='PBN', status='FAIL', step='predict', error='RuntimeError: boom')
+    ]
     text = sweep.markdown(records)
     assert '| RN | 1 | 0 | 0 | 1 |' in text and '| IBN | 0 | 1 | 0 | 1 |' in text and '| PBN | 0 | 0 | 1 | 1 |' in text
     assert 'named error (train) [1]' in text and '**FAIL** (predict) [2]' in text

@@ -8,21 +8,21 @@ without changes here. A config that still fails is a finding about that config.
 """
 import glob
 import math
-import re
 import os.path as osp
+import re
 
 import pytest
 import torch
+from conftest import REPO
+from dataset_fixtures import build_fixture_data
 from mmengine.config import Config
 from mmengine.runner import Runner
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from conftest import REPO
-from dataset_fixtures import build_fixture_data
-
 SIZE = (64, 64)
-CONFIGS = sorted(p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
-                 if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
+CONFIGS = sorted(
+    p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
+    if '_base_' not in osp.relpath(p, REPO).split(osp.sep))
 
 
 @pytest.fixture(scope='session')
@@ -57,11 +57,11 @@ def override(node, data_root: str, key: str = ''):
     if not isinstance(node, dict):
         return node
     out = {}
-    if 'dataset' in node and 'batch_size' in node:               # any dataloader (incl. those of hooks)
+    if 'dataset' in node and 'batch_size' in node:  # any dataloader (incl. those of hooks)
         node = dict(node, batch_size=min(node['batch_size'], 2), num_workers=0, persistent_workers=False)
     for k, v in node.items():
         if k == 'pretrained' and isinstance(v, str):
-            v = None                                            # no downloads in tests
+            v = None  # no downloads in tests
         elif k == 'init_cfg' and v is not None:
             inits = v if isinstance(v, list) else [v]
             inits = [i for i in inits if not (isinstance(i, dict) and i.get('type') == 'Pretrained')]
@@ -71,10 +71,10 @@ def override(node, data_root: str, key: str = ''):
         out[k] = v
     if str(out.get('type', '')).endswith('DataPreProcessor') and out.get('size') is not None:
         out['size'] = SIZE
-    if out.get('mode') == 'slide':                              # segmentor test_cfg
+    if out.get('mode') == 'slide':  # segmentor test_cfg
         out.update(crop_size=SIZE, stride=(SIZE[0] // 2, SIZE[1] // 2))
-    if 'score_thr' in out and 'nms' in out:                     # detector test_cfg: a 1-iteration single-stage
-        out['score_thr'] = 0.0                                  # model scores ~0.01 (focal prior), keep its boxes
+    if 'score_thr' in out and 'nms' in out:  # detector test_cfg: a 1-iteration single-stage
+        out['score_thr'] = 0.0  # model scores ~0.01 (focal prior), keep its boxes
     return out
 
 
@@ -102,7 +102,7 @@ def shrunk_config(path: str, data_root: str, work_dir: str, raw: Config = None) 
     name = osp.splitext(osp.basename(path))[0]
     cfg.update(work_dir=work_dir, experiment_name=name, log_level='WARNING', randomness=dict(seed=0))
     if cfg.get('visualizer'):
-        cfg['visualizer']['name'] = name                       # one visualizer instance per config
+        cfg['visualizer']['name'] = name  # one visualizer instance per config
     return Config(cfg)
 
 
@@ -131,14 +131,31 @@ def test_states_protocol_follows_relative_bases(tmp_path):
 
 
 def test_override_repoints_every_data_path():
-    cfg = {'train_dataloader': {'dataset': {'type': 'Wrapper', 'source': {'data_root': 'data/gta5/'},
-                                            'target': {'data_root': 'data/cityscapes/', 'pipeline': [
-                                                dict(type='RandomCrop', crop_size=(512, 512))]}}},
-           'val_evaluator': {'ann_file': 'data/cityscapes/annotations/x.json'},
-           'model': {'pretrained': 'open-mmlab://resnet50_v1c',
-                     'backbone': {'init_cfg': dict(type='Pretrained', checkpoint='torchvision://resnet50')},
-                     'data_preprocessor': dict(type='SegDataPreProcessor', size=(512, 512)),
-                     'test_cfg': dict(mode='slide', crop_size=(512, 512), stride=(341, 341))}}
+    cfg = {
+        'train_dataloader': {
+            'dataset': {
+                'type': 'Wrapper',
+                'source': {
+                    'data_root': 'data/gta5/'
+                },
+                'target': {
+                    'data_root': 'data/cityscapes/',
+                    'pipeline': [dict(type='RandomCrop', crop_size=(512, 512))]
+                }
+            }
+        },
+        'val_evaluator': {
+            'ann_file': 'data/cityscapes/annotations/x.json'
+        },
+        'model': {
+            'pretrained': 'open-mmlab://resnet50_v1c',
+            'backbone': {
+                'init_cfg': dict(type='Pretrained', checkpoint='torchvision://resnet50')
+            },
+            'data_preprocessor': dict(type='SegDataPreProcessor', size=(512, 512)),
+            'test_cfg': dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+        }
+    }
     out = override(cfg, '/fix')
     ds = out['train_dataloader']['dataset']
     assert ds['source']['data_root'] == '/fix/gta5/' and ds['target']['data_root'] == '/fix/cityscapes/'

@@ -44,8 +44,14 @@ def _norm_param_ids(model):
 
 def _groups_by_param(optim_wrapper):
     defaults = optim_wrapper.optimizer.defaults
-    return {id(p): dict(defaults, **{k: v for k, v in group.items() if k != 'params'})
-            for group in optim_wrapper.optimizer.param_groups for p in group['params']}
+    return {
+        id(p): dict(defaults, **{
+            k: v
+            for k, v in group.items() if k != 'params'
+        })
+        for group in optim_wrapper.optimizer.param_groups
+        for p in group['params']
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ optimizer
@@ -53,8 +59,8 @@ def _groups_by_param(optim_wrapper):
 @pytest.mark.parametrize('constructor', ['NormAwareOptimWrapperConstructor', 'DefaultOptimWrapperConstructor'])
 def test_norm_decay_mult_and_bias_lr_mult(norm, constructor):
     model = _backbone('mmseg', norm)
-    cfg = dict(type='OptimWrapper', constructor=constructor,
-               optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
+    cfg = dict(type='OptimWrapper', constructor=constructor, optimizer=dict(type='SGD', lr=0.1, momentum=0.9,
+                                                                            weight_decay=1e-4),
                paramwise_cfg=dict(norm_decay_mult=0.0, bias_lr_mult=2.0))
     groups = _groups_by_param(build_optim_wrapper(model, cfg))
     params = dict(model.named_parameters())
@@ -62,7 +68,9 @@ def test_norm_decay_mult_and_bias_lr_mult(norm, constructor):
     norm_ids = _norm_param_ids(model)
     # the default constructor only recognises torch norms: RN's own parameters are missed (hence the constructor)
     missed = set() if constructor.startswith('NormAware') else {
-        id(p) for m in model.modules() if isinstance(m, RN) for p in m.parameters()}
+        id(p)
+        for m in model.modules() if isinstance(m, RN) for p in m.parameters()
+    }
     assert (norm == 'RN' and constructor.startswith('Default')) == bool(missed)
     for name, p in params.items():
         group = groups[id(p)]

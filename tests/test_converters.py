@@ -7,12 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import run_tool
+from dataset_fixtures import (GTA5_EXPECTED, MAPILLARY_EXPECTED, SYNTHIA_EXPECTED, apply, build_fixture_data, id_map,
+                              save_palette)
+from PIL import Image
 from tool_loader import load_tool as load_converter
-from dataset_fixtures import (GTA5_EXPECTED, MAPILLARY_EXPECTED, SYNTHIA_EXPECTED, apply, build_fixture_data,
-                              id_map, save_palette)
+
 from mmnorm.datasets import Mapillary19Dataset
 from mmnorm.datasets.conversion import Frame, convert_frame, convert_frames, lut_from_mapping, read_index_label
 
@@ -58,7 +58,7 @@ def out(gta, name):
 def test_gta5_converter_traps_rerun_and_overwrite(root, tmp_path):
     gta, small = broken_gta5(root, tmp_path)
     main = load_tool('gta5')
-    assert main([gta]) == 1                                       # something was skipped
+    assert main([gta]) == 1  # something was skipped
     report = json.load(open(f'{gta}/gta5_conversion_report.json'))
     assert report['summary'] == dict(converted=6, resized=1, exists=0, skipped=5, total=12)
     skipped = {k: v for d in report['frames']['skipped'] for k, v in d.items()}
@@ -86,14 +86,16 @@ def test_gta5_converter_traps_rerun_and_overwrite(root, tmp_path):
     assert main([gta, '--overwrite']) == 1
     report = json.load(open(f'{gta}/gta5_conversion_report.json'))
     assert report['summary'] == dict(converted=6, resized=1, exists=0, skipped=5, total=12)
-    np.testing.assert_array_equal(out(gta, '00001'),
-                                  apply(GTA5_EXPECTED, np.array(Image.open(f'{gta}/labels/00001.png'))))
+    np.testing.assert_array_equal(
+        out(gta, '00001'), apply(GTA5_EXPECTED, np.array(Image.open(f'{gta}/labels/00001.png'))))
 
 
 def test_gta5_converter_mismatch_skip_and_out_dir(root, tmp_path):
     gta, _ = broken_gta5(root, tmp_path)
-    assert load_tool('gta5')([gta, '--mismatch', 'skip', '--out-dir', str(tmp_path / 'o'),
-                              '--report', str(tmp_path / 'r.json')]) == 1
+    assert load_tool('gta5')(
+        [gta, '--mismatch', 'skip', '--out-dir',
+         str(tmp_path / 'o'), '--report',
+         str(tmp_path / 'r.json')]) == 1
     report = json.load(open(tmp_path / 'r.json'))
     assert report['summary']['skipped'] == 6 and report['summary']['resized'] == 0
     assert {'00007': 'size mismatch: image 48x32, label 24x16'} in report['frames']['skipped']
@@ -120,7 +122,7 @@ def test_converter_cli_rejects_a_wrong_root(tmp_path, capsys):
 
 def test_synthia_converter(root, tmp_path):
     syn = fresh_copy(f'{root}/synthia', tmp_path / 'synthia')
-    open(f'{syn}/GT/LABELS/0000003.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)   # corrupt
+    open(f'{syn}/GT/LABELS/0000003.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)  # corrupt
     assert load_tool('synthia')([syn, '--nproc', '2']) == 1
     report = json.load(open(f'{syn}/synthia_conversion_report.json'))
     assert report['summary'] == dict(converted=3, resized=0, exists=0, skipped=1, total=4)
@@ -134,8 +136,9 @@ def test_mapillary_converter_matches_dataset_label_map(root, tmp_path):
     mpl = fresh_copy(f'{root}/mapillary', tmp_path / 'mapillary')
     assert load_tool('mapillary')([mpl]) == 0
     report = json.load(open(f'{mpl}/mapillary_conversion_report.json'))
-    assert report['frames']['converted'] == ['training/tra_00xYz', 'training/tra_01xYz', 'validation/val_00xYz',
-                                             'validation/val_01xYz']
+    assert report['frames']['converted'] == [
+        'training/tra_00xYz', 'training/tra_01xYz', 'validation/val_00xYz', 'validation/val_01xYz'
+    ]
     kw = dict(data_root=mpl, data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'))
     raw, conv = Mapillary19Dataset(**kw), Mapillary19Dataset(seg_map_suffix='_labelTrainIds.png', **kw)
     assert len(raw) == len(conv) == 2
@@ -156,8 +159,8 @@ def test_conversion_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"mismatch must be one of \('resize', 'skip'\), got 'crop'"):
         convert_frames([], read_index_label, GTA5_EXPECTED, mismatch='crop')
     with pytest.raises(ValueError, match=r"mismatch must be one of .* got 'crop'"):
-        convert_frame(Frame('a', None, None, str(tmp_path / 'a.png')), read_index_label, np.zeros(256, np.uint8),
-                      mismatch='crop')
+        convert_frame(
+            Frame('a', None, None, str(tmp_path / 'a.png')), read_index_label, np.zeros(256, np.uint8), mismatch='crop')
     with pytest.raises(ValueError, match='0 <= train ID <= 255, got 7 -> 300'):
         lut_from_mapping({7: 300})
 
@@ -170,8 +173,9 @@ def test_converter_reports_are_kept_and_resized_frames_named(root, tmp_path, cap
     out = capsys.readouterr().out
     assert '  resized 00007: image 48x32, label 24x16' in out and '  skipped 00010: label missing' in out
     assert main([gta]) == 1  # a re-run keeps the first report under a new name
-    kept = [f for f in os.listdir(gta)
-            if f.startswith('gta5_conversion_report.') and f != 'gta5_conversion_report.json']
+    kept = [
+        f for f in os.listdir(gta) if f.startswith('gta5_conversion_report.') and f != 'gta5_conversion_report.json'
+    ]
     assert len(kept) == 1 and json.load(open(osp.join(gta, kept[0]))) == first
     assert f'the previous report was kept as {osp.join(gta, kept[0])}' in capsys.readouterr().out
     assert json.load(open(f'{gta}/gta5_conversion_report.json'))['summary']['exists'] == 7
@@ -188,7 +192,7 @@ def test_converter_bad_nproc_exits_2(root, tmp_path, capsys):
 
 def test_synthia_corrupt_label_without_opencv_log_lines(root, tmp_path, capfd):
     syn = fresh_copy(f'{root}/synthia', tmp_path / 'synthia')
-    open(f'{syn}/GT/LABELS/0000003.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)   # corrupt
+    open(f'{syn}/GT/LABELS/0000003.png', 'wb').write(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)  # corrupt
     assert load_tool('synthia')([syn]) == 1
     captured = capfd.readouterr()
     assert '[ERROR' not in captured.err and '[ WARN' not in captured.err and 'readHeader' not in captured.err

@@ -7,19 +7,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from dataset_fixtures import (CITY_HW, GTA5_EXPECTED, GTA5_SPLIT, MAPILLARY_EXPECTED, NUM_CITY, SIM10K_OBJECTS,
+                              SYNTHIA_EXPECTED, apply, build_fixture_data, city_boxes, id_map)
 from mmdet.evaluation import CocoMetric
 from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
 from mmseg.datasets import BDD100KDataset, CityscapesDataset
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.structures import SegDataSample
-from mmengine.structures import PixelData
 from PIL import Image
 
 import mmnorm  # noqa: F401
-from dataset_fixtures import (CITY_HW, GTA5_EXPECTED, GTA5_SPLIT, MAPILLARY_EXPECTED, NUM_CITY, SIM10K_OBJECTS,
-                              SYNTHIA_EXPECTED, apply, build_fixture_data, city_boxes, id_map)
-from mmnorm.datasets import (FoggyCityscapesDataset, GTA5Dataset, Mapillary19Dataset, Sim10kDataset,
-                             SynthiaDataset, read_gta5_split)
+from mmnorm.datasets import (FoggyCityscapesDataset, GTA5Dataset, Mapillary19Dataset, Sim10kDataset, SynthiaDataset,
+                             read_gta5_split)
 from mmnorm.datasets.conversion import read_synthia_label
 from mmnorm.evaluation import SubsetIoUMetric, subset_miou
 
@@ -62,8 +62,7 @@ def test_gta5_converted_labels_match_raw(root):
 
 @pytest.mark.parametrize('split', ['train', 'val', 'test'])
 def test_gta5_official_split(root, split):
-    ds = GTA5Dataset(data_root=f'{root}/gta5', data_prefix=dict(img_path='images', seg_map_path='labels'),
-                     split=split)
+    ds = GTA5Dataset(data_root=f'{root}/gta5', data_prefix=dict(img_path='images', seg_map_path='labels'), split=split)
     assert names(ds) == [f'{i:05d}' for i in GTA5_SPLIT[split]]
     assert read_gta5_split(f'{root}/gta5/split.mat', split) == [f'{i:05d}' for i in GTA5_SPLIT[split]]
 
@@ -71,8 +70,9 @@ def test_gta5_official_split(root, split):
 def test_gta5_drops_frames_the_converter_skipped(root, tmp_path):
     copy = shutil.copytree(f'{root}/gta5', tmp_path / 'gta5')
     os.remove(copy / 'labels' / '00002_labelTrainIds.png')
-    ds = GTA5Dataset(data_root=str(copy), data_prefix=dict(img_path='images', seg_map_path='labels'),
-                     seg_map_suffix='_labelTrainIds.png', split='train')
+    ds = GTA5Dataset(
+        data_root=str(copy), data_prefix=dict(img_path='images', seg_map_path='labels'),
+        seg_map_suffix='_labelTrainIds.png', split='train')
     assert names(ds) == ['00001', '00003', '00004']
 
 
@@ -121,8 +121,8 @@ def test_synthia_raw_16bit_labels(root):
 
 # ---------------------------------------------------------------- Mapillary, BDD100K, Cityscapes
 def test_mapillary19_raw_and_converted(root, tmp_path):
-    ds = Mapillary19Dataset(data_root=f'{root}/mapillary',
-                            data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'))
+    ds = Mapillary19Dataset(data_root=f'{root}/mapillary', data_prefix=dict(img_path='validation/images',
+                                                                            seg_map_path='validation/v1.2/labels'))
     assert names(ds) == ['val_00xYz', 'val_01xYz']
     for i in range(len(ds)):
         info = ds.get_data_info(i)
@@ -135,11 +135,11 @@ def test_mapillary19_raw_and_converted(root, tmp_path):
 
 
 def test_bdd100k_and_cityscapes_layouts(root):
-    bdd = BDD100KDataset(data_root=f'{root}/bdd100k',
-                         data_prefix=dict(img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val'))
+    bdd = BDD100KDataset(data_root=f'{root}/bdd100k', data_prefix=dict(img_path='images/10k/val',
+                                                                       seg_map_path='labels/sem_seg/masks/val'))
     assert len(bdd) == 2 and osp.isfile(bdd.get_data_info(0)['seg_map_path'])
-    cs = CityscapesDataset(data_root=f'{root}/cityscapes',
-                           data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'))
+    cs = CityscapesDataset(data_root=f'{root}/cityscapes', data_prefix=dict(img_path='leftImg8bit/val',
+                                                                            seg_map_path='gtFine/val'))
     assert len(cs) == NUM_CITY['val'] and all(osp.isfile(cs.get_data_info(i)['seg_map_path']) for i in range(2))
     assert bdd.metainfo['classes'] == cs.metainfo['classes'] == GTA5Dataset.METAINFO['classes']
 
@@ -151,7 +151,7 @@ def test_subset_miou_against_numpy():
     gt = rng.integers(0, 19, (2, 40, 40))
     gt[0, :5] = 255
     pred = np.where(rng.random(gt.shape) < 0.6, gt, rng.integers(0, 19, gt.shape)) % 19
-    pred[gt == 9] = 3    # no terrain predicted right, so it differs between the 19- and 16-class means
+    pred[gt == 9] = 3  # no terrain predicted right, so it differs between the 19- and 16-class means
     metric = SubsetIoUMetric(iou_metrics=['mIoU'])
     metric.dataset_meta = dict(classes=classes)
     for p, g in zip(pred, gt):
@@ -188,10 +188,10 @@ def test_subset_miou_bad_arguments():
 # ---------------------------------------------------------------- detection
 def foggy(root, betas, test_mode=True, split='val'):
     init_default_scope('mmdet')
-    return FoggyCityscapesDataset(
-        data_root=f'{root}/cityscapes', ann_file=f'annotations/instancesonly_filtered_gtFine_{split}.json',
-        data_prefix=dict(img=f'leftImg8bit_foggy/{split}/'), betas=betas, test_mode=test_mode,
-        filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline=[])
+    return FoggyCityscapesDataset(data_root=f'{root}/cityscapes',
+                                  ann_file=f'annotations/instancesonly_filtered_gtFine_{split}.json',
+                                  data_prefix=dict(img=f'leftImg8bit_foggy/{split}/'), betas=betas, test_mode=test_mode,
+                                  filter_cfg=dict(filter_empty_gt=True, min_size=32), pipeline=[])
 
 
 def test_foggy_cityscapes_one_beta(root):
@@ -235,8 +235,8 @@ def test_foggy_ap50_of_perfect_and_partial_predictions(root, betas):
             if only_last and info['fog_beta'] != 0.02:
                 boxes, labels = boxes[:0], labels[:0]
             pred = dict(bboxes=boxes, scores=torch.ones(len(boxes)), labels=labels)
-            metric.process({}, [dict(pred_instances=pred, img_id=info['img_id'], ori_shape=CITY_HW,
-                                     instances=info['instances'])])
+            metric.process(
+                {}, [dict(pred_instances=pred, img_id=info['img_id'], ori_shape=CITY_HW, instances=info['instances'])])
         results[only_last] = metric.compute_metrics(metric.results)['bbox_mAP_50']
     assert results[False] == pytest.approx(1.0)
     if len(betas) == 1:
@@ -260,10 +260,10 @@ def test_sim10k_car_only(root, tmp_path):
         info = ds.get_data_info(i)
         assert osp.isfile(info['img_path']) and info['img_path'].endswith(f'VOC2012/JPEGImages/{name}.jpg')
         cars = [[x1 - 1, y1 - 1, x2 - 1, y2 - 1] for c, x1, y1, x2, y2 in objects if c == 'car']
-        assert [inst['bbox'] for inst in info['instances']] == cars       # VOC 1-based -> 0-based
+        assert [inst['bbox'] for inst in info['instances']] == cars  # VOC 1-based -> 0-based
         assert all(inst['bbox_label'] == 0 for inst in info['instances'])
     train = Sim10kDataset(filter_cfg=dict(filter_empty_gt=True, min_size=32), **kw)
-    assert len(train) == 2                                                # the car-less frame is dropped
+    assert len(train) == 2  # the car-less frame is dropped
     (tmp_path / 'one.txt').write_text('3384647\n')
     assert len(Sim10kDataset(ann_file=str(tmp_path / 'one.txt'), test_mode=True, **kw)) == 1
     with pytest.raises(FileNotFoundError, match='Sim10k ann_file not found'):

@@ -60,23 +60,28 @@ def test_ibn_single_position_warns_once_with_the_layer_path():
 def test_ibn_one_value_per_channel_in_training_is_an_mmnorm_error():
     model = nn.Sequential(_ibn())
     name_layers(model)
-    with pytest.raises(ValueError, match=r'IBN\(8\) at 0: input \(1, 8, 1, 1\) has one value per channel for the '
-                                         r'batch-norm half in training.*more than one image per GPU'):
+    with pytest.raises(
+            ValueError, match=r'IBN\(8\) at 0: input \(1, 8, 1, 1\) has one value per channel for the '
+            r'batch-norm half in training.*more than one image per GPU'):
         model(torch.randn(1, 8, 1, 1))
     model.eval()  # eval uses the running statistics: defined for any batch
     x = torch.randn(1, 8, 1, 1)
     y = model(x)
     h = model[0].num_in
-    torch.testing.assert_close(y[:, h:], F.batch_norm(x[:, h:], model[0].BN.running_mean, model[0].BN.running_var,
-                                                      model[0].BN.weight, model[0].BN.bias, False, 0.0, 1e-5))
+    torch.testing.assert_close(
+        y[:, h:],
+        F.batch_norm(x[:, h:], model[0].BN.running_mean, model[0].BN.running_var, model[0].BN.weight, model[0].BN.bias,
+                     False, 0.0, 1e-5))
 
 
 def test_ibn_larger_maps_unchanged():
     layer = _ibn()
     x = torch.randn(2, 8, 3, 3)
     h = layer.num_in
-    expected = torch.cat([F.instance_norm(x[:, :h], weight=layer.IN.weight, bias=layer.IN.bias),
-                          F.batch_norm(x[:, h:], None, None, layer.BN.weight, layer.BN.bias, True)], 1)
+    expected = torch.cat([
+        F.instance_norm(x[:, :h], weight=layer.IN.weight, bias=layer.IN.bias),
+        F.batch_norm(x[:, h:], None, None, layer.BN.weight, layer.BN.bias, True)
+    ], 1)
     torch.testing.assert_close(layer(x), expected)
 
 
@@ -104,8 +109,9 @@ def test_split_adabn_one_image_per_domain_on_a_1x1_map_is_an_mmnorm_error():
     model = _named(AdaBN(8))
     x = torch.randn(2, 8, 1, 1)
     with domain_split(model, (1, 1)):
-        message = _raises_mmnorm(lambda: model(x), r"AdaBN\(8\) at 0: the 'source' domain part \(1, 8, 1, 1\) has "
-                                                   r'one value per channel')
+        message = _raises_mmnorm(
+            lambda: model(x), r"AdaBN\(8\) at 0: the 'source' domain part \(1, 8, 1, 1\) has "
+            r'one value per channel')
     assert '2 images per domain per GPU' in message and '1x1 pooling branches' in message
     assert int(model[0].source.num_batches_tracked) == 0  # refused before any statistics update
     # 2 + 2 images on the same map: each domain part is torch BN on its own rows
@@ -145,9 +151,10 @@ def test_rn_one_value_per_channel_in_a_domain_part(split, part):
     x = torch.randn(sum(split), 8, 1, 1)
     with domain_split(model, split):
         count = split[0 if part == 'source' else 1]
-        message = _raises_mmnorm(lambda: model(x), rf'RN\(8\) at 0: the {part} part \({count} of split '
-                                                   rf'\({split[0]}, {split[1]}\)\) of input \({sum(split)}, 8, 1, 1\) '
-                                                   'has one value per channel')
+        message = _raises_mmnorm(
+            lambda: model(x), rf'RN\(8\) at 0: the {part} part \({count} of split '
+            rf'\({split[0]}, {split[1]}\)\) of input \({sum(split)}, 8, 1, 1\) '
+            'has one value per channel')
     assert '2 images per domain per GPU' in message
     assert int(model[0].num_batches_tracked) == 0
 
@@ -217,9 +224,9 @@ def test_uda_segmentor_names_the_pooling_branch(tiny_demo_data):
     cfg = seg_model_cfg('AdaBN')
     cfg.decode_head.norm_cfg = dict(type='AdaBN', requires_grad=True)
     model, _, batch = build('mmseg', cfg, *seg_datasets(tiny_demo_data, 'target_labelled'), n=1)
-    message = _raises_mmnorm(lambda: losses_of(model, batch),
-                             r"AdaBN\(\d+\) at decode_head\.image_pool\.1\.bn: the 'source' domain part "
-                             r'\(1, \d+, 1, 1\) has one value per channel')
+    message = _raises_mmnorm(
+        lambda: losses_of(model, batch), r"AdaBN\(\d+\) at decode_head\.image_pool\.1\.bn: the 'source' domain part "
+        r'\(1, \d+, 1, 1\) has one value per channel')
     assert '2 images per domain per GPU' in message
     model2, _, batch2 = build('mmseg', cfg, *seg_datasets(tiny_demo_data, 'target_labelled'), n=2)
     assert torch.isfinite(losses_of(model2, batch2)['decode.loss_ce'])
@@ -260,7 +267,8 @@ def test_split_on_rows_that_are_not_images_names_layer_and_fix():
     from mmnorm import domain_split
     model = _named(RN(8))
     with domain_split(model, (2, 2)):
-        message = _raises_mmnorm(lambda: model(torch.randn(16, 8, 2, 2)),
-                                 r'RN\(8\) at 0: declared domain split \(2, 2\) \(source, target\) sums to 4 but the '
-                                 r'batch holds 16 samples')
+        message = _raises_mmnorm(
+            lambda: model(torch.randn(16, 8, 2, 2)),
+            r'RN\(8\) at 0: declared domain split \(2, 2\) \(source, target\) sums to 4 but the '
+            r'batch holds 16 samples')
     assert "norm_cfg=dict(type='BN') there" in message and 'ISANet' in message

@@ -2,17 +2,17 @@
 import json
 
 import pytest
-
 from conftest import run_tool
-
 from tool_loader import METHODS
 
 
 def run_tiny_demo(data_root, work_dir, methods=None):
     """The demo at a tiny size: 2 iterations, 8 source frames, 4 target frames, a 16-frame stream."""
-    args = ['tools/demo.py', '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0,
-            '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--stream-frames',
-            16, '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2']
+    args = [
+        'tools/demo.py', '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0,
+        '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--stream-frames', 16,
+        '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2'
+    ]
     return run_tool(args + (['--methods', *methods] if methods else []))
 
 
@@ -68,10 +68,11 @@ def test_demo_pipeline_tiny_every_method(tiny_demo_data, tmp_path):
 def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path):
     """A job that fails stops the demo with exit 1, the path of its log and the log's last lines; no traceback."""
     work_dir = tmp_path / 'demo'
-    proc = run_tool(['tools/demo.py', '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2,
-                     '--seeds', 0, '--methods', 'BN', '--num-source-train', 8, '--num-source-val', 4,
-                     '--num-target', 4, '--data-seed', 1, '--loader-options', 'num_workers=0',
-                     'persistent_workers=False', 'batch_size=2', 'no_such_option=1', '--no-stream'], check=False)
+    proc = run_tool([
+        'tools/demo.py', '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2, '--seeds', 0, '--methods',
+        'BN', '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--loader-options',
+        'num_workers=0', 'persistent_workers=False', 'batch_size=2', 'no_such_option=1', '--no-stream'
+    ], check=False)
     assert proc.returncode == 1
     log = work_dir / 'seed0' / 'BN' / 'train.log'
     assert f'log {log}' in proc.stderr and 'last lines' in proc.stderr

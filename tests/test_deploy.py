@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import REPO, run_tool
 from mmengine.config import Config
 
-from conftest import REPO, run_tool
 from mmnorm.deploy import build_model, export_onnx, fold_config, fold_norms
 from mmnorm.deploy.onnx_export import DEFAULT_TOLERANCE, max_abs_diff, onnx_outputs, torch_outputs
 from mmnorm.models.norms import IBN, PBN, RN, AdaBN
@@ -33,8 +33,8 @@ def randomise_statistics(model: nn.Module, seed: int = 1) -> nn.Module:
 
 
 def norm_net(layer: nn.Module) -> nn.Module:
-    return randomise_statistics(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer, nn.ReLU(),
-                                              nn.Conv2d(8, 4, 1))).eval()
+    return randomise_statistics(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer, nn.ReLU(), nn.Conv2d(8, 4,
+                                                                                                         1))).eval()
 
 
 LAYERS = {
@@ -82,8 +82,9 @@ def test_fold_reference_formula_for_adabn_target_domain():
     assert bn == {'0': 'AdaBN'}
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     t = layer.domain_bn('target')
-    ref = ((x - t.running_mean.double().view(1, -1, 1, 1)) / torch.sqrt(t.running_var.double().view(1, -1, 1, 1)
-           + layer.eps)) * layer.weight.double().view(1, -1, 1, 1) + layer.bias.double().view(1, -1, 1, 1)
+    ref = ((x - t.running_mean.double().view(1, -1, 1, 1)) /
+           torch.sqrt(t.running_var.double().view(1, -1, 1, 1) + layer.eps)) * layer.weight.double().view(
+               1, -1, 1, 1) + layer.bias.double().view(1, -1, 1, 1)
     torch.testing.assert_close(layer(x.float()).double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -162,9 +163,11 @@ def stock_outputs(scope, config, checkpoint, x, tmp_path):
     loader.write_text(STOCK_LOADER)
     torch.save(x, tmp_path / 'x.pt')
     env = {k: v for k, v in __import__('os').environ.items() if k != 'PYTHONPATH'}
-    proc = subprocess.run([sys.executable, str(loader), scope, config, checkpoint, str(tmp_path / 'x.pt'),
-                           str(tmp_path / 'y.pt')], cwd=str(tmp_path), env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable,
+         str(loader), scope, config, checkpoint,
+         str(tmp_path / 'x.pt'),
+         str(tmp_path / 'y.pt')], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return torch.load(tmp_path / 'y.pt', weights_only=True)
 
@@ -174,26 +177,29 @@ def save_random_checkpoint(cfg_path, out, cfg_options=None):
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     model = randomise_statistics(build_model(cfg))
-    torch.save(dict(meta=dict(dataset_meta=dict(classes=[f'c{i}' for i in range(19)])),
-                    state_dict=model.state_dict()), out)
+    torch.save(
+        dict(meta=dict(dataset_meta=dict(classes=[f'c{i}' for i in range(19)])), state_dict=model.state_dict()), out)
     return cfg, model
 
 
 def test_fold_tool_rn_uda_loads_in_stock_mmseg(tmp_path):
     config = osp.join(REPO, DEMO.format('rn-uda'))
     _, model = save_random_checkpoint(config, tmp_path / 'rn.pth')
-    proc = run_tool(['tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir',
-                     tmp_path / 'out', '--name', 'rn_bn'])
+    proc = run_tool([
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir', tmp_path / 'out', '--name',
+        'rn_bn'
+    ])
     assert 'folded 22 layers (RN) into BatchNorm2d' in proc.stdout
     x = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(x, None, mode='tensor')
-    got = stock_outputs('mmseg', str(tmp_path / 'out' / 'rn_bn.py'), str(tmp_path / 'out' / 'rn_bn.pth'), x,
-                        tmp_path)
+    got = stock_outputs('mmseg', str(tmp_path / 'out' / 'rn_bn.py'), str(tmp_path / 'out' / 'rn_bn.pth'), x, tmp_path)
     torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-5)
     # nothing is overwritten without --overwrite
-    again = run_tool(['tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir',
-                      tmp_path / 'out', '--name', 'rn_bn'], check=False)
+    again = run_tool([
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir', tmp_path / 'out', '--name',
+        'rn_bn'
+    ], check=False)
     assert again.returncode == 2 and 'pass --overwrite' in again.stderr
 
 
@@ -222,13 +228,14 @@ def test_fold_tool_adabn_detector_loads_in_stock_mmdet(tmp_path):
     config = tmp_path / 'det_adabn.py'
     config.write_text(DET_CONFIG.format(norm='AdaBN', extra=", eval_domain='target'", model_type='FasterRCNN'))
     _, model = save_random_checkpoint(str(config), tmp_path / 'det.pth')
-    run_tool(['tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir', tmp_path / 'out',
-              '--name', 'det_bn', '--shape', 64, 96])
+    run_tool([
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir', tmp_path / 'out', '--name',
+        'det_bn', '--shape', 64, 96
+    ])
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         expected = model.extract_feat(x)
-    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'), str(tmp_path / 'out' / 'det_bn.pth'), x,
-                        tmp_path)
+    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'), str(tmp_path / 'out' / 'det_bn.pth'), x, tmp_path)
     assert len(got) == len(expected) == 5
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -237,8 +244,7 @@ def test_fold_tool_adabn_detector_loads_in_stock_mmdet(tmp_path):
 def test_pytorch2onnx_seg_ibn_and_check_refuses_other_weights(tmp_path):
     config = osp.join(REPO, DEMO.format('ibn-a'))
     save_random_checkpoint(config, tmp_path / 'ibn.pth')
-    proc = run_tool(['tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out',
-                     tmp_path / 'ibn.onnx'])
+    proc = run_tool(['tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out', tmp_path / 'ibn.onnx'])
     assert 'onnxruntime vs torch: max abs diff' in proc.stdout and ': OK' in proc.stdout
     diff = float(proc.stdout.split('max abs diff ')[1].split()[0])
     assert 0 <= diff < 1e-4
@@ -253,12 +259,13 @@ def test_pytorch2onnx_seg_ibn_and_check_refuses_other_weights(tmp_path):
         if k.endswith('running_var'):
             v.mul_(4)
     torch.save(other, tmp_path / 'other.pth')
-    bad = run_tool(['tools/deployment/pytorch2onnx.py', config, tmp_path / 'other.pth', '--check',
-                    tmp_path / 'ibn.onnx'], check=False)
+    bad = run_tool(
+        ['tools/deployment/pytorch2onnx.py', config, tmp_path / 'other.pth', '--check', tmp_path / 'ibn.onnx'],
+        check=False)
     assert bad.returncode == 1 and 'FAILED' in bad.stdout and 'more than the tolerance' in bad.stderr
     # an existing --out is not replaced without --overwrite
-    exists = run_tool(['tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out',
-                       tmp_path / 'ibn.onnx'], check=False)
+    exists = run_tool(
+        ['tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out', tmp_path / 'ibn.onnx'], check=False)
     assert exists.returncode == 2 and 'pass --overwrite' in exists.stderr
 
 
@@ -266,8 +273,10 @@ def test_pytorch2onnx_det_backbone_neck_pbn(tmp_path):
     config = tmp_path / 'det_pbn.py'
     config.write_text(DET_CONFIG.format(norm='PBN', extra='', model_type='FasterRCNN'))
     save_random_checkpoint(str(config), tmp_path / 'det.pth')
-    proc = run_tool(['tools/deployment/pytorch2onnx.py', config, tmp_path / 'det.pth', '--out', tmp_path / 'd.onnx',
-                     '--shape', 64, 96, '--dynamic-batch'])
+    proc = run_tool([
+        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'det.pth', '--out', tmp_path / 'd.onnx', '--shape', 64,
+        96, '--dynamic-batch'
+    ])
     assert 'outputs: feat0, feat1, feat2, feat3, feat4' in proc.stdout
     assert 'over batch sizes [1, 3]: OK' in proc.stdout
     outs = onnx_outputs(str(tmp_path / 'd.onnx'), np.zeros((2, 3, 64, 96), np.float32))
@@ -279,8 +288,9 @@ def test_pytorch2onnx_det_backbone_neck_pbn(tmp_path):
 def test_pytorch2onnx_every_demo_config(norm, tmp_path):
     config = osp.join(REPO, DEMO.format(norm))
     save_random_checkpoint(config, tmp_path / 'm.pth')
-    proc = run_tool(['tools/deployment/pytorch2onnx.py', config, tmp_path / 'm.pth', '--out', tmp_path / 'm.onnx',
-                     '--dynamic-batch'])
+    proc = run_tool([
+        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'm.pth', '--out', tmp_path / 'm.onnx', '--dynamic-batch'
+    ])
     assert ': OK' in proc.stdout
 
 
@@ -290,12 +300,13 @@ def test_fold_tool_detectors_load_in_stock_mmdet(norm, model_type, tmp_path):
     config = tmp_path / 'det.py'
     config.write_text(DET_CONFIG.format(norm=norm, extra='', model_type=model_type))
     _, model = save_random_checkpoint(str(config), tmp_path / 'det.pth')
-    run_tool(['tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir', tmp_path / 'out',
-              '--name', 'det_bn', '--shape', 64, 96])
+    run_tool([
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir', tmp_path / 'out', '--name',
+        'det_bn', '--shape', 64, 96
+    ])
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         expected = model.extract_feat(x)
-    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'), str(tmp_path / 'out' / 'det_bn.pth'), x,
-                        tmp_path)
+    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'), str(tmp_path / 'out' / 'det_bn.pth'), x, tmp_path)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -5,9 +5,8 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import run_tool
+from PIL import Image
 
 CLASSES = ('car', 'person')
 
@@ -63,8 +62,10 @@ def write_coco(root: str, split: str, num_images: int, rng: np.random.Generator)
             w, h = rng.integers(15, 40), rng.integers(15, 40)
             x, y = rng.integers(0, 120 - w), rng.integers(0, 80 - h)
             img[y:y + h, x:x + w] = (220, 30, 30) if label == 0 else (30, 200, 40)
-            annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, category_id=label + 1,
-                                    bbox=[float(x), float(y), float(w), float(h)], area=float(w * h), iscrowd=0))
+            annotations.append(
+                dict(
+                    id=len(annotations) + 1, image_id=i + 1, category_id=label + 1,
+                    bbox=[float(x), float(y), float(w), float(h)], area=float(w * h), iscrowd=0))
         Image.fromarray(img).save(osp.join(root, 'images', file_name), quality=95)
         images.append(dict(id=i + 1, file_name=file_name, width=120, height=80))
     categories = [dict(id=k + 1, name=name) for k, name in enumerate(CLASSES)]
@@ -94,8 +95,10 @@ def test_faster_rcnn_trains_and_tests(det_setup, tmp_path):
     for name in ('loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'):
         assert name in log  # both stages of the two-stage detector trained
     metrics_file, out_file = tmp_path / 'metrics.json', tmp_path / 'results.pkl'
-    run_tool(['tools/test.py', config, work_dir / 'iter_3.pth', '--work-dir', work_dir, '--metrics-out',
-              metrics_file, '--out', out_file])
+    run_tool([
+        'tools/test.py', config, work_dir / 'iter_3.pth', '--work-dir', work_dir, '--metrics-out', metrics_file,
+        '--out', out_file
+    ])
     metrics = json.loads(metrics_file.read_text())
     assert 'coco/bbox_mAP_50' in metrics and -1.0 <= metrics['coco/bbox_mAP_50'] <= 1.0
     with open(out_file, 'rb') as f:

@@ -31,14 +31,14 @@ def test_sample_moments_match_float64_two_pass(offset, dtype):
     mean, var = sample_moments(x)
     ref_var, ref_mean = torch.var_mean(x.double().flatten(2), dim=2, correction=0)
     torch.testing.assert_close(mean.double(), ref_mean, rtol=0, atol=eps * scale)
-    torch.testing.assert_close(var.double(), ref_var, rtol=100 * eps, atol=eps * scale ** 2)
-    assert var[:, 1].abs().max() <= eps * scale ** 2  # constant rows: (close to) exactly 0
+    torch.testing.assert_close(var.double(), ref_var, rtol=100 * eps, atol=eps * scale**2)
+    assert var[:, 1].abs().max() <= eps * scale**2  # constant rows: (close to) exactly 0
     mean_k, var_k = sample_moments(x, 2)
     assert torch.equal(mean_k, mean[:, :2]) and mean_k.shape == (3, 2)
     batch_mean, batch_var = merge_samples(mean.double(), var.double())
     ref_var, ref_mean = torch.var_mean(x.double().transpose(0, 1).flatten(1), dim=1, correction=0)
     torch.testing.assert_close(batch_mean, ref_mean)
-    torch.testing.assert_close(batch_var, ref_var, rtol=100 * eps, atol=eps * scale ** 2)
+    torch.testing.assert_close(batch_var, ref_var, rtol=100 * eps, atol=eps * scale**2)
 
 
 def test_row_kernels_match_their_formulas():
@@ -61,8 +61,8 @@ def test_pbn_band_reductions():
     edges = ((0, 3, 7), (0, 2, 5, 9))
     # float32 row partial sums, float64 accumulation
     torch.testing.assert_close(band_dot(a, b, *edges), band_sum((a.double() * b), *edges), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(band_sum_of_squares(a, *edges), band_sum(a.double().square(), *edges), rtol=1e-6,
-                               atol=1e-5)
+    torch.testing.assert_close(
+        band_sum_of_squares(a, *edges), band_sum(a.double().square(), *edges), rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize('offset', [0.0, 1e3])

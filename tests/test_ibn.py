@@ -50,10 +50,10 @@ def test_matches_instance_and_batch_norm_halves(channels, ratio, dtype):
     expected = torch.cat([inorm(x[:, :h]), bnorm(x[:, h:])], dim=1)
     torch.testing.assert_close(ibn(x), expected, **TOL[dtype])
     # In eval the BN half uses the running stats, the IN half still the per-instance stats.
-    by_running = (x[:, h:] - ibn.BN.running_mean[:, None, None]) / torch.sqrt(ibn.BN.running_var[:, None, None]
-                                                                              + ibn.eps)
-    torch.testing.assert_close(ibn(x)[:, h:], by_running * ibn.BN.weight[:, None, None]
-                               + ibn.BN.bias[:, None, None], **TOL[dtype])
+    by_running = (x[:, h:] - ibn.BN.running_mean[:, None, None]) / torch.sqrt(ibn.BN.running_var[:, None, None] +
+                                                                              ibn.eps)
+    torch.testing.assert_close(
+        ibn(x)[:, h:], by_running * ibn.BN.weight[:, None, None] + ibn.BN.bias[:, None, None], **TOL[dtype])
 
 
 def test_official_split_bug_is_not_reproduced():
@@ -63,7 +63,7 @@ def test_official_split_bug_is_not_reproduced():
     y = ibn(x)
     # IN channels are standardised per sample; BN channels (fresh running stats 0/1) are left as is.
     torch.testing.assert_close(y[:, :4].mean(dim=(2, 3)), torch.zeros(2, 4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(y[:, 4:], x[:, 4:] / (1 + 1e-5) ** 0.5)
+    torch.testing.assert_close(y[:, 4:], x[:, 4:] / (1 + 1e-5)**0.5)
 
 
 @pytest.mark.parametrize('train', [True, False])
@@ -85,13 +85,13 @@ def test_gradcheck_float64(train):
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 def test_registry_round_trip(scope):
     with DefaultScope.overwrite_default_scope(scope):
-        name, layer = build_norm_layer(dict(type='IBN', ratio=0.25, momentum=0.05, requires_grad=False), 12,
-                                       postfix=2)
+        name, layer = build_norm_layer(dict(type='IBN', ratio=0.25, momentum=0.05, requires_grad=False), 12, postfix=2)
     assert name == 'bn2' and isinstance(layer, IBN)
     assert (layer.num_in, layer.eps, layer.momentum, layer.BN.momentum) == (3, 1e-5, 0.05, 0.05)
     assert not any(p.requires_grad for p in layer.parameters())
-    assert set(layer.state_dict()) == {'IN.weight', 'IN.bias', 'BN.weight', 'BN.bias', 'BN.running_mean',
-                                       'BN.running_var', 'BN.num_batches_tracked'}
+    assert set(layer.state_dict()) == {
+        'IN.weight', 'IN.bias', 'BN.weight', 'BN.bias', 'BN.running_mean', 'BN.running_var', 'BN.num_batches_tracked'
+    }
     assert 'ratio=0.25' in repr(layer) and "bn_cfg={'type': 'BN'}" in repr(layer)
 
 

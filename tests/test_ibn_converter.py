@@ -4,18 +4,22 @@ from collections import OrderedDict
 import pytest
 import torch
 from conftest import run_tool
-from tool_loader import load_tool
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import DefaultScope
 from mmseg.registry import MODELS as SEG_MODELS
+from tool_loader import load_tool
 
 import mmnorm  # noqa: F401  (registration)
 
 TOOL = 'tools/model_converters/ibnnet2mmseg.py'
 converter = load_tool('model_converters/ibnnet2mmseg')
 
-ARCH = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3)),
-        101: ('bottleneck', (3, 4, 23, 3))}
+ARCH = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3))
+}
 
 
 def official_state_dict(depth: int, ibn_type: str, batches_tracked: bool = True) -> OrderedDict:
@@ -92,8 +96,10 @@ def assert_every_tensor_in_place(model, official):
         assert torch.equal(state[key], value), key
 
 
-@pytest.mark.parametrize('depth,ibn_type', [(18, 'a'), (34, 'b'), (50, 'a'), (50, 'b'),
-                                            pytest.param(101, 'a', marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    'depth,ibn_type',
+    [(18, 'a'), (34, 'b'), (50, 'a'),
+     (50, 'b'), pytest.param(101, 'a', marks=pytest.mark.slow)])
 def test_convert_and_strict_load_both_toolboxes(tmp_path, capsys, depth, ibn_type):
     official = official_state_dict(depth, ibn_type)
     src, dst = tmp_path / f'resnet{depth}_ibn_{ibn_type}-0123abcd.pth', tmp_path / 'out.pth'
@@ -113,8 +119,13 @@ def test_old_style_checkpoint_through_the_cli_and_pretrained_init(tmp_path):
     """``{'state_dict': {'module.' + key: ...}, ...}`` (old .pth.tar), converted by the real CLI process."""
     official = official_state_dict(50, 'b')
     src, dst = tmp_path / 'resnet50_ibn_b.pth.tar', tmp_path / 'r50_ibn_b.pth'
-    torch.save({'state_dict': OrderedDict(('module.' + k, v) for k, v in official.items()), 'epoch': 100,
-                'arch': 'resnet50_ibn_b', 'best_prec1': 77.3}, src)
+    torch.save(
+        {
+            'state_dict': OrderedDict(('module.' + k, v) for k, v in official.items()),
+            'epoch': 100,
+            'arch': 'resnet50_ibn_b',
+            'best_prec1': 77.3
+        }, src)
     proc = run_tool([TOOL, src, dst])
     assert 'ResNet-50 IBN-b' in proc.stdout and 'unmatched' not in proc.stdout
     # The documented use: init_cfg=Pretrained in a config (mmengine's loader).
@@ -172,8 +183,8 @@ def test_old_checkpoint_without_num_batches_tracked(tmp_path, capsys):
 
 
 def test_unrecognised_checkpoints(tmp_path, capsys):
-    plain = OrderedDict((k.replace('bn1.BN.', 'bn1.'), v) for k, v in official_state_dict(18, 'a').items()
-                        if '.IN.' not in k)
+    plain = OrderedDict(
+        (k.replace('bn1.BN.', 'bn1.'), v) for k, v in official_state_dict(18, 'a').items() if '.IN.' not in k)
     src = tmp_path / 'resnet18.pth'
     torch.save(plain, src)
     assert converter.main([str(src), str(tmp_path / 'out.pth')]) == 1

@@ -38,7 +38,7 @@ def randomize(model: nn.Module) -> None:
                 module.running_mean.uniform_(-0.2, 0.2)
                 module.running_var.uniform_(0.5, 1.5)
             if isinstance(module, nn.Conv2d) and 'conv_offset' not in module.__class__.__name__:
-                nn.init.normal_(module.weight, std=0.5 / module.weight[0].numel() ** 0.5)
+                nn.init.normal_(module.weight, std=0.5 / module.weight[0].numel()**0.5)
 
 
 def blocks_with_in(model: nn.Module) -> set:
@@ -62,8 +62,10 @@ def test_ibn_a_resnet50_positions(scope):
     assert sum(isinstance(m, IBN) for m in model.modules()) == 3 + 4 + 6
     assert not blocks_with_in(model)
     keys = set(model.state_dict())
-    assert {'layer1.0.bn1.IN.weight', 'layer1.0.bn1.BN.running_var', 'layer3.5.bn1.BN.num_batches_tracked',
-            'bn1.running_mean', 'layer4.0.bn1.weight'} <= keys
+    assert {
+        'layer1.0.bn1.IN.weight', 'layer1.0.bn1.BN.running_var', 'layer3.5.bn1.BN.num_batches_tracked',
+        'bn1.running_mean', 'layer4.0.bn1.weight'
+    } <= keys
     assert model.ibn == dict(type='a', stages=(True, True, True, False), ratio=0.5)
 
 
@@ -108,8 +110,9 @@ def test_ibn_b_block_forward(scope, depth):
     """relu(residual_sum) of the IBN-b block equals the toolbox block forward; IN sits between the sum and ReLU."""
     plugins = None
     if depth == 50:  # plugins at all three positions of a Bottleneck (mmseg/mmdet BasicBlock have none)
-        plugins = [dict(cfg=dict(type='ContextBlock', ratio=0.25, postfix=i), position=f'after_conv{i}')
-                   for i in (1, 2, 3)]
+        plugins = [
+            dict(cfg=dict(type='ContextBlock', ratio=0.25, postfix=i), position=f'after_conv{i}') for i in (1, 2, 3)
+        ]
     plain = build(scope, type='ResNet', depth=depth, plugins=plugins, norm_eval=False)
     randomize(plain)
     model = add_ibn(copy.deepcopy(plain), type='b', stem=False)
@@ -127,8 +130,8 @@ def test_ibn_b_block_forward(scope, depth):
                 hook.remove()
                 # IN's input is the pre-ReLU residual sum of the toolbox block; the output is relu(IN(sum)).
                 torch.testing.assert_close(F.relu(seen['inp']), expected)
-                torch.testing.assert_close(y, F.relu(F.instance_norm(seen['inp'], weight=block.IN.weight,
-                                                                     bias=block.IN.bias)))
+                torch.testing.assert_close(
+                    y, F.relu(F.instance_norm(seen['inp'], weight=block.IN.weight, bias=block.IN.bias)))
                 assert not torch.allclose(y, expected)
                 instance_norm = block.IN
                 block.IN = nn.Identity()
@@ -160,26 +163,31 @@ OPTION_SETS = {
     'mmseg': [
         dict(type='ResNetV1c', depth=50, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4), contract_dilation=True,
              multi_grid=(1, 2, 4), out_indices=(0, 3)),
-        dict(type='ResNetV1d', depth=50, style='caffe', dcn=dict(type='DCNv2', deform_groups=1,
-             fallback_on_stride=False), stage_with_dcn=(False, True, True, True),
-             plugins=[dict(cfg=dict(type='ContextBlock', ratio=0.25), stages=(True, True, False, False),
-                           position='after_conv3')]),
+        dict(
+            type='ResNetV1d', depth=50, style='caffe', dcn=dict(type='DCNv2', deform_groups=1,
+                                                                fallback_on_stride=False),
+            stage_with_dcn=(False, True, True, True), plugins=[
+                dict(
+                    cfg=dict(type='ContextBlock', ratio=0.25), stages=(True, True, False, False),
+                    position='after_conv3')
+            ]),
         dict(type='ResNet', depth=34, num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 2), out_indices=(0, 1, 2),
              deep_stem=True, avg_down=True),
     ],
     'mmdet': [
         dict(type='ResNet', depth=50, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), style='caffe',
-             dcn=dict(type='DCN', deform_groups=1, fallback_on_stride=False),
-             stage_with_dcn=(False, False, True, True), out_indices=(1, 2, 3)),
-        dict(type='ResNetV1d', depth=18, num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1),
-             out_indices=(0, 1, 2)),
+             dcn=dict(type='DCN', deform_groups=1,
+                      fallback_on_stride=False), stage_with_dcn=(False, False, True, True), out_indices=(1, 2, 3)),
+        dict(type='ResNetV1d', depth=18, num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1), out_indices=(0, 1, 2)),
     ],
 }
 
 
 def _conv_layout(model: nn.Module) -> dict:
-    return {name: (type(m).__name__, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation)
-            for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    return {
+        name: (type(m).__name__, m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation)
+        for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
+    }
 
 
 @pytest.mark.parametrize('scope,index', [(s, i) for s in OPTION_SETS for i in range(len(OPTION_SETS[s]))])
@@ -192,8 +200,8 @@ def test_other_resnet_options_keep_working(scope, index, ibn_type):
     assert {n for n, _ in plain.named_modules()} <= {n for n, _ in model.named_modules()}
     assert len(model.ibn['stages']) == options.get('num_stages', 4)
     if ibn_type == 'a':
-        assert sum(isinstance(m, IBN) for m in model.modules()) == sum(
-            len(getattr(model, name)) for name in model.res_layers[:3])
+        assert sum(isinstance(m, IBN)
+                   for m in model.modules()) == sum(len(getattr(model, name)) for name in model.res_layers[:3])
     deep_stem = options.get('deep_stem') or options['type'] in ('ResNetV1c', 'ResNetV1d')
     if ibn_type == 'b' and deep_stem:  # the deep stem's last norm becomes IN
         assert type(model.stem[-2]) is nn.InstanceNorm2d and model.stem[-2].num_features == 64
@@ -273,8 +281,8 @@ def test_sync_bn_round_trip_keeps_ibn(ibn_type):
     reverted.eval()  # (the toolbox ResNet.train() returns None, so no chaining)
     expected = [o.clone() for o in reverted(x)]
     synced = convert_sync_batchnorm(reverted)  # sync_bn='torch' in a config
-    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == sum(
-        isinstance(m, _BatchNorm) for m in reverted.modules())
+    assert sum(isinstance(m, nn.SyncBatchNorm)
+               for m in synced.modules()) == sum(isinstance(m, _BatchNorm) for m in reverted.modules())
     if ibn_type == 'a':
         assert all(isinstance(m.BN, nn.SyncBatchNorm) for m in synced.modules() if isinstance(m, IBN))
     assert blocks_with_in(synced) == blocks_with_in(reverted)
@@ -297,7 +305,7 @@ def test_bad_ibn_arguments():
     with pytest.raises(ValueError, match="ibn type must be 'a' or 'b', got type='c'"):
         build('mmseg', depth=18, ibn=dict(type='c'))
     with pytest.raises(ValueError, match=r'ibn stages must be 4 bools \(one per ResNet stage\), got stages=\(True, '
-                                         r'True\)'):
+                       r'True\)'):
         build('mmseg', depth=18, ibn=dict(type='a', stages=(True, True)))
     with pytest.raises(ValueError, match='ibn ratio is an IBN-a option, got ratio=0.5 with type=b'):
         build('mmdet', depth=18, ibn=dict(type='b', ratio=0.5))
@@ -326,10 +334,9 @@ IBN_CONFIGS = {
 @pytest.mark.parametrize('name', sorted(IBN_CONFIGS))
 def test_config_builds_in_a_runner_and_runs_forward(name, tmp_path):
     """The config's model through a real (non-distributed) Runner: SyncBN halves reverted, IBN kept, forward runs."""
+    from conftest import REPO
     from mmengine.config import Config
     from mmengine.runner import Runner
-
-    from conftest import REPO
     cfg = Config.fromfile(f'{REPO}/configs/ibn/{name}')
     assert cfg.model.backbone.type == 'IBNResNet' and cfg.model.backbone.ibn == dict(type=IBN_CONFIGS[name])
     if cfg.default_scope == 'mmseg':
@@ -355,18 +362,22 @@ def test_config_builds_in_a_runner_and_runs_forward(name, tmp_path):
         if cfg.default_scope == 'mmseg':
             from mmseg.structures import SegDataSample
             sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
-            data = model.data_preprocessor(dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)],
-                                                data_samples=[sample]), False)
+            data = model.data_preprocessor(
+                dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)], data_samples=[sample]), False)
             logits = model(data['inputs'], data['data_samples'], mode='tensor')
             assert logits.shape == (1, 19, 64 // 4, 64 // 4) and torch.isfinite(logits).all()
             pred = model(data['inputs'], data['data_samples'], mode='predict')[0]
             assert pred.pred_sem_seg.data.shape == (1, 64, 64)
         else:
             from mmdet.structures import DetDataSample
-            sample = DetDataSample(metainfo=dict(img_shape=(64, 96), ori_shape=(64, 96), pad_shape=(64, 96),
-                                                 scale_factor=(1.0, 1.0), batch_input_shape=(64, 96)))
-            data = model.data_preprocessor(dict(inputs=[torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)],
-                                                data_samples=[sample]), False)
+            sample = DetDataSample(
+                metainfo=dict(
+                    img_shape=(64, 96), ori_shape=(64, 96), pad_shape=(64,
+                                                                       96), scale_factor=(1.0,
+                                                                                          1.0), batch_input_shape=(64,
+                                                                                                                   96)))
+            data = model.data_preprocessor(
+                dict(inputs=[torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8)], data_samples=[sample]), False)
             feats = model.extract_feat(data['inputs'])
             assert [f.shape[1] for f in feats] == [256] * 5
             pred = model(data['inputs'], data['data_samples'], mode='predict')[0]

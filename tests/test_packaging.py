@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, tool_env
 
 ONE_TOOLBOX = """
@@ -28,8 +27,10 @@ assert layer.domain_bn('source').running_var.mean() > 0.5
 print('ok')
 """
 
-EXPECTED = {'mmseg': ['GTA5Dataset', 'IBNResNetV1c', 'UDAEncoderDecoder'],
-            'mmdet': ['FoggyCityscapesDataset', 'IBNResNet', 'UDAFasterRCNN']}
+EXPECTED = {
+    'mmseg': ['GTA5Dataset', 'IBNResNetV1c', 'UDAEncoderDecoder'],
+    'mmdet': ['FoggyCityscapesDataset', 'IBNResNet', 'UDAFasterRCNN']
+}
 
 
 @pytest.mark.parametrize('present, hidden', [('mmseg', 'mmdet'), ('mmdet', 'mmseg')])

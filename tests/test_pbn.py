@@ -7,15 +7,14 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import REPO
 from mmcv.cnn import build_norm_layer
 from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
 from mmengine.registry import DefaultScope
-
-from conftest import REPO
-from mmnorm.models.norms import PBN
-from mmnorm.models.norms.pbn import PBNPlan, PatchView, grid_edges, pbn_fixed, pbn_train, sample_pbn_plan
-
 from references import pbn_patch_loop  # the per-patch Python loop (released structure)
+
+from mmnorm.models.norms import PBN
+from mmnorm.models.norms.pbn import PatchView, PBNPlan, grid_edges, pbn_fixed, pbn_train, sample_pbn_plan
 
 
 def make_layer(c=6, dtype=torch.float64, **kwargs):
@@ -44,7 +43,7 @@ def full_plan(c, views, use_b=False, patch_stats=True):
     for rows, cols in views:
         k = (len(rows) + 1) * (len(cols) + 1)
         out.append(PatchView(tuple(rows), tuple(cols), torch.full((k, c), patch_stats, dtype=torch.bool)))
-    return PBNPlan(views=tuple(out), use_b=torch.full((c,), use_b, dtype=torch.bool))
+    return PBNPlan(views=tuple(out), use_b=torch.full((c, ), use_b, dtype=torch.bool))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -77,8 +76,9 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_inputs():
     layer = PBN(4)
-    with pytest.raises(ValueError, match=r'expects an \(N, C, H, W\), \(N, C, L\) or \(N, C\) input, got shape '
-                                         r'\(2, 4, 8, 1, 1\)'):
+    with pytest.raises(
+            ValueError, match=r'expects an \(N, C, H, W\), \(N, C, L\) or \(N, C\) input, got shape '
+            r'\(2, 4, 8, 1, 1\)'):
         layer(torch.randn(2, 4, 8, 1, 1))
     with pytest.raises(ValueError, match='PBN over 4 channels got an input with 3'):
         layer(torch.randn(2, 3, 8, 8))
@@ -95,8 +95,7 @@ def test_bad_inputs():
 def test_eval_is_batch_norm_with_the_buffers_bit_for_bit():
     layer = make_layer(dtype=torch.float32).eval()
     x = torch.randn(4, 6, 9, 7)
-    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0,
-                            layer.eps)
+    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
     assert torch.equal(layer(x), expected)
     # norm_eval: the toolbox backbones put only the BN child in eval mode
     layer.train()
@@ -125,7 +124,7 @@ def test_random_mode_equals_per_patch_loop(shape):
         torch.testing.assert_close(layer.running_var, ref.running_var, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('cuts', [((4,), ()), ((), (3,)), ((2,), (5,))])
+@pytest.mark.parametrize('cuts', [((4, ), ()), ((), (3, )), ((2, ), (5, ))])
 def test_pinned_patch_stats_normalise_each_patch_by_its_own_statistics(cuts):
     """All channels patch statistics, one view: every patch is BN of that patch alone (reference by slicing)."""
     layer = make_layer()
@@ -147,14 +146,13 @@ def test_pinned_running_stats_equal_eval_batch_norm():
     x = features(3, 6, 9, 10).detach()
     # all-running choices, the whole-map view first: the buffers as they were before the forward
     layer = make_layer()
-    expected = F.batch_norm(x, layer.running_mean.clone(), layer.running_var.clone(), layer.weight, layer.bias,
-                            False, 0.0, layer.eps)
-    plan = full_plan(6, (((), ()), ((3,), (4,))), use_b=False, patch_stats=False)
+    expected = F.batch_norm(x, layer.running_mean.clone(), layer.running_var.clone(), layer.weight, layer.bias, False,
+                            0.0, layer.eps)
+    plan = full_plan(6, (((), ()), ((3, ), (4, ))), use_b=False, patch_stats=False)
     torch.testing.assert_close(run_functional(layer, x, plan), expected, rtol=1e-12, atol=1e-12)
     # p=0 and momentum=0 through the module: any views, always eval-mode BN
     layer = make_layer(p=0.0, momentum=0.0)
-    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0,
-                            layer.eps)
+    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
     torch.manual_seed(0)
     for _ in range(3):
         torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
@@ -165,7 +163,7 @@ def test_running_stats_follow_the_released_rule():
     layer = make_layer(momentum=0.3)
     x = features(2, 6, 8, 9).detach()
     rm, rv = layer.running_mean.clone(), layer.running_var.clone()
-    plan = full_plan(6, (((3,), (4,)), ((5,), ())), patch_stats=False)
+    plan = full_plan(6, (((3, ), (4, )), ((5, ), ())), patch_stats=False)
     run_functional(layer, x, plan)
     for r0, r1, c0, c1 in ((0, 3, 0, 4), (0, 3, 4, 9), (3, 8, 0, 4), (3, 8, 4, 9)):  # lu, ru, ld, rd
         patch = x[:, :, r0:r1, c0:c1]
@@ -176,7 +174,7 @@ def test_running_stats_follow_the_released_rule():
     # whole-map view a: exactly torch BN's update; num_batches_tracked counts forwards like BN
     layer, bn = make_layer(), nn.BatchNorm2d(6).double()
     bn.load_state_dict(layer.state_dict())
-    run_functional(layer, x, full_plan(6, (((), ()), ((4,), ()))))
+    run_functional(layer, x, full_plan(6, (((), ()), ((4, ), ()))))
     bn(x)
     torch.testing.assert_close(layer.running_mean, bn.running_mean, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(layer.running_var, bn.running_var, rtol=1e-12, atol=1e-12)
@@ -213,8 +211,9 @@ def test_fixed_mode_against_slicing_and_bn_update():
     y1, y2 = layer(x1), bn(x2)
     torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
     g = torch.randn_like(y1)
-    torch.testing.assert_close(torch.autograd.grad(y1, x1, g)[0], torch.autograd.grad(y2, x2, g)[0],
-                               rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(
+        torch.autograd.grad(y1, x1, g)[0],
+        torch.autograd.grad(y2, x2, g)[0], rtol=1e-9, atol=1e-9)
 
 
 def test_gradcheck_float64():
@@ -226,14 +225,16 @@ def test_gradcheck_float64():
     plan = sample_pbn_plan(3, 6, 7)
     plan.views[0].patch_stats[0, 0] = True  # both branches appear
     plan.views[0].patch_stats[-1, 1] = False
-    mixed = PBNPlan(views=(PatchView((2,), (3,), torch.rand(4, 3) < 0.5), PatchView((), (4,), torch.rand(2, 3) < 0.5)),
-                    use_b=torch.tensor([True, False, True]))
+    mixed = PBNPlan(
+        views=(PatchView((2, ), (3, ),
+                         torch.rand(4, 3) < 0.5), PatchView((), (4, ),
+                                                            torch.rand(2, 3) < 0.5)),
+        use_b=torch.tensor([True, False, True]))
     for p in (plan, mixed):
         assert torch.autograd.gradcheck(lambda x, w, b: pbn_train(x, w, b, rm, rv, p, 0.0, 1e-5), (x, w, b))
-    assert torch.autograd.gradcheck(
-        lambda x, w, b: pbn_fixed(x, w, b, rm, rv, (2, 2), 0.3, 0.0, 1e-5), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w, b: pbn_fixed(x, w, b, rm, rv, (2, 2), 0.3, 0.0, 1e-5), (x, w, b))
     layer = make_layer(3).eval()
-    assert torch.autograd.gradcheck(layer, (x,))
+    assert torch.autograd.gradcheck(layer, (x, ))
 
 
 def test_same_seed_same_output_different_seed_different_output():
@@ -322,8 +323,8 @@ def test_resnet_with_pbn_loads_a_bn_resnet_checkpoint_strictly():
     from mmseg.models.backbones import ResNetV1c
     bn_net = ResNetV1c(depth=18, base_channels=8, init_cfg=None)
     pbn_net = ResNetV1c(depth=18, base_channels=8, norm_cfg=dict(type='PBN', requires_grad=True), init_cfg=None)
-    assert sum(isinstance(m, PBN) for m in pbn_net.modules()) == sum(
-        isinstance(m, nn.BatchNorm2d) for m in bn_net.modules())
+    assert sum(isinstance(m, PBN)
+               for m in pbn_net.modules()) == sum(isinstance(m, nn.BatchNorm2d) for m in bn_net.modules())
     assert list(pbn_net.state_dict()) == list(bn_net.state_dict())
     pbn_net.load_state_dict(bn_net.state_dict(), strict=True)
     load_state_dict(pbn_net, bn_net.state_dict(), strict=True)  # mmengine's loader walks modules itself
@@ -358,15 +359,14 @@ def test_survives_convert_and_revert_sync_batchnorm():
 def test_norm_eval_and_optimizer_norm_decay_see_the_layer():
     from mmdet.models.backbones import ResNet
     from mmengine.optim import build_optim_wrapper
-    net = ResNet(depth=18, base_channels=8, norm_cfg=dict(type='PBN'), norm_eval=True, frozen_stages=1,
-                 init_cfg=None)
+    net = ResNet(depth=18, base_channels=8, norm_cfg=dict(type='PBN'), norm_eval=True, frozen_stages=1, init_cfg=None)
     net.train()
     assert all(not m.bn.training for m in net.modules() if isinstance(m, PBN))
     x = torch.randn(2, 3, 32, 32)
     y1, y2 = net(x), net(x)
     assert all(torch.equal(a, b) for a, b in zip(y1, y2))  # frozen BN behaviour, no randomness
-    wrapper = build_optim_wrapper(net, dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
-                                            paramwise_cfg=dict(norm_decay_mult=0.0)))
+    wrapper = build_optim_wrapper(
+        net, dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4), paramwise_cfg=dict(norm_decay_mult=0.0)))
     pbn_params = {id(p) for m in net.modules() if isinstance(m, PBN) for p in m.parameters() if p.requires_grad}
     groups = [g for g in wrapper.optimizer.param_groups if id(g['params'][0]) in pbn_params]
     assert len(groups) == len(pbn_params) and all(g['weight_decay'] == 0 for g in groups)
@@ -387,13 +387,16 @@ def test_adabn_recalibration_writes_the_input_statistics():
 # ---------------------------------------------------------------------------------------------------------------
 # Configs
 # ---------------------------------------------------------------------------------------------------------------
-PBN_CONFIGS = ['configs/pbn/deeplabv3plus_r50-d8-pbn_4xb2-40k_gta5-cityscapes-512x512.py',
-               'configs/pbn/faster-rcnn_r50-pbn_fpn_2xb4-20k_cityscapes-foggy.py']
+PBN_CONFIGS = [
+    'configs/pbn/deeplabv3plus_r50-d8-pbn_4xb2-40k_gta5-cityscapes-512x512.py',
+    'configs/pbn/faster-rcnn_r50-pbn_fpn_2xb4-20k_cityscapes-foggy.py'
+]
 
 
 @pytest.mark.parametrize('path', PBN_CONFIGS)
 def test_config_builds_and_runs_a_forward(path):
     from mmengine.config import Config
+
     import mmnorm  # noqa: F401
     cfg = Config.fromfile(osp.join(REPO, path))
     assert cfg.model.backbone.norm_cfg.type == 'PBN'
@@ -431,7 +434,7 @@ def _data_samples(scope):
             from mmdet.structures import DetDataSample
             from mmengine.structures import InstanceData
             sample = DetDataSample(metainfo=meta)
-            sample.gt_instances = InstanceData(bboxes=torch.tensor([[4., 6., 30., 40.], [20., 10., 60., 50.]]),
-                                               labels=torch.tensor([0, 2]))
+            sample.gt_instances = InstanceData(
+                bboxes=torch.tensor([[4., 6., 30., 40.], [20., 10., 60., 50.]]), labels=torch.tensor([0, 2]))
         samples.append(sample)
     return samples

@@ -190,17 +190,17 @@ def test_dsu_resampled_moments_over_many_draws():
     x = features((5, 3, 6, 6), seed=9)
     factor, eps, draws = 0.7, 1e-6, 4000
     m = layer('DSU', 21, factor=factor)
-    ys = torch.stack([m(x) for _ in range(draws)])                       # (draws, N, C, H, W)
+    ys = torch.stack([m(x) for _ in range(draws)])  # (draws, N, C, H, W)
     mu, sig = x.mean((2, 3)), (x.var((2, 3)) + eps).sqrt()
     sigma_mu, sigma_sig = (mu.var(0) + eps).sqrt(), (sig.var(0) + eps).sqrt()
     normed = (x - mu[..., None, None]) / sig[..., None, None]
-    beta = ys.mean((3, 4))                                                 # normed has zero spatial mean
-    gamma = ((ys - beta[..., None, None]) * normed).sum((3, 4)) / (normed ** 2).sum((2, 3))
+    beta = ys.mean((3, 4))  # normed has zero spatial mean
+    gamma = ((ys - beta[..., None, None]) * normed).sum((3, 4)) / (normed**2).sum((2, 3))
     se = 1 / math.sqrt(draws)
     for moment, centre, spread in ((beta, mu, factor * sigma_mu), (gamma, sig, factor * sigma_sig)):
         assert ((moment.mean(0) - centre).abs() / spread < 5 * se).all()
-        assert ((moment.std(0) / spread - 1).abs() < 5 * se * math.sqrt(0.5)).all()   # SE of a std ~ 1/sqrt(2n)
-        z = (moment - centre) / spread                                     # standard normal per (n, c)
+        assert ((moment.std(0) / spread - 1).abs() < 5 * se * math.sqrt(0.5)).all()  # SE of a std ~ 1/sqrt(2n)
+        z = (moment - centre) / spread  # standard normal per (n, c)
         assert ((z.abs() < 1).double().mean(0) - 0.6827).abs().max() < 5 * math.sqrt(0.6827 * 0.3173 / draws)
 
 
@@ -213,11 +213,11 @@ def test_beta_sampler_matches_beta_distribution(alpha):
     assert abs(lam.mean() - 0.5) < 5 * math.sqrt(var / n)
     assert abs(lam.var() / var - 1) < 0.05
     torch.manual_seed(0)
-    ref = torch.distributions.Beta(alpha, alpha).sample((n,)).double()
+    ref = torch.distributions.Beta(alpha, alpha).sample((n, )).double()
     grid = torch.linspace(0, 1, 201, dtype=torch.float64)
     cdf = (lam[None] <= grid[:, None]).double().mean(1)
     ref_cdf = (ref[None] <= grid[:, None]).double().mean(1)
-    assert (cdf - ref_cdf).abs().max() < 1.63 * math.sqrt(2 / n)           # two-sample KS at 1 %
+    assert (cdf - ref_cdf).abs().max() < 1.63 * math.sqrt(2 / n)  # two-sample KS at 1 %
 
 
 @pytest.mark.parametrize('name', list(LAYERS))
@@ -266,7 +266,7 @@ def test_bf16_autocast_computes_in_float32(name):
     assert h.dtype == y.dtype == torch.bfloat16
     expected = layer(name, 8)(h.double()).to(torch.bfloat16)
     # float32 statistics: the output is the exact result rounded to bf16 (<= 1 ulp of bf16 apart)
-    torch.testing.assert_close(y.float(), expected.float(), rtol=2 ** -7, atol=1e-2)
+    torch.testing.assert_close(y.float(), expected.float(), rtol=2**-7, atol=1e-2)
 
 
 @pytest.mark.parametrize('name', list(LAYERS))

@@ -29,8 +29,7 @@ def perturb_layers(model: nn.Module) -> dict:
 @pytest.mark.parametrize('scope, base', [(s, b) for s in CLASSES for b in CLASSES[s]])
 def test_positions_checkpoint_and_identity_when_off(scope, base):
     plain = build(scope, type=base, **SMALL)
-    model = build(scope, type='Perturb' + base, perturb=dict(type='DSU', p=1.0), after_stages=('stem', 0, 2),
-                  **SMALL)
+    model = build(scope, type='Perturb' + base, perturb=dict(type='DSU', p=1.0), after_stages=('stem', 0, 2), **SMALL)
     assert list(perturb_layers(model)) == ['perturb_stem', 'perturb_layer1', 'perturb_layer3']
     assert model.perturb_positions == ('stem', 0, 2)
     # no new parameters or buffers: the plain checkpoint loads strictly, and back
@@ -51,8 +50,8 @@ def test_positions_checkpoint_and_identity_when_off(scope, base):
 
 def test_perturbed_features_continue_and_are_returned():
     """Each stage's output is the perturbation of that stage applied to the (perturbed) input it received."""
-    model = build('mmseg', type='PerturbResNetV1c', perturb=dict(type='MixStyle', p=1.0),
-                  after_stages=('stem', 1), out_indices=(0, 1, 2, 3), **SMALL)
+    model = build('mmseg', type='PerturbResNetV1c', perturb=dict(type='MixStyle', p=1.0), after_stages=('stem', 1),
+                  out_indices=(0, 1, 2, 3), **SMALL)
     model.train()  # the toolbox ResNet's train() returns None
     for pos, m in perturb_layers(model).items():
         m.generator = torch.Generator().manual_seed(len(pos))
@@ -73,8 +72,8 @@ def test_perturbed_features_continue_and_are_returned():
 
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 def test_frozen_stages_and_norm_eval_keep_the_perturbation(scope):
-    model = build(scope, type='PerturbResNet', perturb=dict(type='EFDMix', p=1.0), after_stages=(0, 1),
-                  frozen_stages=1, norm_eval=True, **SMALL)
+    model = build(scope, type='PerturbResNet', perturb=dict(type='EFDMix', p=1.0), after_stages=(0, 1), frozen_stages=1,
+                  norm_eval=True, **SMALL)
     model.train()
     assert all(not m.training for m in model.modules() if isinstance(m, _BatchNorm))
     assert all(m.training for m in perturb_layers(model).values())

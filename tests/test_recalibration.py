@@ -118,9 +118,12 @@ def test_modes_momentum_hooks_restored_and_only_norms_switched():
     seen = {}
 
     def record(name):
+
         def hook(module, inputs):  # returns None: the input is unchanged
             seen.setdefault(name, module.training)
+
         return hook
+
     model.drop.register_forward_pre_hook(record('drop'))
     model.bn2.register_forward_pre_hook(record('bn2'))
     hook_counts['drop'] = (0, 1)
@@ -187,8 +190,9 @@ def test_mmdet_resnet_with_norm_eval_and_frozen_stages_is_recalibrated():
 
 def test_composite_layers_recalibrated_once_into_their_buffers():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), AdaBN(8, eval_domain='target'), nn.ReLU(), nn.Conv2d(8, 8, 1),
-                          IBN(8, ratio=0.5), nn.Conv2d(8, 8, 1), RN(8), nn.Conv2d(8, 6, 1), nn.InstanceNorm2d(6))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), AdaBN(8, eval_domain='target'), nn.ReLU(), nn.Conv2d(8, 8, 1), IBN(8, ratio=0.5),
+        nn.Conv2d(8, 8, 1), RN(8), nn.Conv2d(8, 6, 1), nn.InstanceNorm2d(6))
     model.eval()
     layers, left_alone = find_bn_layers(model)
     assert list(layers) == ['1', '4.BN', '6']  # AdaBN's per-domain BNs and RN are not visited twice
@@ -262,8 +266,10 @@ def _dist_worker(rank, world_size, init_file, out_dir, state):
         model.load_state_dict(state)
         loader = _loader(dataset, batch_size, round_up)
         res = recalibrate_bn(model, loader, mode=mode, progress=False)
-        results[case] = dict(state={k: v.clone() for k, v in model.state_dict().items()}, samples=res.samples,
-                             batches=res.batches)
+        results[case] = dict(state={
+            k: v.clone()
+            for k, v in model.state_dict().items()
+        }, samples=res.samples, batches=res.batches)
     # a failure on one rank reaches every rank (no hang)
     model = TinyNet().eval()
     batches = make_batches((2, 2, 2))
@@ -277,9 +283,9 @@ def _dist_worker(rank, world_size, init_file, out_dir, state):
 
 # mode, batch size, DefaultSampler round_up (pads 7 samples to 8), BN type of bn2
 CASES = {
-    'layerwise_padded': ('layerwise', 2, True, 'none'),     # rank 1 ends with a repeat of sample 0
-    'layerwise_uneven': ('layerwise', 3, False, 'torch'),   # rank 0: 2 batches, rank 1: 1 batch; torch SyncBN
-    'one_pass_padded': ('one_pass', 2, True, 'mmcv'),       # mmcv MMSyncBN (eval + injected statistics on CPU)
+    'layerwise_padded': ('layerwise', 2, True, 'none'),  # rank 1 ends with a repeat of sample 0
+    'layerwise_uneven': ('layerwise', 3, False, 'torch'),  # rank 0: 2 batches, rank 1: 1 batch; torch SyncBN
+    'one_pass_padded': ('one_pass', 2, True, 'mmcv'),  # mmcv MMSyncBN (eval + injected statistics on CPU)
     'one_pass_uneven': ('one_pass', 3, False, 'torch'),
 }
 
@@ -302,8 +308,9 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         names = ['bn1', 'bn2'] if mode == 'layerwise' else ['bn1']  # one pass: bn2 depends on the batching
         for name in names:
             for buf in ('running_mean', 'running_var'):
-                torch.testing.assert_close(got[f'{name}.{buf}'], getattr(single, name).__getattr__(buf),
-                                           rtol=1e-5, atol=1e-6, msg=f'{case} {name}.{buf}')
+                torch.testing.assert_close(got[f'{name}.{buf}'],
+                                           getattr(single, name).__getattr__(buf), rtol=1e-5, atol=1e-6,
+                                           msg=f'{case} {name}.{buf}')
     assert [r['layerwise_uneven']['batches'] for r in ranks] == [2, 1]
     assert ranks[0]['failure'] == 'RuntimeError: recalibrate_bn: the pass failed on rank(s) [1]; see their logs'
     assert ranks[1]['failure'] == 'OSError: corrupt image file 0003.png'
@@ -318,6 +325,6 @@ def test_one_value_per_channel_batch_is_measured_not_refused():
     recalibrate_bn(model, batches, progress=False, logger=None)
     feats = torch.cat([model[1](model[0](b)) for b in batches]).double()
     torch.testing.assert_close(model[2].running_mean.double(), feats.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model[2].running_var.double(), feats.var(dim=(0, 2, 3), unbiased=True),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model[2].running_var.double(), feats.var(dim=(0, 2, 3), unbiased=True), rtol=1e-5,
+                               atol=1e-6)
     assert model[2].training  # mode restored

@@ -12,15 +12,16 @@ import pytest
 import torch
 from mmengine.logging import MMLogger
 from mmengine.model import BaseDataPreprocessor, BaseModel
+from test_recalibration import TinyNet, assert_buffers, make_batches, reference_stats
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mmnorm import recalibrate_bn
-from test_recalibration import TinyNet, assert_buffers, make_batches, reference_stats
 
 torch.set_num_threads(1)
 
 
 class Records(logging.Handler):
+
     def __init__(self):
         super().__init__()
         self.messages = []
@@ -133,8 +134,10 @@ def test_pointrend_recalibrates_through_predict():
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
-    cfg = Config.fromfile(osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', 'point_rend',
-                                   'pointrend_r50_4xb2-80k_cityscapes-512x1024.py'))
+    cfg = Config.fromfile(
+        osp.join(
+            osp.dirname(mmseg.__file__), '.mim', 'configs', 'point_rend',
+            'pointrend_r50_4xb2-80k_cityscapes-512x1024.py'))
     model_cfg = cfg.model
     model_cfg.pretrained = None
     model_cfg.backbone.depth = 18  # smaller, same structure
@@ -146,8 +149,9 @@ def test_pointrend_recalibrates_through_predict():
     batches = []
     for _ in range(2):
         inputs = [(torch.rand(3, 64, 64, generator=g) * 255).to(torch.uint8) for _ in range(2)]
-        samples = [SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
-                   for _ in range(2)]
+        samples = [
+            SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64))) for _ in range(2)
+        ]
         batches.append(dict(inputs=inputs, data_samples=samples))
     with mmengine_log() as messages:
         result = recalibrate_bn(model, batches, progress=False)

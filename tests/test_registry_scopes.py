@@ -1,16 +1,15 @@
 """Every mmnorm norm layer is reachable as `norm_cfg=dict(type=...)` from mmseg and mmdet configs."""
 import pytest
 import torch
+from conftest import DEMO_CONFIG, REPO
 from mmengine.config import Config
 from mmengine.registry import MODELS, DefaultScope, init_default_scope
 
 import mmnorm  # noqa: F401
-from conftest import DEMO_CONFIG, REPO
 
 
 def mmnorm_norm_types():
-    return sorted(name for name, cls in MODELS.module_dict.items()
-                  if cls.__module__.startswith('mmnorm.models.norms.'))
+    return sorted(name for name, cls in MODELS.module_dict.items() if cls.__module__.startswith('mmnorm.models.norms.'))
 
 
 def test_import_registers_norms_and_version():
@@ -41,8 +40,7 @@ def test_mmseg_scope_model_with_mmnorm_norm(norm):
 @pytest.mark.parametrize('norm', mmnorm_norm_types())
 def test_mmdet_scope_model_with_mmnorm_norm(norm):
     from mmdet.registry import MODELS as DET_MODELS
-    cfg = dict(type='ResNet', depth=18, base_channels=16, norm_cfg=dict(type=norm, requires_grad=True),
-               init_cfg=None)
+    cfg = dict(type='ResNet', depth=18, base_channels=16, norm_cfg=dict(type=norm, requires_grad=True), init_cfg=None)
     with DefaultScope.overwrite_default_scope('mmdet'):
         backbone = DET_MODELS.build(cfg)
     cls = MODELS.get(norm)

@@ -17,7 +17,7 @@ from mmnorm.models.norms.rn import GATE_NAMES, reciprocal_norm, rn_groups
 def _moments(part):
     values = part.transpose(0, 1).reshape(part.shape[1], -1)  # C x (samples * spatial)
     mean = values.sum(1) / values.shape[1]
-    var = ((values - mean[:, None]) ** 2).sum(1) / (values.shape[1] - 1)  # unbiased, as the official code
+    var = ((values - mean[:, None])**2).sum(1) / (values.shape[1] - 1)  # unbiased, as the official code
     return mean, var
 
 
@@ -28,7 +28,7 @@ def _borrow(own, other, groups):
     own_bar, other_bar = own_rows.mean(1), other_rows.mean(1)
     rows = []
     for k in range(c // groups):
-        energy = -(own_bar[k] - other_bar) ** 2
+        energy = -(own_bar[k] - other_bar)**2
         p = torch.exp(energy - energy.max())
         p = p / p.sum()
         rows.append((p[:, None] * other_rows).sum(0))
@@ -45,7 +45,7 @@ def reference_rn(x, num_source, weight, bias, gates, eps, groups):
     var_s2 = g_vs * var_s + (1 - g_vs) * _borrow(var_s, var_t, groups)
     mean_t = g_mt * mu_t + (1 - g_mt) * _borrow(mu_t, mu_s, groups)
     var_t2 = g_vt * var_t + (1 - g_vt) * _borrow(var_t, var_s, groups)
-    shape = (1, -1) + (1,) * (x.dim() - 2)
+    shape = (1, -1) + (1, ) * (x.dim() - 2)
 
     def norm(part, mean, var):
         return weight.double().view(shape) * (part - mean.view(shape)) / torch.sqrt(var.view(shape) + eps) \
@@ -69,7 +69,7 @@ def _random_rn(c, seed=0, **kwargs):
 def _domain_batch(n_s, n_t, c, hw, seed=1, dtype=torch.float32):
     """Source and target parts with different channel statistics, so the compensation matters."""
     g = torch.Generator().manual_seed(seed)
-    shape = (c,) + (1,) * len(hw)
+    shape = (c, ) + (1, ) * len(hw)
     xs = torch.randn(n_s, c, *hw, generator=g) * torch.rand(shape, generator=g).mul(2).add(0.5) \
         + torch.randn(shape, generator=g)
     xt = torch.randn(n_t, c, *hw, generator=g) * torch.rand(shape, generator=g).mul(3).add(0.2) \
@@ -77,11 +77,13 @@ def _domain_batch(n_s, n_t, c, hw, seed=1, dtype=torch.float32):
     return torch.cat([xs, xt]).to(dtype)
 
 
-@pytest.mark.parametrize('c, hw, split, groups', [
-    (64, (5, 6), (3, 2), 1),       # C < 512: G = 1
-    (1024, (3, 4), (2, 3), 2),     # C = 1024: G = 2 super-channels of 2 channels
-    (24, (), (4, 3), 1),           # 1-D input (N, C), as the classifier bottleneck
-])
+@pytest.mark.parametrize(
+    'c, hw, split, groups',
+    [
+        (64, (5, 6), (3, 2), 1),  # C < 512: G = 1
+        (1024, (3, 4), (2, 3), 2),  # C = 1024: G = 2 super-channels of 2 channels
+        (24, (), (4, 3), 1),  # 1-D input (N, C), as the classifier bottleneck
+    ])
 def test_forward_and_running_stats_match_reference(c, hw, split, groups):
     rn = _random_rn(c)
     assert rn.groups == groups
@@ -131,8 +133,7 @@ def test_gradcheck(shape, num_source, groups):
     inputs = (x.requires_grad_(), torch.rand(c, dtype=torch.float64).add(0.5).requires_grad_(),
               torch.randn(c, dtype=torch.float64).requires_grad_(),
               torch.rand(4, c, dtype=torch.float64).mul(0.5).add(0.5).requires_grad_())
-    assert torch.autograd.gradcheck(lambda x, w, b, g: reciprocal_norm(x, num_source, w, b, g, 1e-5, groups)[0],
-                                    inputs)
+    assert torch.autograd.gradcheck(lambda x, w, b, g: reciprocal_norm(x, num_source, w, b, g, 1e-5, groups)[0], inputs)
 
 
 def test_gradcheck_through_module_eval():
@@ -141,7 +142,7 @@ def test_gradcheck_through_module_eval():
         rn.running_mean_target.normal_()
         rn.running_var_target.uniform_(0.5, 2)
     x = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(rn, (x,))
+    assert torch.autograd.gradcheck(rn, (x, ))
 
 
 def test_gates_kept_in_range_after_optimizer_steps():
@@ -166,15 +167,15 @@ def test_gates_kept_in_range_after_optimizer_steps():
             rn.gate_mean_source.grad.fill_(1.0)
         opt.step()
         assert rn.gate_mean_source.min() < 0.5 and rn.gate_var_target.max() > 1.0  # the step left the range
-    assert torch.equal(rn.gate_mean_source, torch.full((6,), 0.5)) is False  # last step moved it out again
+    assert torch.equal(rn.gate_mean_source, torch.full((6, ), 0.5)) is False  # last step moved it out again
     with domain_split(rn, (4, 4)):
         rn(x)
-    assert torch.equal(rn.gate_mean_source, torch.full((6,), 0.5))
+    assert torch.equal(rn.gate_mean_source, torch.full((6, ), 0.5))
     assert torch.equal(rn.gate_var_target, torch.ones(6))
     rn2 = RN(6, gate_range=(0.7, 0.9))
     with domain_split(rn2, (4, 4)):
         rn2(x)
-    assert torch.equal(rn2.gate_var_source, torch.full((6,), 0.9))
+    assert torch.equal(rn2.gate_var_source, torch.full((6, ), 0.9))
 
 
 def test_eval_uses_target_running_stats_for_any_input():
@@ -184,8 +185,9 @@ def test_eval_uses_target_running_stats_for_any_input():
             rn(_domain_batch(3, 3, 8, (4, 4)))
     assert not torch.allclose(rn.running_mean_source, rn.running_mean_target)
     bn = nn.BatchNorm2d(8).eval()
-    bn.load_state_dict(dict(weight=rn.weight, bias=rn.bias, running_mean=rn.running_mean_target,
-                            running_var=rn.running_var_target, num_batches_tracked=rn.num_batches_tracked))
+    bn.load_state_dict(
+        dict(weight=rn.weight, bias=rn.bias, running_mean=rn.running_mean_target, running_var=rn.running_var_target,
+             num_batches_tracked=rn.num_batches_tracked))
     rn.eval()
     for n in (1, 5):  # no declared split needed, odd batches fine
         x = torch.randn(n, 8, 3, 3)
@@ -251,7 +253,7 @@ def test_survives_sync_bn_conversion():
     assert isinstance(converted[1], RN) and isinstance(converted[2], nn.SyncBatchNorm)
     reverted = revert_sync_batchnorm(converted)
     assert type(reverted[1]) is RN and not isinstance(reverted[2], nn.SyncBatchNorm)
-    assert torch.equal(reverted[1].running_mean_target, torch.full((8,), 0.25))
+    assert torch.equal(reverted[1].running_mean_target, torch.full((8, ), 0.25))
 
 
 def test_implicit_split_matches_declared_halves():
@@ -308,8 +310,8 @@ def test_half_input_with_variance_beyond_fp16_range():
     with domain_split(rn, (3, 3)):
         y = rn(x)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
-    ref, stats = reference_rn(x, 3, rn.weight.detach(), rn.bias.detach(),
-                              [getattr(rn, n).detach() for n in GATE_NAMES], rn.eps, 1)
+    ref, stats = reference_rn(x, 3, rn.weight.detach(), rn.bias.detach(), [getattr(rn, n).detach() for n in GATE_NAMES],
+                              rn.eps, 1)
     assert stats[1].max() > 65504
     torch.testing.assert_close(y.double(), ref, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(rn.running_var_source.double(), 0.9 + 0.1 * stats[1], rtol=1e-5, atol=1e-2)
@@ -334,8 +336,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='C=1101 is not divisible by 2'):
         RN(1101)
     assert rn_groups(1100) == 2 and rn_groups(511) == 1 and rn_groups(1536) == 3
-    with pytest.raises(ValueError, match=r'RN\(8\): the target part \(1 of split \(2, 1\)\) of input \(3, 8\) has one '
-                                         'value per channel'):
+    with pytest.raises(
+            ValueError, match=r'RN\(8\): the target part \(1 of split \(2, 1\)\) of input \(3, 8\) has one '
+            'value per channel'):
         with domain_split(rn, (2, 1)):
             rn(torch.randn(3, 8))
     with pytest.raises(ValueError, match=r'expects input \(N, 8, \*\), got shape \(6, 4, 2, 2\)'):

@@ -32,10 +32,12 @@ def test_layouts_on_disk(tiny_demo_data):
 def test_datasets_read_the_layouts(tiny_demo_data):
     init_default_scope('mmseg')
     from mmseg.datasets import CityscapesDataset
+
     from mmnorm.datasets import GTA5Dataset
     pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
-    src = GTA5Dataset(data_root=osp.join(tiny_demo_data, 'gta5'), ann_file='val.txt',
-                      data_prefix=dict(img_path='images', seg_map_path='labels'), pipeline=pipeline)
+    src = GTA5Dataset(
+        data_root=osp.join(tiny_demo_data, 'gta5'), ann_file='val.txt',
+        data_prefix=dict(img_path='images', seg_map_path='labels'), pipeline=pipeline)
     assert len(src) == 4
     sample = src[0]
     raw = np.asarray(Image.open(sample['seg_map_path']))
@@ -44,8 +46,9 @@ def test_datasets_read_the_layouts(tiny_demo_data):
     # vegetation 21->8, sky 23->10, person 24->11, car 26->13
     for label_id, train_id in {7: 0, 8: 1, 11: 2, 17: 5, 21: 8, 23: 10, 24: 11, 26: 13}.items():
         assert np.all(gt[raw == label_id] == train_id)
-    tgt = CityscapesDataset(data_root=osp.join(tiny_demo_data, 'cityscapes'), pipeline=pipeline,
-                            data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'))
+    tgt = CityscapesDataset(
+        data_root=osp.join(tiny_demo_data, 'cityscapes'), pipeline=pipeline,
+        data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'))
     assert len(tgt) == 4 and set(np.unique(tgt[0]['gt_seg_map'])) <= {0, 1, 2, 5, 8, 10, 11, 13}
 
 

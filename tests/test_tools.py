@@ -3,10 +3,10 @@ import os.path as osp
 
 import pytest
 import torch
-from mmengine.config import Config
-
 from conftest import DEMO_CONFIG, REPO, run_tool
+from mmengine.config import Config
 from tool_loader import load_tool
+
 from mmnorm.runtime import get_toolbox, setup_launcher
 
 
@@ -60,8 +60,9 @@ def test_unknown_launcher_named():
 
 
 def test_train_cfg_plumbing(train_tool):
-    args = train_tool.parse_args([osp.join(REPO, DEMO_CONFIG), '--amp', '--resume', '--work-dir', 'wd',
-                                  '--cfg-options', 'model.backbone.depth=34'])
+    args = train_tool.parse_args([
+        osp.join(REPO, DEMO_CONFIG), '--amp', '--resume', '--work-dir', 'wd', '--cfg-options', 'model.backbone.depth=34'
+    ])
     cfg = train_tool.build_cfg(args)
     if torch.cuda.is_available():  # mmengine's GradScaler AMP on a GPU, bfloat16 autocast on CPU
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
@@ -76,8 +77,9 @@ def test_train_cfg_plumbing(train_tool):
 def test_test_cfg_plumbing(test_tool, tmp_path):
     ckpt = tmp_path / 'c.pth'
     ckpt.write_bytes(b'')
-    cfg = test_tool.build_cfg(test_tool.parse_args([osp.join(REPO, DEMO_CONFIG), str(ckpt), '--out', 'preds',
-                                                    '--show-dir', 'vis']))
+    cfg = test_tool.build_cfg(
+        test_tool.parse_args([osp.join(REPO, DEMO_CONFIG),
+                              str(ckpt), '--out', 'preds', '--show-dir', 'vis']))
     assert cfg.load_from == str(ckpt) and cfg.resume is False
     assert cfg.test_evaluator['output_dir'] == 'preds' and cfg.test_evaluator['keep_results'] is True
     assert cfg.default_hooks.visualization.draw is True and cfg.visualizer.save_dir == 'vis'

@@ -26,9 +26,10 @@ def norm_cfg(kind):
 
 def make_net(kind, seed=0):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), build_norm_layer(norm_cfg(kind), 8)[1], nn.ReLU(),
-                        nn.Conv2d(8, 8, 3, padding=1), build_norm_layer(norm_cfg(kind), 8)[1], nn.ReLU(),
-                        nn.Conv2d(8, K, 1))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        build_norm_layer(norm_cfg(kind), 8)[1], nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+        build_norm_layer(norm_cfg(kind), 8)[1], nn.ReLU(), nn.Conv2d(8, K, 1))
     with torch.no_grad():  # source statistics and affine far from the identity / from the test batches
         for name, buf in net.named_buffers():
             if 'running_mean' in name:
@@ -218,8 +219,7 @@ def test_episodic_resets_after_every_batch_and_steps():
 def test_frozen_and_norm_eval_layers_take_part():
     from mmseg.models.backbones import ResNetV1c
     torch.manual_seed(0)
-    backbone = ResNetV1c(depth=18, base_channels=8, stem_channels=8, frozen_stages=1, norm_eval=True,
-                         out_indices=(3, ))
+    backbone = ResNetV1c(depth=18, base_channels=8, stem_channels=8, frozen_stages=1, norm_eval=True, out_indices=(3, ))
     backbone.train()  # applies the locks: frozen stem + layer1 (eval, requires_grad False), all BN eval
     head = nn.Conv2d(64, K, 1)
     net = nn.Sequential(backbone, _First(), head).train()
@@ -232,8 +232,10 @@ def test_frozen_and_norm_eval_layers_take_part():
     adapter.adapt(torch.randn(2, 3, 32, 32))
     # every BN affine moved, frozen stage included (locks bypassed as in recalibrate_bn); no buffer moved
     changed = {k for k in before if not torch.equal(before[k], net.state_dict()[k])}
-    bn_affine = {f'{name}.{attr}' for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)
-                 for attr in ('weight', 'bias')}
+    bn_affine = {
+        f'{name}.{attr}'
+        for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d) for attr in ('weight', 'bias')
+    }
     assert changed == tuned_keys(adapter, net) == bn_affine
     assert any(k.startswith('0.stem') for k in changed)
     assert [p.requires_grad for p in net.parameters()] == flags
@@ -241,6 +243,7 @@ def test_frozen_and_norm_eval_layers_take_part():
 
 
 class _First(nn.Module):
+
     def forward(self, x):
         return x[0]
 
@@ -289,8 +292,8 @@ def test_reset_rule_returns_to_source_when_collapsing():
     marginals = [r['marginal'] for r in wild.history]
     assert marginals[-1] < 0.5 * marginals[0]
     wild.reset()
-    guarded = TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=50.0), reset_threshold=0.8,
-                              reset_momentum=1.0, logger=None)
+    guarded = TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=50.0), reset_threshold=0.8, reset_momentum=1.0,
+                              logger=None)
     for x in xs:
         guarded.adapt(x)
     assert guarded.num_resets >= 1

@@ -83,19 +83,23 @@ def test_dist_test_sh_with_unequal_batches(tiny_demo_data, tmp_path, port):
     """3 target frames, batch 1, round_up=False: rank 0 tests 2 batches, rank 1 one; the hook pads rank 1."""
     from mmengine.config import Config
     from mmengine.runner import Runner
-    cfg = Config.fromfile(osp.join(REPO, 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-'
-                                         '64x128.py'))
+    cfg = Config.fromfile(
+        osp.join(REPO, 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-'
+                 '64x128.py'))
     cfg.work_dir = str(tmp_path / 'init')
     cfg.test_dataloader.dataset.data_root = osp.join(tiny_demo_data, 'cityscapes')
     ckpt = tmp_path / 'bn.pth'
     torch.save(dict(meta=dict(), state_dict=Runner.from_cfg(cfg).model.state_dict()), ckpt)
     config = 'configs/demo/deeplabv3plus_r18-mini-d8-bn-tta-tent_1xb8-1k_demo-gta5-cityscapes-64x128.py'
     options = [o for o in tiny_seg_options(tiny_demo_data, batch_size=1) if o.startswith('test_dataloader')]
-    options += ['test_dataloader.dataset.indices=3', 'test_dataloader.sampler.round_up=False',
-                'custom_hooks.0.episodic=False', 'custom_hooks.0.steps=1']
-    proc = run_tool(['tools/dist_test.sh', config, ckpt, 2, '--work-dir', tmp_path / 'test',
-                     '--metrics-out', tmp_path / 'metrics.json', '--cfg-options'] + options, timeout=600,
-                    PORT=port)
+    options += [
+        'test_dataloader.dataset.indices=3', 'test_dataloader.sampler.round_up=False', 'custom_hooks.0.episodic=False',
+        'custom_hooks.0.steps=1'
+    ]
+    proc = run_tool([
+        'tools/dist_test.sh', config, ckpt, 2, '--work-dir', tmp_path / 'test', '--metrics-out',
+        tmp_path / 'metrics.json', '--cfg-options'
+    ] + options, timeout=600, PORT=port)
     log = proc.stdout + proc.stderr
     assert 'TestTimeAdaptHook: tent done; 2 optimizer steps' in log, log[-3000:]
     assert (tmp_path / 'metrics.json').exists()

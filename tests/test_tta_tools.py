@@ -49,8 +49,7 @@ def test_benchmark_tta_tiny(tmp_path):
     tool = load_tool('benchmark_tta')
     doc = tmp_path / 'doc.md'
     doc.write_text('# x\n<!-- benchmark:start -->\nold\n<!-- benchmark:end -->\n')
-    rows = tool.main(['--batch-size', '2', '--size', '32', '64', '--repeats', '1', '--threads', '1', '--out',
-                      str(doc)])
+    rows = tool.main(['--batch-size', '2', '--size', '32', '64', '--repeats', '1', '--threads', '1', '--out', str(doc)])
     assert list(rows) == ['inference', 'bn', 'prior', 'tent']
     assert rows['inference']['ratio'] == 1.0 and all(r['seconds'] > 0 for r in rows.values())
     assert rows['tent']['peak'] > rows['inference']['peak'] > 0  # the backward keeps activations
@@ -67,8 +66,10 @@ def test_tta_stream_tiny(tmp_path):
     ckpt = tmp_path / 'bn.pth'
     torch.save(dict(meta=dict(), state_dict=Runner.from_cfg(cfg).model.state_dict()), ckpt)
     out = tmp_path / 'out'
-    proc = run_tool(['tools/analysis/tta_stream.py', DEMO_CONFIG, ckpt, '--stream-root', tmp_path / 'stream',
-                     '--frames', 8, '--batch-size', 2, '--window', 1, '--out-dir', out], timeout=600)
+    proc = run_tool([
+        'tools/analysis/tta_stream.py', DEMO_CONFIG, ckpt, '--stream-root', tmp_path / 'stream', '--frames', 8,
+        '--batch-size', 2, '--window', 1, '--out-dir', out
+    ], timeout=600)
     table = (out / 'stream_results.md').read_text()
     for name in ('BN', 'BN + test-batch stats', 'AdaBN (offline)', 'TENT continual', 'TENT continual + safeguards'):
         assert f'| {name} |' in table

@@ -8,13 +8,13 @@ import os.path as osp
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, free_port, run_tool
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import DATASETS, DefaultScope
 from mmengine.structures import InstanceData
 from PIL import Image
 
 import mmnorm  # noqa: F401
-from conftest import REPO, free_port, run_tool
 from mmnorm.datasets import DomainPairDataset
 from mmnorm.models.norms import RN, DomainAwareMixin
 
@@ -22,19 +22,27 @@ DEMO_BASE = osp.join(REPO, 'configs/_base_/models/deeplabv3plus_r18-mini-d8.py')
 
 # ---------------------------------------------------------------------------------------------------------- data
 SEG_PIPELINES = dict(
-    source=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='RandomFlip', prob=0.5),
-            dict(type='PackSegInputs')],
+    source=[
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations'),
+        dict(type='RandomFlip', prob=0.5),
+        dict(type='PackSegInputs')
+    ],
     # The target pipeline loads labels only where a test must show they are ignored.
-    target=[dict(type='LoadImageFromFile'), dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')],
-    target_labelled=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), dict(type='PackSegInputs')])
+    target=[dict(type='LoadImageFromFile'),
+            dict(type='RandomFlip', prob=0.5),
+            dict(type='PackSegInputs')],
+    target_labelled=[dict(type='LoadImageFromFile'),
+                     dict(type='LoadAnnotations'),
+                     dict(type='PackSegInputs')])
 
 
 def seg_datasets(root, target_pipeline='target'):
     source = dict(type='GTA5Dataset', data_root=osp.join(root, 'gta5'), ann_file='train.txt',
                   data_prefix=dict(img_path='images', seg_map_path='labels'), pipeline=SEG_PIPELINES['source'])
     target = dict(type='CityscapesDataset', data_root=osp.join(root, 'cityscapes'),
-                  data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-                  pipeline=SEG_PIPELINES[target_pipeline])
+                  data_prefix=dict(img_path='leftImg8bit/train',
+                                   seg_map_path='gtFine/train'), pipeline=SEG_PIPELINES[target_pipeline])
     return source, target
 
 
@@ -54,14 +62,17 @@ def write_coco(root, split, num_images, seed, tint=(0, 0, 0)):
             w, h = int(rng.integers(15, 40)), int(rng.integers(15, 40))
             x, y = int(rng.integers(0, 120 - w)), int(rng.integers(0, 80 - h))
             img[y:y + h, x:x + w] = (220, 30, 30) if label == 0 else (30, 200, 40)
-            annotations.append(dict(id=len(annotations) + 1, image_id=i + 1, category_id=label + 1,
-                                    bbox=[x, y, w, h], area=w * h, iscrowd=0))
+            annotations.append(
+                dict(
+                    id=len(annotations) + 1, image_id=i + 1, category_id=label + 1, bbox=[x, y, w, h], area=w * h,
+                    iscrowd=0))
         name = f'{split}_{i:03d}.png'
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(osp.join(root, 'images', name))
         images.append(dict(id=i + 1, file_name=name, width=120, height=80))
     with open(osp.join(root, 'annotations', f'{split}.json'), 'w') as f:
-        json.dump(dict(images=images, annotations=annotations,
-                       categories=[dict(id=k + 1, name=n) for k, n in enumerate(DET_CLASSES)]), f)
+        json.dump(
+            dict(images=images, annotations=annotations,
+                 categories=[dict(id=k + 1, name=n) for k, n in enumerate(DET_CLASSES)]), f)
 
 
 @pytest.fixture(scope='module')
@@ -75,11 +86,14 @@ def det_data(tmp_path_factory):
 
 def det_datasets(root, target_labelled=False):
     resize = dict(type='Resize', scale=(96, 96), keep_ratio=True)
-    source = dict(type='CocoDataset', data_root=osp.join(root, 'source'), metainfo=dict(classes=DET_CLASSES),
-                  ann_file='annotations/train.json', data_prefix=dict(img='images/'),
-                  filter_cfg=dict(filter_empty_gt=True),
-                  pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True), resize,
-                            dict(type='PackDetInputs')])
+    source = dict(
+        type='CocoDataset', data_root=osp.join(root, 'source'), metainfo=dict(classes=DET_CLASSES),
+        ann_file='annotations/train.json', data_prefix=dict(img='images/'), filter_cfg=dict(filter_empty_gt=True),
+        pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='LoadAnnotations', with_bbox=True), resize,
+            dict(type='PackDetInputs')
+        ])
     target_pipeline = [dict(type='LoadImageFromFile'), resize, dict(type='PackDetInputs')]
     if target_labelled:
         target_pipeline.insert(1, dict(type='LoadAnnotations', with_bbox=True))
@@ -100,45 +114,45 @@ def seg_model_cfg(norm='RN'):
 def det_model_cfg(norm='RN'):
     from mmengine.config import ConfigDict
     return ConfigDict(
-        type='UDAFasterRCNN',
-        data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-                               bgr_to_rgb=True, pad_size_divisor=32),
+        type='UDAFasterRCNN', data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                                                     std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32),
         backbone=dict(type='ResNet', depth=18, base_channels=16, num_stages=4, out_indices=(0, 1, 2, 3),
-                      frozen_stages=-1, norm_cfg=dict(type=norm, requires_grad=True), norm_eval=False,
-                      style='pytorch', init_cfg=None),
-        neck=dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=32, num_outs=5),
-        rpn_head=dict(type='RPNHead', in_channels=32, feat_channels=32,
-                      anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
-                                            strides=[4, 8, 16, 32, 64]),
-                      bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4, target_stds=[1.0] * 4),
-                      loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
-                      loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
-        roi_head=dict(
-            type='StandardRoIHead',
-            bbox_roi_extractor=dict(type='SingleRoIExtractor', out_channels=32, featmap_strides=[4, 8, 16, 32],
-                                    roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0)),
-            bbox_head=dict(type='Shared2FCBBoxHead', in_channels=32, fc_out_channels=64, roi_feat_size=7,
-                           num_classes=len(DET_CLASSES),
-                           bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
-                                           target_stds=[0.1, 0.1, 0.2, 0.2]),
-                           reg_class_agnostic=False,
-                           loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-                           loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
+                      frozen_stages=-1, norm_cfg=dict(type=norm, requires_grad=True), norm_eval=False, style='pytorch',
+                      init_cfg=None), neck=dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=32, num_outs=5),
+        rpn_head=dict(
+            type='RPNHead', in_channels=32, feat_channels=32,
+            anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
+                                  strides=[4, 8, 16, 32, 64]),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
+                            target_stds=[1.0] * 4), loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True,
+                                                                  loss_weight=1.0),
+            loss_bbox=dict(type='L1Loss', loss_weight=1.0)), roi_head=dict(
+                type='StandardRoIHead',
+                bbox_roi_extractor=dict(type='SingleRoIExtractor', out_channels=32, featmap_strides=[4, 8, 16, 32],
+                                        roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0)),
+                bbox_head=dict(
+                    type='Shared2FCBBoxHead', in_channels=32, fc_out_channels=64, roi_feat_size=7,
+                    num_classes=len(DET_CLASSES), bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
+                                                                  target_stds=[0.1, 0.1, 0.2,
+                                                                               0.2]), reg_class_agnostic=False,
+                    loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False,
+                                  loss_weight=1.0), loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
         train_cfg=dict(
-            rpn=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                                   match_low_quality=True, ignore_iof_thr=-1),
-                     sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5, neg_pos_ub=-1,
-                                  add_gt_as_proposals=False),
-                     allowed_border=-1, pos_weight=-1, debug=False),
-            rpn_proposal=dict(nms_pre=200, max_per_img=100, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
-            rcnn=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5,
-                                    match_low_quality=False, ignore_iof_thr=-1),
-                      sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25, neg_pos_ub=-1,
-                                   add_gt_as_proposals=True),
-                      pos_weight=-1, debug=False)),
-        test_cfg=dict(rpn=dict(nms_pre=200, max_per_img=100, nms=dict(type='nms', iou_threshold=0.7),
-                               min_bbox_size=0),
-                      rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=20)))
+            rpn=dict(
+                assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                              match_low_quality=True, ignore_iof_thr=-1),
+                sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5, neg_pos_ub=-1,
+                             add_gt_as_proposals=False), allowed_border=-1, pos_weight=-1, debug=False),
+            rpn_proposal=dict(nms_pre=200, max_per_img=100, nms=dict(type='nms', iou_threshold=0.7),
+                              min_bbox_size=0), rcnn=dict(
+                                  assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5,
+                                                min_pos_iou=0.5, match_low_quality=False, ignore_iof_thr=-1),
+                                  sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25, neg_pos_ub=-1,
+                                               add_gt_as_proposals=True), pos_weight=-1, debug=False)), test_cfg=dict(
+                                                   rpn=dict(nms_pre=200, max_per_img=100,
+                                                            nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+                                                   rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
+                                                             max_per_img=20)))
 
 
 def build(scope, model_cfg, source, target, n=2, pairing='cycle'):
@@ -215,9 +229,10 @@ def test_every_domain_aware_layer_sees_the_split(toolbox, request):
     layers = {name: m for name, m in model.named_modules() if isinstance(m, DomainAwareMixin)}
     assert len(layers) >= 15 and all(isinstance(m, RN) for m in layers.values())
     seen = {}
-    handles = [m.register_forward_pre_hook(
-        lambda mod, args, name=name: seen.setdefault(name, []).append((mod.domain_split, args[0].shape[0])))
-        for name, m in layers.items()]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, []).append(
+            (mod.domain_split, args[0].shape[0]))) for name, m in layers.items()
+    ]
     try:
         losses = losses_of(model, batch)
     finally:
@@ -237,7 +252,7 @@ def _relabel(samples, toolbox, seed):
         else:
             boxes = torch.rand(3, 4, generator=g) * 40
             boxes[:, 2:] += boxes[:, :2] + 10
-            s.gt_instances = InstanceData(bboxes=boxes, labels=torch.randint(0, 2, (3,), generator=g))
+            s.gt_instances = InstanceData(bboxes=boxes, labels=torch.randint(0, 2, (3, ), generator=g))
     return samples
 
 
@@ -266,6 +281,7 @@ def test_uda_loss_hook_gets_target_features(seg_setup):
     calls = []
 
     class EntropyUDA(UDAEncoderDecoder):
+
         def uda_loss(self, source_feats, target_feats, source_data_samples, target_data_samples):
             calls.append(([f.shape[0] for f in source_feats], [f.shape[0] for f in target_feats],
                           len(source_data_samples), len(target_data_samples)))
@@ -283,6 +299,7 @@ def test_uda_loss_hook_gets_target_features(seg_setup):
     assert uda.backbone.stem[0].weight.grad.abs().sum() > 0  # the target loss reaches the shared backbone
 
     class Clashing(UDAEncoderDecoder):
+
         def uda_loss(self, *args):
             return {'decode.loss_ce': torch.zeros(())}
 
@@ -295,9 +312,10 @@ def test_uda_loss_hook_gets_target_features(seg_setup):
 def test_predict_on_plain_target_batch(seg_setup, tiny_demo_data):
     model, _, _ = seg_setup
     with DefaultScope.overwrite_default_scope('mmseg'):
-        val = DATASETS.build(dict(type='CityscapesDataset', data_root=osp.join(tiny_demo_data, 'cityscapes'),
-                                  data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-                                  pipeline=SEG_PIPELINES['target_labelled']))
+        val = DATASETS.build(
+            dict(type='CityscapesDataset', data_root=osp.join(tiny_demo_data, 'cityscapes'),
+                 data_prefix=dict(img_path='leftImg8bit/val',
+                                  seg_map_path='gtFine/val'), pipeline=SEG_PIPELINES['target_labelled']))
     model.eval()
     with torch.no_grad():
         out = model.val_step(pseudo_collate([val[0], val[1]]))
@@ -457,10 +475,10 @@ def check_records(records, iters=3, per_rank=2):
 def test_dist_uda_training_segmentor(tiny_demo_data, tmp_path):
     source, target = seg_datasets(tiny_demo_data)
     val = dict(type='CityscapesDataset', data_root=osp.join(tiny_demo_data, 'cityscapes'),
-               data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-               pipeline=SEG_PIPELINES['target_labelled'])
-    text = SEG_UDA.format(model=DEMO_BASE, runtime=osp.join(REPO, 'configs/_base_/demo_runtime.py'),
-                          source=source, target=target, val=val)
+               data_prefix=dict(img_path='leftImg8bit/val',
+                                seg_map_path='gtFine/val'), pipeline=SEG_PIPELINES['target_labelled'])
+    text = SEG_UDA.format(model=DEMO_BASE, runtime=osp.join(REPO, 'configs/_base_/demo_runtime.py'), source=source,
+                          target=target, val=val)
     log, records, work_dir = dist_uda_run(tmp_path, text)
     targets0, targets1 = check_records(records)
     assert targets0 != targets1  # random pairing: each rank draws its own target stream
@@ -472,12 +490,14 @@ def test_dist_uda_training_segmentor(tiny_demo_data, tmp_path):
 
 def test_dist_uda_training_detector(det_data, tmp_path):
     source, target = det_datasets(det_data)
-    val = dict(type='CocoDataset', data_root=osp.join(det_data, 'target'), metainfo=dict(classes=DET_CLASSES),
-               ann_file='annotations/val.json', data_prefix=dict(img='images/'), test_mode=True,
-               pipeline=[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(96, 96), keep_ratio=True),
-                         dict(type='LoadAnnotations', with_bbox=True),
-                         dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                                                               'scale_factor'))])
+    val = dict(
+        type='CocoDataset', data_root=osp.join(det_data, 'target'), metainfo=dict(classes=DET_CLASSES),
+        ann_file='annotations/val.json', data_prefix=dict(img='images/'), test_mode=True, pipeline=[
+            dict(type='LoadImageFromFile'),
+            dict(type='Resize', scale=(96, 96), keep_ratio=True),
+            dict(type='LoadAnnotations', with_bbox=True),
+            dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+        ])
     text = DET_UDA.format(model=det_model_cfg().to_dict(), source=source, target=target, val=val,
                           val_ann=osp.join(det_data, 'target', 'annotations', 'val.json'))
     log, records, _ = dist_uda_run(tmp_path, text)
@@ -497,8 +517,10 @@ def test_adabn_trains_domain_pure_statistics_through_the_wrapper(tiny_demo_data)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, AdaBN)}
     assert len(layers) >= 15
     inputs = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0].detach()))
-               for name, m in layers.items()]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0].detach()))
+        for name, m in layers.items()
+    ]
     try:
         losses_of(model, batch)
     finally:

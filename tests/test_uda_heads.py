@@ -6,10 +6,10 @@ import pytest
 import torch
 from mmengine.config import ConfigDict
 from mmengine.registry import DefaultScope
+from test_uda import build, det_data, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg  # noqa: F401
 
 import mmnorm  # noqa: F401
 from mmnorm.models.norms import DomainAwareMixin
-from test_uda import build, det_data, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg  # noqa: F401
 
 RN = dict(type='RN', requires_grad=True)
 ADABN = dict(type='AdaBN', eval_domain='target', requires_grad=True)
@@ -19,9 +19,10 @@ def split_calls(model, batch):
     """{layer name: [(declared split, batch size), ...]} of every domain-aware layer during one loss call."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, DomainAwareMixin)}
     seen = {name: [] for name in layers}
-    handles = [m.register_forward_pre_hook(
-        lambda mod, args, name=name: seen[name].append((mod.domain_split, args[0].shape[0])))
-        for name, m in layers.items()]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: seen[name].append(
+            (mod.domain_split, args[0].shape[0]))) for name, m in layers.items()
+    ]
     try:
         losses = losses_of(model, batch)
     finally:
@@ -36,9 +37,9 @@ def seg_cfg(norm, uda=True):
     for part in (cfg.backbone, cfg.decode_head):
         part.norm_cfg = dict(norm)
     cfg.decode_head.dropout_ratio = 0.0
-    cfg.auxiliary_head = dict(type='FCNHead', in_channels=64, in_index=2, channels=16, num_convs=1,
-                              concat_input=False, dropout_ratio=0.0, num_classes=19, norm_cfg=dict(norm),
-                              align_corners=False, loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4))
+    cfg.auxiliary_head = dict(type='FCNHead', in_channels=64, in_index=2, channels=16, num_convs=1, concat_input=False,
+                              dropout_ratio=0.0, num_classes=19, norm_cfg=dict(norm), align_corners=False,
+                              loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4))
     return cfg
 
 
@@ -89,17 +90,19 @@ def cascade_cfg(point_norm=None):
                  loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4)),
             dict(type='OCRHead', in_channels=128, in_index=3, channels=32, ocr_channels=16, dropout_ratio=0.0,
                  num_classes=19, norm_cfg=dict(RN), align_corners=False,
-                 loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))]
+                 loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
+        ]
         return cfg
     cfg.num_stages = 2  # PointRend: FPN head + point head
     cfg.neck = dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=16, num_outs=4)
     cfg.decode_head = [
-        dict(type='FPNHead', in_channels=[16] * 4, in_index=[0, 1, 2, 3], feature_strides=[4, 8, 8, 8],
-             channels=16, dropout_ratio=0.0, num_classes=19, norm_cfg=dict(RN), align_corners=False,
+        dict(type='FPNHead', in_channels=[16] * 4, in_index=[0, 1, 2, 3], feature_strides=[4, 8, 8, 8], channels=16,
+             dropout_ratio=0.0, num_classes=19, norm_cfg=dict(RN), align_corners=False,
              loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
         dict(type='PointHead', in_channels=[16], in_index=[0], channels=16, num_fcs=2, coarse_pred_each_layer=True,
              dropout_ratio=-1, num_classes=19, align_corners=False, norm_cfg=point_norm,
-             loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))]
+             loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
+    ]
     cfg.train_cfg = dict(num_points=64, oversample_ratio=3, importance_sample_ratio=0.75)
     cfg.test_cfg = dict(mode='whole', subdivision_steps=2, subdivision_num_points=256, scale_factor=2)
     return cfg
@@ -134,22 +137,23 @@ def retina_cfg(norm, kind='UDARetinaNet'):
     cfg = det_model_cfg(norm['type'])
     cfg.backbone.norm_cfg = dict(norm)
     cfg.pop('rpn_head'), cfg.pop('roi_head')
-    head = dict(type='RetinaHead', num_classes=2, in_channels=32, stacked_convs=2, feat_channels=32,
-                norm_cfg=dict(norm),
-                anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=3,
-                                      ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128]),
-                bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4, target_stds=[1.0] * 4),
-                loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),
-                loss_bbox=dict(type='L1Loss', loss_weight=1.0))
+    head = dict(
+        type='RetinaHead', num_classes=2, in_channels=32, stacked_convs=2, feat_channels=32, norm_cfg=dict(norm),
+        anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=3, ratios=[0.5, 1.0, 2.0],
+                              strides=[8, 16, 32, 64,
+                                       128]), bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
+                                                              target_stds=[1.0] * 4),
+        loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                      loss_weight=1.0), loss_bbox=dict(type='L1Loss', loss_weight=1.0))
     if kind.endswith('FCOS'):
         head = dict(type='FCOSHead', num_classes=2, in_channels=32, stacked_convs=2, feat_channels=32,
                     strides=[8, 16, 32, 64, 128], norm_cfg=dict(norm))
-    cfg.update(type=kind, bbox_head=head,
-               train_cfg=dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0,
-                                            ignore_iof_thr=-1),
-                              sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1, debug=False),
-               test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
-                             max_per_img=20))
+    cfg.update(
+        type=kind, bbox_head=head, train_cfg=dict(
+            assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0, ignore_iof_thr=-1),
+            sampler=dict(type='PseudoSampler'), allowed_border=-1, pos_weight=-1, debug=False),
+        test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
+                      max_per_img=20))
     cfg.neck.update(start_level=1, add_extra_convs='on_input')
     return cfg
 
@@ -186,8 +190,8 @@ def test_det_roi_head_with_rn_is_refused():
         type='Shared4Conv1FCBBoxHead', in_channels=32, conv_out_channels=32, fc_out_channels=64, roi_feat_size=7,
         num_classes=2, norm_cfg=dict(RN), reg_class_agnostic=False,
         bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4, target_stds=[0.1, 0.1, 0.2, 0.2]),
-        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-        loss_bbox=dict(type='L1Loss', loss_weight=1.0))
+        loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False,
+                      loss_weight=1.0), loss_bbox=dict(type='L1Loss', loss_weight=1.0))
     from mmdet.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmdet'), pytest.raises(
             ValueError, match=r'UDAFasterRCNN: roi_head \(StandardRoIHead\) runs on the source part of the batch '

@@ -6,12 +6,12 @@ import pickle
 
 import pytest
 import torch
-from mmengine.config import Config
-
 from conftest import DEMO_CONFIG, REPO, run_tool, tiny_seg_options
+from mmengine.config import Config
+from tool_loader import load_tool
+
 from mmnorm.runtime import (AtomicLocalBackend, CheckpointFileError, atomic_write_bytes, check_checkpoint_file,
                             check_norm_types)
-from tool_loader import load_tool
 
 
 def real_checkpoint(path):
@@ -37,8 +37,9 @@ def test_checkpoint_directory_empty_truncated(tmp_path):
 
 
 class Evil:
+
     def __reduce__(self):
-        return (os.system, ('echo pwned',))
+        return (os.system, ('echo pwned', ))
 
 
 def test_refused_checkpoint_names_the_global_and_keeps_weights_only(tmp_path):
@@ -78,8 +79,9 @@ def test_misspelled_norm_type_is_named_before_building(capsys):
     cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG))
     assert check_norm_types(cfg) == 2  # backbone and decode head
     cfg.merge_from_dict({'model.backbone.norm_cfg.type': 'IBNX'})
-    with pytest.raises(ValueError, match=r"model.backbone.norm_cfg.type='IBNX' is not a registered norm layer "
-                                         r"\(did you mean 'IBN'\?\); available norms: .*AdaBN.*BN.*GN.*IBN.*PBN.*RN"):
+    with pytest.raises(
+            ValueError, match=r"model.backbone.norm_cfg.type='IBNX' is not a registered norm layer "
+            r"\(did you mean 'IBN'\?\); available norms: .*AdaBN.*BN.*GN.*IBN.*PBN.*RN"):
         check_norm_types(cfg)
     with pytest.raises(SystemExit) as exc:
         load_tool('train').main([osp.join(REPO, DEMO_CONFIG), '--cfg-options', 'model.backbone.norm_cfg.type=IBNX'])
@@ -126,12 +128,11 @@ def test_show_interval_and_tta_plumbing(tmp_path):
     with pytest.raises(ValueError, match='--tta needs tta_pipeline in the config'):
         test_tool.build_cfg(test_tool.parse_args([osp.join(REPO, DEMO_CONFIG), str(ckpt), '--tta']))
     tta_config = tmp_path / 'tta.py'
-    tta_config.write_text(
-        f"_base_ = [{osp.join(REPO, DEMO_CONFIG)!r}]\n"
-        "tta_model = dict(type='SegTTAModel')\n"
-        "tta_pipeline = [dict(type='LoadImageFromFile'), dict(type='TestTimeAug', transforms=[\n"
-        "    [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1.)],\n"
-        "    [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]\n")
+    tta_config.write_text(f"_base_ = [{osp.join(REPO, DEMO_CONFIG)!r}]\n"
+                          "tta_model = dict(type='SegTTAModel')\n"
+                          "tta_pipeline = [dict(type='LoadImageFromFile'), dict(type='TestTimeAug', transforms=[\n"
+                          "    [dict(type='RandomFlip', prob=0.), dict(type='RandomFlip', prob=1.)],\n"
+                          "    [dict(type='LoadAnnotations')], [dict(type='PackSegInputs')]])]\n")
     cfg = test_tool.build_cfg(test_tool.parse_args([str(tta_config), str(ckpt), '--tta']))
     assert cfg.model.type == 'SegTTAModel' and cfg.model.module.type == 'EncoderDecoder'
     assert cfg.test_dataloader.dataset.pipeline[1]['type'] == 'TestTimeAug'
@@ -144,7 +145,9 @@ def test_show_dir_paints_every_batch(tiny_demo_data, tmp_path):
     init_default_scope('mmseg')
     model = MODELS.build(Config.fromfile(osp.join(REPO, DEMO_CONFIG)).model)
     torch.save(dict(state_dict=model.state_dict()), tmp_path / 'm.pth')
-    run_tool(['tools/test.py', DEMO_CONFIG, tmp_path / 'm.pth', '--work-dir', tmp_path / 'wd', '--show-dir',
-              tmp_path / 'vis', '--cfg-options', *tiny_seg_options(tiny_demo_data)])
+    run_tool([
+        'tools/test.py', DEMO_CONFIG, tmp_path / 'm.pth', '--work-dir', tmp_path / 'wd', '--show-dir', tmp_path / 'vis',
+        '--cfg-options', *tiny_seg_options(tiny_demo_data)
+    ])
     painted = [f for _, _, files in os.walk(tmp_path / 'vis') for f in files if f.endswith('.png')]
     assert len(painted) == 4, painted

@@ -96,22 +96,29 @@ def run_model(names: List[str], input_shape: Shape, repeats: int, device: str) -
 
     variants = [None] + names
     times: Dict[Optional[str], List[float]] = {v: [] for v in variants}
-    for round_ in range(repeats + 1):          # round 0 warms up every variant
+    for round_ in range(repeats + 1):  # round 0 warms up every variant
         for variant in variants:
             set_variant(model.backbone, variant)
             t = timed(step)
             if round_:
                 times[variant].append(t)
     median = {v: sorted(ts)[len(ts) // 2] for v, ts in times.items()}
-    return [dict(variant=v or 'none (BN)', input='x'.join(map(str, input_shape)), iter_s=median[v],
-                 ratio=median[v] / median[None]) for v in variants]
+    return [
+        dict(variant=v or 'none (BN)', input='x'.join(map(str, input_shape)), iter_s=median[v],
+             ratio=median[v] / median[None]) for v in variants
+    ]
 
 
 def layer_shapes(batch: int, crop: int) -> Dict[str, Shape]:
     """Shapes after the stem and each stage of ResNetV1c-50-D8 (stride 4, 4, 8, 8, 8) for a crop x crop input."""
     s4, s8 = crop // 4, crop // 8
-    return {'stem': (batch, 64, s4, s4), 'stage 1': (batch, 256, s4, s4), 'stage 2': (batch, 512, s8, s8),
-            'stage 3': (batch, 1024, s8, s8), 'stage 4': (batch, 2048, s8, s8)}
+    return {
+        'stem': (batch, 64, s4, s4),
+        'stage 1': (batch, 256, s4, s4),
+        'stage 2': (batch, 512, s8, s8),
+        'stage 3': (batch, 1024, s8, s8),
+        'stage 4': (batch, 2048, s8, s8)
+    }
 
 
 def time_layer(module: nn.Module, shape: Shape, repeats: int, device: str) -> float:
@@ -138,8 +145,9 @@ def run_layers(names: List[str], batch: int, crop: int, repeats: int, device: st
             if stage not in positions:
                 continue
             t = time_layer(MODELS.build(dict(cfg)), shape, repeats, device)
-            rows.append(dict(layer=name, where=where, shape='x'.join(map(str, shape)), ms=t * 1e3, bn_ms=bn * 1e3,
-                             ratio=t / bn))
+            rows.append(
+                dict(layer=name, where=where, shape='x'.join(map(str, shape)), ms=t * 1e3, bn_ms=bn * 1e3,
+                     ratio=t / bn))
     return rows
 
 
@@ -147,17 +155,21 @@ def to_markdown(model_rows: List[dict], layer_rows: List[dict], device: str, mod
                 layer_repeats: int) -> str:
     machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
               f'{torch.get_num_threads()} threads, device {device}'
-    lines = [f'Machine: {machine}.', '',
-             f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration, median of {model_repeats} round-robin '
-             'rounds, layers at their config placement with p=1 (worst case), heads BN.', '',
-             '| perturbation | input | s / iter | × without | goal |', '|---|---|---:|---:|---|']
+    lines = [
+        f'Machine: {machine}.', '',
+        f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration, median of {model_repeats} round-robin '
+        'rounds, layers at their config placement with p=1 (worst case), heads BN.', '',
+        '| perturbation | input | s / iter | × without | goal |', '|---|---|---:|---:|---|'
+    ]
     for r in model_rows:
         goal = '' if r['variant'].startswith('none') else \
             (f'≤ {MODEL_GOAL:g} ✓' if r['ratio'] <= MODEL_GOAL else f'≤ {MODEL_GOAL:g} ✗')
         lines.append(f"| {r['variant']} | {r['input']} | {r['iter_s']:.3f} | {r['ratio']:.3f} | {goal} |")
-    lines += ['', f'One layer call, train forward+backward with p=1, median of {layer_repeats}; BN2d on the same '
-              'shape as a yardstick.', '',
-              '| layer | position | shape (N×C×H×W) | ms / call | BN2d ms | × BN2d |', '|---|---|---|---:|---:|---:|']
+    lines += [
+        '', f'One layer call, train forward+backward with p=1, median of {layer_repeats}; BN2d on the same '
+        'shape as a yardstick.', '', '| layer | position | shape (N×C×H×W) | ms / call | BN2d ms | × BN2d |',
+        '|---|---|---|---:|---:|---:|'
+    ]
     for r in layer_rows:
         lines.append(f"| {r['layer']} | {r['where']} | {r['shape']} | {r['ms']:.2f} | {r['bn_ms']:.2f} | "
                      f"{r['ratio']:.2f} |")

@@ -94,8 +94,7 @@ def mean_of_variances(model: nn.Module, batches: List[torch.Tensor]) -> Stats:
         for x in batches:
             m(x)
     total = sum(x.shape[0] for x in batches)
-    return {n: (sum(k * mu for k, mu, _ in v) / total, sum(k * var for k, _, var in v) / total)
-            for n, v in acc.items()}
+    return {n: (sum(k * mu for k, mu, _ in v) / total, sum(k * var for k, _, var in v) / total) for n, v in acc.items()}
 
 
 def ema(model: nn.Module, batches: List[torch.Tensor], momentum: float = 0.1) -> Stats:
@@ -125,6 +124,7 @@ def timed(fns: Dict[str, Callable[[], object]], repeats: Dict[str, int]) -> Dict
 
     def median(values):
         return sorted(values)[len(values) // 2]
+
     return {name: (median([w for w, _ in t]), median([c for _, c in t])) for name, t in times.items()}
 
 
@@ -142,6 +142,7 @@ def run(sizes: List[int], size: int, repeats: int) -> dict:
             with torch.no_grad():
                 for x in batches:
                     m(x)
+
         return go
 
     def recal(mode):
@@ -150,18 +151,21 @@ def run(sizes: List[int], size: int, repeats: int) -> dict:
 
     swa_model = copy.deepcopy(model)
     swa_model.train()
-    fns = dict(forward_eval=forward(False), forward_train=forward(True), one_pass=recal('one_pass'),
-               update_bn=lambda: torch.optim.swa_utils.update_bn(batches, swa_model), layerwise=recal('layerwise'))
+    fns = dict(
+        forward_eval=forward(False), forward_train=forward(True), one_pass=recal('one_pass'),
+        update_bn=lambda: torch.optim.swa_utils.update_bn(batches, swa_model), layerwise=recal('layerwise'))
     times = timed(fns, {name: (max(1, repeats // 2) if name == 'layerwise' else repeats) for name in fns})
     m = copy.deepcopy(model)
     recalibrate_bn(m, batches, progress=False, logger=None)
     swa_model = copy.deepcopy(model)
     swa_model.train()
     torch.optim.swa_utils.update_bn(batches, swa_model)
-    errs = {'mmnorm recalibrate_bn (one pass)': errors(read_stats(m), ref),
-            'torch update_bn (average of per-batch stats)': errors(read_stats(swa_model), ref),
-            'mean of per-batch variances (size-weighted)': errors(mean_of_variances(model, batches), ref),
-            'EMA, momentum 0.1': errors(ema(model, batches), ref)}
+    errs = {
+        'mmnorm recalibrate_bn (one pass)': errors(read_stats(m), ref),
+        'torch update_bn (average of per-batch stats)': errors(read_stats(swa_model), ref),
+        'mean of per-batch variances (size-weighted)': errors(mean_of_variances(model, batches), ref),
+        'EMA, momentum 0.1': errors(ema(model, batches), ref)
+    }
     return dict(times=times, errors=errs, layers=len(ref), samples=sum(sizes))
 
 
@@ -169,12 +173,12 @@ def to_markdown(res: dict, sizes: List[int], size: int, repeats: int) -> str:
     t = res['times']
     machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
               f'{torch.get_num_threads()} threads, CPU'
-    lines = [f'Machine: {machine} (shared with other jobs while measured); mmdet ResNet-18, {res["layers"]} BN '
-             f'layers, batches of {sizes} images at {size}x{size} ({res["samples"]} samples); median of {repeats} '
-             'runs.', '',
-             '| pass over the batches (no grad) | wall s | CPU s | × eval forward (CPU) | '
-             '× train-mode-BN forward (CPU) | × train-mode-BN forward (wall) |',
-             '|---|---:|---:|---:|---:|---:|']
+    lines = [
+        f'Machine: {machine} (shared with other jobs while measured); mmdet ResNet-18, {res["layers"]} BN '
+        f'layers, batches of {sizes} images at {size}x{size} ({res["samples"]} samples); median of {repeats} '
+        'runs.', '', '| pass over the batches (no grad) | wall s | CPU s | × eval forward (CPU) | '
+        '× train-mode-BN forward (CPU) | × train-mode-BN forward (wall) |', '|---|---:|---:|---:|---:|---:|'
+    ]
     names = dict(forward_eval='inference forward (BN eval)', forward_train='forward with BN in train mode',
                  one_pass='`recalibrate_bn` one pass', update_bn='`torch.optim.swa_utils.update_bn`',
                  layerwise='`recalibrate_bn` layerwise')

@@ -111,8 +111,10 @@ def run(config: str, batch_size: int, size: List[int], repeats: int, device: str
     for method, adapter in adapters.items():
         calls[method] = (lambda a: (lambda: a.adapt(batch)))(adapter)
     seconds = median_seconds(calls, repeats, device, clock)
-    rows = {name: dict(seconds=seconds[name][0], best=seconds[name][1], peak=peak_bytes(fn, device))
-            for name, fn in calls.items()}
+    rows = {
+        name: dict(seconds=seconds[name][0], best=seconds[name][1], peak=peak_bytes(fn, device))
+        for name, fn in calls.items()
+    }
     adapters['tent'].reset()
     base = rows['inference']
     for row in rows.values():
@@ -123,12 +125,14 @@ def run(config: str, batch_size: int, size: List[int], repeats: int, device: str
 
 
 def to_markdown(rows: Dict[str, dict], args, device: str) -> str:
-    lines = [f'`python tools/benchmark_tta.py --config {args.config} --batch-size {args.batch_size} --size '
-             f'{args.size[0]} {args.size[1]} --repeats {args.repeats} --threads {args.threads}` on {device} '
-             f'({platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, '
-             f'{args.clock} time):',
-             '', '| call | s / batch (median) | x inference (median) | x inference (best) | goal | peak memory (MiB) '
-             '| x inference |', '|---|---|---|---|---|---|---|']
+    lines = [
+        f'`python tools/benchmark_tta.py --config {args.config} --batch-size {args.batch_size} --size '
+        f'{args.size[0]} {args.size[1]} --repeats {args.repeats} --threads {args.threads}` on {device} '
+        f'({platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, '
+        f'{args.clock} time):', '',
+        '| call | s / batch (median) | x inference (median) | x inference (best) | goal | peak memory (MiB) '
+        '| x inference |', '|---|---|---|---|---|---|---|'
+    ]
     for name, row in rows.items():
         goal = GOALS.get(name)
         verdict = '' if goal is None else f'<= {goal:.2f}x: {"met" if row["ratio"] <= goal else "NOT met"}'
@@ -155,8 +159,9 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=7)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--clock', choices=('cpu', 'wall'), help='process CPU time (default on CPU: other '
-                        "processes' load does not count) or wall time (default on CUDA)")
+    parser.add_argument(
+        '--clock', choices=('cpu', 'wall'), help='process CPU time (default on CPU: other '
+        "processes' load does not count) or wall time (default on CUDA)")
     parser.add_argument('--out', help='markdown file whose benchmark section is replaced')
     args = parser.parse_args(argv)
     for name in ('batch_size', 'repeats', 'threads'):

@@ -24,8 +24,8 @@ import os.path as osp
 import statistics
 import subprocess
 import sys
-import time
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
@@ -136,6 +136,7 @@ class Progress:
         self.lock = threading.Lock()
 
     def eta(self) -> float:
+
         def remaining(kind: str) -> float:
             done = self.durations[kind]
             return self.left[kind] * (statistics.mean(done) if done else self.prior_s.get(kind, 0.0))
@@ -203,11 +204,15 @@ class Experiment:
     def options(self, config: str, seed: int) -> List[str]:
         a = self.args
         opts = data_root_options(config, a.data_root) + [f'randomness.seed={seed}']
-        opts += [f'{loader}.{kv}' for kv in a.loader_options
-                 for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+        opts += [
+            f'{loader}.{kv}' for kv in a.loader_options
+            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')
+        ]
         if a.iters is not None:
-            opts += [f'train_cfg.max_iters={a.iters}', f'train_cfg.val_interval={a.iters}',
-                     f'default_hooks.checkpoint.interval={a.iters}', f'param_scheduler.0.end={a.iters}']
+            opts += [
+                f'train_cfg.max_iters={a.iters}', f'train_cfg.val_interval={a.iters}',
+                f'default_hooks.checkpoint.interval={a.iters}', f'param_scheduler.0.end={a.iters}'
+            ]
         return opts
 
     def work_dir(self, name: str, seed: int) -> str:
@@ -222,11 +227,13 @@ class Experiment:
         if self.args.reuse and osp.exists(last):
             miou = final_val_miou(work_dir)
             if self.progress:  # counted as done at once
-                self.progress.end(self.progress.begin(f'{name} seed {seed}', 'train', last), f'{name} seed {seed}',
-                                  'train', miou)
+                self.progress.end(
+                    self.progress.begin(f'{name} seed {seed}', 'train', last), f'{name} seed {seed}', 'train', miou)
         else:
-            cmd = [sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
-                   *self.options(config, seed)]
+            cmd = [
+                sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
+                *self.options(config, seed)
+            ]
             miou = self.job(cmd, osp.join(work_dir, 'train.log'), f'{name} seed {seed}', 'train',
                             lambda: final_val_miou(work_dir))
         with open(last) as f:
@@ -236,8 +243,10 @@ class Experiment:
         config, work_dir = METHODS[name]['config'], self.work_dir(name, seed)
         os.makedirs(work_dir, exist_ok=True)
         out = osp.join(work_dir, 'metrics_target.json')
-        cmd = [sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir, '--metrics-out', out,
-               '--cfg-options', *self.options(config, seed)]
+        cmd = [
+            sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir, '--metrics-out', out,
+            '--cfg-options', *self.options(config, seed)
+        ]
 
         def read_miou() -> float:
             with open(out) as f:
@@ -257,8 +266,10 @@ class Experiment:
         """The continual-stream experiment on BN's ``checkpoint``; returns its Markdown table."""
         out_dir = osp.join(self.args.work_dir, 'stream')
         os.makedirs(out_dir, exist_ok=True)
-        cmd = [sys.executable, STREAM_TOOL, METHODS['BN']['config'], checkpoint, '--out-dir', out_dir,
-               '--stream-root', osp.join(osp.dirname(self.args.data_root.rstrip('/')) or '.', 'demo_stream')]
+        cmd = [
+            sys.executable, STREAM_TOOL, METHODS['BN']['config'], checkpoint, '--out-dir', out_dir, '--stream-root',
+            osp.join(osp.dirname(self.args.data_root.rstrip('/')) or '.', 'demo_stream')
+        ]
         cmd += ['--frames', str(self.args.stream_frames or (120 if self.args.fast else 240))]
         self.job(cmd, osp.join(out_dir, 'stream.log'), 'continual stream (BN seed '
                  f'{self.args.seeds[0]})', 'stream', lambda: None)
@@ -289,18 +300,21 @@ def summarise(results: Dict[str, Dict[int, Dict[str, float]]]) -> Dict[str, dict
     """Mean ± std (over seeds) of source / target mIoU and of the per-seed share of BN's gap closed."""
 
     def stats(values: List[float]) -> dict:
-        return dict(mean=statistics.mean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0,
-                    values=values)
+        return dict(
+            mean=statistics.mean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0, values=values)
 
     rows = {}
     bn = results.get('BN')
     for name, per_seed in results.items():
         seeds = sorted(per_seed)
-        row = dict(source=stats([per_seed[s]['source'] for s in seeds]),
-                   target=stats([per_seed[s]['target'] for s in seeds]), seeds=seeds)
+        row = dict(
+            source=stats([per_seed[s]['source'] for s in seeds]), target=stats([per_seed[s]['target'] for s in seeds]),
+            seeds=seeds)
         if bn is not None and all(s in bn for s in seeds):
-            gaps = [100 * (per_seed[s]['target'] - bn[s]['target']) / max(bn[s]['source'] - bn[s]['target'], 1e-6)
-                    for s in seeds]
+            gaps = [
+                100 * (per_seed[s]['target'] - bn[s]['target']) / max(bn[s]['source'] - bn[s]['target'], 1e-6)
+                for s in seeds
+            ]
             row['gap_closed'] = stats(gaps)
         rows[name] = row
     return rows
@@ -350,15 +364,18 @@ def main(argv=None):
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--iters', type=int, default=400,
                         help='training iterations of every method (the configs alone train 1k)')
-    parser.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
-                        help='jobs run in parallel, the CPU threads split between them. Default: 2 (one thread '
-                        'each on 2 cores): the demo model is too small for two threads to help one job, and an '
-                        'OpenMP job with more threads than free cores slows down many times')
+    parser.add_argument(
+        '--jobs', type=int, default=min(2,
+                                        os.cpu_count() or 1),
+        help='jobs run in parallel, the CPU threads split between them. Default: 2 (one thread '
+        'each on 2 cores): the demo model is too small for two threads to help one job, and an '
+        'OpenMP job with more threads than free cores slows down many times')
     parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 200 iterations')
     parser.add_argument('--reuse', action='store_true', help='skip trainings whose checkpoint exists')
-    parser.add_argument('--no-stream', action='store_true',
-                        help='skip the continual-stream experiment (test-time adaptation on a drifting stream, '
-                        "on BN's weights of the first seed)")
+    parser.add_argument(
+        '--no-stream', action='store_true',
+        help='skip the continual-stream experiment (test-time adaptation on a drifting stream, '
+        "on BN's weights of the first seed)")
     parser.add_argument('--stream-frames', type=int, default=None,
                         help='frames of the drifting stream (default 240; 120 with --fast)')
     parser.add_argument('--num-source-train', type=int, default=800)
@@ -383,11 +400,14 @@ def main(argv=None):
     iters = args.iters or 1000
     # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (400 iterations ~ 40 s).
     with_stream = not args.no_stream and 'BN' in args.methods
-    progress = Progress(len(trained) * len(args.seeds), len(args.methods) * len(args.seeds), args.jobs,
-                        prior_s=dict(train=8 + 0.08 * iters, test=8.0, stream=90.0), num_stream=int(with_stream))
-    print(f'{progress.total} jobs ({len(trained)} trainings and {len(args.methods)} tests per seed, seeds '
-          f'{args.seeds}, {iters} iterations{", the continual stream" if with_stream else ""}); logs under '
-          f'{args.work_dir}/seed*/<method>/', flush=True)
+    progress = Progress(
+        len(trained) * len(args.seeds),
+        len(args.methods) * len(args.seeds), args.jobs, prior_s=dict(train=8 + 0.08 * iters, test=8.0, stream=90.0),
+        num_stream=int(with_stream))
+    print(
+        f'{progress.total} jobs ({len(trained)} trainings and {len(args.methods)} tests per seed, seeds '
+        f'{args.seeds}, {iters} iterations{", the continual stream" if with_stream else ""}); logs under '
+        f'{args.work_dir}/seed*/<method>/', flush=True)
     experiment = Experiment(args, progress)
     stream_table = None
     try:

@@ -41,8 +41,7 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation (tta_model, tta_pipeline)')
     parser.add_argument('--metrics-out', help='write the metrics dict to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, key=value')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)

@@ -12,9 +12,8 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
-model = dict(
-    type='UDAEncoderDecoder',
-    backbone=dict(norm_cfg=dict(type='AdaBN', eval_domain='target', requires_grad=True)))
+model = dict(type='UDAEncoderDecoder',
+             backbone=dict(norm_cfg=dict(type='AdaBN', eval_domain='target', requires_grad=True)))
 train_dataloader = dict(
-    dataset=dict(
-        _delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset, target=_base_.uda_target))
+    dataset=dict(_delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset,
+                 target=_base_.uda_target))

@@ -5,18 +5,13 @@
 #   adapt    AdaBNHook before test: the first 3,000 Mapillary *training* images (unlabelled; of 18,000) at 1024x512
 #            (keep ratio), batches of 8 per GPU, one pass, pooled statistics over every image
 #   test     Mapillary v1.2 val (2,000) at 1024x512 (keep ratio), whole image, single scale, mIoU over 19 classes
-_base_ = [
-    '../baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-mapillary-512x512.py',
-    '../_base_/adabn/seg_target_pool.py'
-]
+_base_ = ['../baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-mapillary-512x512.py', '../_base_/adabn/seg_target_pool.py']
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
-adabn_pool = dict(
-    type='Mapillary19Dataset',
-    data_root='data/mapillary/',
-    data_prefix=dict(img_path='training/images', seg_map_path='training/v1.2/labels'),
-    pipeline=_base_.adabn_pipeline)
+adabn_pool = dict(type='Mapillary19Dataset', data_root='data/mapillary/',
+                  data_prefix=dict(img_path='training/images',
+                                   seg_map_path='training/v1.2/labels'), pipeline=_base_.adabn_pipeline)
 custom_hooks = [
-    dict(type='AdaBNHook', before='test', num_samples=3000,
-         dataloader=dict(_base_.adabn_dataloader, dataset=adabn_pool))
+    dict(type='AdaBNHook', before='test', num_samples=3000, dataloader=dict(_base_.adabn_dataloader,
+                                                                            dataset=adabn_pool))
 ]

@@ -6,7 +6,6 @@
 #            GPU, one pass, pooled statistics over every image
 #   test     Cityscapes val (500) at 1024x512, whole image, single scale; mIoU over 19 classes, mIoU16, mIoU13
 _base_ = [
-    '../baseline/deeplabv3plus_r50-d8_4xb2-40k_synthia-cityscapes-512x512.py',
-    '../_base_/adabn/seg_target_pool.py'
+    '../baseline/deeplabv3plus_r50-d8_4xb2-40k_synthia-cityscapes-512x512.py', '../_base_/adabn/seg_target_pool.py'
 ]
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)

@@ -8,12 +8,7 @@
 _base_ = ['../baseline/faster-rcnn_r50_fpn_2xb4-20k_sim10k-cityscapes.py', '../_base_/adabn/det_target_pool.py']
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
-adabn_pool = dict(
-    type='CityscapesDataset',
-    metainfo=dict(classes=('car', )),
-    data_root='data/cityscapes/',
-    ann_file='annotations/instancesonly_filtered_gtFine_train.json',
-    data_prefix=dict(img='leftImg8bit/train/'),
-    test_mode=True,
-    pipeline=_base_.adabn_pipeline)
+adabn_pool = dict(type='CityscapesDataset', metainfo=dict(classes=('car', )), data_root='data/cityscapes/',
+                  ann_file='annotations/instancesonly_filtered_gtFine_train.json',
+                  data_prefix=dict(img='leftImg8bit/train/'), test_mode=True, pipeline=_base_.adabn_pipeline)
 custom_hooks = [dict(type='AdaBNHook', before='test', dataloader=dict(_base_.adabn_dataloader, dataset=adabn_pool))]

@@ -7,10 +7,7 @@ _base_ = './deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 bdd100k_root = 'data/bdd100k/'
-val_dataloader = dict(dataset=dict(
-    _delete_=True,
-    type='BDD100KDataset',
-    data_root=bdd100k_root,
-    data_prefix=dict(img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val'),
-    pipeline={{_base_.test_pipeline}}))
+val_dataloader = dict(
+    dataset=dict(_delete_=True, type='BDD100KDataset', data_root=bdd100k_root, data_prefix=dict(
+        img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val'), pipeline={{_base_.test_pipeline}}))
 test_dataloader = val_dataloader

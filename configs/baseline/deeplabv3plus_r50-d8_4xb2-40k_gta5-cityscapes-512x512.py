@@ -16,8 +16,5 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 crop_size = (512, 512)
 data_preprocessor = dict(size=crop_size)
-model = dict(
-    data_preprocessor=data_preprocessor,
-    backbone=dict(norm_cfg=norm_cfg),
-    decode_head=dict(norm_cfg=norm_cfg),
-    auxiliary_head=dict(norm_cfg=norm_cfg))
+model = dict(data_preprocessor=data_preprocessor, backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
+             auxiliary_head=dict(norm_cfg=norm_cfg))

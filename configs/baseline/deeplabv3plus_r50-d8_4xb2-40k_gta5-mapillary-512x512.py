@@ -7,12 +7,13 @@ _base_ = './deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 mapillary_root = 'data/mapillary/'
-val_dataloader = dict(dataset=dict(
-    _delete_=True,
-    type='Mapillary19Dataset',
-    data_root=mapillary_root,
-    # Raw v1.2 labels, mapped by the dataset's label_map; for the (faster) output of
-    # tools/dataset_converters/mapillary.py add seg_map_suffix='_labelTrainIds.png'.
-    data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'),
-    pipeline={{_base_.test_pipeline}}))
+val_dataloader = dict(
+    dataset=dict(
+        _delete_=True,
+        type='Mapillary19Dataset',
+        data_root=mapillary_root,
+        # Raw v1.2 labels, mapped by the dataset's label_map; for the (faster) output of
+        # tools/dataset_converters/mapillary.py add seg_map_suffix='_labelTrainIds.png'.
+        data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'),
+        pipeline={{_base_.test_pipeline}}))
 test_dataloader = val_dataloader

@@ -4,5 +4,6 @@
 #   python tools/model_converters/ibnnet2mmseg.py resnet50_ibn_a-*.pth checkpoints/resnet50_ibn_a_mmnorm.pth
 _base_ = '../baseline/faster-rcnn_r50_fpn_2xb4-20k_cityscapes-foggy.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
-model = dict(backbone=dict(type='IBNResNet', ibn=dict(type='a'),
-                           init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_ibn_a_mmnorm.pth')))
+model = dict(
+    backbone=dict(type='IBNResNet', ibn=dict(
+        type='a'), init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_ibn_a_mmnorm.pth')))

@@ -3,5 +3,6 @@
 # tools/model_converters/ibnnet2mmseg.py (see docs/ibn.md).
 _base_ = '../baseline/faster-rcnn_r50_fpn_2xb4-20k_sim10k-cityscapes.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
-model = dict(backbone=dict(type='IBNResNet', ibn=dict(type='b'),
-                           init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_ibn_b_mmnorm.pth')))
+model = dict(
+    backbone=dict(type='IBNResNet', ibn=dict(
+        type='b'), init_cfg=dict(type='Pretrained', checkpoint='checkpoints/resnet50_ibn_b_mmnorm.pth')))

@@ -3,5 +3,6 @@
 # initialised from the official resnet50_ibn_a weights converted with tools/model_converters/ibnnet2mmseg.py).
 _base_ = '../ibn/deeplabv3plus_r50-d8-ibn-a_4xb2-40k_gta5-cityscapes-512x512.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
-model = dict(backbone=dict(type='PerturbResNet', ibn=dict(type='a'), perturb=dict(type='DSU', p=0.5, factor=1.0),
-                           after_stages=('stem', 0, 1, 2, 3)))
+model = dict(
+    backbone=dict(type='PerturbResNet', ibn=dict(
+        type='a'), perturb=dict(type='DSU', p=0.5, factor=1.0), after_stages=('stem', 0, 1, 2, 3)))

@@ -9,5 +9,5 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 model = dict(type='UDAEncoderDecoder', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True)))
 train_dataloader = dict(
-    dataset=dict(
-        _delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset, target=_base_.uda_target))
+    dataset=dict(_delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset,
+                 target=_base_.uda_target))

@@ -13,13 +13,7 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 model = dict(type='UDAFasterRCNN', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True), norm_eval=False))
 train_dataloader = dict(
     dataset=dict(
-        _delete_=True,
-        type='DomainPairDataset',
-        source=_base_.train_dataloader.dataset,
-        target=dict(
-            type='FoggyCityscapesDataset',
-            data_root='data/cityscapes/',
-            ann_file='annotations/instancesonly_filtered_gtFine_train.json',
-            data_prefix=dict(img='leftImg8bit_foggy/train/'),
-            betas={{_base_.foggy_betas}},
-            pipeline=_base_.uda_target_pipeline)))
+        _delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset, target=dict(
+            type='FoggyCityscapesDataset', data_root='data/cityscapes/',
+            ann_file='annotations/instancesonly_filtered_gtFine_train.json', data_prefix=dict(
+                img='leftImg8bit_foggy/train/'), betas={{_base_.foggy_betas}}, pipeline=_base_.uda_target_pipeline)))

@@ -12,13 +12,8 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 model = dict(type='UDAFasterRCNN', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True), norm_eval=False))
 train_dataloader = dict(
     dataset=dict(
-        _delete_=True,
-        type='DomainPairDataset',
-        source=_base_.train_dataloader.dataset,
-        target=dict(
-            type='CityscapesDataset',
-            metainfo=dict(classes=('car', ), palette=[(0, 0, 142)]),
-            data_root='data/cityscapes/',
-            ann_file='annotations/instancesonly_filtered_gtFine_train.json',
-            data_prefix=dict(img='leftImg8bit/train/'),
-            pipeline=_base_.uda_target_pipeline)))
+        _delete_=True, type='DomainPairDataset', source=_base_.train_dataloader.dataset, target=dict(
+            type='CityscapesDataset', metainfo=dict(classes=('car', ), palette=[(0, 0,
+                                                                                 142)]), data_root='data/cityscapes/',
+            ann_file='annotations/instancesonly_filtered_gtFine_train.json', data_prefix=dict(
+                img='leftImg8bit/train/'), pipeline=_base_.uda_target_pipeline)))

@@ -21,13 +21,7 @@ target_pipeline = [
 ]
 train_dataloader = dict(
     dataset=dict(
-        _delete_=True,
-        type='DomainPairDataset',
-        source={{_base_.train_dataloader.dataset}},
-        target=dict(
-            type='FoggyCityscapesDataset',
-            data_root='data/cityscapes/',
-            ann_file='annotations/instancesonly_filtered_gtFine_train.json',
-            data_prefix=dict(img='leftImg8bit_foggy/train/'),
-            betas={{_base_.foggy_betas}},
-            pipeline=target_pipeline)))
+        _delete_=True, type='DomainPairDataset', source={{_base_.train_dataloader.dataset}}, target=dict(
+            type='FoggyCityscapesDataset', data_root='data/cityscapes/',
+            ann_file='annotations/instancesonly_filtered_gtFine_train.json', data_prefix=dict(
+                img='leftImg8bit_foggy/train/'), betas={{_base_.foggy_betas}}, pipeline=target_pipeline)))

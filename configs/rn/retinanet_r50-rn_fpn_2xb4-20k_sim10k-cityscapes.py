@@ -19,13 +19,8 @@ target_pipeline = [
 ]
 train_dataloader = dict(
     dataset=dict(
-        _delete_=True,
-        type='DomainPairDataset',
-        source={{_base_.train_dataloader.dataset}},
-        target=dict(
-            type='CityscapesDataset',
-            metainfo=dict(classes=('car', ), palette=[(0, 0, 142)]),
-            data_root='data/cityscapes/',
-            ann_file='annotations/instancesonly_filtered_gtFine_train.json',
-            data_prefix=dict(img='leftImg8bit/train/'),
-            pipeline=target_pipeline)))
+        _delete_=True, type='DomainPairDataset', source={{_base_.train_dataloader.dataset}}, target=dict(
+            type='CityscapesDataset', metainfo=dict(classes=('car', ), palette=[(0, 0,
+                                                                                 142)]), data_root='data/cityscapes/',
+            ann_file='annotations/instancesonly_filtered_gtFine_train.json', data_prefix=dict(
+                img='leftImg8bit/train/'), pipeline=target_pipeline)))

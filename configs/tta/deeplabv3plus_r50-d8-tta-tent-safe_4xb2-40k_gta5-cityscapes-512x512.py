@@ -10,6 +10,6 @@
 _base_ = ['./deeplabv3plus_r50-d8-tta-tent_4xb2-40k_gta5-cityscapes-512x512.py']
 custom_hooks = [
     dict(type='TestTimeAdaptHook', method='tent', steps=1, episodic=False,
-         optimizer=dict(type='Adam', lr=1e-3, betas=(0.9, 0.999)),
-         reliable=0.4, reset_signal='marginal', reset_threshold=0.5, reset_momentum=0.1)
+         optimizer=dict(type='Adam', lr=1e-3, betas=(0.9, 0.999)), reliable=0.4, reset_signal='marginal',
+         reset_threshold=0.5, reset_momentum=0.1)
 ]

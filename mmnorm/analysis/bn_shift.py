@@ -42,8 +42,10 @@ def input_moments(model: nn.Module, data: Iterable, num_batches: Optional[int] =
     device = next(model.parameters()).device
     accs = {name: MomentAccumulator(norm_buffers(module)[0].numel(), device) for name, module in layers.items()}
     modes = {m: m.training for m in model.modules()}
-    handles = [module.register_forward_pre_hook(lambda mod, args, acc=accs[name]: acc.add_input(args[0]))
-               for name, module in layers.items()]
+    handles = [
+        module.register_forward_pre_hook(lambda mod, args, acc=accs[name]: acc.add_input(args[0]))
+        for name, module in layers.items()
+    ]
     try:
         model.eval()
         for i, batch in enumerate(data):
@@ -86,6 +88,8 @@ def mean_shift(mean_p: torch.Tensor, var_p: torch.Tensor, mean_q: torch.Tensor, 
 
 def compare_moments(p: Dict[str, Moments], q: Dict[str, Moments]) -> Dict[str, Tuple[float, float]]:
     """``{layer: (symmetric KL, mean shift)}`` for the layers present in both."""
-    return {name: (symmetric_kl(p[name][1], p[name][2], q[name][1].to(p[name][1]), q[name][2].to(p[name][1])),
-                   mean_shift(p[name][1], p[name][2], q[name][1].to(p[name][1])))
-            for name in p if name in q}
+    return {
+        name: (symmetric_kl(p[name][1], p[name][2], q[name][1].to(p[name][1]),
+                            q[name][2].to(p[name][1])), mean_shift(p[name][1], p[name][2], q[name][1].to(p[name][1])))
+        for name in p if name in q
+    }

@@ -47,11 +47,13 @@ def _det_samples(num: int, num_classes: int, with_masks: bool) -> list:
     from mmengine.structures import InstanceData
     samples = []
     for i in range(num):
-        s = DetDataSample(metainfo=dict(img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE), pad_shape=(SIZE, SIZE),
-                                        scale_factor=(1.0, 1.0), img_id=i, batch_input_shape=(SIZE, SIZE),
-                                        border=(0, SIZE, 0, SIZE)))  # CenterNet's test-time crop offsets
-        gt = InstanceData(bboxes=torch.tensor([[8., 8., 40., 48.], [20., 4., 60., 30.]]),
-                          labels=torch.randint(0, num_classes, (2, )))
+        s = DetDataSample(
+            metainfo=dict(
+                img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE), pad_shape=(SIZE, SIZE), scale_factor=(1.0, 1.0),
+                img_id=i, batch_input_shape=(SIZE, SIZE),
+                border=(0, SIZE, 0, SIZE)))  # CenterNet's test-time crop offsets
+        gt = InstanceData(
+            bboxes=torch.tensor([[8., 8., 40., 48.], [20., 4., 60., 30.]]), labels=torch.randint(0, num_classes, (2, )))
         if with_masks:
             masks = np.zeros((2, SIZE, SIZE), np.uint8)
             masks[0, 8:48, 8:40] = 1

@@ -11,8 +11,10 @@ import inspect
 import os.path as osp
 from typing import Optional
 
-__all__ = ['NORMS', 'BN_TYPES', 'SIZE', 'SEG_CONFIGS', 'DET_CONFIGS', 'FAST_CASES', 'config_path', 'replace_norms',
-           'model_config', 'uda_type']
+__all__ = [
+    'NORMS', 'BN_TYPES', 'SIZE', 'SEG_CONFIGS', 'DET_CONFIGS', 'FAST_CASES', 'config_path', 'replace_norms',
+    'model_config', 'uda_type'
+]
 
 NORMS = ('AdaBN', 'IBN', 'PBN', 'RN')
 BN_TYPES = ('BN', 'BN2d', 'SyncBN', 'MMSyncBN')
@@ -150,11 +152,13 @@ def _fill_default_norms(model: dict, registry) -> dict:
         if not isinstance(cls, type) or 'norm_cfg' in node:
             return node
         default = getattr(inspect.signature(cls.__init__).parameters.get('norm_cfg'), 'default', None)
-        return dict(node, norm_cfg=dict(default)) if isinstance(default, dict) and default.get(
-            'type') in BN_TYPES else node
+        return dict(node,
+                    norm_cfg=dict(default)) if isinstance(default, dict) and default.get('type') in BN_TYPES else node
 
-    return {key: type(value)(fill(v) for v in value) if isinstance(value, (list, tuple)) else fill(value)
-            for key, value in model.items()}
+    return {
+        key: type(value)(fill(v) for v in value) if isinstance(value, (list, tuple)) else fill(value)
+        for key, value in model.items()
+    }
 
 
 def model_config(scope: str, name: str, norm: Optional[str]):
@@ -185,8 +189,9 @@ def uda_type(scope: str, model_type: str) -> Optional[str]:
     if scope == 'mmdet':
         from mmdet.models.detectors import SingleStageDetector
         cls = registry.get(model_type)
-        own = set(vars(cls)) - {'__init__', '__doc__', '__module__', '__qualname__', '__annotations__',
-                                '__abstractmethods__', '_abc_impl'}
+        own = set(vars(cls)) - {
+            '__init__', '__doc__', '__module__', '__qualname__', '__annotations__', '__abstractmethods__', '_abc_impl'
+        }
         if isinstance(cls, type) and issubclass(cls, SingleStageDetector) and not own:
             return 'UDASingleStageDetector'
     return None

@@ -13,8 +13,10 @@ if toolbox_installed('mmseg'):
     from .gta5 import GTA5Dataset, read_gta5_split
     from .mapillary import MAPILLARY_V12_TO_TRAINID, Mapillary19Dataset
     from .synthia import SYNTHIA_CLASS_SUBSETS, SYNTHIA_ID_TO_TRAINID, SynthiaDataset
-    __all__ += ['GTA5Dataset', 'read_gta5_split', 'SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID', 'SYNTHIA_CLASS_SUBSETS',
-                'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID']
+    __all__ += [
+        'GTA5Dataset', 'read_gta5_split', 'SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID', 'SYNTHIA_CLASS_SUBSETS',
+        'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID'
+    ]
 
 if toolbox_installed('mmdet'):
     from .foggy_cityscapes import FOG_BETAS, FoggyCityscapesDataset

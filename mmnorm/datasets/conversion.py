@@ -23,8 +23,10 @@ from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-__all__ = ['Frame', 'MISMATCH_POLICIES', 'lut_from_mapping', 'read_index_label', 'read_synthia_label',
-           'convert_frame', 'convert_frames', 'pair_frames']
+__all__ = [
+    'Frame', 'MISMATCH_POLICIES', 'lut_from_mapping', 'read_index_label', 'read_synthia_label', 'convert_frame',
+    'convert_frames', 'pair_frames'
+]
 
 MISMATCH_POLICIES = ('resize', 'skip')
 STATUSES = ('converted', 'resized', 'exists', 'skipped')
@@ -103,8 +105,8 @@ def _write_png(path: str, array: np.ndarray) -> None:
             os.remove(tmp)
 
 
-def convert_frame(frame: Frame, read_label: Callable[[str], np.ndarray], lut: np.ndarray,
-                  mismatch: str = 'resize', overwrite: bool = False) -> Dict:
+def convert_frame(frame: Frame, read_label: Callable[[str], np.ndarray], lut: np.ndarray, mismatch: str = 'resize',
+                  overwrite: bool = False) -> Dict:
     """Converts one frame; never raises for bad data.
 
     Returns:
@@ -144,8 +146,8 @@ def convert_frame(frame: Frame, read_label: Callable[[str], np.ndarray], lut: np
 
 
 def convert_frames(frames: Sequence[Frame], read_label: Callable[[str], np.ndarray], mapping: Mapping[int, int],
-                   nproc: int = 1, mismatch: str = 'resize', overwrite: bool = False,
-                   report_file: Optional[str] = None, progress: bool = True) -> Dict:
+                   nproc: int = 1, mismatch: str = 'resize', overwrite: bool = False, report_file: Optional[str] = None,
+                   progress: bool = True) -> Dict:
     """Converts every frame (in ``nproc`` processes) and writes the JSON report.
 
     Returns:
@@ -180,8 +182,12 @@ def convert_frames(frames: Sequence[Frame], read_label: Callable[[str], np.ndarr
     results.sort(key=lambda r: r['name'])
     summary = {s: sum(r['status'] == s for r in results) for s in STATUSES}
     summary['total'] = len(results)
-    by_status = {s: [r['name'] if 'detail' not in r else {r['name']: r['detail']}
-                     for r in results if r['status'] == s] for s in STATUSES}
+    by_status = {
+        s: [r['name'] if 'detail' not in r else {
+            r['name']: r['detail']
+        } for r in results if r['status'] == s]
+        for s in STATUSES
+    }
     report = dict(summary=summary, mismatch=mismatch, overwrite=overwrite, frames=by_status)
     if report_file is not None:
         os.makedirs(osp.dirname(osp.abspath(report_file)), exist_ok=True)
@@ -212,17 +218,24 @@ def pair_frames(img_dir: str, label_dir: str, out_dir: str, img_suffix: str = '.
 
     Files in ``label_dir`` ending with ``out_suffix`` (earlier outputs) are not labels.
     """
+
     def names(folder, suffix, exclude=None):
         if not osp.isdir(folder):
             return set()
-        return {f[:-len(suffix)] for f in os.listdir(folder)
-                if f.endswith(suffix) and not (exclude and f.endswith(exclude)) and not f.startswith('.')}
+        return {
+            f[:-len(suffix)]
+            for f in os.listdir(folder)
+            if f.endswith(suffix) and not (exclude and f.endswith(exclude)) and not f.startswith('.')
+        }
+
     images = names(img_dir, img_suffix)
     labels = names(label_dir, label_suffix, exclude=out_suffix)
-    return [Frame(name,
-                  osp.join(img_dir, name + img_suffix) if name in images else None,
-                  osp.join(label_dir, name + label_suffix) if name in labels else None,
-                  osp.join(out_dir, name + out_suffix)) for name in sorted(images | labels)]
+    return [
+        Frame(name,
+              osp.join(img_dir, name + img_suffix) if name in images else None,
+              osp.join(label_dir, name + label_suffix) if name in labels else None,
+              osp.join(out_dir, name + out_suffix)) for name in sorted(images | labels)
+    ]
 
 
 def positive_int(text: str) -> int:
@@ -246,8 +259,8 @@ def add_converter_args(parser) -> None:
     parser.add_argument('--report', default=None, help='JSON report path (default: in the dataset root)')
 
 
-def run_converter(frames: Sequence[Frame], read_label: Callable[[str], np.ndarray], mapping: Mapping[int, int],
-                  args, report_file: str) -> int:
+def run_converter(frames: Sequence[Frame], read_label: Callable[[str], np.ndarray], mapping: Mapping[int, int], args,
+                  report_file: str) -> int:
     """Runs :func:`convert_frames` with the CLI options, prints the summary; returns the exit code.
 
     Returns:

@@ -46,8 +46,7 @@ class DomainPairDataset(Dataset):
         ...     target=dict(type='CityscapesDataset', data_root='data/cityscapes', pipeline=target_pipeline, ...)))
     """
 
-    def __init__(self, source: Union[dict, Dataset], target: Optional[Union[dict, Dataset]],
-                 pairing: str = 'random'):
+    def __init__(self, source: Union[dict, Dataset], target: Optional[Union[dict, Dataset]], pairing: str = 'random'):
         if source is None:
             raise ValueError('DomainPairDataset needs a source dataset (a dataset config dict or instance), '
                              'got source=None')

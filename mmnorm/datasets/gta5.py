@@ -101,9 +101,10 @@ class GTA5Dataset(BaseSegDataset):
         if self.labels_are_train_ids:
             kept = [d for d in data_list if osp.isfile(d['seg_map_path'])]
             if len(kept) < len(data_list):
-                print_log(f'GTA5Dataset: {len(data_list) - len(kept)} of {len(data_list)} frames have no '
-                          f'{self.seg_map_suffix} (skipped by the converter, see its report) and are left out',
-                          logger='current', level=30)
+                print_log(
+                    f'GTA5Dataset: {len(data_list) - len(kept)} of {len(data_list)} frames have no '
+                    f'{self.seg_map_suffix} (skipped by the converter, see its report) and are left out',
+                    logger='current', level=30)
             data_list = kept
         if not data_list:
             raise ValueError(f'GTA5Dataset found no frames under {self.data_prefix.get("img_path")!r} '

@@ -16,8 +16,32 @@ __all__ = ['Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID']
 # Mapillary v1.2 class ID -> Cityscapes train ID (e.g. road, lane marking and manhole are all 'road');
 # every other ID is ignored (255).
 MAPILLARY_V12_TO_TRAINID: Dict[int, int] = {
-    13: 0, 24: 0, 41: 0, 2: 1, 15: 1, 17: 2, 6: 3, 3: 4, 45: 5, 47: 5, 48: 6, 50: 7, 30: 8, 29: 9, 27: 10,
-    19: 11, 20: 12, 21: 12, 22: 12, 55: 13, 61: 14, 54: 15, 58: 16, 57: 17, 52: 18}
+    13: 0,
+    24: 0,
+    41: 0,
+    2: 1,
+    15: 1,
+    17: 2,
+    6: 3,
+    3: 4,
+    45: 5,
+    47: 5,
+    48: 6,
+    50: 7,
+    30: 8,
+    29: 9,
+    27: 10,
+    19: 11,
+    20: 12,
+    21: 12,
+    22: 12,
+    55: 13,
+    61: 14,
+    54: 15,
+    58: 16,
+    57: 17,
+    52: 18
+}
 _NUM_V12_IDS = 66
 
 

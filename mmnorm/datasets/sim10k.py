@@ -40,5 +40,8 @@ class Sim10kDataset(XMLDataset):
             raise FileNotFoundError(f'Sim10k annotation folder not found: {ann_dir!r}')
         names = sorted(f[:-4] for f in os.listdir(ann_dir) if f.endswith('.xml'))
         self.cat2label = {cat: i for i, cat in enumerate(self._metainfo['classes'])}
-        return [self.parse_data_info(dict(img_id=name, file_name=osp.join(self.img_subdir, f'{name}.jpg'),
-                                          xml_path=osp.join(ann_dir, f'{name}.xml'))) for name in names]
+        return [
+            self.parse_data_info(
+                dict(img_id=name, file_name=osp.join(self.img_subdir, f'{name}.jpg'),
+                     xml_path=osp.join(ann_dir, f'{name}.xml'))) for name in names
+        ]

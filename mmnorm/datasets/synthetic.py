@@ -34,18 +34,41 @@ H, W = 64, 128
 ROAD, SIDEWALK, BUILDING, POLE, VEGETATION, SKY, PERSON, CAR = 7, 8, 11, 17, 21, 23, 24, 26
 # Source appearance: a base RGB colour per class (values in [0, 1]).
 BASE_COLOURS: Dict[int, Tuple[float, float, float]] = {
-    ROAD: (0.45, 0.40, 0.50), SIDEWALK: (0.85, 0.55, 0.75), BUILDING: (0.60, 0.35, 0.25),
-    POLE: (0.95, 0.85, 0.10), VEGETATION: (0.15, 0.70, 0.15), SKY: (0.30, 0.60, 0.95),
-    PERSON: (0.95, 0.15, 0.20), CAR: (0.10, 0.20, 0.80)}
+    ROAD: (0.45, 0.40, 0.50),
+    SIDEWALK: (0.85, 0.55, 0.75),
+    BUILDING: (0.60, 0.35, 0.25),
+    POLE: (0.95, 0.85, 0.10),
+    VEGETATION: (0.15, 0.70, 0.15),
+    SKY: (0.30, 0.60, 0.95),
+    PERSON: (0.95, 0.15, 0.20),
+    CAR: (0.10, 0.20, 0.80)
+}
 SHIFTS = ('full', 'colour', 'fog', 'none')
 
 
 def _cityscapes_palette() -> list:
     """768-entry PIL palette: Cityscapes label-ID colours (as GTA5's label PNGs carry), black elsewhere."""
-    colours = {7: (128, 64, 128), 8: (244, 35, 232), 11: (70, 70, 70), 12: (102, 102, 156), 13: (190, 153, 153),
-               17: (153, 153, 153), 19: (250, 170, 30), 20: (220, 220, 0), 21: (107, 142, 35), 22: (152, 251, 152),
-               23: (70, 130, 180), 24: (220, 20, 60), 25: (255, 0, 0), 26: (0, 0, 142), 27: (0, 0, 70),
-               28: (0, 60, 100), 31: (0, 80, 100), 32: (0, 0, 230), 33: (119, 11, 32)}
+    colours = {
+        7: (128, 64, 128),
+        8: (244, 35, 232),
+        11: (70, 70, 70),
+        12: (102, 102, 156),
+        13: (190, 153, 153),
+        17: (153, 153, 153),
+        19: (250, 170, 30),
+        20: (220, 220, 0),
+        21: (107, 142, 35),
+        22: (152, 251, 152),
+        23: (70, 130, 180),
+        24: (220, 20, 60),
+        25: (255, 0, 0),
+        26: (0, 0, 142),
+        27: (0, 0, 70),
+        28: (0, 60, 100),
+        31: (0, 80, 100),
+        32: (0, 0, 230),
+        33: (119, 11, 32)
+    }
     palette = []
     for i in range(256):
         palette.extend(colours.get(i, (0, 0, 0)))
@@ -66,12 +89,12 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
     cols = np.arange(W, dtype=np.float32)[None, :]
     horizon = rng.uniform(22, 30)
     vanish_x = rng.uniform(0.35, 0.65) * W
-    below = np.clip(rows - horizon, 0, None) / (H - horizon)           # 0 at the horizon, 1 at the bottom row
+    below = np.clip(rows - horizon, 0, None) / (H - horizon)  # 0 at the horizon, 1 at the bottom row
     road_half = below * rng.uniform(0.35, 0.55) * W
     walk_width = below * rng.uniform(0.10, 0.22) * W
     dx = cols - vanish_x
 
-    label = np.full((H, W), VEGETATION, np.uint8)                        # grass verge below the horizon
+    label = np.full((H, W), VEGETATION, np.uint8)  # grass verge below the horizon
     label[np.broadcast_to(rows < horizon, (H, W))] = SKY
     on_ground = rows >= horizon
     walk = on_ground & (np.abs(dx) < road_half + walk_width)
@@ -92,7 +115,7 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
         depth[mask] = 6.0 / max((base_row - horizon) / (H - horizon), 1e-3)
 
     # Buildings stand behind the sidewalks' outer edges on both sides, up to random heights.
-    outer = road_half + walk_width                                       # (H, 1) outer edge offset per row
+    outer = road_half + walk_width  # (H, 1) outer edge offset per row
     for side in (-1, 1):
         x = 0.0 if side < 0 else float(vanish_x)
         end = float(vanish_x) if side < 0 else float(W)
@@ -116,7 +139,7 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
         side = rng.choice([-1, 1])
         cx = vanish_x + side * (road_half[int(base)] + walk_width[int(base)] * 0.5)[0]
         r = 3 + 9 * scale
-        crown = ((rows - (base - 2.2 * r)) / r) ** 2 + ((cols - cx) / (0.8 * r)) ** 2 < 1
+        crown = ((rows - (base - 2.2 * r)) / r)**2 + ((cols - cx) / (0.8 * r))**2 < 1
         paint(crown, VEGETATION, base)
     for _ in range(rng.integers(1, 4)):
         base = rng.uniform(horizon + 3, H - 2)
@@ -132,7 +155,7 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
         side = rng.choice([-1, 1])
         cx = vanish_x + side * (road_half[int(base)] + walk_width[int(base)] * rng.uniform(0.2, 0.8))[0]
         height = 4 + 20 * scale
-        body = ((rows - (base - height / 2)) / (height / 2)) ** 2 + ((cols - cx) / (height / 6)) ** 2 < 1
+        body = ((rows - (base - height / 2)) / (height / 2))**2 + ((cols - cx) / (height / 6))**2 < 1
         paint(body, PERSON, base)
     for _ in range(rng.integers(0, 4)):
         base = rng.uniform(horizon + 3, H - 1)
@@ -143,7 +166,7 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
         paint(box, CAR, base)
         roof = box & (rows < base - 0.6 * height) & (np.abs(cols - cx) < width / 3)
         image[roof] *= 0.55
-    image += rng.normal(0, 0.01, image.shape).astype(np.float32)         # faint render noise
+    image += rng.normal(0, 0.01, image.shape).astype(np.float32)  # faint render noise
     return np.clip(image, 0, 1), label, depth
 
 
@@ -183,7 +206,7 @@ def apply_target_shift(image: np.ndarray, label: np.ndarray, depth: np.ndarray, 
         out = out * gains
         grey = out.mean(axis=2, keepdims=True)
         out = grey + rng.uniform(0.45, 0.65) * (out - grey)
-        out = np.clip(out, 0, 1) ** rng.uniform(0.55, 0.75)
+        out = np.clip(out, 0, 1)**rng.uniform(0.55, 0.75)
         out = 0.5 + rng.uniform(0.65, 0.85) * (out - 0.5)
     if shift == 'full':
         # Real-world surfaces are textured where the source is flat.
@@ -213,9 +236,9 @@ def _train_ids(label: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-def generate_demo_data(root: str, num_source_train: int = 800, num_source_val: int = 100,
-                       num_target_train: int = 200, num_target_val: int = 200, shift: str = 'full',
-                       seed: int = 0, overwrite: bool = False) -> Dict[str, int]:
+def generate_demo_data(root: str, num_source_train: int = 800, num_source_val: int = 100, num_target_train: int = 200,
+                       num_target_val: int = 200, shift: str = 'full', seed: int = 0,
+                       overwrite: bool = False) -> Dict[str, int]:
     """Writes the source (GTA5 layout) and target (Cityscapes layout) domains under ``root``.
 
     A ``meta.json`` records the arguments; a second call with the same arguments does nothing, different arguments
@@ -226,15 +249,14 @@ def generate_demo_data(root: str, num_source_train: int = 800, num_source_val: i
     """
     if shift not in SHIFTS:
         raise ValueError(f'shift must be one of {SHIFTS}, got {shift!r}')
-    meta = dict(num_source_train=num_source_train, num_source_val=num_source_val,
-                num_target_train=num_target_train, num_target_val=num_target_val, shift=shift, seed=seed,
-                size=[H, W], version=1)
+    meta = dict(num_source_train=num_source_train, num_source_val=num_source_val, num_target_train=num_target_train,
+                num_target_val=num_target_val, shift=shift, seed=seed, size=[H, W], version=1)
     meta_file = osp.join(root, 'meta.json')
     if osp.exists(meta_file):
         with open(meta_file) as f:
             if json.load(f) == meta:
-                return dict(source_train=num_source_train, source_val=num_source_val,
-                            target_train=num_target_train, target_val=num_target_val)
+                return dict(source_train=num_source_train, source_val=num_source_val, target_train=num_target_train,
+                            target_val=num_target_val)
         if not overwrite:
             raise FileExistsError(f'{root!r} holds demo data made with other settings (see {meta_file}); '
                                   'pass overwrite=True or choose another root')

@@ -59,7 +59,7 @@ def shift_frame(image: np.ndarray, depth: np.ndarray, rng: np.random.Generator, 
         out = out * gains
         grey = out.mean(axis=2, keepdims=True)
         out = grey + (1 - 0.65 * colour) * (out - grey)
-        out = np.clip(out, 0, 1) ** (1 - 0.5 * colour)
+        out = np.clip(out, 0, 1)**(1 - 0.5 * colour)
         out = 0.5 + (1 - 0.4 * colour) * (out - 0.5)
     if fog > 0:
         transmission = np.exp(-MAX_FOG_BETA * fog * np.minimum(depth, 1e4))[..., None]

@@ -15,7 +15,23 @@ __all__ = ['SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID', 'SYNTHIA_CLASS_SUBSETS']
 
 # SYNTHIA class ID -> Cityscapes train ID; every other ID (void, lane marking, ...) is ignored (255).
 SYNTHIA_ID_TO_TRAINID: Dict[int, int] = {
-    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12, 8: 13, 19: 15, 12: 17, 11: 18}
+    3: 0,
+    4: 1,
+    2: 2,
+    21: 3,
+    5: 4,
+    7: 5,
+    15: 6,
+    9: 7,
+    6: 8,
+    1: 10,
+    10: 11,
+    17: 12,
+    8: 13,
+    19: 15,
+    12: 17,
+    11: 18
+}
 
 _NAMES = CityscapesDataset.METAINFO['classes']
 _NOT_IN_SYNTHIA = ('terrain', 'truck', 'train')

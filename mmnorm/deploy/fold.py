@@ -28,8 +28,8 @@ __all__ = ['FOLDABLE', 'fold_norms', 'fold_config', 'mmnorm_types_in']
 FOLDABLE = (AdaBN, RN, PBN)
 
 
-def _eval_tensors(layer: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor],
-                                             Optional[torch.Tensor], float]:
+def _eval_tensors(
+        layer: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], float]:
     """``(running_mean, running_var, weight, bias, eps)`` an AdaBN / RN / PBN layer normalises with in eval."""
     if isinstance(layer, AdaBN) and layer.test_mode != 'running':
         raise ValueError(f"AdaBN(test_mode={layer.test_mode!r}) normalises with test-batch statistics and cannot be "
@@ -122,8 +122,8 @@ def _fold_model_cfg(node, registry, path: str, changes: List[str]):
         dropped = [k for k in out if k != 'type' and k not in accepted and not takes_kwargs]
         out = {k: v for k, v in out.items() if k not in dropped}
         out['type'] = base.__name__
-        changes.append(f'{path.rstrip(".")}.type: {cls.__name__} -> {base.__name__}'
-                       + (f' (dropped {dropped})' if dropped else ''))
+        changes.append(f'{path.rstrip(".")}.type: {cls.__name__} -> {base.__name__}' +
+                       (f' (dropped {dropped})' if dropped else ''))
     return out
 
 

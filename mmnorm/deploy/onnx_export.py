@@ -16,8 +16,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ['DEFAULT_TOLERANCE', 'build_model', 'ExportWrapper', 'output_names', 'export_onnx', 'onnx_outputs',
-           'torch_outputs', 'max_abs_diff', 'within_tolerance', 'compare']
+__all__ = [
+    'DEFAULT_TOLERANCE', 'build_model', 'ExportWrapper', 'output_names', 'export_onnx', 'onnx_outputs', 'torch_outputs',
+    'max_abs_diff', 'within_tolerance', 'compare'
+]
 
 # Allowed max |torch - onnxruntime| relative to the output scale max(1, max|torch output|): see docs/deploy.md.
 DEFAULT_TOLERANCE = 1e-4

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 
-__all__ = ['restricted_getattr', 'allow_mmengine_checkpoints', 'MMENGINE_SAFE_GLOBALS', 'CheckpointFileError',
-           'check_checkpoint_file']
+__all__ = [
+    'restricted_getattr', 'allow_mmengine_checkpoints', 'MMENGINE_SAFE_GLOBALS', 'CheckpointFileError',
+    'check_checkpoint_file'
+]
 
 
 def restricted_getattr(obj: Any, name: str) -> Any:
@@ -89,8 +91,10 @@ def _refused_what(message: str) -> str:
     if found:
         return f'it references the global {found.group(1).rstrip(".,")}, which is not allow-listed'
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    detail = [line for line in lines if 'weights_only' not in line and 'Weights only' not in line
-              and 'documentation' not in line]
+    detail = [
+        line for line in lines
+        if 'weights_only' not in line and 'Weights only' not in line and 'documentation' not in line
+    ]
     return (detail[0] if detail else 'an object that is not allow-listed')[:200]
 
 
@@ -141,7 +145,7 @@ def check_checkpoint_file(path: str, what: str = 'checkpoint') -> None:
     except RuntimeError as err:
         text = str(err)
         if any(sign in text for sign in ('zip archive', 'central directory', 'invalid load key', 'magic number')):
-            raise CheckpointFileError(f'{what} {path!r} is truncated or not a torch checkpoint ({text.strip()}); '
-                                      'a save interrupted mid-write leaves such files: use an earlier checkpoint'
-                                      ) from None
+            raise CheckpointFileError(
+                f'{what} {path!r} is truncated or not a torch checkpoint ({text.strip()}); '
+                'a save interrupted mid-write leaves such files: use an earlier checkpoint') from None
         raise

@@ -35,8 +35,8 @@ DEFAULT_OPTIMIZER = dict(type='Adam', lr=1e-3, betas=(0.9, 0.999))  # TENT's def
 
 
 def _is_segmentor(model: nn.Module) -> bool:
-    return all(callable(getattr(model, a, None)) for a in ('inference', 'postprocess_result')) and hasattr(
-        model, 'decode_head')
+    return all(callable(getattr(model, a, None))
+               for a in ('inference', 'postprocess_result')) and hasattr(model, 'decode_head')
 
 
 class TestTimeAdapter:
@@ -74,15 +74,13 @@ class TestTimeAdapter:
     """
     __test__ = False  # not a pytest class
 
-    def __init__(self, model: nn.Module, method: str = 'tent', *, prior: float = 16.0,
-                 optimizer: Optional[dict] = None, steps: int = 1, episodic: bool = False,
-                 predict_after_update: bool = False, reliable: Optional[float] = None,
-                 reset_threshold: Optional[float] = None, reset_momentum: float = 0.1,
+    def __init__(self, model: nn.Module, method: str = 'tent', *, prior: float = 16.0, optimizer: Optional[dict] = None,
+                 steps: int = 1, episodic: bool = False, predict_after_update: bool = False,
+                 reliable: Optional[float] = None, reset_threshold: Optional[float] = None, reset_momentum: float = 0.1,
                  reset_signal: str = 'marginal', reset_every: Optional[int] = None, num_classes: Optional[int] = None,
                  logger: Optional[str] = 'current') -> None:
         optimizer = dict(DEFAULT_OPTIMIZER if optimizer is None else optimizer)
-        check_method_arguments(method, METHODS, prior=prior, optimizer=optimizer, steps=steps,
-                               num_classes=num_classes)
+        check_method_arguments(method, METHODS, prior=prior, optimizer=optimizer, steps=steps, num_classes=num_classes)
         self.model = model.module if is_model_wrapper(model) else model
         self.method = method
         self.prior = float(prior)
@@ -210,8 +208,7 @@ class TestTimeAdapter:
             self.num_classes = logits.shape[1]
         margin = entropy_margin(logits.shape[1], self.reliable)
         terms = entropy_terms(logits, valid, margin)
-        local = torch.cat([torch.stack([terms.selected, terms.valid, terms.entropy_sum]).cpu(),
-                           terms.prob_sum.cpu()])
+        local = torch.cat([torch.stack([terms.selected, terms.valid, terms.entropy_sum]).cpu(), terms.prob_sum.cpu()])
         self._reduce_and_update(terms.loss_sum, local)
 
     def _reduce_and_update(self, loss_sum: Optional[torch.Tensor], local: torch.Tensor) -> None:
@@ -230,8 +227,8 @@ class TestTimeAdapter:
                     p.grad = torch.zeros_like(p)
             self.optimizer.step()
         self.num_steps += 1
-        record = dict(step=self.num_steps, entropy=float(total[2]) / max(valid, 1.0), selected=selected / max(
-            valid, 1.0), marginal=marginal_entropy(total[3:], valid), reset=None)
+        record = dict(step=self.num_steps, entropy=float(total[2]) / max(valid, 1.0),
+                      selected=selected / max(valid, 1.0), marginal=marginal_entropy(total[3:], valid), reset=None)
         if not self.episodic and self.monitor.enabled and valid > 0:
             reason = self.monitor.update(record[self.reset_signal])
             if reason is not None:

@@ -60,8 +60,8 @@ def test_batch_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     """
     if x.numel() <= x.shape[1]:  # one value per channel: no batch statistics
         return F.batch_norm(x, source_mean, source_var, weight, bias, False, 0.0, eps)
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad
-                                                               for t in (weight, bias)))
+    grad = torch.is_grad_enabled() and (x.requires_grad
+                                        or any(t is not None and t.requires_grad for t in (weight, bias)))
     if mode == 'bn' and grad:  # TENT: autograd through the batch statistics
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

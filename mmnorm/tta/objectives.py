@@ -8,8 +8,9 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['softmax_entropy', 'valid_pixel_mask', 'EntropyTerms', 'entropy_terms', 'marginal_entropy',
-           'check_class_logits']
+__all__ = [
+    'softmax_entropy', 'valid_pixel_mask', 'EntropyTerms', 'entropy_terms', 'marginal_entropy', 'check_class_logits'
+]
 
 
 def softmax_entropy(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:

@@ -30,8 +30,8 @@ def check_fraction(value, name: str, *, closed_right: bool = False, optional: bo
     naming ``name`` and the value otherwise."""
     if value is None and optional:
         return None
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value and (
-        value <= 1 if closed_right else value < 1)
+    ok = not isinstance(value, bool) and isinstance(
+        value, (int, float)) and 0 < value and (value <= 1 if closed_right else value < 1)
     if not ok:
         interval = '(0, 1]' if closed_right else '(0, 1)'
         raise ValueError(f'{name} must be a number in {interval}{" or None" if optional else ""}, got {value!r}')

@@ -85,9 +85,10 @@ def analyse(cfg: Config, checkpoint: str, source: str, target: str, num_batches=
     after = compare_moments(running_moments(layers), tgt_after)
     rows = []
     for depth, name in enumerate(n for n in layers if n in src_tgt):
-        rows.append(dict(depth=depth, layer=name, channels=int(src[name][1].numel()),
-                         kl_source_target=src_tgt[name][0], shift_source_target=src_tgt[name][1],
-                         kl_running_target_before=before[name][0], kl_running_target_after=after[name][0]))
+        rows.append(
+            dict(depth=depth, layer=name, channels=int(src[name][1].numel()), kl_source_target=src_tgt[name][0],
+                 shift_source_target=src_tgt[name][1], kl_running_target_before=before[name][0],
+                 kl_running_target_after=after[name][0]))
     return rows
 
 
@@ -97,9 +98,11 @@ def write_outputs(rows, out_dir: str, title: str) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f'# BN statistics shift: {title}', '',
-             '| # | layer | C | sym. KL src↔tgt | \\|Δμ\\|/σ src↔tgt | sym. KL running↔tgt before AdaBN | after |',
-             '|---:|---|---:|---:|---:|---:|---:|']
+    lines = [
+        f'# BN statistics shift: {title}', '',
+        '| # | layer | C | sym. KL src↔tgt | \\|Δμ\\|/σ src↔tgt | sym. KL running↔tgt before AdaBN | after |',
+        '|---:|---|---:|---:|---:|---:|---:|'
+    ]
     for r in rows:
         lines.append(f"| {r['depth']} | {r['layer']} | {r['channels']} | {r['kl_source_target']:.4f} | "
                      f"{r['shift_source_target']:.4f} | {r['kl_running_target_before']:.4f} | "

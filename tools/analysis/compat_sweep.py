@@ -39,8 +39,8 @@ def counts_table(records: List[dict], norms) -> List[str]:
     lines = ['| norm | pass | named error | FAIL | cases |', '|---|---:|---:|---:|---:|']
     for norm in norms:
         rs = [r for r in records if r['norm'] == norm]
-        lines.append(f'| {norm} | ' + ' | '.join(str(sum(r['status'] == s for r in rs)) for s in MARK)
-                     + f' | {len(rs)} |')
+        lines.append(f'| {norm} | ' + ' | '.join(str(sum(r['status'] == s for r in rs))
+                                                 for s in MARK) + f' | {len(rs)} |')
     return lines
 
 
@@ -99,8 +99,9 @@ def parse_args(argv=None):
     parser.add_argument('--fast', action='store_true', help='only the default test subset of configs')
     parser.add_argument('--out', help='append one JSON line per case to this file (cases already in it are skipped)')
     parser.add_argument('--table', help='read this JSON-lines file and print the markdown table')
-    parser.add_argument('--markdown', help='with --table: write the table into this file (between its '
-                        'compat_sweep marker lines, the rest kept) instead of printing it')
+    parser.add_argument(
+        '--markdown', help='with --table: write the table into this file (between its '
+        'compat_sweep marker lines, the rest kept) instead of printing it')
     return parser.parse_args(argv)
 
 

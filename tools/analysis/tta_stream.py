@@ -77,10 +77,11 @@ def load_model(config: str, checkpoint: str):
 def stream_batches(cfg, root: str, batch_size: int) -> List[dict]:
     """The stream's batches in order (held in memory: every method sees the same data)."""
     from mmengine.runner import Runner
-    loader = Runner.build_dataloader(dict(
-        batch_size=batch_size, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False, round_up=False),
-        dataset=dict(type='CityscapesDataset', data_root=root, pipeline=cfg.test_pipeline,
-                     data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'))))
+    loader = Runner.build_dataloader(
+        dict(
+            batch_size=batch_size, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False, round_up=False),
+            dataset=dict(type='CityscapesDataset', data_root=root, pipeline=cfg.test_pipeline,
+                         data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'))))
     return list(loader)
 
 
@@ -91,7 +92,7 @@ def confusion(outputs, num_classes: int) -> np.ndarray:
         pred = sample.pred_sem_seg.data.squeeze(0).cpu().numpy().ravel()
         gt = sample.gt_sem_seg.data.squeeze(0).cpu().numpy().ravel()
         keep = gt != 255
-        mat += np.bincount(gt[keep] * num_classes + pred[keep], minlength=num_classes ** 2).reshape(mat.shape)
+        mat += np.bincount(gt[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(mat.shape)
     return mat
 
 
@@ -116,8 +117,7 @@ def run_methods(model, batches: List[dict], lr: float, num_classes: int) -> Dict
         t0 = time.time()
         with torch.no_grad() if adapter is None else torch.enable_grad():
             mats = [confusion(predict(batch), num_classes) for batch in batches]
-        runs[name] = dict(mats=mats, seconds=time.time() - t0,
-                          resets=None if adapter is None else adapter.num_resets,
+        runs[name] = dict(mats=mats, seconds=time.time() - t0, resets=None if adapter is None else adapter.num_resets,
                           reset_steps=[] if adapter is None else [r['step'] for r in adapter.history if r['reset']])
         print(f'{name}: mIoU {miou(sum(mats)):.1f} over the stream ({runs[name]["seconds"]:.0f} s)', flush=True)
 
@@ -141,8 +141,9 @@ def summarise(runs: Dict[str, dict], phases: List[str], window: int) -> Dict[str
         mats = run['mats']
         per_phase = {p: miou(sum(m for m, q in zip(mats, phases) if q == p)) for p in names}
         curve = [miou(sum(mats[max(0, i - window + 1):i + 1])) for i in range(len(mats))]
-        rows[name] = dict(stream=miou(sum(mats)), phases=per_phase, curve=curve, resets=run['resets'],
-                          reset_batches=run['reset_steps'], seconds=run['seconds'])
+        rows[name] = dict(
+            stream=miou(sum(mats)), phases=per_phase, curve=curve, resets=run['resets'],
+            reset_batches=run['reset_steps'], seconds=run['seconds'])
     return rows
 
 
@@ -197,8 +198,7 @@ def main(argv=None):
     with open(osp.join(args.out_dir, 'stream_results.md'), 'w') as f:
         f.write(table)
     with open(osp.join(args.out_dir, 'stream_results.json'), 'w') as f:
-        json.dump(dict(rows=rows, phases=phases, lr=args.lr, safeguards=SAFEGUARDS, frames=args.frames), f,
-                  indent=1)
+        json.dump(dict(rows=rows, phases=phases, lr=args.lr, safeguards=SAFEGUARDS, frames=args.frames), f, indent=1)
     plot(rows, phases, args.batch_size, osp.join(args.out_dir, 'stream_miou.png'))
     print(table + f'written to {args.out_dir} in {time.time() - t0:.0f} s')
 

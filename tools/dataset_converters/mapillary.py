@@ -11,8 +11,7 @@ import argparse
 import os.path as osp
 import sys
 
-from mmnorm.datasets.conversion import (Frame, add_converter_args, pair_frames, read_index_label,
-                                        run_converter)
+from mmnorm.datasets.conversion import Frame, add_converter_args, pair_frames, read_index_label, run_converter
 from mmnorm.datasets.mapillary import MAPILLARY_V12_TO_TRAINID
 
 
@@ -31,8 +30,9 @@ def main(argv=None) -> int:
             print(f'{split}: no {img_dir}, not converted')
             continue
         # Frame names carry the split so that the report is unambiguous.
-        frames += [Frame(f'{split}/{f.name}', *f[1:])
-                   for f in pair_frames(img_dir, label_dir, label_dir, img_suffix='.jpg')]
+        frames += [
+            Frame(f'{split}/{f.name}', *f[1:]) for f in pair_frames(img_dir, label_dir, label_dir, img_suffix='.jpg')
+        ]
     if not frames:
         parser.error(f'no split of {args.splits} found under {args.root!r}')
     report = args.report or osp.join(args.root, 'mapillary_conversion_report.json')

@@ -100,12 +100,16 @@ def main(argv=None):
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         names = export_onnx(wrapper, example, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset)
         onnx_file = args.out
-        preprocessor = {k: v for k, v in dict(cfg.model.get('data_preprocessor') or {}).items()
-                        if k in ('mean', 'std', 'bgr_to_rgb', 'rgb_to_bgr', 'pad_size_divisor', 'size')}
+        preprocessor = {
+            k: v
+            for k, v in dict(cfg.model.get('data_preprocessor') or {}).items()
+            if k in ('mean', 'std', 'bgr_to_rgb', 'rgb_to_bgr', 'pad_size_divisor', 'size')
+        }
         with open(args.out + '.json', 'w') as f:
-            json.dump(dict(config=args.config, checkpoint=args.checkpoint, toolbox=scope, input='input',
-                           input_shape=['N' if args.dynamic_batch else args.batch_size, 3, height, width],
-                           outputs=names, preprocessing=preprocessor), f, indent=2)
+            json.dump(
+                dict(config=args.config, checkpoint=args.checkpoint, toolbox=scope, input='input',
+                     input_shape=['N' if args.dynamic_batch else args.batch_size, 3, height,
+                                  width], outputs=names, preprocessing=preprocessor), f, indent=2)
         print(f'wrote {args.out} (outputs: {", ".join(names)}) and {args.out}.json')
     inputs = [example]
     if args.dynamic_batch:

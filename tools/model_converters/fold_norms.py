@@ -91,11 +91,11 @@ def main(argv=None):
     torch.save(dict(meta=meta, state_dict={k: v.detach().clone() for k, v in model.state_dict().items()}), buffer)
     atomic_write_bytes(buffer.getvalue(), args.out_checkpoint)
     kinds = sorted(set(layers.values()))
-    header = [f'# Folded by mmnorm tools/model_converters/fold_norms.py from {args.config}',
-              f'# {len(layers)} {"/".join(kinds)} layers -> BatchNorm2d (eval statistics); loads without mmnorm.'
-              ] + [f'# {line}' for line in changes]
-    atomic_write_bytes(('\n'.join(header) + '\n' + Config(folded_cfg).pretty_text + '\n').encode(),
-                       args.out_config)
+    header = [
+        f'# Folded by mmnorm tools/model_converters/fold_norms.py from {args.config}',
+        f'# {len(layers)} {"/".join(kinds)} layers -> BatchNorm2d (eval statistics); loads without mmnorm.'
+    ] + [f'# {line}' for line in changes]
+    atomic_write_bytes(('\n'.join(header) + '\n' + Config(folded_cfg).pretty_text + '\n').encode(), args.out_config)
     print(f'folded {len(layers)} layers ({", ".join(kinds)}) into BatchNorm2d; max |folded - original| {diff:.3g}')
     for line in changes:
         print(f'  {line}')

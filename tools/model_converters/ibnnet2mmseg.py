@@ -24,9 +24,14 @@ from typing import Dict, List, Tuple
 import torch
 
 #: (block kind, blocks per stage) -> ResNet depth.
-DEPTHS = {('basic', (2, 2, 2, 2)): 18, ('basic', (3, 4, 6, 3)): 34, ('bottleneck', (3, 4, 6, 3)): 50,
-          ('bottleneck', (3, 4, 23, 3)): 101, ('bottleneck', (3, 8, 36, 3)): 152}
-CLASSIFIER = ('fc.',)
+DEPTHS = {
+    ('basic', (2, 2, 2, 2)): 18,
+    ('basic', (3, 4, 6, 3)): 34,
+    ('bottleneck', (3, 4, 6, 3)): 50,
+    ('bottleneck', (3, 4, 23, 3)): 101,
+    ('bottleneck', (3, 8, 36, 3)): 152
+}
+CLASSIFIER = ('fc.', )
 
 
 def load_official(path: str) -> Dict[str, torch.Tensor]:
@@ -51,8 +56,8 @@ def infer_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, str]:
         raise ValueError(f'not a ResNet-18/34/50/101/152 layout: {kind} blocks per stage {tuple(blocks)}')
     if any(re.match(r'layer\d\.\d+\.bn1\.IN\.', k) for k in state_dict):
         return depth, 'a'
-    if any(re.match(r'layer\d\.\d+\.IN\.', k) for k in state_dict) or (
-            'bn1.weight' in state_dict and 'bn1.running_mean' not in state_dict):
+    if any(re.match(r'layer\d\.\d+\.IN\.', k)
+           for k in state_dict) or ('bn1.weight' in state_dict and 'bn1.running_mean' not in state_dict):
         return depth, 'b'
     raise ValueError('no IBN layers found (keys like layer1.0.bn1.IN.weight or layer1.2.IN.weight): '
                      'a plain ResNet checkpoint loads into IBNResNet directly')
@@ -121,8 +126,9 @@ def main(argv=None) -> int:
     _print_keys('unmatched: shape mismatch (key, checkpoint, IBNResNet)', report['mismatched'])
     unmatched = report['unexpected'] or report['missing'] or report['mismatched']
     if unmatched and not args.allow_unmatched:
-        print(f'error: unmatched keys, {args.dst} not written (pass --allow-unmatched to write the matching '
-              'tensors)', file=sys.stderr)
+        print(
+            f'error: unmatched keys, {args.dst} not written (pass --allow-unmatched to write the matching '
+            'tensors)', file=sys.stderr)
         return 1
     torch.save(report['state_dict'], args.dst)
     print(f'wrote {len(report["state_dict"])} tensors to {args.dst}; use backbone=dict(type=\'IBNResNet\', '

@@ -8,5 +8,5 @@ adabn_pipeline = [
     dict(type='Resize', scale=(1200, 600), keep_ratio=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]
-adabn_dataloader = dict(
-    batch_size=4, num_workers=4, persistent_workers=False, sampler=dict(type='DefaultSampler', shuffle=False))
+adabn_dataloader = dict(batch_size=4, num_workers=4, persistent_workers=False,
+                        sampler=dict(type='DefaultSampler', shuffle=False))

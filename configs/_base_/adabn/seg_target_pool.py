@@ -8,11 +8,8 @@ adabn_pipeline = [
     dict(type='Resize', scale=(1024, 512), keep_ratio=True),
     dict(type='PackSegInputs'),
 ]
-adabn_dataloader = dict(
-    batch_size=8, num_workers=4, persistent_workers=False, sampler=dict(type='DefaultSampler', shuffle=False))
-adabn_pool = dict(
-    type='CityscapesDataset',
-    data_root='data/cityscapes/',
-    data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-    pipeline=adabn_pipeline)
+adabn_dataloader = dict(batch_size=8, num_workers=4, persistent_workers=False,
+                        sampler=dict(type='DefaultSampler', shuffle=False))
+adabn_pool = dict(type='CityscapesDataset', data_root='data/cityscapes/',
+                  data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'), pipeline=adabn_pipeline)
 custom_hooks = [dict(type='AdaBNHook', before='test', dataloader=dict(adabn_dataloader, dataset=adabn_pool))]

@@ -34,23 +34,13 @@ train_dataloader = dict(
         filter_cfg=dict(filter_empty_gt=True, min_size=32),
         pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=2,
-    persistent_workers=True,
-    drop_last=False,
+    batch_size=1, num_workers=2, persistent_workers=True, drop_last=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type='CityscapesDataset',
-        metainfo=dict(classes=('car', ), palette=[(0, 0, 142)]),
-        data_root=cityscapes_root,
-        ann_file='annotations/instancesonly_filtered_gtFine_val.json',
-        data_prefix=dict(img='leftImg8bit/val/'),
-        test_mode=True,
-        pipeline=test_pipeline))
+    dataset=dict(type='CityscapesDataset', metainfo=dict(classes=('car', ), palette=[(0, 0, 142)]),
+                 data_root=cityscapes_root, ann_file='annotations/instancesonly_filtered_gtFine_val.json',
+                 data_prefix=dict(img='leftImg8bit/val/'), test_mode=True, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-val_evaluator = dict(
-    type='CocoMetric',
-    ann_file=cityscapes_root + 'annotations/instancesonly_filtered_gtFine_val.json',
-    metric='bbox')
+val_evaluator = dict(type='CocoMetric', ann_file=cityscapes_root + 'annotations/instancesonly_filtered_gtFine_val.json',
+                     metric='bbox')
 test_evaluator = val_evaluator

@@ -27,25 +27,13 @@ test_pipeline = [
 ]
 
 train_dataloader = dict(
-    batch_size=2,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type='SynthiaDataset',
-        data_root=synthia_root,
-        data_prefix=dict(img_path='RGB', seg_map_path='GT/LABELS'),
-        pipeline=train_pipeline))
+    batch_size=2, num_workers=4, persistent_workers=True, sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(type='SynthiaDataset', data_root=synthia_root,
+                 data_prefix=dict(img_path='RGB', seg_map_path='GT/LABELS'), pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type='CityscapesDataset',
-        data_root=cityscapes_root,
-        data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-        pipeline=test_pipeline))
+    batch_size=1, num_workers=4, persistent_workers=True, sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='CityscapesDataset', data_root=cityscapes_root,
+                 data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'), pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # mIoU (19 classes) plus mIoU16 / mIoU13 over the SYNTHIA class subsets.

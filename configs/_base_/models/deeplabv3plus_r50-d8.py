@@ -4,6 +4,5 @@ _base_ = 'mmseg::_base_/models/deeplabv3plus_r50-d8.py'
 
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
-    backbone=dict(norm_cfg=norm_cfg),
-    decode_head=dict(norm_cfg=norm_cfg, num_classes=19),
+    backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg, num_classes=19),
     auxiliary_head=dict(norm_cfg=norm_cfg, num_classes=19))

@@ -6,5 +6,4 @@ _base_ = 'mmdet::_base_/models/faster-rcnn_r50_fpn.py'
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     backbone=dict(norm_cfg=norm_cfg, norm_eval=False, frozen_stages=1),
-    roi_head=dict(bbox_head=dict(
-        num_classes=8, loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0))))
+    roi_head=dict(bbox_head=dict(num_classes=8, loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0))))

@@ -9,8 +9,6 @@ uda_target_pipeline = [
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
-uda_target = dict(
-    type='CityscapesDataset',
-    data_root='data/cityscapes/',
-    data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
-    pipeline=uda_target_pipeline)
+uda_target = dict(type='CityscapesDataset', data_root='data/cityscapes/',
+                  data_prefix=dict(img_path='leftImg8bit/train',
+                                   seg_map_path='gtFine/train'), pipeline=uda_target_pipeline)

@@ -172,9 +172,8 @@ class AdaBNHook(Hook):
         if 'val' not in self.before:
             return
         model = self._model(runner)
-        self._snapshot = dict(
-            buffers=[(buf, buf.detach().clone()) for buf in model.buffers()],
-            adabn=adabn_selection(model))
+        self._snapshot = dict(buffers=[(buf, buf.detach().clone()) for buf in model.buffers()],
+                              adabn=adabn_selection(model))
         self._recalibrate(runner, 'val')
 
     def after_val_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -201,7 +200,8 @@ class AdaBNHook(Hook):
             path = self.save_checkpoint
             if not osp.isabs(path):
                 path = osp.join(runner.work_dir, path)
-            meta = dict(adabn=dict(dataloader=self._describe(), num_samples=self.num_samples or -1,
-                                   mode=self.mode, domain=self.domain or ''))
+            meta = dict(
+                adabn=dict(dataloader=self._describe(), num_samples=self.num_samples or -1, mode=self.mode,
+                           domain=self.domain or ''))
             save_checkpoint(dict(meta=meta, state_dict=weights_to_cpu(get_state_dict(runner.model))), path)
             print_log(f'AdaBNHook: saved the recalibrated checkpoint to {path}', logger='current')

@@ -52,9 +52,9 @@ class TestTimeAdaptHook(Hook):
         own = len(runner.test_loop.dataloader)
         self._steps_to_take = max_over_ranks(own, self.adapter.device) if self.method == 'tent' else own
         runner.model.test_step = self.adapter.adapt  # instance attribute over the class's test_step
-        print_log(f'TestTimeAdaptHook: {self.method} on {len(self.adapter.layers)} norm layers'
-                  + (f', tuning {len(self.adapter.params)} affine parameters' if self.adapter.params else ''),
-                  logger='current')
+        print_log(
+            f'TestTimeAdaptHook: {self.method} on {len(self.adapter.layers)} norm layers' +
+            (f', tuning {len(self.adapter.params)} affine parameters' if self.adapter.params else ''), logger='current')
         if own == 0:
             self._pad(runner, 0)
 
@@ -73,8 +73,9 @@ class TestTimeAdaptHook(Hook):
         runner.model.__dict__.pop('test_step', None)
         adapter = self.adapter
         self.summary = dict(method=adapter.method, steps=adapter.num_steps, resets=adapter.num_resets)
-        print_log(f'TestTimeAdaptHook: {adapter.method} done; {adapter.num_steps} optimizer steps, '
-                  f'{adapter.num_resets} resets', logger='current')
+        print_log(
+            f'TestTimeAdaptHook: {adapter.method} done; {adapter.num_steps} optimizer steps, '
+            f'{adapter.num_resets} resets', logger='current')
         if self.restore:
             adapter.reset()
         self.adapter = None

@@ -40,10 +40,7 @@ class NormAwareOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     parameter names (``backbone.layer1.0.bn1.gate_mean_source`` ...).
     """
 
-    def add_params(self,
-                   params: List[dict],
-                   module: nn.Module,
-                   prefix: str = '',
+    def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:
         if isinstance(module, TORCH_NORMS) or not is_norm(module):
             return super().add_params(params, module, prefix, is_dcn_module)

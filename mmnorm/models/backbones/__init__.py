@@ -4,8 +4,10 @@ from ...toolboxes import toolbox_installed
 from .ibn_resnet import IBNResNetMixin, PostResidualIN, add_ibn, residual_sum
 from .perturb_resnet import PerturbResNetMixin, add_perturbation, perturb_positions
 
-__all__ = ['add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin', 'PerturbResNetMixin', 'add_perturbation',
-           'perturb_positions']
+__all__ = [
+    'add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin', 'PerturbResNetMixin', 'add_perturbation',
+    'perturb_positions'
+]
 
 if toolbox_installed('mmseg'):
     from . import mmseg_ibn_resnet  # noqa: F401  (registration)

@@ -89,10 +89,7 @@ def _instance_norm(num_features: int, norm_cfg: dict) -> nn.InstanceNorm2d:
     return norm
 
 
-def add_ibn(resnet: nn.Module,
-            type: str = 'a',
-            stages: Optional[Sequence[bool]] = None,
-            ratio: Optional[float] = None,
+def add_ibn(resnet: nn.Module, type: str = 'a', stages: Optional[Sequence[bool]] = None, ratio: Optional[float] = None,
             stem: Optional[bool] = None) -> nn.Module:
     """Turns a built mmseg/mmdet ``ResNet`` (or a subclass) into IBN-Net-a or IBN-Net-b, in place.
 
@@ -139,8 +136,8 @@ def add_ibn(resnet: nn.Module,
 
 def _add_ibn_a(resnet: nn.Module, stages: tuple, ratio: float, norm_cfg: dict) -> None:
     requires_grad = norm_cfg.pop('requires_grad', True)
-    ibn_cfg = dict(type='IBN', ratio=ratio, requires_grad=requires_grad,
-                   eps=norm_cfg.pop('eps', 1e-5), momentum=norm_cfg.pop('momentum', 0.1), bn_cfg=norm_cfg)
+    ibn_cfg = dict(type='IBN', ratio=ratio, requires_grad=requires_grad, eps=norm_cfg.pop('eps', 1e-5),
+                   momentum=norm_cfg.pop('momentum', 0.1), bn_cfg=norm_cfg)
     for layer_name, use in zip(resnet.res_layers, stages):
         if not use:
             continue

@@ -5,5 +5,7 @@ from .ibn import IBN
 from .pbn import PBN
 from .rn import RN
 
-__all__ = ['AdaBN', 'set_adabn_domain', 'DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split',
-           'IBN', 'PBN', 'RN']
+__all__ = [
+    'AdaBN', 'set_adabn_domain', 'DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split', 'IBN',
+    'PBN', 'RN'
+]

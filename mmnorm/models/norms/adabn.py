@@ -98,8 +98,10 @@ class AdaBN(DomainAwareMixin, nn.Module):
             raise ValueError(f'domains must be a non-empty list of names, got {domains!r}')
         if len(set(domains)) != len(domains):
             raise ValueError(f'domains must be unique, got {tuple(domains)!r}')
-        reserved = {'num_features', 'eps', 'momentum', 'affine', 'track_running_stats', 'domains', 'eval_domain',
-                    'train_domain', 'split_domains', 'test_mode', 'prior'}
+        reserved = {
+            'num_features', 'eps', 'momentum', 'affine', 'track_running_stats', 'domains', 'eval_domain',
+            'train_domain', 'split_domains', 'test_mode', 'prior'
+        }
         for name in domains:
             if (not isinstance(name, str) or not name.isidentifier() or name.startswith('_') or name in reserved
                     or hasattr(type(self), name) or name in self.__dict__):
@@ -111,8 +113,10 @@ class AdaBN(DomainAwareMixin, nn.Module):
         self.track_running_stats = track_running_stats
         self.domains = tuple(domains)
         for i, name in enumerate(self.domains):  # the first domain's BN holds the shared affine
-            self.add_module(name, DomainBatchNorm(num_features, eps, momentum, affine and i == 0,
-                                                  track_running_stats, device=device, dtype=dtype))
+            self.add_module(
+                name,
+                DomainBatchNorm(num_features, eps, momentum, affine and i == 0, track_running_stats, device=device,
+                                dtype=dtype))
         self.eval_domain = self.check_domain(eval_domain or self.domains[0], 'eval_domain')
         self.train_domain = self.check_domain(train_domain or self.domains[0], 'train_domain')
         if split_domains is None:
@@ -204,8 +208,10 @@ class AdaBN(DomainAwareMixin, nn.Module):
         if split is None:
             return self._normalise(x, self.train_domain)
         check_domain_split(split, x.shape[0], self)
-        parts = [self._normalise(part, domain)
-                 for part, domain in zip(torch.split(x, list(split)), self.split_domains) if part.shape[0] > 0]
+        parts = [
+            self._normalise(part, domain) for part, domain in zip(torch.split(x, list(split)), self.split_domains)
+            if part.shape[0] > 0
+        ]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     # -- checkpoints -------------------------------------------------------------------------------------------

@@ -44,11 +44,8 @@ def _training_fix(kind: str, per_domain: bool) -> str:
             'batch statistics')
 
 
-def check_batch_statistics(layer: nn.Module,
-                           x: torch.Tensor,
-                           split: Optional[Tuple[int, int]] = None,
-                           part: Optional[str] = None,
-                           bn: Optional[nn.Module] = None,
+def check_batch_statistics(layer: nn.Module, x: torch.Tensor, split: Optional[Tuple[int, int]] = None,
+                           part: Optional[str] = None, bn: Optional[nn.Module] = None,
                            fix: Optional[str] = None) -> None:
     """Raises ValueError when ``x`` (or a domain part of it) has a single value per channel for batch statistics.
 
@@ -68,9 +65,9 @@ def check_batch_statistics(layer: nn.Module,
     """
     if _synchronised(bn):
         return
-    parts = [(part or 'input', None)] if split is None else [
-        (f'the {name} part ({count} of split {tuple(split)}) of input', count)
-        for name, count in zip(('source', 'target'), split) if count > 0]
+    parts = [(part or 'input',
+              None)] if split is None else [(f'the {name} part ({count} of split {tuple(split)}) of input', count)
+                                            for name, count in zip(('source', 'target'), split) if count > 0]
     for what, samples in parts:
         if values_per_channel(x.shape, samples) == 1:
             kind = type(layer).__name__

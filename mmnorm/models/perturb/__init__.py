@@ -4,5 +4,7 @@ from .dsu import DSU, dsu
 from .efdmix import EFDMix, efdmix
 from .mixstyle import MixStyle, mixstyle
 
-__all__ = ['StatPerturbation', 'StatMixing', 'instance_stats', 'mixing_partners', 'sample_beta',
-           'set_perturbation_active', 'MixStyle', 'mixstyle', 'EFDMix', 'efdmix', 'DSU', 'dsu']
+__all__ = [
+    'StatPerturbation', 'StatMixing', 'instance_stats', 'mixing_partners', 'sample_beta', 'set_perturbation_active',
+    'MixStyle', 'mixstyle', 'EFDMix', 'efdmix', 'DSU', 'dsu'
+]

@@ -20,9 +20,10 @@ import torch.nn as nn
 
 from ..norms.domain import DomainAwareMixin, check_domain_split
 
-__all__ = ['StatPerturbation', 'StatMixing', 'instance_stats', 'sample_beta', 'mixing_partners', 'crossdomain_split',
-           'set_perturbation_active',
-           'MIX_MODES']
+__all__ = [
+    'StatPerturbation', 'StatMixing', 'instance_stats', 'sample_beta', 'mixing_partners', 'crossdomain_split',
+    'set_perturbation_active', 'MIX_MODES'
+]
 
 MIX_MODES = ('random', 'crossdomain')
 
@@ -54,7 +55,7 @@ def _log_gamma_sample(shape: float, n: int, generator: Optional[torch.Generator]
     while pending.numel():
         z = torch.randn(pending.numel(), generator=generator, dtype=torch.float64)
         u = torch.rand(pending.numel(), generator=generator, dtype=torch.float64)
-        v = (1 + c * z) ** 3
+        v = (1 + c * z)**3
         ok = (v > 0) & (torch.log(u) < 0.5 * z**2 + d - d * v + d * torch.log(v.clamp_min(1e-300)))
         out[pending[ok]] = math.log(d) + torch.log(v[ok])
         pending = pending[~ok]
@@ -91,8 +92,9 @@ def mixing_partners(batch_size: int, mix: str, split: Optional[Tuple[int, int]],
     n_a, n_b = crossdomain_split(batch_size, split)
     if n_a == n_b:
         return torch.cat([n_a + torch.randperm(n_b, generator=generator), torch.randperm(n_a, generator=generator)])
-    return torch.cat([n_a + torch.randint(n_b, (n_a,), generator=generator),
-                      torch.randint(n_a, (n_b,), generator=generator)])
+    return torch.cat(
+        [n_a + torch.randint(n_b, (n_a, ), generator=generator),
+         torch.randint(n_a, (n_b, ), generator=generator)])
 
 
 def crossdomain_split(batch_size: int, split: Optional[Tuple[int, int]]) -> Tuple[int, int]:

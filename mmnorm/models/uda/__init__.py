@@ -13,6 +13,7 @@ if toolbox_installed('mmdet'):
     from .detector import (UDAATSS, UDADETR, UDAFCOS, UDAGFL, UDATOOD, UDAYOLOX, UDACascadeRCNN, UDADeformableDETR,
                            UDAFasterRCNN, UDAMaskRCNN, UDARetinaNet, UDARTMDet, UDASingleStageDetector,
                            dense_head_runs_jointly)
-    __all__ += ['UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL', 'UDATOOD', 'UDAYOLOX',
-                'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'UDADETR', 'UDADeformableDETR',
-                'dense_head_runs_jointly']
+    __all__ += [
+        'UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL', 'UDATOOD', 'UDAYOLOX', 'UDARTMDet',
+        'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'UDADETR', 'UDADeformableDETR', 'dense_head_runs_jointly'
+    ]

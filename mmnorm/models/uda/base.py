@@ -67,12 +67,12 @@ class DomainPairPreprocessor(nn.Module):
                              'DomainPairDataset(source=..., target=...)')
         source, target = data['source'], data['target']
         num_source = len(source['inputs'])
-        merged = dict(inputs=self._concat(source['inputs'], target['inputs']),
-                      data_samples=self._concat(source['data_samples'], target['data_samples']))
+        merged = dict(
+            inputs=self._concat(source['inputs'], target['inputs']),
+            data_samples=self._concat(source['data_samples'], target['data_samples']))
         out = self.preprocessor(merged, training)
         samples = out['data_samples']
-        return dict(inputs=out['inputs'], data_samples=samples[:num_source],
-                    target_data_samples=samples[num_source:])
+        return dict(inputs=out['inputs'], data_samples=samples[:num_source], target_data_samples=samples[num_source:])
 
 
 def slice_rows(out, part: slice, batch_size: int):

@@ -25,9 +25,10 @@ from mmdet.registry import MODELS
 
 from .base import DomainAdaptiveMixin, slice_rows
 
-__all__ = ['dense_head_runs_jointly', 'UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL',
-           'UDATOOD', 'UDAYOLOX', 'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'UDADETR',
-           'UDADeformableDETR']
+__all__ = [
+    'dense_head_runs_jointly', 'UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL', 'UDATOOD',
+    'UDAYOLOX', 'UDARTMDet', 'UDAFasterRCNN', 'UDAMaskRCNN', 'UDACascadeRCNN', 'UDADETR', 'UDADeformableDETR'
+]
 
 
 def dense_head_runs_jointly(head: nn.Module) -> bool:
