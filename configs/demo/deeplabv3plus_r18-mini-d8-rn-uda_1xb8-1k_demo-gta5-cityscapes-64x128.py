@@ -3,5 +3,5 @@
 _base_ = ['./deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-64x128.py']
 model = dict(type='UDAEncoderDecoder', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True)))
 train_dataloader = dict(
-    dataset=dict(_delete_=True, type='DomainPairDataset', source={{_base_.source_train}}, target={{_base_.target_train}
-                                                                                                  }))
+    dataset=dict(_delete_=True, type='DomainPairDataset', source={{_base_.source_train}},
+                 target={{_base_.target_train}}))
