@@ -252,7 +252,12 @@ class Experiment:
             with open(out) as f:
                 return json.load(f)['mIoU']
 
-        return self.job(cmd, osp.join(work_dir, 'test_target.log'), f'{name} seed {seed}', 'test', read_miou)
+        label = f'{name} seed {seed}'
+        if self.args.reuse and osp.exists(out) and osp.getmtime(out) > osp.getmtime(checkpoint):
+            if self.progress:  # a test of this checkpoint already ran: counted as done at once
+                self.progress.end(self.progress.begin(label, 'test', out), label, 'test', read_miou())
+            return read_miou()
+        return self.job(cmd, osp.join(work_dir, 'test_target.log'), label, 'test', read_miou)
 
     def run_method(self, name: str, seed: int, trained: Dict) -> Dict[str, float]:
         start = time.time()
@@ -371,7 +376,8 @@ def main(argv=None):
         'each on 2 cores): the demo model is too small for two threads to help one job, and an '
         'OpenMP job with more threads than free cores slows down many times')
     parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 200 iterations')
-    parser.add_argument('--reuse', action='store_true', help='skip trainings whose checkpoint exists')
+    parser.add_argument('--reuse', action='store_true',
+                        help='skip trainings whose checkpoint exists and tests already run on that checkpoint')
     parser.add_argument(
         '--no-stream', action='store_true',
         help='skip the continual-stream experiment (test-time adaptation on a drifting stream, '
