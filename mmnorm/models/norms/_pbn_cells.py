@@ -174,8 +174,9 @@ def merge_cells(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, grou
     Returns:
         tuple: ``counts (G,)``, ``mean (C, G)``, biased ``var (C, G)``.
     """
-    g_counts = torch.zeros(num_groups, dtype=counts.dtype, device=counts.device).index_add(0, group, counts)
-    g_mean = mean.new_zeros(mean.shape[0], num_groups).index_add(1, group, mean * counts) / g_counts
+    # sums over each group's cells as a (K, G) one-hot matmul (inductor miscompiles index_add on 1-cell axes)
+    members = nn.functional.one_hot(group, num_groups).to(mean.dtype)
+    g_counts = counts.to(mean.dtype) @ members
+    g_mean = (mean * counts) @ members / g_counts
     spread = m2 + counts * (mean - g_mean[:, group]).square()
-    g_var = mean.new_zeros(mean.shape[0], num_groups).index_add(1, group, spread) / g_counts
-    return g_counts, g_mean, g_var
+    return g_counts, g_mean, spread @ members / g_counts
