@@ -41,6 +41,10 @@ def band_sum(t: torch.Tensor, row_edges: Edges, col_edges: Edges) -> torch.Tenso
 
 def expand(v: torch.Tensor, row_edges: Edges, col_edges: Edges, dtype) -> torch.Tensor:
     """Per-cell values ``(C, R, K)`` -> per-position map ``(C, H, W)`` of ``dtype``."""
+    if torch.compiler.is_compiling():  # band-matrix products: inductor aborts on index_select's index_add backward
+        v = v.to(dtype)
+        return torch.einsum('crk,hr,wk->chw', v, _band_matrix(row_edges, dtype, v.device),
+                            _band_matrix(col_edges, dtype, v.device))
     v = v.to(dtype).index_select(2, _band_index(col_edges, v.device))  # (C, R, W), small
     return v.index_select(1, _band_index(row_edges, v.device))  # whole-row copies
 
