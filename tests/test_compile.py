@@ -81,8 +81,9 @@ def check_compiled_layer(name, train, backend):
 
 
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in ('BN', 'IBN-0.25') else n
-                                  for n in LAYERS])  # BN: the reference; IBN-0.25: IBN's code path
+@pytest.mark.parametrize('name',
+                         [pytest.param(n, marks=pytest.mark.slow) if n in ('BN', 'IBN-0.25') else n
+                          for n in LAYERS])  # BN: the reference; IBN-0.25: IBN's code path
 def test_layer_traces_as_one_graph_and_matches_eager(name, train):
     check_compiled_layer(name, train, 'aot_eager')
 
@@ -106,8 +107,9 @@ def test_pbn_random_plan_is_the_only_break():
 def test_inductor_conv_stack():
     """The default inductor run: conv -> IBN -> ReLU -> conv -> PBN(fixed) -> ReLU, train forward + backward."""
     torch.manual_seed(0)
-    eager = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), IBN(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                          PBN(8, mode='fixed'), nn.ReLU())
+    eager = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), IBN(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), PBN(8, mode='fixed'),
+        nn.ReLU())
     module = copy.deepcopy(eager)
     compiled = torch.compile(module, fullgraph=True)
     x = torch.randn(2, 3, 8, 8)
@@ -186,6 +188,7 @@ def test_compiled_faster_rcnn_backbone_and_neck(norm):
     det = MODELS.build(cfg.model).train()
 
     class Features(nn.Module):  # the detector's backbone + FPN (what the norms change), as one module
+
         def __init__(self, det):
             super().__init__()
             self.det = det
@@ -201,8 +204,8 @@ def test_train_py_compile_switch(tiny_demo_data, tmp_path):
     """``tools/train.py --cfg-options compile=True``: mmengine compiles ``train_step`` (inductor), losses finite."""
     config = osp.join(REPO, 'configs/demo/deeplabv3plus_r18-mini-d8-ibn-a_1xb8-1k_demo-gta5-cityscapes-64x128.py')
     opts = load_tool('demo').data_root_options(config, tiny_demo_data) + [
-        o for o in tiny_seg_options(tiny_demo_data, iters=2) if 'data_root=' not in o] + [
-        'train_cfg.val_interval=3', 'compile=True']
+        o for o in tiny_seg_options(tiny_demo_data, iters=2) if 'data_root=' not in o
+    ] + ['train_cfg.val_interval=3', 'compile=True']
     work_dir = tmp_path / 'wd'
     run_tool(['tools/train.py', config, '--work-dir', work_dir, '--cfg-options', *opts])
     log = open(glob.glob(str(work_dir / '*' / '*.log'))[0]).read()

@@ -63,24 +63,33 @@ class Case:
 
 
 CASES: Dict[str, Case] = {
-    'BN': Case(build=lambda c: nn.BatchNorm2d(c)),
+    'BN':
+    Case(build=lambda c: nn.BatchNorm2d(c)),
     # AdaBN: an undeclared batch (trains exactly like BN) and a declared [source | target] split
     # (each half normalised with / updating its own domain's statistics).
-    'AdaBN': Case(build=lambda c: AdaBN(c)),
-    'AdaBN-split': Case(build=lambda c: AdaBN(c),
-                        context=lambda m, x: domain_split(m, (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2))),
+    'AdaBN':
+    Case(build=lambda c: AdaBN(c)),
+    'AdaBN-split':
+    Case(build=lambda c: AdaBN(c), context=lambda m, x: domain_split(m,
+                                                                     (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2))),
     # PBN: the released random-view algorithm, the deterministic grid variant and the per-patch loop.
-    'PBN': Case(build=lambda c: PBN(c)),
-    'PBN-fixed': Case(build=lambda c: PBN(c, mode='fixed', grid=(2, 2), lam=0.5)),
-    'PBN-loop': Case(build=lambda c: PBNLoop(c)),
+    'PBN':
+    Case(build=lambda c: PBN(c)),
+    'PBN-fixed':
+    Case(build=lambda c: PBN(c, mode='fixed', grid=(2, 2), lam=0.5)),
+    'PBN-loop':
+    Case(build=lambda c: PBNLoop(c)),
     # RN: the [source | target] split declared as the UDA wrappers do (first half source).
-    'RN': Case(build=lambda c: RN(c),
-               context=lambda m, x: domain_split(m, (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2)),
-               shapes=[(8, 256, 64, 64), (8, 1024, 32, 32)]),
+    'RN':
+    Case(build=lambda c: RN(c), context=lambda m, x: domain_split(m, (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2)),
+         shapes=[(8, 256, 64, 64), (8, 1024, 32, 32)]),
     # IBN; (8, 64, 56, 56): the IBN-a bn1 of ResNet-50 stage 1 at 224x224.
-    'IBN': Case(build=lambda c: IBN(c, ratio=0.5), shapes=[(8, 64, 56, 56)]),
-    'IBN-0.25': Case(build=lambda c: IBN(c, ratio=0.25), shapes=[(8, 64, 56, 56)]),
-    'IBN-0.75': Case(build=lambda c: IBN(c, ratio=0.75), shapes=[(8, 64, 56, 56)]),
+    'IBN':
+    Case(build=lambda c: IBN(c, ratio=0.5), shapes=[(8, 64, 56, 56)]),
+    'IBN-0.25':
+    Case(build=lambda c: IBN(c, ratio=0.25), shapes=[(8, 64, 56, 56)]),
+    'IBN-0.75':
+    Case(build=lambda c: IBN(c, ratio=0.75), shapes=[(8, 64, 56, 56)]),
 }
 
 
@@ -164,10 +173,10 @@ def run(names: List[str], shapes: List[Shape], repeats: int, device: str) -> Lis
         case = CASES[name]
         for shape in list(shapes) + [s for s in case.shapes if s not in shapes]:
             res = time_case(case, shape, repeats, device)
-            rows.append(dict(norm=name, shape='x'.join(map(str, shape)), train_ms=res['train'] * 1e3,
-                             eval_ms=res['eval'] * 1e3, train_ratio=res['train_ratio'],
-                             eval_ratio=res['eval_ratio'], saved_mib=res['saved_mib'],
-                             saved_ratio=res['saved_mib'] / max(res['saved_ref_mib'], 1e-9)))
+            rows.append(
+                dict(norm=name, shape='x'.join(map(str, shape)), train_ms=res['train'] * 1e3, eval_ms=res['eval'] * 1e3,
+                     train_ratio=res['train_ratio'], eval_ratio=res['eval_ratio'], saved_mib=res['saved_mib'],
+                     saved_ratio=res['saved_mib'] / max(res['saved_ref_mib'], 1e-9)))
     return rows
 
 
@@ -207,9 +216,11 @@ def machine_line(device: str) -> str:
 
 
 def to_markdown(rows: List[dict], device: str, repeats: int) -> str:
-    lines = [f'Machine: {machine_line(device)}; {repeats} interleaved pairs, medians.', '',
-             '| norm | shape (N×C×H×W) | train fwd+bwd ms | × BN | goal | eval ms | × BN | goal | saved MiB | × BN |',
-             '|---|---|---:|---:|---|---:|---:|---|---:|---:|']
+    lines = [
+        f'Machine: {machine_line(device)}; {repeats} interleaved pairs, medians.', '',
+        '| norm | shape (N×C×H×W) | train fwd+bwd ms | × BN | goal | eval ms | × BN | goal | saved MiB | × BN |',
+        '|---|---|---:|---:|---|---:|---:|---|---:|---:|'
+    ]
     for r in rows:
         train_goal = None if r['norm'] == 'BN' else _goal(TRAIN_GOALS, r['norm'])
         lines.append(f"| {r['norm']} | {r['shape']} | {r['train_ms']:.2f} | {r['train_ratio']:.2f} | "
@@ -282,16 +293,17 @@ def run_model(norms: List[str], input_shape: Shape, repeats: int, device: str) -
         ref_times.append(ref_s)
         rows.append(dict(norm=norm, input='x'.join(map(str, input_shape)), iter_s=t, ratio=ratio))
     if 'BN' in norms:
-        ref_s = statistics.median(ref_times) if ref_times else paired_seconds(ref_step, ref_step, repeats, 1,
-                                                                              device)[0]
+        ref_s = statistics.median(ref_times) if ref_times else paired_seconds(ref_step, ref_step, repeats, 1, device)[0]
         rows.insert(0, dict(norm='BN', input='x'.join(map(str, input_shape)), iter_s=ref_s, ratio=1.0))
     return rows
 
 
 def model_markdown(rows: List[dict], repeats: int) -> str:
-    lines = [f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration (forward, loss, backward, SGD step), '
-             f'{repeats} interleaved pairs with the BN model, medians; norm in the backbone, heads BN.', '',
-             '| norm in backbone | input | s / iter | × BN | goal |', '|---|---|---:|---:|---|']
+    lines = [
+        f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration (forward, loss, backward, SGD step), '
+        f'{repeats} interleaved pairs with the BN model, medians; norm in the backbone, heads BN.', '',
+        '| norm in backbone | input | s / iter | × BN | goal |', '|---|---|---:|---:|---|'
+    ]
     for r in rows:
         goal = None if r['norm'] == 'BN' else MODEL_GOALS.get(r['norm'])
         lines.append(f"| {r['norm']} | {r['input']} | {r['iter_s']:.3f} | {r['ratio']:.2f} | "
@@ -325,10 +337,12 @@ def run_compile(names: List[str], shape: Shape, repeats: int, device: str) -> Li
 
 
 def compile_markdown(rows: List[dict], device: str, repeats: int) -> str:
-    lines = [f'torch.compile (inductor) / eager, {machine_line(device)}; {repeats} interleaved pairs, medians '
-             '(first compiled call = compilation, not timed).', '',
-             '| norm | shape (N×C×H×W) | train compiled ms | × eager | eval compiled ms | × eager | '
-             'compile s (train + eval) |', '|---|---|---:|---:|---:|---:|---:|']
+    lines = [
+        f'torch.compile (inductor) / eager, {machine_line(device)}; {repeats} interleaved pairs, medians '
+        '(first compiled call = compilation, not timed).', '',
+        '| norm | shape (N×C×H×W) | train compiled ms | × eager | eval compiled ms | × eager | '
+        'compile s (train + eval) |', '|---|---|---:|---:|---:|---:|---:|'
+    ]
     for r in rows:
         lines.append(f"| {r['norm']} | {r['shape']} | {r['train_ms']:.2f} | {r['train_ratio']:.2f} | "
                      f"{r['eval_ms']:.2f} | {r['eval_ratio']:.2f} | "
@@ -392,8 +406,8 @@ def main(argv=None):
         text += '\n' + model_markdown(model_rows, args.model_repeats)
         rows = rows + model_rows
     if args.compile:
-        compile_rows = run_compile([n for n in names if n != 'BN' or len(names) == 1], args.compile_shape,
-                                   args.repeats, device)
+        compile_rows = run_compile([n for n in names if n != 'BN' or len(names) == 1], args.compile_shape, args.repeats,
+                                   device)
         text += '\n' + compile_markdown(compile_rows, device, args.repeats)
         rows = rows + compile_rows
     print(text)

@@ -62,8 +62,7 @@ def _col_bands(col_edges: Edges) -> List[slice]:
 
 def _row_band_sum(t: torch.Tensor, row_edges: Edges) -> torch.Tensor:
     """Per-row values ``(N, C, H, K)`` summed over the batch and each row band: ``(C, R, K)`` float64."""
-    return torch.einsum('chk,hr->crk', t.sum(0, dtype=torch.float64),
-                        _band_matrix(row_edges, torch.float64, t.device))
+    return torch.einsum('chk,hr->crk', t.sum(0, dtype=torch.float64), _band_matrix(row_edges, torch.float64, t.device))
 
 
 def band_dot(a: torch.Tensor, b: torch.Tensor, row_edges: Edges, col_edges: Edges) -> torch.Tensor:
@@ -131,9 +130,9 @@ class _CellNorm(torch.autograd.Function):
             leaves = [t.detach().requires_grad_() if t is not None else None for t in (mean, m2, weight, bias)]
             scale, shift, _, _ = ctx.coefficients(*leaves)
         wanted = [t for t in leaves if t is not None]
-        grads = torch.autograd.grad((scale, shift), wanted, (band_dot(grad_y, x, *edges).to(scale.dtype),
-                                                             band_sum(grad_y, *edges).to(shift.dtype)),
-                                    allow_unused=True)
+        grads = torch.autograd.grad(
+            (scale, shift), wanted,
+            (band_dot(grad_y, x, *edges).to(scale.dtype), band_sum(grad_y, *edges).to(shift.dtype)), allow_unused=True)
         grads = iter([torch.zeros_like(t) if g is None else g for t, g in zip(wanted, grads)])
         grad_mean, grad_m2, grad_weight, grad_bias = [next(grads) if t is not None else None for t in leaves]
         slope = 2 * grad_m2
@@ -143,9 +142,8 @@ class _CellNorm(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None
 
 
-def cell_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-              coefficients: Coefficients, row_edges: Edges,
-              col_edges: Edges) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cell_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], coefficients: Coefficients,
+              row_edges: Edges, col_edges: Edges) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalises ``x`` with per-(channel, cell) coefficients computed from the cells' own moments.
 
     Args:

@@ -74,14 +74,8 @@ class IBN(nn.Module):
     layer_path = None  # module path for messages, set by mmnorm.models.norms.layer_names.name_layers
     _warned_single_position = False
 
-    def __init__(self,
-                 num_features: int,
-                 eps: float = 1e-5,
-                 momentum: float = 0.1,
-                 ratio: float = 0.5,
-                 bn_cfg: dict = dict(type='BN'),
-                 device=None,
-                 dtype=None):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, ratio: float = 0.5,
+                 bn_cfg: dict = dict(type='BN'), device=None, dtype=None):
         super().__init__()
         check_positive_int(num_features, 'IBN num_features', minimum=2)
         if not isinstance(bn_cfg, dict) or 'type' not in bn_cfg:
@@ -97,8 +91,7 @@ class IBN(nn.Module):
         self.bn_cfg = dict(bn_cfg)
         factory = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
         self.IN = nn.InstanceNorm2d(self.num_in, eps=eps, affine=True, **factory)
-        self.BN = build_norm_layer(dict(bn_cfg, eps=eps, momentum=momentum, **factory),
-                                   num_features - self.num_in)[1]
+        self.BN = build_norm_layer(dict(bn_cfg, eps=eps, momentum=momentum, **factory), num_features - self.num_in)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() in (2, 3):  # (N, C) / (N, C, L), BN1d positions (e.g. EncNet's encoding): an (L, 1) map
@@ -152,9 +145,10 @@ class IBN(nn.Module):
         gradient to ``x_in`` and to the IN weight, both kept in the graph)."""
         if not self._warned_single_position:
             self._warned_single_position = True
-            print_log(f'{layer_label(self)}: input with one spatial position; the instance-normalised half outputs '
-                      'its bias (IN of a single value is 0). IBN-Net places IN in early, high-resolution layers '
-                      'only: use norm_cfg=dict(type="BN") for pooling branches', logger='current', level=30)
+            print_log(
+                f'{layer_label(self)}: input with one spatial position; the instance-normalised half outputs '
+                'its bias (IN of a single value is 0). IBN-Net places IN in early, high-resolution layers '
+                'only: use norm_cfg=dict(type="BN") for pooling branches', logger='current', level=30)
         shape = (1, -1, 1, 1)
         return (x_in - x_in) * self.IN.weight.view(shape) + self.IN.bias.view(shape)
 
@@ -163,8 +157,10 @@ class IBN(nn.Module):
         # A plain BN entry (``weight``, ``bias``, ``running_mean``, ...) is split into the two halves: the IN affine
         # takes the first h channels of weight/bias, the BN half the rest (running stats of the IN channels are
         # dropped, IN has none).
-        plain = [name for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
-                 if prefix + name in state_dict]
+        plain = [
+            name for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+            if prefix + name in state_dict
+        ]
         if plain:
             self._split_plain_bn(state_dict, prefix, plain, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

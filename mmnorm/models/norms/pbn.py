@@ -39,8 +39,10 @@ from ...validation import check_positive_int
 from ._pbn_cells import Edges, cell_counts, cell_norm, merge_cells
 from .degenerate import check_batch_statistics
 
-__all__ = ['PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed',
-           'pbn_random_train']
+__all__ = [
+    'PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train', 'pbn_fixed',
+    'pbn_random_train'
+]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -82,7 +84,7 @@ def _cut(length: int, low: int, high: int, generator: Optional[torch.Generator])
     """One random cut in ``[low, high)``, or none when the axis is too short to split (``length < 4``)."""
     if length < 4 or high <= low:
         return ()
-    return (int(torch.randint(low, high, (1,), generator=generator).item()),)
+    return (int(torch.randint(low, high, (1, ), generator=generator).item()), )
 
 
 def view_cuts(view_id: int, height: int, width: int,
@@ -100,7 +102,7 @@ def view_cuts(view_id: int, height: int, width: int,
     if view_id == 0:
         return (), ()
     if view_id == 1:
-        split_columns = int(torch.randint(2, (1,), generator=generator).item()) == 0
+        split_columns = int(torch.randint(2, (1, ), generator=generator).item()) == 0
         return ((), cols()) if split_columns else (rows(), ())
     if view_id == 2:
         row_cuts = rows()
@@ -136,8 +138,10 @@ def sample_pbn_plan(num_channels: int, height: int, width: int, p: float = 0.5,
 def _patch_index(view: PatchView, row_edges: Edges, col_edges: Edges, device) -> torch.Tensor:
     """``(R * K,)`` long: the patch of ``view`` (row-major) that contains each overlay cell."""
     cols_per_row = len(view.col_cuts) + 1
-    index = [bisect.bisect_right(view.row_cuts, r0) * cols_per_row + bisect.bisect_right(view.col_cuts, c0)
-             for r0 in row_edges[:-1] for c0 in col_edges[:-1]]
+    index = [
+        bisect.bisect_right(view.row_cuts, r0) * cols_per_row + bisect.bisect_right(view.col_cuts, c0)
+        for r0 in row_edges[:-1] for c0 in col_edges[:-1]
+    ]
     return torch.tensor(index, dtype=torch.long, device=device)
 
 
@@ -160,9 +164,8 @@ def _ema(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
     return old * (1 - momentum) + new * momentum
 
 
-def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-              running_mean: torch.Tensor, running_var: torch.Tensor, plan: PBNPlan, momentum: float,
-              eps: float) -> torch.Tensor:
+def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], running_mean: torch.Tensor,
+              running_var: torch.Tensor, plan: PBNPlan, momentum: float, eps: float) -> torch.Tensor:
     """The released PBN training forward for a given plan; updates ``running_mean/var`` in place.
 
     Args:
@@ -200,17 +203,17 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
             unbiased = var_a[:, k].detach() * (n_a[k] / (n_a[k] - 1).clamp(min=1))
             rm, rv = _ema(rm, mean_a[:, k].detach(), momentum), _ema(rv, unbiased, momentum)
         scales, shifts = [], []
-        for view, index, p_mean, p_var, r_mean, r_var in (
-                (view_a, index_a, mean_a, var_a, torch.stack(seen_mean, 1), torch.stack(seen_var, 1)),
-                (view_b, index_b, mean_b, var_b, rm[:, None], rv[:, None])):
+        for view, index, p_mean, p_var, r_mean, r_var in ((view_a, index_a, mean_a, var_a, torch.stack(seen_mean, 1),
+                                                           torch.stack(seen_var, 1)), (view_b, index_b, mean_b, var_b,
+                                                                                       rm[:, None], rv[:, None])):
             use_patch = view.patch_stats.to(x.device).t()  # (C, P)
-            scale, shift = _affine_coefficients(torch.where(use_patch, p_mean, r_mean),
-                                                torch.where(use_patch, p_var, r_var), weight, bias, eps)
+            scale, shift = _affine_coefficients(
+                torch.where(use_patch, p_mean, r_mean), torch.where(use_patch, p_var, r_var), weight, bias, eps)
             scales.append(scale[:, index])  # (C, cells)
             shifts.append(shift[:, index])
         shape = (c, len(row_edges) - 1, len(col_edges) - 1)
-        return (torch.where(use_b, scales[1], scales[0]).view(shape),
-                torch.where(use_b, shifts[1], shifts[0]).view(shape), rm, rv)
+        return (torch.where(use_b, scales[1], scales[0]).view(shape), torch.where(use_b, shifts[1],
+                                                                                  shifts[0]).view(shape), rm, rv)
 
     y, new_mean, new_var = cell_norm(x, weight, bias, coefficients, row_edges, col_edges)
     with torch.no_grad():
@@ -239,9 +242,9 @@ def grid_edges(length: int, parts: int) -> Edges:
     return tuple(sorted({i * length // parts for i in range(min(parts, length) + 1)}))
 
 
-def pbn_fixed(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-              running_mean: torch.Tensor, running_var: torch.Tensor, grid: Tuple[int, int], lam: float,
-              momentum: float, eps: float) -> torch.Tensor:
+def pbn_fixed(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], running_mean: torch.Tensor,
+              running_var: torch.Tensor, grid: Tuple[int,
+                                                     int], lam: float, momentum: float, eps: float) -> torch.Tensor:
     """Deterministic PBN: every patch of a fixed grid is normalised with ``lam * running + (1 - lam) * patch``
     mean and variance; the running statistics get BN's update from the whole-map batch statistics.
 
@@ -327,19 +330,9 @@ class PBN(nn.Module):
     layer_path = None  # module path for messages (layer_names.name_layers)
     _version = 2  # state-dict metadata version of torch BN (num_batches_tracked present)
 
-    def __init__(self,
-                 num_features: int,
-                 eps: float = 1e-5,
-                 momentum: float = 0.1,
-                 affine: bool = True,
-                 track_running_stats: bool = True,
-                 *,
-                 mode: str = 'random',
-                 p: float = 0.5,
-                 grid: Tuple[int, int] = (2, 2),
-                 lam: float = 0.5,
-                 device=None,
-                 dtype=None):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, mode: str = 'random', p: float = 0.5,
+                 grid: Tuple[int, int] = (2, 2), lam: float = 0.5, device=None, dtype=None):
         super().__init__()
         check_positive_int(num_features, 'PBN num_features')
         if mode not in ('random', 'fixed'):
@@ -355,8 +348,7 @@ class PBN(nn.Module):
         self.p = _check_probability('p', p)
         self.grid = (int(grid[0]), int(grid[1]))
         self.lam = _check_probability('lam', lam)
-        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine, device=device,
-                                 dtype=dtype)
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine, device=device, dtype=dtype)
         self.register_state_dict_post_hook(_flatten_bn_keys)
 
     # BN attributes, read from the child so they follow sync_bn conversion and momentum changes.
@@ -396,8 +388,8 @@ class PBN(nn.Module):
                 y = pbn_random_train(compute, self.weight, self.bias, self.running_mean, self.running_var, self.p,
                                      momentum, self.eps)
             else:
-                y = pbn_fixed(compute, self.weight, self.bias, self.running_mean, self.running_var, self.grid,
-                              self.lam, momentum, self.eps)
+                y = pbn_fixed(compute, self.weight, self.bias, self.running_mean, self.running_var, self.grid, self.lam,
+                              momentum, self.eps)
         self.bn.num_batches_tracked.add_(1)
         return y.to(x.dtype)
 

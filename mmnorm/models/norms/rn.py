@@ -29,8 +29,8 @@ from mmengine.registry import MODELS
 from ...validation import check_positive_int
 from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
-from .layer_names import layer_label
 from .fused_kernels import merge_samples, row_affine_grad, row_sums, rowwise_batch_norm, sample_moments
+from .layer_names import layer_label
 
 __all__ = ['RN', 'rn_groups', 'reciprocal_compensation', 'reciprocal_statistics', 'reciprocal_norm']
 
@@ -160,8 +160,8 @@ class _ReciprocalNorm(torch.autograd.Function):
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (mean, var, weight, bias, gates)]
             scale, shift, _, _ = _affine_from_stats(*leaves, ctx.eps, ctx.groups)
-            grad_mean, grad_var, grad_w, grad_b, grad_g = torch.autograd.grad(
-                (scale, shift), leaves, (grad_scale, grad_shift))
+            grad_mean, grad_var, grad_w, grad_b, grad_g = torch.autograd.grad((scale, shift), leaves,
+                                                                              (grad_scale, grad_shift))
         grad_x = None
         if ctx.needs_input_grad[0]:
             counts = flat.new_tensor([num_source, n - num_source])[:, None] * flat.shape[2]  # values per part
@@ -179,14 +179,14 @@ def _reciprocal_norm_autograd(flat: torch.Tensor, n: int, num_source: int, weigh
     moments = [torch.var_mean(part, dim=(0, 2), correction=1) for part in (x[:num_source], x[num_source:])]
     var, mean = torch.stack([m[0] for m in moments]), torch.stack([m[1] for m in moments])
     scale, shift, mean_c, var_c = _affine_from_stats(mean, var, weight, bias, gates, eps, groups)
-    y = torch.cat([x[:num_source] * scale[0, :, None] + shift[0, :, None],
-                   x[num_source:] * scale[1, :, None] + shift[1, :, None]])
+    y = torch.cat([
+        x[:num_source] * scale[0, :, None] + shift[0, :, None], x[num_source:] * scale[1, :, None] + shift[1, :, None]
+    ])
     return y.view_as(flat), mean_c.detach(), var_c.detach()
 
 
-def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias: torch.Tensor,
-                    gates: torch.Tensor, eps: float = 1e-5,
-                    groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias: torch.Tensor, gates: torch.Tensor,
+                    eps: float = 1e-5, groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train-mode RN of a [source | target] batch (steps 1-5), differentiable in ``x``, affine and gates.
 
     Statistics, compensation and softmax run in float32 (float64 inputs stay float64) with autocast disabled; the
@@ -264,17 +264,9 @@ class RN(DomainAwareMixin, nn.Module):
     _abbr_ = 'bn'  # backbones name it bn1, bn2, ... so BN checkpoints keep their keys
     layer_path = None  # module path for messages (layer_names.name_layers)
 
-    def __init__(self,
-                 num_features: int,
-                 eps: float = 1e-5,
-                 momentum: Optional[float] = 0.1,
-                 *,
-                 gate_range: Tuple[float, float] = (0.5, 1.0),
-                 group_channels: int = 512,
-                 implicit_split: bool = False,
-                 allow_single_domain: bool = False,
-                 device=None,
-                 dtype=None):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, *,
+                 gate_range: Tuple[float, float] = (0.5, 1.0), group_channels: int = 512, implicit_split: bool = False,
+                 allow_single_domain: bool = False, device=None, dtype=None):
         super().__init__()
         check_positive_int(num_features, 'RN num_features')
         if momentum is not None and not 0 <= momentum <= 1:
@@ -368,8 +360,8 @@ class RN(DomainAwareMixin, nn.Module):
             raise ValueError(f'RN expects input (N, {self.num_features}, *), got shape {tuple(x.shape)}')
         if not self.training:
             check_domain_split(self.domain_split, x.shape[0], self)
-            return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight, self.bias,
-                                False, 0.0, self.eps)
+            return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight, self.bias, False,
+                                0.0, self.eps)
         num_source, num_target = self._resolve_split(x.shape[0])
         check_batch_statistics(self, x, (num_source, num_target))
         self._project_gates()
