@@ -31,6 +31,7 @@ WORKER = textwrap.dedent('''
         adapter.idle_step()
     state = dict(params=[p.detach() for p in adapter.params], history=adapter.history)
     torch.save(state, {out!r} + f'/rank{{rank}}.pt')
+    dist.barrier()  # both ranks leave together: a rank exiting while the other tears down gloo can abort it
     dist.destroy_process_group()
 ''')
 
