@@ -10,28 +10,14 @@ import pytest
 import torch
 import torch.nn as nn
 from conftest import REPO, run_tool, tiny_seg_options
+from layer_cases import LAYERS, SPLIT_LAYERS
 from tool_loader import load_tool
 
 import mmnorm  # noqa: F401  (registration)
 from mmnorm.engine.optimizers import CPUAmpOptimWrapper
-from mmnorm.models.norms import IBN, PBN, RN, AdaBN, domain_split
-from mmnorm.models.perturb import DSU, EFDMix, MixStyle
+from mmnorm.models.norms import domain_split
 
 SPLIT = (2, 2)
-LAYERS = {
-    'BN': lambda: nn.BatchNorm2d(8),  # the reference behaviour
-    'IBN': lambda: IBN(8),
-    'IBN-0.25': lambda: IBN(8, ratio=0.25),
-    'RN': lambda: RN(8),
-    'PBN': lambda: PBN(8),
-    'PBN-fixed': lambda: PBN(8, mode='fixed'),
-    'AdaBN': lambda: AdaBN(8),
-    'AdaBN-split': lambda: AdaBN(8),
-    'MixStyle': lambda: MixStyle(p=1.0),
-    'EFDMix': lambda: EFDMix(p=1.0),
-    'DSU': lambda: DSU(p=1.0),
-}
-SPLIT_LAYERS = ('RN', 'AdaBN-split')
 
 
 def forward(name, layer, x, seed=0):
