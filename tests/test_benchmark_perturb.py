@@ -29,12 +29,27 @@ def test_variant_switch_leaves_weights_and_removes_layers():
     with DefaultScope.overwrite_default_scope('mmseg'):
         backbone = MODELS.build(dict(type='PerturbResNetV1c', depth=18, base_channels=8, stem_channels=8))
     keys = set(backbone.state_dict())
-    bench.set_variant(backbone, 'DSU')
+    bench.set_variant(backbone, 'DSU', 0.5)
     assert backbone.perturb_positions == ('stem', 0, 1, 2, 3) and set(backbone.state_dict()) == keys
-    bench.set_variant(backbone, None)
+    assert backbone.perturb_stem.p == 0.5
+    bench.set_variant(backbone, None, 1.0)
     assert backbone.perturb_positions == () and not hasattr(backbone, 'perturb_stem')
 
 
-def test_bad_arguments():
-    with pytest.raises(SystemExit):
-        bench.main(['--layer-repeats', '0'])
+def test_configured_p_is_reported_as_a_mean(tmp_path):
+    out = tmp_path / 'bench.md'
+    rows = bench.main([
+        '--layers', 'MixStyle', '--model-input', '2x3x32x32', '--model-repeats', '2', '--layer-crop', '32',
+        '--layer-repeats', '1', '--p', '0.5', '--out',
+        str(out)
+    ])
+    assert [r['variant'] for r in rows if 'iter_s' in r] == ['none (BN)', 'MixStyle']
+    assert 'mean of 2 round-robin rounds, layers at their config placement with p=0.5,' in out.read_text()
+
+
+@pytest.mark.parametrize('argv', [['--layer-repeats', '0'], ['--p', '0'], ['--p', '1.5']])
+def test_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert argv[0] in capsys.readouterr().err

@@ -43,8 +43,8 @@ def check_demo_outputs(proc, work_dir, methods):
     assert 'seed0/BN/train.log' in proc.stdout
     ends = [line for line in proc.stdout.splitlines() if ' left' in line]
     assert len(ends) == total and all('elapsed' in line for line in ends)
-    assert sum('mIoU ' in line for line in ends) == total - 1 and 'continual stream' in ends[-1]
-    assert ends[-1].endswith('about 0 s left')
+    assert sum('mIoU ' in line for line in ends) == total - 1
+    assert sum('continual stream' in line for line in ends) == 1 and ends[-1].endswith('about 0 s left')
     # the AdaBN row really recalibrated on the target pool before testing
     log = (work_dir / 'seed0' / 'AdaBN' / 'test_target.log').read_text()
     assert 'AdaBNHook' in log
@@ -66,19 +66,22 @@ def test_demo_pipeline_tiny_every_method(tiny_demo_data, tmp_path):
 
 
 def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path):
-    """A job that fails stops the demo with exit 1, the path of its log and the log's last lines; no traceback."""
+    """A job that fails stops the demo with exit 1, the path of its log and the log's last lines; no traceback.
+    The jobs waiting for the failed training (AdaBN's test, the stream) do not run."""
     work_dir = tmp_path / 'demo'
     proc = run_tool([
         'tools/demo.py', '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2, '--seeds', 0, '--methods',
-        'BN', '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--loader-options',
-        'num_workers=0', 'persistent_workers=False', 'batch_size=2', 'no_such_option=1', '--no-stream'
+        'BN', 'AdaBN', '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1,
+        '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2', 'no_such_option=1',
+        '--stream-frames', 16, '--jobs', 1
     ], check=False)
     assert proc.returncode == 1
     log = work_dir / 'seed0' / 'BN' / 'train.log'
     assert f'log {log}' in proc.stderr and 'last lines' in proc.stderr
     assert 'no_such_option' in proc.stderr  # the log's own error, shown
     assert 'Traceback' not in proc.stderr.split('make demo stopped')[0]
-    assert '[1/2] BN seed 0 train FAILED' in proc.stdout
+    assert '[1/4] BN seed 0 train FAILED' in proc.stdout
+    assert 'AdaBN seed 0 test' not in proc.stdout and 'continual stream (BN' not in proc.stdout
 
 
 def test_demo_keeps_user_omp_num_threads(monkeypatch):

@@ -78,3 +78,12 @@ def test_tta_stream_tiny(tmp_path):
     assert result['phases'] == ['clear', 'fog', 'colour', 'back'] and len(result['rows']['BN']['curve']) == 4
     assert (out / 'stream_miou.png').stat().st_size > 0
     assert 'written to' in proc.stdout
+    # the same root asked for a stream of another length: a message naming the folder, the stream kept
+    meta = (tmp_path / 'stream' / 'meta.json').read_text()
+    proc = run_tool([
+        'tools/analysis/tta_stream.py', DEMO_CONFIG, ckpt, '--stream-root', tmp_path / 'stream', '--frames', 16,
+        '--out-dir', out
+    ], check=False)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert 'holds a stream made with other settings' in proc.stderr and '--stream-root' in proc.stderr
+    assert (tmp_path / 'stream' / 'meta.json').read_text() == meta

@@ -1,13 +1,14 @@
 """Cost of the statistics-perturbation layers (MixStyle, EFDMix, DSU).
 
     python tools/benchmark_perturb.py [--model-input 2x3x256x256] [--model-repeats 5] [--layer-repeats 10]
-                                      [--layer-batch 2] [--layer-crop 512] [--out docs/benchmarks_perturb.md]
+                                      [--layer-batch 2] [--layer-crop 512] [--p 1.0] [--out docs/benchmarks_perturb.md]
 
 Two tables:
 
 * model: one DeepLabV3+ R50-D8 training iteration (forward, loss, backward, SGD step) of the GTA5 -> Cityscapes
   baseline with each layer at its config placement, against the same model (same weights) without it. The layers
-  run with ``p=1`` (every forward perturbed: the worst case; the configs' ``p=0.5`` costs about half the extra).
+  run with ``--p`` (default 1: every forward perturbed, the worst case; ``--p 0.5`` is the configs' setting, where
+  an iteration is perturbed or not at random, so the mean over the rounds is reported instead of the median).
   Variants are timed round-robin, so drift of a shared machine hits all alike.
 * layer: train-mode forward+backward of one call (``p=1``) at the shapes the layer sees in that model for a
   ``--layer-batch`` x 3 x crop x crop input, in ms and relative to ``nn.BatchNorm2d`` on the same shape.
@@ -48,14 +49,19 @@ def timed(step: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def set_variant(backbone: nn.Module, name: Optional[str]) -> None:
+def variant_cfg(name: str, p: float) -> dict:
+    """The layer config of ``VARIANTS[name]`` applied with probability ``p``."""
+    return dict(VARIANTS[name][0], p=p)
+
+
+def set_variant(backbone: nn.Module, name: Optional[str], p: float) -> None:
     """Puts the layers of ``VARIANTS[name]`` into a ``PerturbResNetV1c`` (None: no perturbation at all)."""
     for child in [n for n, _ in backbone.named_children() if n.startswith('perturb_')]:
         delattr(backbone, child)
     if name is None:
         backbone.perturb_positions = ()
     else:
-        add_perturbation(backbone, *VARIANTS[name])
+        add_perturbation(backbone, variant_cfg(name, p), VARIANTS[name][1])
 
 
 def build_model(input_shape: Shape, device: str) -> nn.Module:
@@ -73,8 +79,9 @@ def build_model(input_shape: Shape, device: str) -> nn.Module:
     return MODELS.build(cfg.model).to(device).train()
 
 
-def run_model(names: List[str], input_shape: Shape, repeats: int, device: str) -> List[dict]:
-    """Median seconds per training iteration for no perturbation and each variant, timed round-robin."""
+def run_model(names: List[str], input_shape: Shape, repeats: int, device: str, p: float = 1.0) -> List[dict]:
+    """Seconds per training iteration (median; mean when ``p < 1``) for no perturbation and each variant, timed
+    round-robin."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     model = build_model(input_shape, device)
@@ -98,14 +105,17 @@ def run_model(names: List[str], input_shape: Shape, repeats: int, device: str) -
     times: Dict[Optional[str], List[float]] = {v: [] for v in variants}
     for round_ in range(repeats + 1):  # round 0 warms up every variant
         for variant in variants:
-            set_variant(model.backbone, variant)
+            set_variant(model.backbone, variant, p)
             t = timed(step)
             if round_:
                 times[variant].append(t)
-    median = {v: sorted(ts)[len(ts) // 2] for v, ts in times.items()}
+    if p < 1:  # each iteration is perturbed or not at random: the expected cost is the mean
+        typical = {v: sum(ts) / len(ts) for v, ts in times.items()}
+    else:
+        typical = {v: sorted(ts)[len(ts) // 2] for v, ts in times.items()}
     return [
-        dict(variant=v or 'none (BN)', input='x'.join(map(str, input_shape)), iter_s=median[v],
-             ratio=median[v] / median[None]) for v in variants
+        dict(variant=v or 'none (BN)', input='x'.join(map(str, input_shape)), iter_s=typical[v],
+             ratio=typical[v] / typical[None]) for v in variants
     ]
 
 
@@ -135,31 +145,33 @@ def time_layer(module: nn.Module, shape: Shape, repeats: int, device: str) -> fl
 
 
 def run_layers(names: List[str], batch: int, crop: int, repeats: int, device: str) -> List[dict]:
+    """Per-call train forward+backward time of each layer (``p=1``) at each of its positions, and BN2d's."""
     from mmengine.registry import MODELS
     rows = []
     for where, shape in layer_shapes(batch, crop).items():
         bn = time_layer(nn.BatchNorm2d(shape[1]), shape, repeats, device)
         for name in names:
-            cfg, positions = VARIANTS[name]
+            positions = VARIANTS[name][1]
             stage = 'stem' if where == 'stem' else int(where.split()[-1]) - 1
             if stage not in positions:
                 continue
-            t = time_layer(MODELS.build(dict(cfg)), shape, repeats, device)
+            t = time_layer(MODELS.build(variant_cfg(name, 1.0)), shape, repeats, device)
             rows.append(
                 dict(layer=name, where=where, shape='x'.join(map(str, shape)), ms=t * 1e3, bn_ms=bn * 1e3,
                      ratio=t / bn))
     return rows
 
 
-def to_markdown(model_rows: List[dict], layer_rows: List[dict], device: str, model_repeats: int,
-                layer_repeats: int) -> str:
+def to_markdown(model_rows: List[dict], layer_rows: List[dict], device: str, model_repeats: int, layer_repeats: int,
+                p: float = 1.0) -> str:
     machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
               f'{torch.get_num_threads()} threads, device {device}'
     lines = [
         f'Machine: {machine}.', '',
-        f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration, median of {model_repeats} round-robin '
-        'rounds, layers at their config placement with p=1 (worst case), heads BN.', '',
-        '| perturbation | input | s / iter | × without | goal |', '|---|---|---:|---:|---|'
+        f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration, {"median" if p >= 1 else "mean"} of '
+        f'{model_repeats} round-robin rounds, layers at their config placement with p={p:g}'
+        f'{" (worst case)" if p >= 1 else ""}, heads BN.', '', '| perturbation | input | s / iter | × without | goal |',
+        '|---|---|---:|---:|---|'
     ]
     for r in model_rows:
         goal = '' if r['variant'].startswith('none') else \
@@ -192,15 +204,20 @@ def main(argv=None):
     parser.add_argument('--layer-batch', type=int, default=2)
     parser.add_argument('--layer-crop', type=int, default=512)
     parser.add_argument('--layer-repeats', type=int, default=10)
+    parser.add_argument('--p', type=float, default=1.0,
+                        help="probability of a perturbed forward in the model table (the configs' 0.5)")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='write the Markdown tables to this file')
     args = parser.parse_args(argv)
     if min(args.model_repeats, args.layer_repeats, args.layer_batch) < 1 or args.layer_crop < 32:
-        parser.error('repeats and --layer-batch must be >= 1 and --layer-crop >= 32, got '
+        parser.error('--model-repeats, --layer-repeats and --layer-batch must be >= 1 and --layer-crop >= 32, got '
                      f'{args.model_repeats}, {args.layer_repeats}, {args.layer_batch}, {args.layer_crop}')
-    model_rows = [] if args.no_model else run_model(args.layers, args.model_input, args.model_repeats, args.device)
+    if not 0 < args.p <= 1:
+        parser.error(f'--p must be in (0, 1], got {args.p}')
+    model_rows = [] if args.no_model else run_model(args.layers, args.model_input, args.model_repeats, args.device,
+                                                    args.p)
     layer_rows = run_layers(args.layers, args.layer_batch, args.layer_crop, args.layer_repeats, args.device)
-    text = to_markdown(model_rows, layer_rows, args.device, args.model_repeats, args.layer_repeats)
+    text = to_markdown(model_rows, layer_rows, args.device, args.model_repeats, args.layer_repeats, args.p)
     print(text)
     if args.out:
         with open(args.out, 'w') as f:

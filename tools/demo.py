@@ -1,6 +1,6 @@
 """The embedded synthetic source -> target experiment behind ``make demo``.
 
-    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 400] [--jobs 2] [--fast]
+    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 250] [--jobs 2] [--fast]
                          [--data-root data/demo] [--work-dir work_dirs/demo] [--reuse] [--no-stream]
 
 1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when present).
@@ -141,8 +141,8 @@ class Progress:
             done = self.durations[kind]
             return self.left[kind] * (statistics.mean(done) if done else self.prior_s.get(kind, 0.0))
 
-        # trainings and tests share the parallel jobs; the stream experiment runs alone at the end
-        return (remaining('train') + remaining('test')) / self.jobs + remaining('stream')
+        # trainings, tests and the stream experiment share the parallel jobs
+        return (remaining('train') + remaining('test') + remaining('stream')) / self.jobs
 
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -271,17 +271,26 @@ class Experiment:
         """The continual-stream experiment on BN's ``checkpoint``; returns its Markdown table."""
         out_dir = osp.join(self.args.work_dir, 'stream')
         os.makedirs(out_dir, exist_ok=True)
+        frames = self.args.stream_frames or (120 if self.args.fast else 240)
+        # one folder per stream length, so a --fast look and a full run do not ask for each other's stream
+        folder = 'demo_stream' if frames == 240 else f'demo_stream_{frames}f'
         cmd = [
             sys.executable, STREAM_TOOL, METHODS['BN']['config'], checkpoint, '--out-dir', out_dir, '--stream-root',
-            osp.join(osp.dirname(self.args.data_root.rstrip('/')) or '.', 'demo_stream')
+            osp.join(osp.dirname(self.args.data_root.rstrip('/')) or '.', folder), '--frames',
+            str(frames)
         ]
-        cmd += ['--frames', str(self.args.stream_frames or (120 if self.args.fast else 240))]
         self.job(cmd, osp.join(out_dir, 'stream.log'), 'continual stream (BN seed '
                  f'{self.args.seeds[0]})', 'stream', lambda: None)
         with open(osp.join(out_dir, 'stream_results.md')) as f:
             return f.read()
 
-    def run_all(self) -> Dict[str, Dict[int, Dict[str, float]]]:
+    def run_all(self, with_stream: bool = False) -> Tuple[Dict[str, Dict[int, Dict[str, float]]], Optional[str]]:
+        """Every (method, seed) job, ``jobs`` at a time, and the stream experiment when asked.
+
+        Trainings are queued first; a test-time-only method's test (and the stream, on BN's first-seed weights)
+        follows and waits for the training it reuses, so no worker idles while a job it could run is ready.
+        Returns ``({method: {seed: row}}, the stream's Markdown table or None)``.
+        """
         names, seeds = self.args.methods, self.args.seeds
         trained = [n for n in names if 'weights_from' not in METHODS[n]]
         derived = [n for n in names if 'weights_from' in METHODS[n]]
@@ -290,15 +299,25 @@ class Experiment:
                 raise ValueError(f'method {n!r} reuses the weights of {METHODS[n]["weights_from"]!r}; '
                                  'list that method too')
         done: Dict = {}
-        results: Dict[str, Dict[int, Dict[str, float]]] = {n: {} for n in names}
-        with ThreadPoolExecutor(self.args.jobs) as pool:
+        pool = ThreadPoolExecutor(self.args.jobs)
+        try:  # FIFO: every training has started before a job that waits for one runs (no deadlock)
             jobs = {(n, s): pool.submit(self.run_method, n, s, done) for s in seeds for n in trained}
-            for key, job in jobs.items():
-                results[key[0]][key[1]] = job.result()
-            jobs = {(n, s): pool.submit(self.run_method, n, s, done) for s in seeds for n in derived}
-            for key, job in jobs.items():
-                results[key[0]][key[1]] = job.result()
-        return {n: results[n] for n in names}
+
+            def after(base: tuple, fn, *args):
+                jobs[base].result()  # re-raises the training's failure
+                return fn(*args)
+
+            stream = pool.submit(after, ('BN', seeds[0]), lambda: self.stream(done[('BN', seeds[0])][0])) \
+                if with_stream else None
+            for s in seeds:
+                for n in derived:
+                    jobs[(n, s)] = pool.submit(after, (METHODS[n]['weights_from'], s), self.run_method, n, s, done)
+            results: Dict[str, Dict[int, Dict[str, float]]] = {n: {} for n in names}
+            for (name, seed), job in jobs.items():
+                results[name][seed] = job.result()
+            return {n: results[n] for n in names}, stream.result() if stream else None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # after a failure: queued jobs are dropped
 
 
 def summarise(results: Dict[str, Dict[int, Dict[str, float]]]) -> Dict[str, dict]:
@@ -364,10 +383,13 @@ def plot(rows: Dict[str, dict], out_file: str, title: str) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data-root', default=DEFAULT_DATA_ROOT)
-    parser.add_argument('--work-dir', default='work_dirs/demo')
+    parser.add_argument(
+        '--work-dir', default=None,
+        help='default: work_dirs/demo (work_dirs/demo-fast with --fast, so a quick look never '
+        'replaces a full run)')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, default=400,
+    parser.add_argument('--iters', type=int, default=250,
                         help='training iterations of every method (the configs alone train 1k)')
     parser.add_argument(
         '--jobs', type=int, default=min(2,
@@ -375,7 +397,7 @@ def main(argv=None):
         help='jobs run in parallel, the CPU threads split between them. Default: 2 (one thread '
         'each on 2 cores): the demo model is too small for two threads to help one job, and an '
         'OpenMP job with more threads than free cores slows down many times')
-    parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 200 iterations')
+    parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 100 iterations')
     parser.add_argument('--reuse', action='store_true',
                         help='skip trainings whose checkpoint exists and tests already run on that checkpoint')
     parser.add_argument(
@@ -393,7 +415,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.fast:
         args.seeds = args.seeds[:1]
-        args.iters = 200
+        args.iters = 100
+    if args.work_dir is None:
+        args.work_dir = 'work_dirs/demo-fast' if args.fast else 'work_dirs/demo'
     if args.jobs < 1:
         parser.error(f'--jobs must be >= 1, got {args.jobs}')
 
@@ -404,11 +428,11 @@ def main(argv=None):
                        num_target_train=args.num_target, num_target_val=args.num_target, seed=args.data_seed)
     trained = [n for n in args.methods if 'weights_from' not in METHODS[n]]
     iters = args.iters or 1000
-    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (400 iterations ~ 40 s).
+    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (250 iterations ~ 35 s).
     with_stream = not args.no_stream and 'BN' in args.methods
     progress = Progress(
         len(trained) * len(args.seeds),
-        len(args.methods) * len(args.seeds), args.jobs, prior_s=dict(train=8 + 0.08 * iters, test=8.0, stream=90.0),
+        len(args.methods) * len(args.seeds), args.jobs, prior_s=dict(train=6 + 0.12 * iters, test=7.0, stream=20.0),
         num_stream=int(with_stream))
     print(
         f'{progress.total} jobs ({len(trained)} trainings and {len(args.methods)} tests per seed, seeds '
@@ -417,9 +441,7 @@ def main(argv=None):
     experiment = Experiment(args, progress)
     stream_table = None
     try:
-        results = experiment.run_all()
-        if with_stream:
-            stream_table = experiment.stream(results['BN'][args.seeds[0]]['checkpoint'])
+        results, stream_table = experiment.run_all(with_stream)
     except JobFailed as err:
         print(f'\nmake demo stopped: {err}', file=sys.stderr, flush=True)
         sys.exit(1)

@@ -186,7 +186,11 @@ def main(argv=None):
     args = parse_args(argv)
     from mmnorm.datasets.synthetic_stream import generate_drifting_stream
     t0 = time.time()
-    schedule = generate_drifting_stream(args.stream_root, args.frames, seed=args.seed)
+    try:
+        schedule = generate_drifting_stream(args.stream_root, args.frames, seed=args.seed)
+    except FileExistsError as err:  # a stream of another length / seed is there: never overwrite it
+        sys.exit(f'tta_stream.py: {err}. Pass --stream-root with a new folder for --frames {args.frames} '
+                 f'--seed {args.seed}.')
     cfg, model = load_model(args.config, args.checkpoint)
     batches = stream_batches(cfg, args.stream_root, args.batch_size)
     phases = [schedule[i * args.batch_size]['phase'] for i in range(len(batches))]
