@@ -45,3 +45,34 @@ def test_paired_ratio_is_the_median_of_interleaved_pairs():
     ref_s, s, ratio = bench.paired_seconds(lambda: calls.append('ref'), lambda: calls.append('case'), 4, warmup=1)
     assert calls == ['ref', 'case'] + ['ref', 'case', 'case', 'ref'] * 2  # warm-up, then alternating order
     assert ref_s > 0 and s > 0 and ratio > 0
+
+
+def test_benchmark_recalibration_tiny_fills_its_section(tmp_path):
+    """tools/benchmark_recalibration.py: exact one-pass statistics, every row timed, the doc section replaced."""
+    recal = load_tool('benchmark_recalibration')
+    doc = tmp_path / 'doc.md'
+    doc.write_text('before\n<!-- benchmark:start -->\nold\n<!-- benchmark:end -->\nafter\n')
+    res = recal.main(['--batches', '2', '3', '--size', '64', '--repeats', '1', '--threads', '1', '--out', str(doc)])
+    var_err, mean_err = res['errors']['mmnorm recalibrate_bn (one pass)']
+    # against float64 statistics of torch.cat of the BN inputs (2x2 maps in the last stage at 64x64: train-mode BN
+    # on 8-12 values per channel amplifies float32 rounding of earlier layers, hence 1e-4 rather than 1e-5)
+    assert var_err < 1e-4 and mean_err < 1e-4
+    assert res['errors']['EMA, momentum 0.1'][0] > 1e-3  # the references tell estimators apart
+    assert set(res['times']) == {'forward_eval', 'forward_train', 'one_pass', 'update_bn', 'layerwise'}
+    text = doc.read_text()
+    assert text.startswith('before\n') and text.endswith('after\n') and 'old' not in text
+    assert '| `recalibrate_bn` one pass |' in text
+
+
+def test_benchmark_recalibration_bad_out_is_refused_before_timing(tmp_path, capsys):
+    import pytest
+    recal = load_tool('benchmark_recalibration')
+    no_markers = tmp_path / 'plain.md'
+    no_markers.write_text('no section\n')
+    for out, reason in ((tmp_path / 'missing.md', 'is not a file'), (no_markers, 'section to fill')):
+        with pytest.raises(SystemExit) as exc:
+            recal.main(['--out', str(out)])
+        assert exc.value.code == 2 and reason in capsys.readouterr().err
+    assert no_markers.read_text() == 'no section\n'
+    with pytest.raises(SystemExit):
+        recal.main(['--batches', '1', '4'])

@@ -18,10 +18,11 @@ channels. ``--out`` replaces the section between ``<!-- benchmark:start -->`` an
 """
 import argparse
 import copy
+import os
 import platform
 import re
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -129,6 +130,7 @@ def timed(fns: Dict[str, Callable[[], object]], repeats: Dict[str, int]) -> Dict
 
 
 def run(sizes: List[int], size: int, repeats: int) -> dict:
+    load = os.getloadavg()[0]  # other jobs on the machine: the timings mean little when it exceeds the threads
     model = build_model()
     batches = make_batches(sizes, size)
     ref = closed_form(model, batches)
@@ -166,7 +168,7 @@ def run(sizes: List[int], size: int, repeats: int) -> dict:
         'mean of per-batch variances (size-weighted)': errors(mean_of_variances(model, batches), ref),
         'EMA, momentum 0.1': errors(ema(model, batches), ref)
     }
-    return dict(times=times, errors=errs, layers=len(ref), samples=sum(sizes))
+    return dict(times=times, errors=errs, layers=len(ref), samples=sum(sizes), load=load)
 
 
 def to_markdown(res: dict, sizes: List[int], size: int, repeats: int) -> str:
@@ -174,7 +176,7 @@ def to_markdown(res: dict, sizes: List[int], size: int, repeats: int) -> str:
     machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
               f'{torch.get_num_threads()} threads, CPU'
     lines = [
-        f'Machine: {machine} (shared with other jobs while measured); mmdet ResNet-18, {res["layers"]} BN '
+        f'Machine: {machine}, load average {res["load"]:.2f} before the run; mmdet ResNet-18, {res["layers"]} BN '
         f'layers, batches of {sizes} images at {size}x{size} ({res["samples"]} samples); median of {repeats} '
         'runs.', '', '| pass over the batches (no grad) | wall s | CPU s | × eval forward (CPU) | '
         '× train-mode-BN forward (CPU) | × train-mode-BN forward (wall) |', '|---|---:|---:|---:|---:|---:|'
@@ -193,12 +195,27 @@ def to_markdown(res: dict, sizes: List[int], size: int, repeats: int) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_section(path: str, text: str) -> None:
+SECTION = ('<!-- benchmark:start -->', '<!-- benchmark:end -->')
+
+
+def section_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot take the benchmark section (None: it can)."""
+    if not os.path.isfile(path):
+        return f'--out {path!r} is not a file; give a Markdown file with a {SECTION[0]} ... {SECTION[1]} section'
     with open(path) as f:
         doc = f.read()
-    start, end = '<!-- benchmark:start -->', '<!-- benchmark:end -->'
-    if start not in doc or end not in doc:
-        raise ValueError(f'{path} has no {start} ... {end} section to fill')
+    if SECTION[0] not in doc or SECTION[1] not in doc:
+        return f'--out {path!r} has no {SECTION[0]} ... {SECTION[1]} section to fill; add the two markers'
+    return None
+
+
+def write_section(path: str, text: str) -> None:
+    problem = section_problem(path)
+    if problem:
+        raise ValueError(problem)
+    with open(path) as f:
+        doc = f.read()
+    start, end = SECTION
     doc = re.sub(f'{re.escape(start)}.*?{re.escape(end)}', lambda _: f'{start}\n{text}{end}', doc, flags=re.S)
     with open(path, 'w') as f:
         f.write(doc)
@@ -214,6 +231,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if any(b <= 1 for b in args.batches):
         parser.error(f'batch sizes must be > 1 (train-mode BN), got {args.batches}')
+    if args.out and section_problem(args.out):  # checked before minutes of timing, not after
+        parser.error(section_problem(args.out))
     torch.set_num_threads(args.threads)
     res = run(args.batches, args.size, args.repeats)
     text = to_markdown(res, args.batches, args.size, args.repeats)
