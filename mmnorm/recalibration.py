@@ -107,9 +107,8 @@ class _Measuring:
             acc.add(*moments)
         self.pending.clear()
 
-    def measure(self, name: str, acc: MomentAccumulator, buffers: tuple, module: nn.Module, inputs: tuple) -> None:
-        """The pre-hook of layer ``name`` (bound with ``functools.partial`` to its accumulator and the buffers it
-        normalises with): measures ``inputs[0]`` (N, C, *)."""
+    def measure(self, name: str, acc: MomentAccumulator, module: nn.Module, inputs: tuple) -> None:
+        """The pre-hook of layer ``name`` (bound with ``functools.partial``): measures ``inputs[0]`` (N, C, *)."""
         x = inputs[0]
         count, mean, var = batch_moments(x)
         if self.valid < self.size and x.shape[0] == self.size:
@@ -121,8 +120,8 @@ class _Measuring:
                 warnings.warn(f'recalibrate_bn: {name} sees {x.shape[0]} rows for a batch of {self.size} samples'
                               f' ({self.valid} real); padded samples cannot be excluded for this layer')
         if self.inject and count > 1:
-            buffers[0].copy_(mean)
-            buffers[1].copy_(var)
+            for buf, value in zip(norm_buffers(module), (mean, var)):
+                buf.copy_(value)
 
 
 @dataclass
@@ -156,8 +155,7 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
     batch = _Measuring(inject)
     accs = {name: MomentAccumulator(norm_buffers(state.layers[name])[0].numel(), plan.device) for name in measured}
     for name in measured:
-        hook = partial(batch.measure, name, accs[name], norm_buffers(state.layers[name]))
-        state.hooks.append(state.layers[name].register_forward_pre_hook(hook))
+        state.hooks.append(state.layers[name].register_forward_pre_hook(partial(batch.measure, name, accs[name])))
     bar = plan.progress_bar(data_loader) if progress else None
     seen, batches, error = 0, 0, None
     try:

@@ -118,24 +118,28 @@ MODEL_NORMS = {
 }
 
 
-def _compare_model(build, inputs, norm):
+def _compare_model(build, inputs, norm, backend='inductor'):
+    """Compiled (inductor) against eager, forward and every parameter gradient, in float64: in float32 the two
+    orders of summation (and, for RN / PBN, the compiled plain-autograd formulation against the eager Function)
+    move the first layer's gradient, which gathers every later layer's rounding, by up to ~2e-4."""
     torch.manual_seed(0)
-    eager = build()
+    eager = build().double()
     module = copy.deepcopy(eager)
-    compiled = torch.compile(module)
+    compiled = torch.compile(module, backend=backend)
     split = (1, 1) if norm == 'RN' else None
     outs = []
     for model, fn in ((eager, eager), (module, compiled)):
         torch.manual_seed(1)
         with domain_split(model, split) if split else torch.enable_grad():
-            out = fn(inputs)
+            out = fn(inputs.double())
         out = out if isinstance(out, torch.Tensor) else torch.cat([o.flatten() for o in out])
         out.square().mean().backward()
         outs.append(out)
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-8, rtol=1e-6)
     for (name, p_c), p_e in zip(module.named_parameters(), eager.parameters()):
         if p_e.grad is not None:
-            torch.testing.assert_close(p_c.grad, p_e.grad, atol=1e-4, rtol=1e-3, msg=name)
+            torch.testing.assert_close(p_c.grad, p_e.grad, atol=1e-8, rtol=1e-6,
+                                       msg=lambda detail, name=name: f'{name}: {detail}')
 
 
 @pytest.mark.slow
@@ -156,14 +160,24 @@ def test_compiled_deeplabv3plus(norm):
     _compare_model(lambda: copy.deepcopy(seg), torch.randn(2, 3, 32, 64), norm)
 
 
+# torch 2.13 CPU inductor: with PBN mode='random' (eager, its graph breaks split the backbone into many graphs) the
+# FPN's last level gets a wrong gradient (fpn_convs.3.weight 50 % off, and from there every backbone parameter by
+# ~0.3 %), while the forward matches to 1e-13 and aot_eager (same graphs, no inductor codegen) is exact.
+INDUCTOR_PBN_RANDOM_FPN = pytest.mark.xfail(
+    strict=True, reason='inductor: wrong FPN gradient around PBN random graph breaks (aot_eager exact)')
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('norm', list(MODEL_NORMS))
-def test_compiled_faster_rcnn_backbone_and_neck(norm):
+@pytest.mark.parametrize('norm,backend', [(n, 'inductor') for n in MODEL_NORMS if n != 'PBN'] +
+                         [pytest.param('PBN', 'inductor', marks=INDUCTOR_PBN_RANDOM_FPN), ('PBN', 'aot_eager')])
+def test_compiled_faster_rcnn_backbone_and_neck(norm, backend, tmp_path):
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
-    cfg = Config.fromfile('mmdet::_base_/models/faster-rcnn_r50_fpn.py')
+    base = tmp_path / 'faster_rcnn.py'  # mmdet's own model (a 'mmdet::' path resolves as a _base_ only)
+    base.write_text("_base_ = ['mmdet::_base_/models/faster-rcnn_r50_fpn.py']\n")
+    cfg = Config.fromfile(str(base))
     backbone = dict(depth=18, base_channels=16, init_cfg=None, frozen_stages=-1, norm_eval=False)
     if norm == 'IBN-a':
         backbone.update(type='IBNResNet', ibn=dict(type='a'))
@@ -182,7 +196,7 @@ def test_compiled_faster_rcnn_backbone_and_neck(norm):
         def forward(self, x):
             return self.det.extract_feat(x)
 
-    _compare_model(lambda: Features(copy.deepcopy(det)), torch.randn(2, 3, 64, 64), norm)
+    _compare_model(lambda: Features(copy.deepcopy(det)), torch.randn(2, 3, 64, 64), norm, backend)
 
 
 @pytest.mark.slow

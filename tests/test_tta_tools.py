@@ -50,7 +50,7 @@ def test_benchmark_tta_tiny(tmp_path):
     doc = tmp_path / 'doc.md'
     doc.write_text('# x\n<!-- benchmark:start -->\nold\n<!-- benchmark:end -->\n')
     rows = tool.main(['--batch-size', '2', '--size', '32', '64', '--repeats', '1', '--threads', '1', '--out', str(doc)])
-    assert list(rows) == ['inference', 'bn', 'prior', 'tent']
+    assert list(rows) == ['inference', 'BN in train mode', 'bn', 'prior', 'tent']
     assert rows['inference']['ratio'] == 1.0 and all(r['seconds'] > 0 for r in rows.values())
     assert rows['tent']['peak'] > rows['inference']['peak'] > 0  # the backward keeps activations
     text = doc.read_text()
