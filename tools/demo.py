@@ -1,7 +1,7 @@
 """The embedded synthetic source -> target experiment behind ``make demo``.
 
     python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 250] [--jobs 2] [--fast]
-                         [--data-root data/demo] [--work-dir work_dirs/demo] [--reuse] [--no-stream]
+                         [--data-root data/demo] [--work-dir work_dirs/demo or demo-fast] [--reuse] [--no-stream]
 
 1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when present).
 2. For every method and seed, trains the method's demo config with ``tools/train.py``, whose final validation runs
@@ -439,7 +439,6 @@ def main(argv=None):
         f'{args.seeds}, {iters} iterations{", the continual stream" if with_stream else ""}); logs under '
         f'{args.work_dir}/seed*/<method>/', flush=True)
     experiment = Experiment(args, progress)
-    stream_table = None
     try:
         results, stream_table = experiment.run_all(with_stream)
     except JobFailed as err:
