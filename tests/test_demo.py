@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from conftest import run_tool
+from conftest import run_tool, tiny_seg_options
 from tool_loader import METHODS
 
 
@@ -36,7 +36,7 @@ def check_demo_outputs(proc, work_dir, methods):
     assert (work_dir / 'results.png').stat().st_size > 5000
     # progress: a start and an end line per job (trainings, tests, the stream), with the log path, mIoU, time left
     trainings = sum('weights_from' not in METHODS[n] for n in methods)
-    total = trainings + len(methods) + 1
+    total = len(methods) + 1  # a training tests its weights on the target in the same job
     assert f'{total} jobs' in proc.stdout
     for k in range(1, total + 1):
         assert proc.stdout.count(f'[{k}/{total}] ') == 2, (k, proc.stdout)
@@ -48,7 +48,8 @@ def check_demo_outputs(proc, work_dir, methods):
     # the AdaBN row really recalibrated on the target pool before testing
     log = (work_dir / 'seed0' / 'AdaBN' / 'test_target.log').read_text()
     assert 'AdaBNHook' in log
-    assert 'AdaBNHook' not in (work_dir / 'seed0' / 'BN' / 'test_target.log').read_text()
+    assert 'AdaBNHook' not in (work_dir / 'seed0' / 'BN' / 'train.log').read_text()
+    assert sum('source val, ' in line and ' target in ' in line for line in ends) == trainings
     # the continual stream: its table is printed and written with the plot
     assert 'continual test-time adaptation on a drifting stream' in proc.stdout
     assert (work_dir / 'stream' / 'stream_results.md').exists() and (work_dir / 'stream' / 'stream_miou.png').exists()
@@ -57,6 +58,15 @@ def check_demo_outputs(proc, work_dir, methods):
 def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path):
     proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo', KINDS)
     check_demo_outputs(proc, tmp_path / 'demo', KINDS)
+    # train.py --test-last (the trainings' target test) gives what tools/test.py gives on the last checkpoint
+    bn_dir = tmp_path / 'demo' / 'seed0' / 'BN'
+    checkpoint = (bn_dir / 'last_checkpoint').read_text().strip()
+    run_tool([
+        'tools/test.py', METHODS['BN']['config'], checkpoint, '--work-dir', tmp_path / 'retest', '--metrics-out',
+        tmp_path / 'retest.json', '--cfg-options', *tiny_seg_options(tiny_demo_data)
+    ])
+    in_training = json.loads((bn_dir / 'metrics_target.json').read_text())
+    assert json.loads((tmp_path / 'retest.json').read_text()) == in_training
 
 
 @pytest.mark.slow
@@ -80,7 +90,7 @@ def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path):
     assert f'log {log}' in proc.stderr and 'last lines' in proc.stderr
     assert 'no_such_option' in proc.stderr  # the log's own error, shown
     assert 'Traceback' not in proc.stderr.split('make demo stopped')[0]
-    assert '[1/4] BN seed 0 train FAILED' in proc.stdout
+    assert '[1/3] BN seed 0 train FAILED' in proc.stdout
     assert 'AdaBN seed 0 test' not in proc.stdout and 'continual stream (BN' not in proc.stdout
 
 

@@ -74,6 +74,12 @@ def test_train_cfg_plumbing(train_tool):
     assert default.work_dir == osp.join('./work_dirs', osp.splitext(osp.basename(DEMO_CONFIG))[0])
 
 
+def test_metrics_out_of_train_needs_test_last():
+    proc = run_tool(['tools/train.py', DEMO_CONFIG, '--metrics-out', 'm.json'], check=False)
+    assert proc.returncode == 2
+    assert '--metrics-out writes the metrics of --test-last: pass --test-last too' in proc.stderr
+
+
 def test_test_cfg_plumbing(test_tool, tmp_path):
     ckpt = tmp_path / 'c.pth'
     ckpt.write_bytes(b'')

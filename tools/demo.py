@@ -4,10 +4,11 @@
                          [--data-root data/demo] [--work-dir work_dirs/demo or demo-fast] [--reuse] [--no-stream]
 
 1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when present).
-2. For every method and seed, trains the method's demo config with ``tools/train.py``, whose final validation runs
-   on the source val split (the source-val mIoU, no test-time adaptation), and tests the checkpoint with
-   ``tools/test.py`` on the target val split (the method as deployed). Methods that only adapt at test time (AdaBN,
-   the test-time adaptation rows) reuse the weights, and so the source-val mIoU, of the method they build on.
+2. For every method and seed, trains the method's demo config with ``tools/train.py --test-last``: its final
+   validation runs on the source val split (the source-val mIoU, no test-time adaptation), then the final weights
+   are tested on the target val split in the same process (the method as deployed). Methods that only adapt at
+   test time (AdaBN, the test-time adaptation rows) test the weights of the method they build on with
+   ``tools/test.py`` and their own config, and share its source-val mIoU.
 3. Prints one table — source-val mIoU, target mIoU, share of the BN source->target gap closed, each mean ± std over
    the seeds (the gap share is computed per seed against BN of the same seed) — and writes it to
    ``<work-dir>/results.md``, ``results.json`` and a bar chart ``results.png``.
@@ -91,6 +92,21 @@ def final_val_miou(work_dir: str) -> float:
     return vals[-1]['mIoU']
 
 
+def read_miou(metrics_file: str) -> float:
+    with open(metrics_file) as f:
+        return json.load(f)['mIoU']
+
+
+def read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def tested_after(metrics_file: str, checkpoint: str) -> bool:
+    """Whether ``metrics_file`` exists and was written after ``checkpoint`` (a test of that checkpoint)."""
+    return osp.exists(metrics_file) and osp.exists(checkpoint) and osp.getmtime(metrics_file) > osp.getmtime(checkpoint)
+
+
 class JobFailed(RuntimeError):
     """A train/test subprocess exited non-zero; the message names its log and holds the log's last lines."""
 
@@ -154,7 +170,7 @@ class Progress:
             self._print(f'[{index}/{self.total}] {label} {kind} ... (log {display_path(log_file)})')
         return index, time.time()
 
-    def end(self, ticket: Tuple[int, float], label: str, kind: str, miou: Optional[float] = None,
+    def end(self, ticket: Tuple[int, float], label: str, kind: str, result: Optional[str] = None,
             failed: bool = False) -> None:
         index, t0 = ticket
         seconds = time.time() - t0
@@ -162,7 +178,7 @@ class Progress:
             self.left[kind] -= 1
             if not failed:
                 self.durations[kind].append(seconds)
-            result = 'FAILED' if failed else (f'mIoU {miou:.1f}' if miou is not None else 'done')
+            result = 'FAILED' if failed else (result or 'done')
             elapsed = time.time() - self.start
             self._print(f'[{index}/{self.total}] {label} {kind} {result} in {seconds:.0f} s | elapsed '
                         f'{format_seconds(elapsed)}, about {format_seconds(self.eta())} left')
@@ -187,19 +203,20 @@ class Experiment:
         self.threads = thread_count(args.jobs)
         self.progress = progress
 
-    def job(self, cmd: List[str], log_file: str, label: str, kind: str, read_miou) -> float:
-        """Runs one train/test subprocess with a progress line before and after it; returns its mIoU."""
+    def job(self, cmd: List[str], log_file: str, label: str, kind: str, read_result, describe=None):
+        """Runs one train/test subprocess with a progress line before and after it (``describe(result)`` in the
+        end line); returns ``read_result()``."""
         ticket = self.progress.begin(label, kind, log_file) if self.progress else None
         try:
             run(cmd, log_file, self.threads)
-            miou = read_miou()
+            result = read_result()
         except Exception:
             if ticket:
                 self.progress.end(ticket, label, kind, failed=True)
             raise
         if ticket:
-            self.progress.end(ticket, label, kind, miou)
-        return miou
+            self.progress.end(ticket, label, kind, describe(result) if describe else None)
+        return result
 
     def options(self, config: str, seed: int) -> List[str]:
         a = self.args
@@ -219,53 +236,56 @@ class Experiment:
         slug = name.replace(' ', '').replace('+', '_').replace('(', '-').replace(')', '')
         return osp.join(self.args.work_dir, f'seed{seed}', slug)
 
-    def train(self, name: str, seed: int) -> Tuple[str, float]:
-        """Trains (unless ``--reuse`` finds a checkpoint); returns the checkpoint and its source-val mIoU."""
+    def train(self, name: str, seed: int) -> Tuple[str, float, float]:
+        """Trains and tests on the target (unless ``--reuse`` finds them done); returns the checkpoint, its
+        source-val mIoU and its target mIoU."""
         config, work_dir = METHODS[name]['config'], self.work_dir(name, seed)
         os.makedirs(work_dir, exist_ok=True)
-        last = osp.join(work_dir, 'last_checkpoint')
-        if self.args.reuse and osp.exists(last):
-            miou = final_val_miou(work_dir)
+        last, out = osp.join(work_dir, 'last_checkpoint'), osp.join(work_dir, 'metrics_target.json')
+        label = f'{name} seed {seed}'
+        if self.args.reuse and osp.exists(last) and tested_after(out, read_text(last)):
+            source, target = final_val_miou(work_dir), read_miou(out)
             if self.progress:  # counted as done at once
                 self.progress.end(
-                    self.progress.begin(f'{name} seed {seed}', 'train', last), f'{name} seed {seed}', 'train', miou)
-        else:
-            cmd = [
-                sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--cfg-options',
-                *self.options(config, seed)
-            ]
-            miou = self.job(cmd, osp.join(work_dir, 'train.log'), f'{name} seed {seed}', 'train',
-                            lambda: final_val_miou(work_dir))
-        with open(last) as f:
-            return f.read().strip(), miou
+                    self.progress.begin(label, 'train', last), label, 'train',
+                    f'mIoU {source:.1f} source val, {target:.1f} target')
+            return read_text(last), source, target
+        cmd = [
+            sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--test-last', '--metrics-out', out,
+            '--cfg-options', *self.options(config, seed)
+        ]
+        source, target = self.job(cmd, osp.join(work_dir, 'train.log'), label, 'train',
+                                  lambda: (final_val_miou(work_dir), read_miou(out)),
+                                  lambda r: f'mIoU {r[0]:.1f} source val, {r[1]:.1f} target')
+        return read_text(last), source, target
 
     def test_target(self, name: str, seed: int, checkpoint: str) -> float:
+        """``tools/test.py`` of ``name``'s config on ``checkpoint`` (unless ``--reuse`` finds that test done)."""
         config, work_dir = METHODS[name]['config'], self.work_dir(name, seed)
         os.makedirs(work_dir, exist_ok=True)
         out = osp.join(work_dir, 'metrics_target.json')
+        label = f'{name} seed {seed}'
+        if self.args.reuse and tested_after(out, checkpoint):
+            if self.progress:  # a test of this checkpoint already ran: counted as done at once
+                self.progress.end(self.progress.begin(label, 'test', out), label, 'test', f'mIoU {read_miou(out):.1f}')
+            return read_miou(out)
         cmd = [
             sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir, '--metrics-out', out,
             '--cfg-options', *self.options(config, seed)
         ]
-
-        def read_miou() -> float:
-            with open(out) as f:
-                return json.load(f)['mIoU']
-
-        label = f'{name} seed {seed}'
-        if self.args.reuse and osp.exists(out) and osp.getmtime(out) > osp.getmtime(checkpoint):
-            if self.progress:  # a test of this checkpoint already ran: counted as done at once
-                self.progress.end(self.progress.begin(label, 'test', out), label, 'test', read_miou())
-            return read_miou()
-        return self.job(cmd, osp.join(work_dir, 'test_target.log'), label, 'test', read_miou)
+        return self.job(cmd, osp.join(work_dir, 'test_target.log'), label, 'test', lambda: read_miou(out),
+                        lambda miou: f'mIoU {miou:.1f}')
 
     def run_method(self, name: str, seed: int, trained: Dict) -> Dict[str, float]:
         start = time.time()
         base = METHODS[name].get('weights_from')
-        ckpt, source = trained[(base, seed)] if base else self.train(name, seed)
-        trained[(name, seed)] = (ckpt, source)
-        return dict(source=source, target=self.test_target(name, seed, ckpt), seconds=time.time() - start,
-                    checkpoint=ckpt)
+        if base:
+            ckpt, source = trained[(base, seed)]
+            target = self.test_target(name, seed, ckpt)
+        else:
+            ckpt, source, target = self.train(name, seed)
+            trained[(name, seed)] = (ckpt, source)
+        return dict(source=source, target=target, seconds=time.time() - start, checkpoint=ckpt)
 
     def stream(self, checkpoint: str) -> str:
         """The continual-stream experiment on BN's ``checkpoint``; returns its Markdown table."""
@@ -399,7 +419,7 @@ def main(argv=None):
         'OpenMP job with more threads than free cores slows down many times')
     parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 100 iterations')
     parser.add_argument('--reuse', action='store_true',
-                        help='skip trainings whose checkpoint exists and tests already run on that checkpoint')
+                        help='skip trainings (and their target tests) and tests already run on the checkpoint they use')
     parser.add_argument(
         '--no-stream', action='store_true',
         help='skip the continual-stream experiment (test-time adaptation on a drifting stream, '
@@ -428,14 +448,16 @@ def main(argv=None):
                        num_target_train=args.num_target, num_target_val=args.num_target, seed=args.data_seed)
     trained = [n for n in args.methods if 'weights_from' not in METHODS[n]]
     iters = args.iters or 1000
-    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (250 iterations ~ 35 s).
+    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (250 iterations + the target test ~ 43 s).
     with_stream = not args.no_stream and 'BN' in args.methods
     progress = Progress(
-        len(trained) * len(args.seeds),
-        len(args.methods) * len(args.seeds), args.jobs, prior_s=dict(train=6 + 0.12 * iters, test=7.0, stream=20.0),
+        len(trained) * len(args.seeds), (len(args.methods) - len(trained)) * len(args.seeds),
+        args.jobs,
+        prior_s=dict(train=8 + 0.14 * iters, test=7.0, stream=20.0),
         num_stream=int(with_stream))
     print(
-        f'{progress.total} jobs ({len(trained)} trainings and {len(args.methods)} tests per seed, seeds '
+        f'{progress.total} jobs ({len(trained)} trainings, each tested on the target, and '
+        f'{len(args.methods) - len(trained)} test-time-only tests per seed, seeds '
         f'{args.seeds}, {iters} iterations{", the continual stream" if with_stream else ""}); logs under '
         f'{args.work_dir}/seed*/<method>/', flush=True)
     experiment = Experiment(args, progress)

@@ -13,7 +13,6 @@ Bad input (a missing or unreadable config or checkpoint, an unknown norm type) e
 exit status 2, not a traceback.
 """
 import argparse
-import json
 import os
 import os.path as osp
 import sys
@@ -25,7 +24,7 @@ from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules, checkpoint allow-list)
 from mmnorm.runtime import (LAUNCHERS, CheckpointFileError, check_checkpoint_file, check_norm_types, get_toolbox,
-                            setup_launcher, teardown_launcher)
+                            setup_launcher, teardown_launcher, write_metrics_json)
 
 
 def parse_args(argv=None):
@@ -139,9 +138,7 @@ def main(argv=None):
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     metrics = runner.test()
     if args.metrics_out and get_rank() == 0:
-        os.makedirs(osp.dirname(osp.abspath(args.metrics_out)), exist_ok=True)
-        with open(args.metrics_out, 'w') as f:
-            json.dump({k: float(v) if hasattr(v, '__float__') else v for k, v in metrics.items()}, f, indent=2)
+        write_metrics_json(metrics, args.metrics_out)
     teardown_launcher()  # only after success: a failed rank must not wait in a barrier for the others
     return metrics
 

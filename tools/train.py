@@ -1,11 +1,13 @@
 """Train an mmseg or mmdet model (the toolbox follows from the config's ``default_scope``) with mmnorm loaded.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
-                          [--launcher none|pytorch|slurm]
+                          [--launcher none|pytorch|slurm] [--test-last [--metrics-out FILE]]
 
 ``--amp``: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scale) on a GPU, mmnorm's ``CPUAmpOptimWrapper``
 (bfloat16 autocast) without one. ``--cfg-options compile=True`` (or ``compile.backend=...``) is mmengine's
-``torch.compile`` switch (the model's ``train_step`` is compiled).
+``torch.compile`` switch (the model's ``train_step`` is compiled). ``--test-last``: after training, the final weights
+are tested in the same process with the config's ``test_dataloader`` / ``test_evaluator`` (as ``tools/test.py``
+would test the last checkpoint, without a second start-up); ``--metrics-out`` writes that test's metrics as JSON.
 
 Bad input (a missing or unreadable config or checkpoint, an unknown norm type) ends with a one-line message and
 exit status 2, not a traceback.
@@ -17,12 +19,13 @@ import sys
 
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.dist import get_rank
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules, checkpoint allow-list)
 from mmnorm.runtime import (LAUNCHERS, CheckpointFileError, check_checkpoint_file, check_norm_types, get_toolbox,
-                            setup_launcher, teardown_launcher)
+                            setup_launcher, teardown_launcher, write_metrics_json)
 
 
 def parse_args(argv=None):
@@ -35,9 +38,14 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, key=value (e.g. model.backbone.norm_cfg.type=IBN)')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    parser.add_argument('--test-last', action='store_true',
+                        help="after training, test the final weights with the config's test_dataloader")
+    parser.add_argument('--metrics-out', help='with --test-last: write the test metrics dict to this JSON file')
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
+    if args.metrics_out and not args.test_last:
+        parser.error('--metrics-out writes the metrics of --test-last: pass --test-last too')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
@@ -96,6 +104,10 @@ def main(argv=None):
     setup_launcher(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
+    if args.test_last:  # the weights in memory are the last checkpoint's; Runner.test does not load them again
+        metrics = runner.test()
+        if args.metrics_out and get_rank() == 0:
+            write_metrics_json(metrics, args.metrics_out)
     teardown_launcher()  # only after success: a failed rank must not wait in a barrier for the others
 
 

@@ -8,17 +8,18 @@ the old file, no file, or the complete new one. :func:`use_atomic_local_writes` 
 backend; every local ``put`` / ``put_text`` goes through it: the Runner's checkpoints, ``AdaBNHook(save_checkpoint=)``
 and anything else written with ``mmengine.runner.save_checkpoint`` or ``mmengine.fileio.put``.
 """
+import json
 import os
 import os.path as osp
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Mapping, Union
 
 from mmengine.fileio import backends as file_backends
 from mmengine.fileio import io as file_io
 from mmengine.fileio.backends import LocalBackend, register_backend
 
-__all__ = ['AtomicLocalBackend', 'atomic_write_bytes', 'use_atomic_local_writes']
+__all__ = ['AtomicLocalBackend', 'atomic_write_bytes', 'use_atomic_local_writes', 'write_metrics_json']
 
 
 def atomic_write_bytes(data: bytes, filepath: Union[str, Path]) -> None:
@@ -41,6 +42,12 @@ def atomic_write_bytes(data: bytes, filepath: Union[str, Path]) -> None:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_metrics_json(metrics: Mapping, filepath: Union[str, Path]) -> None:
+    """Writes a Runner's metrics dict (numbers, numpy scalars) to ``filepath`` as JSON, atomically."""
+    plain = {k: float(v) if hasattr(v, '__float__') else v for k, v in metrics.items()}
+    atomic_write_bytes(json.dumps(plain, indent=2).encode(), filepath)
 
 
 class AtomicLocalBackend(LocalBackend):
