@@ -1,6 +1,6 @@
 """The embedded synthetic source -> target experiment behind ``make demo``.
 
-    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 250] [--jobs 2] [--fast]
+    python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 200] [--jobs 2] [--fast]
                          [--data-root data/demo] [--work-dir work_dirs/demo or demo-fast] [--reuse] [--no-stream]
 
 1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when present).
@@ -254,8 +254,8 @@ class Experiment:
             sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--test-last', '--metrics-out', out,
             '--cfg-options', *self.options(config, seed)
         ]
-        source, target = self.job(cmd, osp.join(work_dir, 'train.log'), label, 'train',
-                                  lambda: (final_val_miou(work_dir), read_miou(out)),
+        source, target = self.job(cmd, osp.join(work_dir, 'train.log'), label, 'train', lambda:
+                                  (final_val_miou(work_dir), read_miou(out)),
                                   lambda r: f'mIoU {r[0]:.1f} source val, {r[1]:.1f} target')
         return read_text(last), source, target
 
@@ -409,7 +409,7 @@ def main(argv=None):
         'replaces a full run)')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, default=250,
+    parser.add_argument('--iters', type=int, default=200,
                         help='training iterations of every method (the configs alone train 1k)')
     parser.add_argument(
         '--jobs', type=int, default=min(2,
@@ -448,13 +448,12 @@ def main(argv=None):
                        num_target_train=args.num_target, num_target_val=args.num_target, seed=args.data_seed)
     trained = [n for n in args.methods if 'weights_from' not in METHODS[n]]
     iters = args.iters or 1000
-    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (250 iterations + the target test ~ 43 s).
+    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (200 iterations and the target
+    # test ~ 35 s).
     with_stream = not args.no_stream and 'BN' in args.methods
     progress = Progress(
-        len(trained) * len(args.seeds), (len(args.methods) - len(trained)) * len(args.seeds),
-        args.jobs,
-        prior_s=dict(train=8 + 0.14 * iters, test=7.0, stream=20.0),
-        num_stream=int(with_stream))
+        len(trained) * len(args.seeds), (len(args.methods) - len(trained)) * len(args.seeds), args.jobs,
+        prior_s=dict(train=8 + 0.14 * iters, test=7.0, stream=20.0), num_stream=int(with_stream))
     print(
         f'{progress.total} jobs ({len(trained)} trainings, each tested on the target, and '
         f'{len(args.methods) - len(trained)} test-time-only tests per seed, seeds '
