@@ -6,14 +6,14 @@ from conftest import run_tool, tiny_seg_options
 from tool_loader import METHODS
 
 
-def run_tiny_demo(data_root, work_dir, methods=None):
+def run_tiny_demo(data_root, work_dir, methods=None, extra=()):
     """The demo at a tiny size: 2 iterations, 8 source frames, 4 target frames, a 16-frame stream."""
     args = [
         'tools/demo.py', '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0,
         '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--stream-frames', 16,
         '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2'
     ]
-    return run_tool(args + (['--methods', *methods] if methods else []))
+    return run_tool(args + (['--methods', *methods] if methods else []) + list(extra))
 
 
 # one method of each kind: trained (BN, DSU), recalibrated on BN's weights (AdaBN), adapted online (TENT)
@@ -67,6 +67,14 @@ def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path):
     ])
     in_training = json.loads((bn_dir / 'metrics_target.json').read_text())
     assert json.loads((tmp_path / 'retest.json').read_text()) == in_training
+    # --reuse: no training or test runs again (their logs are untouched), the same table comes back
+    logs = sorted((tmp_path / 'demo').glob('seed0/*/*.log'))
+    stamps = [log.stat().st_mtime_ns for log in logs]
+    summary = json.loads((tmp_path / 'demo' / 'results.json').read_text())['summary']
+    proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo', KINDS, extra=['--reuse'])
+    assert [log.stat().st_mtime_ns for log in logs] == stamps and len(logs) == len(KINDS)
+    assert json.loads((tmp_path / 'demo' / 'results.json').read_text())['summary'] == summary
+    assert 'BN seed 0 train mIoU' in proc.stdout and 'AdaBN seed 0 test mIoU' in proc.stdout
 
 
 @pytest.mark.slow
