@@ -243,13 +243,14 @@ class Experiment:
         os.makedirs(work_dir, exist_ok=True)
         last, out = osp.join(work_dir, 'last_checkpoint'), osp.join(work_dir, 'metrics_target.json')
         label = f'{name} seed {seed}'
-        if self.args.reuse and osp.exists(last) and tested_after(out, read_text(last)):
+        checkpoint = read_text(last) if self.args.reuse and osp.exists(last) else None
+        if checkpoint and tested_after(out, checkpoint):
             source, target = final_val_miou(work_dir), read_miou(out)
             if self.progress:  # counted as done at once
                 self.progress.end(
                     self.progress.begin(label, 'train', last), label, 'train',
                     f'mIoU {source:.1f} source val, {target:.1f} target')
-            return read_text(last), source, target
+            return checkpoint, source, target
         cmd = [
             sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--test-last', '--metrics-out', out,
             '--cfg-options', *self.options(config, seed)
