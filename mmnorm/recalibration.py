@@ -4,7 +4,7 @@ Li et al., "Revisiting Batch Normalization for Practical Domain Adaptation" (arX
 kept; each BN layer's running mean / variance is replaced by the statistics of its input over the *whole* target
 set (all samples x all spatial positions), computed exactly by :func:`recalibrate_bn`:
 
-* a pre-hook per BN-like layer (:func:`~mmnorm.stats.find_bn_layers`, all in eval mode: no collective, no
+* a pre-hook per BN-like layer (:func:`~mmnorm.bn_layers.find_bn_layers`, all in eval mode: no collective, no
   momentum) feeds its input's moments to a float64 :class:`~mmnorm.stats.MomentAccumulator` (the moments of
   ``torch.cat`` of all features, whatever the batch sizes); ``running_var`` gets the unbiased one;
 * distributed: one all-gather of all ranks' accumulators per pass, merged in rank order (identical buffers on
@@ -30,7 +30,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
 from .batches import check_data_loader, forward_prepared, prepare_batch, real_samples_on_rank
-from .stats import MomentAccumulator, batch_moments, find_bn_layers, norm_buffers
+from .bn_layers import find_bn_layers, norm_buffers
+from .stats import MomentAccumulator, batch_moments
 from .validation import check_positive_int
 
 # find_bn_layers and real_samples_on_rank are re-exported from mmnorm.stats and mmnorm.batches

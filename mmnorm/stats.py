@@ -1,36 +1,80 @@
-"""BN-like layers and exact per-channel statistics of their inputs (used by recalibration and analysis).
+"""Per-channel statistics: moments of a batch, exact merging (Chan et al.) and float64 accumulation.
+
+Every statistic mmnorm computes goes through this module: layers and perturbations
+(:func:`channel_moments`, differentiable), recalibration, ``bn_shift`` and test-time adaptation
+(:func:`batch_moments`, no gradient, accumulated with :class:`MomentAccumulator`).
 
 A per-channel summary is ``(count, mean, M2)``: ``count`` elements per channel, their mean and ``M2``, the sum of
-squared deviations from the mean (biased variance = ``M2 / count``). Summaries merge exactly (Chan et al.), so the
-result equals the statistics of ``torch.cat`` of all batches whatever the batch sizes.
+squared deviations from the mean (biased variance = ``M2 / count``). Summaries merge exactly, so a merged result
+equals the statistics of ``torch.cat`` of all batches whatever the batch sizes.
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
-try:  # mmcv's own SyncBN (CUDA kernels; not a torch _BatchNorm subclass)
-    from mmcv.ops import SyncBatchNorm as MMSyncBN
-except ImportError:  # pragma: no cover - mmcv without ops
-    MMSyncBN = None
-
-__all__ = ['batch_moments', 'chan_merge', 'MomentAccumulator', 'norm_buffers', 'find_bn_layers']
+__all__ = [
+    'compute_dtype', 'channel_moments', 'batch_moments', 'chan_merge', 'merge_moments', 'MomentAccumulator'
+]
 
 Summary = Tuple[float, torch.Tensor, torch.Tensor]
+Dims = Union[int, Sequence[int], None]
+
+# The one-pass variance ``E[x^2] - mean^2`` loses about log10(E[x^2] / var) digits; above this ratio
+# :func:`batch_moments` recomputes the variance in two passes (float32 keeps ~5 digits at the limit).
+ONE_PASS_MAX_RATIO = 100.0
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype statistics of ``x`` are computed in: float64 for float64 input, float32 otherwise."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def channel_moments(x: torch.Tensor, dims: Dims = None, correction: int = 0,
+                    keepdim: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of ``x`` over ``dims``, differentiable, in :func:`compute_dtype` with autocast off.
+
+    Args:
+        x (Tensor): ``(N, C, *)``.
+        dims (int | Sequence[int], optional): Dimensions to reduce. Defaults to None: every dimension but
+            the channels (1), i.e. BN's statistics.
+        correction (int): 0 for the biased variance (what BN normalises with), 1 for the unbiased one.
+            Defaults to 0.
+        keepdim (bool): Keep the reduced dimensions. Defaults to False.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``mean``, ``var``.
+    """
+    if dims is None:
+        dims = [0] + list(range(2, x.dim()))
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        var, mean = torch.var_mean(x.to(compute_dtype(x)), dim=dims, correction=correction, keepdim=keepdim)
+    return mean, var
+
+
+@torch.no_grad()
 def batch_moments(x: torch.Tensor) -> Tuple[int, torch.Tensor, torch.Tensor]:
-    """Per-channel ``(count = N * prod(*), mean (C,), biased variance (C,))`` of ``x`` (N, C, *), fp16 / bf16 in fp32.
-    BN's own statistics kernel (``torch.batch_norm_update_stats``, no running buffers): ~9x faster on CPU than
-    ``torch.var_mean`` over ``(0, 2, 3)`` (1.5 vs 12.6 ms at 6x64x48x48, one thread); relative error ~1e-7."""
-    count = x.numel() // max(x.shape[1], 1)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
+    """Per-channel ``(count, mean, biased variance)`` of ``x`` ``(N, C, *)``, without gradient.
+
+    ``count = N * prod(*)``. Per-(sample, channel) rows are reduced in one pass (sum and sum of squares) and
+    merged per channel; where the one-pass variance would lose digits (a large mean, a constant row) the rows'
+    variances are recomputed in two passes. Computed in :func:`compute_dtype`.
+
+    Returns:
+        tuple: ``count`` (int), ``mean`` (C,), ``var`` (C,).
+    """
+    num_channels = x.shape[1]
+    count = x.numel() // max(num_channels, 1)
+    rows = x.to(compute_dtype(x)).reshape(x.shape[0], num_channels, -1)  # (N, C, L)
     if count == 0:
-        return 0, x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1])
-    mean, var = torch.batch_norm_update_stats(x, None, None, 0.0)
+        return 0, rows.new_zeros(num_channels), rows.new_zeros(num_channels)
+    length = rows.shape[2]
+    row_mean = rows.sum(2) / length
+    row_mean_sq = torch.linalg.vector_norm(rows, dim=2).square() / length
+    row_var = row_mean_sq - row_mean.square()
+    if not bool((row_var * ONE_PASS_MAX_RATIO >= row_mean_sq).all()):  # ill-conditioned (or non-finite)
+        row_var = (rows - row_mean[..., None]).square().mean(2)
+    mean = row_mean.mean(0)
+    var = row_var.mean(0) + (row_mean - mean).square().mean(0)  # rows of equal size: Chan merge
     return count, mean, var
 
 
@@ -46,21 +90,46 @@ def chan_merge(count_a: float, mean_a: torch.Tensor, m2_a: torch.Tensor, count_b
     if count_a == 0:
         return count_b, mean_b, m2_b
     count, delta = count_a + count_b, mean_b - mean_a
-    return count, mean_a + delta * (count_b / count), m2_a + m2_b + delta.square() * (count_a * count_b / count)
+    merged_mean = mean_a + delta * (count_b / count)
+    return count, merged_mean, m2_a + m2_b + delta.square() * (count_a * count_b / count)
+
+
+def merge_moments(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
+                  members: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merges ``K`` summaries into ``G`` groups at once (Chan et al.), differentiable.
+
+    Args:
+        counts (Tensor): ``(K,)`` elements of each summary.
+        mean (Tensor): ``(..., K)`` means.
+        m2 (Tensor): ``(..., K)`` sums of squared deviations.
+        members (Tensor, optional): ``(K, G)`` 0/1 matrix, ``members[k, g] = 1`` when summary ``k`` belongs to
+            group ``g`` (each summary in one group). Defaults to None: one group of all ``K``.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``counts (G,)``, ``mean (..., G)``, ``M2 (..., G)``.
+    """
+    counts = counts.to(mean.dtype)
+    if members is None:
+        members = counts.new_ones(counts.shape[0], 1)
+    members = members.to(mean.dtype)
+    group_counts = counts @ members
+    group_mean = (mean * counts) @ members / group_counts
+    spread = m2 + counts * (mean - group_mean @ members.t()).square()  # each summary against its group's mean
+    return group_counts, group_mean, spread @ members
 
 
 class MomentAccumulator:
     """float64 ``(count, mean, M2)`` of one layer's input (C channels), fed batch by batch.
 
-    Per batch only its (count, mean, biased variance) are copied (cheap inside a data loop); every ``CHUNK`` batches
-    they are combined by the law of total variance and Chan-merged into the running summary.
+    Per batch only its (count, mean, biased variance) are copied; every ``CHUNK`` batches they are merged into
+    the running summary (:func:`merge_moments`, then :func:`chan_merge`).
     """
     CHUNK = 32
 
     def __init__(self, num_channels: int, device: Optional[torch.device] = None):
         self.num_channels = num_channels
-        self._summary: Summary = (0, torch.zeros(num_channels, dtype=torch.float64, device=device),
-                                  torch.zeros(num_channels, dtype=torch.float64, device=device))
+        zeros = torch.zeros(num_channels, dtype=torch.float64, device=device)
+        self._summary: Summary = (0, zeros, zeros.clone())
         self._counts: List[int] = []
         self._means = torch.empty(self.CHUNK, num_channels, dtype=torch.float64, device=device)
         self._vars = torch.empty_like(self._means)
@@ -84,12 +153,11 @@ class MomentAccumulator:
         k = len(self._counts)
         if k == 0:
             return
-        n = self._means.new_tensor(self._counts)[:, None]
-        total = float(sum(self._counts))
-        means, variances = self._means[:k], self._vars[:k]
-        mean = (n * means).sum(0) / total
-        m2 = (n * variances).sum(0) + (n * (means - mean).square()).sum(0)
-        self._summary = chan_merge(*self._summary, total, mean, m2)
+        counts = self._means.new_tensor(self._counts)
+        means = self._means[:k].t()  # (C, k)
+        m2 = self._vars[:k].t() * counts
+        total, mean, m2 = merge_moments(counts, means, m2)
+        self._summary = chan_merge(*self._summary, float(total[0]), mean[:, 0], m2[:, 0])
         self._counts = []
 
     def summary(self) -> Summary:
@@ -107,44 +175,8 @@ class MomentAccumulator:
         """Chan-merges packed accumulators (see :meth:`pack`) in the given (rank) order."""
         count, mean, m2 = 0, None, None
         for vec in packed:
-            c, mu, m = float(vec[0]), vec[1:1 + num_channels], vec[1 + num_channels:1 + 2 * num_channels]
+            c = float(vec[0])
+            mu = vec[1:1 + num_channels]
+            m = vec[1 + num_channels:1 + 2 * num_channels]
             count, mean, m2 = (c, mu, m) if mean is None else chan_merge(count, mean, m2, c, mu, m)
         return count, mean, m2
-
-
-def norm_buffers(module: nn.Module) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The ``(running_mean, running_var)`` a BN-like layer normalises with in eval mode (shapes (C,)).
-
-    A composite mmnorm layer names them with ``recalibration_buffers()`` (AdaBN: the selected domain's; RN: the
-    target's; PBN: its own); a torch ``_BatchNorm`` / mmcv ``MMSyncBN`` uses its running buffers. These are the
-    buffers :func:`mmnorm.recalibrate_bn` writes the target statistics into.
-    """
-    if callable(getattr(module, 'recalibration_buffers', None)):
-        return module.recalibration_buffers()
-    return getattr(module, 'running_mean', None), getattr(module, 'running_var', None)
-
-
-def find_bn_layers(model: nn.Module) -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
-    """The BN-like layers of ``model`` (``{name: module}``, registration order) and ``{name: reason}`` for the norm
-    layers without batch statistics to recalibrate (IN / GN / LN, BN with ``track_running_stats=False``).
-
-    BN-like: a module with ``recalibration_buffers()`` (its descendants are not visited: a composite layer's BN
-    children are not counted twice), a torch ``_BatchNorm`` or an mmcv ``MMSyncBN`` with running statistics.
-    """
-    layers: Dict[str, nn.Module] = {}
-    left_alone: Dict[str, str] = {}
-    owners: List[str] = []  # composite BN-like layers: their descendants are skipped
-    for name, module in model.named_modules():
-        if any(name.startswith(owner + '.' if owner else '') for owner in owners):
-            continue
-        composite = callable(getattr(module, 'recalibration_buffers', None))
-        if composite or isinstance(module, _BatchNorm) or (MMSyncBN is not None and isinstance(module, MMSyncBN)):
-            if any(b is None for b in norm_buffers(module)):
-                left_alone[name] = f'{type(module).__name__}: no running statistics'
-            else:
-                layers[name] = module
-            if composite:
-                owners.append(name)
-        elif isinstance(module, (_InstanceNorm, nn.GroupNorm, nn.LayerNorm)):
-            left_alone[name] = f'{type(module).__name__}: no batch statistics to recalibrate'
-    return layers, left_alone

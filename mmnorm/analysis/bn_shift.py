@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from ..batches import forward_batch
 from ..recalibration import find_bn_layers
-from ..stats import MomentAccumulator, norm_buffers
+from ..bn_layers import norm_buffers
+from ..stats import MomentAccumulator
 
 __all__ = ['Moments', 'input_moments', 'running_moments', 'symmetric_kl', 'mean_shift', 'compare_moments']
 

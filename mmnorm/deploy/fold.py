@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..models.norms import IBN, PBN, RN, AdaBN
-from ..stats import norm_buffers
+from ..bn_layers import norm_buffers
 
 __all__ = ['FOLDABLE', 'fold_norms', 'fold_config', 'mmnorm_types_in']
 

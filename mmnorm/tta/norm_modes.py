@@ -1,7 +1,7 @@
 """Test-time normalisation modes of every BN-like layer, without touching a buffer.
 
-Two statistics modes, per BN-like layer (:func:`mmnorm.stats.find_bn_layers`), with ``mu_s, var_s`` the layer's
-source statistics (the buffers it normalises with in eval, :func:`mmnorm.stats.norm_buffers`), ``mu_b, var_b`` the
+Two statistics modes, per BN-like layer (:func:`mmnorm.bn_layers.find_bn_layers`), with ``mu_s, var_s`` the layer's
+source statistics (the buffers it normalises with in eval, :func:`mmnorm.bn_layers.norm_buffers`), ``mu_b, var_b`` the
 test batch's per-channel mean and biased variance over ``N x *`` (N samples) and ``N_0`` the prior strength:
 
 * ``'bn'`` ("BN adapt", Schneider et al. 2020 / TENT): ``y = w (x - mu_b) / sqrt(var_b + eps) + b``;
@@ -15,7 +15,7 @@ layers do not synchronise).
 How each layer kind takes part (the layer's own forward still runs around its statistics leaf):
 
 * torch ``_BatchNorm`` (BN, SyncBN, ``_BatchNormXd``) and mmcv ``MMSyncBN``: the layer is the leaf;
-* composite layers holding a torch BN child that owns their :func:`~mmnorm.stats.norm_buffers` — AdaBN (the
+* composite layers holding a torch BN child that owns their :func:`~mmnorm.bn_layers.norm_buffers` — AdaBN (the
   selected ``eval_domain``'s BN; the layer's test mode is held at ``'running'`` meanwhile, so AdaBN's shared affine
   is applied by AdaBN itself), PBN (its ``bn`` child): the child is the leaf;
 * IBN: its BN half is a torch BN (a leaf); the IN half already normalises with instance statistics;
@@ -36,7 +36,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..models.norms.adabn import adabn_selection, restore_adabn_selection
-from ..stats import MMSyncBN, find_bn_layers, norm_buffers
+from ..bn_layers import MMSyncBN, find_bn_layers, norm_buffers
 
 __all__ = ['STAT_MODES', 'test_batch_norm', 'statistics_leaves', 'affine_parameters', 'TestStatistics']
 
@@ -114,7 +114,7 @@ def _leaf_of(name: str, layer: nn.Module) -> nn.Module:
 def statistics_leaves(model: nn.Module) -> Tuple[Dict[str, nn.Module], Dict[str, nn.Module], Dict[str, str]]:
     """``({name: BN-like layer}, {name: statistics leaf}, {name: reason left alone})`` of ``model``.
 
-    Names are those of :func:`mmnorm.stats.find_bn_layers`; a leaf is the layer or its BN child (module docstring).
+    Names are those of :func:`mmnorm.bn_layers.find_bn_layers`; a leaf is the layer or its BN child (module docstring).
     """
     layers, left_alone = find_bn_layers(model)
     return layers, {name: _leaf_of(name, layer) for name, layer in layers.items()}, left_alone
