@@ -15,16 +15,19 @@ __all__ = ['MMSyncBN', 'is_torch_bn', 'norm_buffers', 'find_bn_layers']
 
 
 def is_torch_bn(module: nn.Module) -> bool:
-    """Whether ``module`` is a torch ``_BatchNorm`` (BN, SyncBN, ``_BatchNormXd``) or an mmcv ``MMSyncBN``."""
+    """Whether ``module`` is a torch ``_BatchNorm`` (BN, SyncBN, ``_BatchNormXd``) or an mmcv
+    ``MMSyncBN``."""
     return isinstance(module, _BatchNorm) or (MMSyncBN is not None and isinstance(module, MMSyncBN))
 
 
 def norm_buffers(module: nn.Module) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """The ``(running_mean, running_var)`` a BN-like layer normalises with in eval mode (shapes (C,)).
+    """The ``(running_mean, running_var)`` a BN-like layer normalises with in eval mode (shapes
+    (C,)).
 
-    A composite mmnorm layer names them with ``recalibration_buffers()`` (AdaBN: the selected domain's; RN: the
-    target's; PBN: its own); a torch ``_BatchNorm`` / mmcv ``MMSyncBN`` uses its running buffers. These are the
-    buffers :func:`mmnorm.recalibrate_bn` writes the target statistics into.
+    A composite mmnorm layer names them with ``recalibration_buffers()`` (AdaBN: the selected
+    domain's; RN: the target's; PBN: its own); a torch ``_BatchNorm`` / mmcv ``MMSyncBN`` uses its
+    running buffers. These are the buffers :func:`mmnorm.recalibrate_bn` writes the target
+    statistics into.
     """
     if callable(getattr(module, 'recalibration_buffers', None)):
         return module.recalibration_buffers()
@@ -34,12 +37,13 @@ def norm_buffers(module: nn.Module) -> Tuple[Optional[torch.Tensor], Optional[to
 def find_bn_layers(model: nn.Module) -> Tuple[Dict[str, nn.Module], Dict[str, str]]:
     """The BN-like layers of ``model`` and the norm layers without batch statistics to recalibrate.
 
-    BN-like: a module with ``recalibration_buffers()`` (its descendants are not visited: a composite layer's BN
-    children are not counted twice), a torch ``_BatchNorm`` or an mmcv ``MMSyncBN`` with running statistics.
+    BN-like: a module with ``recalibration_buffers()`` (its descendants are not visited: a composite
+    layer's BN children are not counted twice), a torch ``_BatchNorm`` or an mmcv ``MMSyncBN`` with
+    running statistics.
 
     Returns:
-        tuple[dict, dict]: ``{name: module}`` in registration order, and ``{name: reason}`` for the layers left
-        alone (IN / GN / LN, BN with ``track_running_stats=False``).
+        tuple[dict, dict]: ``{name: module}`` in registration order, and ``{name: reason}`` for the
+        layers left alone (IN / GN / LN, BN with ``track_running_stats=False``).
     """
     layers: Dict[str, nn.Module] = {}
     left_alone: Dict[str, str] = {}

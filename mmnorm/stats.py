@@ -4,41 +4,48 @@ Every statistic mmnorm computes goes through this module: layers and perturbatio
 (:func:`channel_moments`, differentiable), recalibration, ``bn_shift`` and test-time adaptation
 (:func:`batch_moments`, no gradient, accumulated with :class:`MomentAccumulator`).
 
-A per-channel summary is ``(count, mean, M2)``: ``count`` elements per channel, their mean and ``M2``, the sum of
-squared deviations from the mean (biased variance = ``M2 / count``). Summaries merge exactly, so a merged result
-equals the statistics of ``torch.cat`` of all batches whatever the batch sizes.
+A per-channel summary is ``(count, mean, M2)``: ``count`` elements per channel, their mean and
+``M2``, the sum of squared deviations from the mean (biased variance = ``M2 / count``). Summaries
+merge exactly, so a merged result equals the statistics of ``torch.cat`` of all batches whatever the
+batch sizes.
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 __all__ = [
-    'compute_dtype', 'channel_moments', 'batch_moments', 'chan_merge', 'merge_moments', 'MomentAccumulator'
+    'compute_dtype', 'channel_moments', 'batch_moments', 'chan_merge', 'merge_moments',
+    'MomentAccumulator'
 ]
 
 Summary = Tuple[float, torch.Tensor, torch.Tensor]
 Dims = Union[int, Sequence[int], None]
 
 # The one-pass variance ``E[x^2] - mean^2`` loses about log10(E[x^2] / var) digits; above this ratio
-# :func:`batch_moments` recomputes the variance in two passes (float32 keeps ~5 digits at the limit).
+# :func:`batch_moments` recomputes the variance in two passes (float32 keeps ~5 digits at the
+# limit).
 ONE_PASS_MAX_RATIO = 100.0
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype statistics of ``x`` are computed in: float64 for float64 input, float32 otherwise."""
+    """The dtype statistics of ``x`` are computed in: float64 for float64 input, float32
+    otherwise."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def channel_moments(x: torch.Tensor, dims: Dims = None, correction: int = 0,
+def channel_moments(x: torch.Tensor,
+                    dims: Dims = None,
+                    correction: int = 0,
                     keepdim: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance of ``x`` over ``dims``, differentiable, in :func:`compute_dtype` with autocast off.
+    """Mean and variance of ``x`` over ``dims``, differentiable, in :func:`compute_dtype` with
+    autocast off.
 
     Args:
         x (Tensor): ``(N, C, *)``.
-        dims (int | Sequence[int], optional): Dimensions to reduce. Defaults to None: every dimension but
-            the channels (1), i.e. BN's statistics.
-        correction (int): 0 for the biased variance (what BN normalises with), 1 for the unbiased one.
-            Defaults to 0.
+        dims (int | Sequence[int], optional): Dimensions to reduce. Defaults to None: every
+            dimension but the channels (1), i.e. BN's statistics.
+        correction (int): 0 for the biased variance (what BN normalises with), 1 for the unbiased
+            one. Defaults to 0.
         keepdim (bool): Keep the reduced dimensions. Defaults to False.
 
     Returns:
@@ -47,7 +54,8 @@ def channel_moments(x: torch.Tensor, dims: Dims = None, correction: int = 0,
     if dims is None:
         dims = [0] + list(range(2, x.dim()))
     with torch.autocast(device_type=x.device.type, enabled=False):
-        var, mean = torch.var_mean(x.to(compute_dtype(x)), dim=dims, correction=correction, keepdim=keepdim)
+        var, mean = torch.var_mean(
+            x.to(compute_dtype(x)), dim=dims, correction=correction, keepdim=keepdim)
     return mean, var
 
 
@@ -55,9 +63,10 @@ def channel_moments(x: torch.Tensor, dims: Dims = None, correction: int = 0,
 def batch_moments(x: torch.Tensor) -> Tuple[int, torch.Tensor, torch.Tensor]:
     """Per-channel ``(count, mean, biased variance)`` of ``x`` ``(N, C, *)``, without gradient.
 
-    ``count = N * prod(*)``. Per-(sample, channel) rows are reduced in one pass (sum and sum of squares) and
-    merged per channel; where the one-pass variance would lose digits (a large mean, a constant row) the rows'
-    variances are recomputed in two passes. Computed in :func:`compute_dtype`.
+    ``count = N * prod(*)``. Per-(sample, channel) rows are reduced in one pass (sum and sum of
+    squares) and merged per channel; where the one-pass variance would lose digits (a large mean, a
+    constant row) the rows' variances are recomputed in two passes. Computed in
+    :func:`compute_dtype`.
 
     Returns:
         tuple: ``count`` (int), ``mean`` (C,), ``var`` (C,).
@@ -71,19 +80,22 @@ def batch_moments(x: torch.Tensor) -> Tuple[int, torch.Tensor, torch.Tensor]:
     row_mean = rows.sum(2) / length
     row_mean_sq = torch.linalg.vector_norm(rows, dim=2).square() / length
     row_var = row_mean_sq - row_mean.square()
-    if not bool((row_var * ONE_PASS_MAX_RATIO >= row_mean_sq).all()):  # ill-conditioned (or non-finite)
+    well_conditioned = row_var * ONE_PASS_MAX_RATIO >= row_mean_sq
+    if not bool(well_conditioned.all()):  # a large mean, a constant row or a non-finite value
         row_var = (rows - row_mean[..., None]).square().mean(2)
     mean = row_mean.mean(0)
     var = row_var.mean(0) + (row_mean - mean).square().mean(0)  # rows of equal size: Chan merge
     return count, mean, var
 
 
-def chan_merge(count_a: float, mean_a: torch.Tensor, m2_a: torch.Tensor, count_b: float, mean_b: torch.Tensor,
-               m2_b: torch.Tensor) -> Summary:
-    """Merges two per-channel ``(count, mean, M2)`` summaries (Chan et al.'s parallel variance formula).
+def chan_merge(count_a: float, mean_a: torch.Tensor, m2_a: torch.Tensor, count_b: float,
+               mean_b: torch.Tensor, m2_b: torch.Tensor) -> Summary:
+    """Merges two per-channel ``(count, mean, M2)`` summaries (Chan et al.'s parallel variance
+    formula).
 
-    With ``d = mean_b - mean_a`` and ``n = count_a + count_b``: ``mean = mean_a + d * count_b / n`` and
-    ``M2 = M2_a + M2_b + d^2 * count_a * count_b / n``. Means and ``M2`` have shape (C,); counts may be 0.
+    With ``d = mean_b - mean_a`` and ``n = count_a + count_b``: ``mean = mean_a + d * count_b / n``
+    and ``M2 = M2_a + M2_b + d^2 * count_a * count_b / n``. Means and ``M2`` have shape (C,); counts
+    may be 0.
     """
     if count_b == 0:
         return count_a, mean_a, m2_a
@@ -94,16 +106,20 @@ def chan_merge(count_a: float, mean_a: torch.Tensor, m2_a: torch.Tensor, count_b
     return count, merged_mean, m2_a + m2_b + delta.square() * (count_a * count_b / count)
 
 
-def merge_moments(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
-                  members: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def merge_moments(
+        counts: torch.Tensor,
+        mean: torch.Tensor,
+        m2: torch.Tensor,
+        members: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merges ``K`` summaries into ``G`` groups at once (Chan et al.), differentiable.
 
     Args:
         counts (Tensor): ``(K,)`` elements of each summary.
         mean (Tensor): ``(..., K)`` means.
         m2 (Tensor): ``(..., K)`` sums of squared deviations.
-        members (Tensor, optional): ``(K, G)`` 0/1 matrix, ``members[k, g] = 1`` when summary ``k`` belongs to
-            group ``g`` (each summary in one group). Defaults to None: one group of all ``K``.
+        members (Tensor, optional): ``(K, G)`` 0/1 matrix, ``members[k, g] = 1`` when summary ``k``
+            belongs to group ``g`` (each summary in one group). Defaults to None: one group of all
+            ``K``.
 
     Returns:
         tuple[Tensor, Tensor, Tensor]: ``counts (G,)``, ``mean (..., G)``, ``M2 (..., G)``.
@@ -114,15 +130,16 @@ def merge_moments(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
     members = members.to(mean.dtype)
     group_counts = counts @ members
     group_mean = (mean * counts) @ members / group_counts
-    spread = m2 + counts * (mean - group_mean @ members.t()).square()  # each summary against its group's mean
+    spread = m2 + counts * (
+        mean - group_mean @ members.t()).square()  # each summary against its group's mean
     return group_counts, group_mean, spread @ members
 
 
 class MomentAccumulator:
     """float64 ``(count, mean, M2)`` of one layer's input (C channels), fed batch by batch.
 
-    Per batch only its (count, mean, biased variance) are copied; every ``CHUNK`` batches they are merged into
-    the running summary (:func:`merge_moments`, then :func:`chan_merge`).
+    Per batch only its (count, mean, biased variance) are copied; every ``CHUNK`` batches they are
+    merged into the running summary (:func:`merge_moments`, then :func:`chan_merge`).
     """
     CHUNK = 32
 
@@ -135,7 +152,8 @@ class MomentAccumulator:
         self._vars = torch.empty_like(self._means)
 
     def add(self, count: int, mean: torch.Tensor, var: torch.Tensor) -> None:
-        """Adds a batch given its element count per channel, mean (C,) and *biased* variance (C,)."""
+        """Adds a batch given its element count per channel, mean (C,) and *biased* variance
+        (C,)."""
         if count == 0:
             return
         k = len(self._counts)
@@ -166,7 +184,8 @@ class MomentAccumulator:
         return self._summary
 
     def pack(self) -> torch.Tensor:
-        """``[count, mean..., M2...]`` as one float64 vector of length ``1 + 2 C`` (for an all-gather)."""
+        """``[count, mean..., M2...]`` as one float64 vector of length ``1 + 2 C`` (for an
+        all-gather)."""
         count, mean, m2 = self.summary()
         return torch.cat([mean.new_tensor([float(count)]), mean, m2])
 

@@ -1,10 +1,12 @@
-"""Mapillary Vistas v1.2 (Neuhold et al., ICCV 2017) evaluated on the 19 Cityscapes classes, as an mmseg dataset.
+"""Mapillary Vistas v1.2 (Neuhold et al., ICCV 2017) evaluated on the 19 Cityscapes classes, as an
+mmseg dataset.
 
-Layout: ``{training,validation}/images/*.jpg`` and ``{training,validation}/v1.2/labels/*.png``: 8-bit palette
-PNGs whose indices are the 66 v1.2 class IDs (0..65). mmseg's ``MapillaryDataset_v1`` keeps all 66 classes; this
-dataset maps them to the 19 Cityscapes train IDs through mmseg's ``label_map`` (read with PIL, mmseg's default).
-``tools/dataset_converters/mapillary.py`` writes the same mapping to ``*_labelTrainIds.png`` next to the raw labels
-(faster to load: the label_map loop runs once per class over the full-size label).
+Layout: ``{training,validation}/images/*.jpg`` and ``{training,validation}/v1.2/labels/*.png``:
+8-bit palette PNGs whose indices are the 66 v1.2 class IDs (0..65). mmseg's ``MapillaryDataset_v1``
+keeps all 66 classes; this dataset maps them to the 19 Cityscapes train IDs through mmseg's
+``label_map`` (read with PIL, mmseg's default). ``tools/dataset_converters/mapillary.py`` writes the
+same mapping to ``*_labelTrainIds.png`` next to the raw labels (faster to load: the label_map loop
+runs once per class over the full-size label).
 """
 from typing import Dict, Optional
 
@@ -13,8 +15,8 @@ from mmseg.registry import DATASETS
 
 __all__ = ['Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID']
 
-# Mapillary v1.2 class ID -> Cityscapes train ID (e.g. road, lane marking and manhole are all 'road');
-# every other ID is ignored (255).
+# Mapillary v1.2 class ID -> Cityscapes train ID (e.g. road, lane marking and manhole are all
+# 'road'); every other ID is ignored (255).
 MAPILLARY_V12_TO_TRAINID: Dict[int, int] = {
     13: 0,
     24: 0,
@@ -51,8 +53,8 @@ class Mapillary19Dataset(BaseSegDataset):
 
     Args:
         img_suffix (str): Defaults to '.jpg'.
-        seg_map_suffix (str): '.png' reads the raw v1.2 labels (mapped here); '_labelTrainIds.png' reads
-            converter output (already train IDs). Defaults to '.png'.
+        seg_map_suffix (str): '.png' reads the raw v1.2 labels (mapped here); '_labelTrainIds.png'
+            reads converter output (already train IDs). Defaults to '.png'.
         **kwargs: See ``mmseg.datasets.BaseSegDataset``.
     """
 
@@ -63,10 +65,12 @@ class Mapillary19Dataset(BaseSegDataset):
         super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, **kwargs)
 
     def get_label_map(self, new_classes: Optional[list] = None) -> Optional[dict]:
-        """v1.2 class IDs -> train IDs for the raw labels (None for converted ``_labelTrainIds`` files)."""
+        """v1.2 class IDs -> train IDs for the raw labels (None for converted ``_labelTrainIds``
+        files)."""
         if new_classes is not None and list(new_classes) != list(self.METAINFO['classes']):
-            raise ValueError('Mapillary19Dataset only supports the 19 Cityscapes classes, got classes='
-                             f'{tuple(new_classes)}')
+            raise ValueError(
+                'Mapillary19Dataset only supports the 19 Cityscapes classes, got classes='
+                f'{tuple(new_classes)}')
         if self.labels_are_train_ids:
             return None
         return {i: MAPILLARY_V12_TO_TRAINID.get(i, 255) for i in range(_NUM_V12_IDS)}

@@ -1,8 +1,11 @@
-"""Sim10k (Johnson-Roberson et al., "Driving in the Matrix", ICRA 2017) for car detection, as an mmdet dataset.
+"""Sim10k (Johnson-Roberson et al., "Driving in the Matrix", ICRA 2017) for car detection, as an
+mmdet dataset.
 
-Layout (VOC): ``VOC2012/JPEGImages/*.jpg`` and ``VOC2012/Annotations/*.xml`` — 10,000 GTA-V frames (1914x1052)
-with boxes for car, motorbike and person. The cross-domain protocol (Sim10k -> Cityscapes) uses **car only**:
-other objects are dropped by mmdet's XML parser, which keeps only the classes in ``metainfo``.
+Layout (VOC): ``VOC2012/JPEGImages/*.jpg`` and ``VOC2012/Annotations/*.xml`` — 10,000 GTA-V frames
+    (1914x1052)
+with boxes for car, motorbike and person. The cross-domain protocol (Sim10k -> Cityscapes) uses
+**car only**: other objects are dropped by mmdet's XML parser, which keeps only the classes in
+``metainfo``.
 """
 import os
 import os.path as osp
@@ -42,6 +45,8 @@ class Sim10kDataset(XMLDataset):
         self.cat2label = {cat: i for i, cat in enumerate(self._metainfo['classes'])}
         return [
             self.parse_data_info(
-                dict(img_id=name, file_name=osp.join(self.img_subdir, f'{name}.jpg'),
-                     xml_path=osp.join(ann_dir, f'{name}.xml'))) for name in names
+                dict(
+                    img_id=name,
+                    file_name=osp.join(self.img_subdir, f'{name}.jpg'),
+                    xml_path=osp.join(ann_dir, f'{name}.xml'))) for name in names
         ]

@@ -1,18 +1,19 @@
 """Folding mmnorm norm layers into plain BatchNorm for deployment without mmnorm.
 
-In eval mode (``test_mode='running'`` for AdaBN) the AdaBN, RN and PBN layers are a batch normalisation with fixed
-statistics: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with
+In eval mode (``test_mode='running'`` for AdaBN) the AdaBN, RN and PBN layers are a batch
+normalisation with fixed statistics: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with
 
 * AdaBN: the selected ``eval_domain``'s running statistics and the shared affine;
-* RN: the *target* running statistics (RN evaluates every input with them) and its affine (the gates only act in
-  training);
+* RN: the *target* running statistics (RN evaluates every input with them) and its affine (the gates
+  only act in training);
 * PBN: its BN child's running statistics and affine (PBN's patch statistics only act in training).
 
-:func:`fold_norms` replaces each such layer by an ``nn.BatchNorm2d`` holding exactly these tensors, so the model's
-state dict has stock BN keys. :func:`fold_config` rewrites a config so that mmseg / mmdet build the folded model
-without mmnorm: norm configs become ``BN``, mmnorm model wrappers (UDA) become the toolbox class they extend, and the
-parts that only exist with mmnorm (its hooks, datasets, metrics) are removed and reported. IBN layers are kept: their
-InstanceNorm half normalises every input with its own statistics and cannot be folded (export IBN models to ONNX).
+:func:`fold_norms` replaces each such layer by an ``nn.BatchNorm2d`` holding exactly these tensors,
+so the model's state dict has stock BN keys. :func:`fold_config` rewrites a config so that mmseg /
+mmdet build the folded model without mmnorm: norm configs become ``BN``, mmnorm model wrappers (UDA)
+become the toolbox class they extend, and the parts that only exist with mmnorm (its hooks,
+datasets, metrics) are removed and reported. IBN layers are kept: their InstanceNorm half normalises
+every input with its own statistics and cannot be folded (export IBN models to ONNX).
 """
 import inspect
 from typing import Dict, List, Optional, Tuple
@@ -20,8 +21,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..models.norms import IBN, PBN, RN, AdaBN
 from ..bn_layers import norm_buffers
+from ..models.norms import IBN, PBN, RN, AdaBN
 
 __all__ = ['FOLDABLE', 'fold_norms', 'fold_config', 'mmnorm_types_in']
 
@@ -29,12 +30,15 @@ FOLDABLE = (AdaBN, RN, PBN)
 
 
 def _eval_tensors(
-        layer: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], float]:
-    """``(running_mean, running_var, weight, bias, eps)`` an AdaBN / RN / PBN layer normalises with in eval."""
+    layer: nn.Module
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], float]:
+    """``(running_mean, running_var, weight, bias, eps)`` an AdaBN / RN / PBN layer normalises
+    with in eval."""
     if isinstance(layer, AdaBN) and layer.test_mode != 'running':
-        raise ValueError(f"AdaBN(test_mode={layer.test_mode!r}) normalises with test-batch statistics and cannot be "
-                         "folded into fixed BN statistics; fold a model with test_mode='running' (the default) or "
-                         'export it to ONNX with tools/deployment/pytorch2onnx.py')
+        raise ValueError(
+            f'AdaBN(test_mode={layer.test_mode!r}) normalises with test-batch statistics and '
+            "cannot be folded into fixed BN statistics; fold a model with test_mode='running' "
+            '(the default) or export it to ONNX with tools/deployment/pytorch2onnx.py')
     mean, var = norm_buffers(layer)  # the statistics the layer normalises with in eval mode
     return mean, var, layer.weight, layer.bias, float(layer.eps)
 
@@ -42,8 +46,11 @@ def _eval_tensors(
 def _plain_bn(layer: nn.Module) -> nn.BatchNorm2d:
     mean, var, weight, bias, eps = _eval_tensors(layer)
     if mean is None or var is None:
-        raise ValueError(f'{type(layer).__name__}({layer.num_features}) keeps no running statistics; nothing to fold')
-    bn = nn.BatchNorm2d(mean.numel(), eps=eps, affine=weight is not None, device=mean.device, dtype=mean.dtype)
+        raise ValueError(
+            f'{type(layer).__name__}({layer.num_features}) keeps no running statistics; nothing to '
+            'fold')
+    bn = nn.BatchNorm2d(
+        mean.numel(), eps=eps, affine=weight is not None, device=mean.device, dtype=mean.dtype)
     with torch.no_grad():
         bn.running_mean.copy_(mean)
         bn.running_var.copy_(var)
@@ -55,7 +62,8 @@ def _plain_bn(layer: nn.Module) -> nn.BatchNorm2d:
 
 
 def fold_norms(model: nn.Module) -> Dict[str, str]:
-    """Replaces, in place, every AdaBN / RN / PBN layer of ``model`` by an equivalent (eval-mode) ``BatchNorm2d``.
+    """Replaces, in place, every AdaBN / RN / PBN layer of ``model`` by an equivalent (eval-mode)
+    ``BatchNorm2d``.
 
     Args:
         model (nn.Module): A model built with mmnorm layers (any nesting).
@@ -64,20 +72,22 @@ def fold_norms(model: nn.Module) -> Dict[str, str]:
         dict: Qualified layer name -> the folded layer's class name.
 
     Raises:
-        ValueError: An IBN layer (InstanceNorm cannot be folded), or an AdaBN layer that normalises with test-batch
-            statistics.
+        ValueError: An IBN layer (InstanceNorm cannot be folded), or an AdaBN layer that normalises
+            with test-batch statistics.
     """
     ibn = [name for name, m in model.named_modules() if isinstance(m, IBN)]
     if ibn:
-        raise ValueError(f'{len(ibn)} IBN layers (first: {ibn[0]!r}) hold InstanceNorm, which normalises every input '
-                         'with its own statistics and has no plain-BN equivalent; export IBN models to ONNX with '
-                         'tools/deployment/pytorch2onnx.py instead')
+        raise ValueError(
+            f'{len(ibn)} IBN layers (first: {ibn[0]!r}) hold InstanceNorm, which normalises every '
+            'input with its own statistics and has no plain-BN equivalent; export IBN models to '
+            'ONNX with tools/deployment/pytorch2onnx.py instead')
     folded = {}
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, FOLDABLE):
                 setattr(parent, child_name, _plain_bn(child))
-                folded[f'{parent_name}.{child_name}' if parent_name else child_name] = type(child).__name__
+                folded[f'{parent_name}.{child_name}' if parent_name else child_name] = type(
+                    child).__name__
     return folded
 
 
@@ -90,17 +100,22 @@ def mmnorm_types_in(registry, type_name) -> Optional[type]:
 
 
 def _stock_base(cls: type, registry) -> type:
-    """The first class in ``cls``'s MRO that is not mmnorm's and that ``registry`` knows by its name."""
+    """The first class in ``cls``'s MRO that is not mmnorm's and that ``registry`` knows by its
+    name."""
     for base in cls.__mro__[1:]:
         if base.__module__.split('.')[0] != 'mmnorm' and registry.get(base.__name__) is base:
             return base
-    raise ValueError(f'{cls.__name__} extends no class registered in the toolbox; it cannot be loaded without mmnorm')
+    raise ValueError(
+        f'{cls.__name__} extends no class registered in the toolbox; it cannot be loaded without '
+        'mmnorm')
 
 
 def _fold_model_cfg(node, registry, path: str, changes: List[str]):
-    """Returns a copy of the model config ``node`` with mmnorm norm / model types replaced by stock ones."""
+    """Returns a copy of the model config ``node`` with mmnorm norm / model types replaced by
+    stock ones."""
     if isinstance(node, (list, tuple)):
-        return type(node)(_fold_model_cfg(v, registry, f'{path}{i}.', changes) for i, v in enumerate(node))
+        return type(node)(_fold_model_cfg(v, registry, f'{path}{i}.', changes)
+                          for i, v in enumerate(node))
     if not isinstance(node, dict):
         return node
     out = {}
@@ -108,9 +123,14 @@ def _fold_model_cfg(node, registry, path: str, changes: List[str]):
         if isinstance(key, str) and key.endswith('norm_cfg') and isinstance(value, dict):
             cls = mmnorm_types_in(registry, value.get('type'))
             if cls is IBN:
-                raise ValueError(f"{path}{key}.type='IBN' cannot be folded (InstanceNorm); export the model to ONNX")
+                raise ValueError(
+                    f"{path}{key}.type='IBN' cannot be folded (InstanceNorm); export the model to "
+                    'ONNX')
             if cls is not None:
-                value = {k: v for k, v in value.items() if k in ('requires_grad', 'eps', 'momentum')}
+                value = {
+                    k: v
+                    for k, v in value.items() if k in ('requires_grad', 'eps', 'momentum')
+                }
                 value = dict(type='BN', **value)
                 changes.append(f'{path}{key}.type: {cls.__name__} -> BN')
         out[key] = _fold_model_cfg(value, registry, f'{path}{key}.', changes)
@@ -128,7 +148,8 @@ def _fold_model_cfg(node, registry, path: str, changes: List[str]):
 
 
 def _mentions_mmnorm(node, registries) -> Optional[str]:
-    """The first mmnorm-defined ``type`` anywhere under ``node`` (any registry of the toolbox), else None."""
+    """The first mmnorm-defined ``type`` anywhere under ``node`` (any registry of the toolbox),
+    else None."""
     if isinstance(node, dict):
         for registry in registries:
             cls = mmnorm_types_in(registry, node.get('type'))
@@ -166,7 +187,9 @@ def fold_config(cfg_dict: dict, scope: str) -> Tuple[dict, List[str]]:
     """
     import importlib
     toolbox = importlib.import_module(f'{scope}.registry')
-    registries = [toolbox.MODELS, toolbox.DATASETS, toolbox.TRANSFORMS, toolbox.METRICS, toolbox.HOOKS]
+    registries = [
+        toolbox.MODELS, toolbox.DATASETS, toolbox.TRANSFORMS, toolbox.METRICS, toolbox.HOOKS
+    ]
     changes: List[str] = []
     cfg = dict(cfg_dict)
     cfg['model'] = _fold_model_cfg(cfg['model'], toolbox.MODELS, 'model.', changes)
@@ -183,26 +206,32 @@ def fold_config(cfg_dict: dict, scope: str) -> Tuple[dict, List[str]]:
     kept = [h for h in hooks if not _mentions_mmnorm(h, registries)]
     for hook in hooks:
         if hook not in kept:
-            changes.append(f"custom_hooks: {hook.get('type')} removed (mmnorm hook; the folded statistics are the "
-                           'deployed ones)')
+            changes.append(
+                f"custom_hooks: {hook.get('type')} removed (mmnorm hook; the folded statistics are "
+                'the deployed ones)')
     if hooks:
         cfg['custom_hooks'] = kept
     for loop, sections in _LOOP_SECTIONS.items():
-        found = next((n for n in (_mentions_mmnorm(cfg.get(s), registries) for s in sections) if n), None)
+        found = next((n for n in (_mentions_mmnorm(cfg.get(s), registries) for s in sections) if n),
+                     None)
         if found:
             for section in sections:
                 cfg.pop(section, None)
-            changes.append(f'{", ".join(sections)} removed: they use {found}, which only exists with mmnorm (add '
-                           f'a {loop} set-up of stock types to {loop} this model)')
+            changes.append(
+                f'{", ".join(sections)} removed: they use {found}, which only exists with mmnorm '
+                f'(add a {loop} set-up of stock types to {loop} this model)')
     for key in list(cfg):
-        if key.endswith('norm_cfg') and isinstance(cfg[key], dict):  # config variables such as norm_cfg = ...
+        if key.endswith('norm_cfg') and isinstance(cfg[key],
+                                                   dict):  # config variables such as norm_cfg = ...
             cfg[key] = _fold_model_cfg({key: cfg[key]}, toolbox.MODELS, '', changes)[key]
         found = _mentions_mmnorm(cfg[key], registries)
-        if found and key != 'model':  # a helper variable (e.g. source_train = dict(type='GTA5Dataset', ...))
+        # a helper variable (e.g. source_train = dict(type='GTA5Dataset', ...))
+        if found and key != 'model':
             cfg.pop(key)
             changes.append(f'{key} removed: it uses {found}, which only exists with mmnorm')
     left = _mentions_mmnorm(cfg, registries)
     if left:
-        raise ValueError(f'the folded config still names the mmnorm type {left!r}; it cannot be loaded without '
-                         'mmnorm')
+        raise ValueError(
+            f'the folded config still names the mmnorm type {left!r}; it cannot be loaded without '
+            'mmnorm')
     return cfg, changes

@@ -1,14 +1,16 @@
 """ONNX export of mmseg / mmdet models with mmnorm layers, checked against onnxruntime.
 
-The exported graph is the network after the data preprocessor: input ``(N, 3, H, W)`` float32, already normalised
-the way the config's ``data_preprocessor`` does it (mean / std, channel order). Outputs:
+The exported graph is the network after the data preprocessor: input ``(N, 3, H, W)`` float32,
+already normalised the way the config's ``data_preprocessor`` does it (mean / std, channel order).
+Outputs:
 
-* mmseg: the ``tensor``-mode logits of the decode head, ``(N, num_classes, H / s, W / s)`` (``s`` = the head's
-  output stride; resize to the image and take the argmax to get the label map);
-* mmdet: the backbone + neck features (one ``(N, C, H_l, W_l)`` output per level); box decoding and NMS stay in
-  the toolbox (or mmdeploy).
+* mmseg: the ``tensor``-mode logits of the decode head, ``(N, num_classes, H / s, W / s)`` (``s`` =
+  the head's output stride; resize to the image and take the argmax to get the label map);
+* mmdet: the backbone + neck features (one ``(N, C, H_l, W_l)`` output per level); box decoding and
+  NMS stay in the toolbox (or mmdeploy).
 
-Every mmnorm layer exports in eval mode (AdaBN / RN / PBN as a BatchNorm node, IBN as InstanceNorm + BatchNorm).
+Every mmnorm layer exports in eval mode (AdaBN / RN / PBN as a BatchNorm node, IBN as InstanceNorm +
+BatchNorm).
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,18 +19,21 @@ import torch
 import torch.nn as nn
 
 __all__ = [
-    'DEFAULT_TOLERANCE', 'build_model', 'ExportWrapper', 'output_names', 'export_onnx', 'onnx_outputs', 'torch_outputs',
-    'max_abs_diff', 'within_tolerance', 'compare'
+    'DEFAULT_TOLERANCE', 'build_model', 'ExportWrapper', 'output_names', 'export_onnx',
+    'onnx_outputs', 'torch_outputs', 'max_abs_diff', 'within_tolerance', 'compare'
 ]
 
-# Allowed max |torch - onnxruntime| relative to the output scale max(1, max|torch output|): see docs/deploy.md.
+# Allowed max |torch - onnxruntime| relative to the output scale max(1, max|torch output|): see
+# docs/deploy.md.
 DEFAULT_TOLERANCE = 1e-4
 
 
 def build_model(cfg, checkpoint: Optional[str] = None) -> nn.Module:
-    """Builds ``cfg.model`` in the config's toolbox, loads ``checkpoint`` and returns it in eval mode on CPU.
+    """Builds ``cfg.model`` in the config's toolbox, loads ``checkpoint`` and returns it in eval
+    mode on CPU.
 
-    SyncBN layers (GPU configs) are reverted to BN, as in every single-process run; mmnorm layers keep their type.
+    SyncBN layers (GPU configs) are reverted to BN, as in every single-process run; mmnorm layers
+    keep their type.
     """
     import importlib
 
@@ -53,7 +58,8 @@ def build_model(cfg, checkpoint: Optional[str] = None) -> nn.Module:
 
 
 class ExportWrapper(nn.Module):
-    """``forward(x)`` -> the tensors the ONNX graph outputs (mmseg logits, or mmdet backbone + neck features)."""
+    """``forward(x)`` -> the tensors the ONNX graph outputs (mmseg logits, or mmdet backbone +
+    neck features)."""
 
     def __init__(self, model: nn.Module, scope: str):
         super().__init__()
@@ -74,7 +80,10 @@ def output_names(wrapper: ExportWrapper, example: torch.Tensor) -> List[str]:
     return [f'feat{i}' for i in range(len(out))]
 
 
-def export_onnx(wrapper: ExportWrapper, example: torch.Tensor, out_file: str, dynamic_batch: bool = False,
+def export_onnx(wrapper: ExportWrapper,
+                example: torch.Tensor,
+                out_file: str,
+                dynamic_batch: bool = False,
                 opset: int = 18) -> List[str]:
     """Exports ``wrapper`` (eval mode) to ``out_file`` with torch's ``torch.export``-based exporter.
 
@@ -86,9 +95,16 @@ def export_onnx(wrapper: ExportWrapper, example: torch.Tensor, out_file: str, dy
     if dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim('batch', min=1, max=1024)}, )
     with torch.no_grad():
-        program = torch.onnx.export(wrapper, (example, ), None, input_names=['input'], output_names=names,
-                                    opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes,
-                                    external_data=False, verbose=False)
+        program = torch.onnx.export(
+            wrapper, (example, ),
+            None,
+            input_names=['input'],
+            output_names=names,
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            verbose=False)
     program.save(out_file, external_data=False)
     return names
 
@@ -108,8 +124,10 @@ def torch_outputs(wrapper: ExportWrapper, x: torch.Tensor) -> List[np.ndarray]:
     return [t.numpy() for t in ((out, ) if isinstance(out, torch.Tensor) else out)]
 
 
-def max_abs_diff(reference: Sequence[np.ndarray], other: Sequence[np.ndarray]) -> Tuple[float, float]:
-    """``(max |reference - other|, output scale max(1, max |reference|))`` over all outputs (shapes must match)."""
+def max_abs_diff(reference: Sequence[np.ndarray],
+                 other: Sequence[np.ndarray]) -> Tuple[float, float]:
+    """``(max |reference - other|, output scale max(1, max |reference|))`` over all outputs
+    (shapes must match)."""
     if len(reference) != len(other):
         raise ValueError(f'the ONNX graph has {len(other)} outputs, the model {len(reference)}')
     diff, scale = 0.0, 1.0
@@ -125,7 +143,8 @@ def within_tolerance(diff: float, scale: float, tolerance: float = DEFAULT_TOLER
     return diff <= tolerance * scale
 
 
-def compare(wrapper: ExportWrapper, onnx_file: str, inputs: Sequence[torch.Tensor]) -> Dict[str, float]:
+def compare(wrapper: ExportWrapper, onnx_file: str,
+            inputs: Sequence[torch.Tensor]) -> Dict[str, float]:
     """Max abs difference between torch and onnxruntime over ``inputs`` (each ``(N, 3, H, W)``)."""
     diff, scale = 0.0, 1.0
     for x in inputs:

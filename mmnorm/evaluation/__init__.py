@@ -1,4 +1,5 @@
-"""Evaluation metrics (registered in the toolbox registries they extend; mmseg's only when mmseg is installed)."""
+"""Evaluation metrics (registered in the toolbox registries they extend; mmseg's only when mmseg
+is installed)."""
 from ..toolboxes import toolbox_installed
 
 __all__ = []

@@ -1,7 +1,8 @@
 """mIoU over class subsets, for sources that lack some target classes (SYNTHIA: mIoU16 and mIoU13).
 
-The protocol computes the per-class IoUs of the full 19-class prediction on the target and averages a subset of
-them; predictions of the missing classes still count as false positives for the other classes.
+The protocol computes the per-class IoUs of the full 19-class prediction on the target and averages
+a subset of them; predictions of the missing classes still count as false positives for the other
+classes.
 """
 from typing import Dict, Mapping, Sequence, Union
 
@@ -19,8 +20,8 @@ def subset_miou(iou: np.ndarray, class_names: Sequence[str], subsets: _Subsets) 
     """Mean IoU (in %) over each subset of classes.
 
     Args:
-        iou (np.ndarray): (num_classes,) per-class IoU in [0, 1]; NaN for classes absent from both prediction and
-            ground truth (skipped by the mean, like mmseg's mIoU).
+        iou (np.ndarray): (num_classes,) per-class IoU in [0, 1]; NaN for classes absent from both
+            prediction and ground truth (skipped by the mean, like mmseg's mIoU).
         class_names (Sequence[str]): The num_classes class names.
         subsets (Mapping[str, Sequence[int | str]]): Result name -> class indices or class names.
 
@@ -33,12 +34,14 @@ def subset_miou(iou: np.ndarray, class_names: Sequence[str], subsets: _Subsets) 
         for m in members:
             if isinstance(m, str):
                 if m not in class_names:
-                    raise ValueError(f'subset {name!r}: class {m!r} is not one of {tuple(class_names)}')
+                    raise ValueError(
+                        f'subset {name!r}: class {m!r} is not one of {tuple(class_names)}')
                 idx.append(list(class_names).index(m))
             elif 0 <= int(m) < len(class_names):
                 idx.append(int(m))
             else:
-                raise ValueError(f'subset {name!r}: class index {m} is outside [0, {len(class_names)})')
+                raise ValueError(
+                    f'subset {name!r}: class index {m} is outside [0, {len(class_names)})')
         out[name] = float(np.round(np.nanmean(iou[idx]) * 100, 2))
     return out
 
@@ -48,8 +51,9 @@ class SubsetIoUMetric(IoUMetric):
     """mmseg's IoUMetric plus the mean IoU over named class subsets.
 
     Args:
-        subsets (str | Mapping[str, Sequence[int | str]]): ``'synthia'`` for mIoU16 / mIoU13 of the SYNTHIA ->
-            Cityscapes protocol, or result name -> class indices / names. Defaults to 'synthia'.
+        subsets (str | Mapping[str, Sequence[int | str]]): ``'synthia'`` for mIoU16 / mIoU13 of the
+            SYNTHIA -> Cityscapes protocol, or result name -> class indices / names. Defaults to
+            'synthia'.
         **kwargs: See ``mmseg.evaluation.IoUMetric`` (``iou_metrics`` must include 'mIoU').
     """
 
@@ -57,7 +61,8 @@ class SubsetIoUMetric(IoUMetric):
         super().__init__(**kwargs)
         if isinstance(subsets, str):
             if subsets != 'synthia':
-                raise ValueError(f"subsets must be 'synthia' or a dict of name -> classes, got {subsets!r}")
+                raise ValueError(
+                    f"subsets must be 'synthia' or a dict of name -> classes, got {subsets!r}")
             from mmnorm.datasets.synthia import SYNTHIA_CLASS_SUBSETS
             subsets = SYNTHIA_CLASS_SUBSETS
         if not isinstance(subsets, Mapping) or not subsets:
@@ -72,7 +77,8 @@ class SubsetIoUMetric(IoUMetric):
         if self.format_only:
             return metrics
         intersect, union = (sum(r[i] for r in results) for i in (0, 1))
-        iou = (intersect / union).cpu().numpy() if hasattr(intersect, 'cpu') else np.asarray(intersect / union)
+        iou = (intersect /
+               union).cpu().numpy() if hasattr(intersect, 'cpu') else np.asarray(intersect / union)
         extra = subset_miou(iou, self.dataset_meta['classes'], self.subsets)
         print_log(f'class-subset mIoU: {extra}', logger='current')
         metrics.update(extra)

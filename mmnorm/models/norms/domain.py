@@ -1,8 +1,9 @@
 """Explicit [source | target] batch-split declaration for domain-aware norm layers.
 
-Domain-adaptive training feeds one concatenated batch ``cat([x_source, x_target])`` through the backbone. Layers
-that normalise each domain separately (RN, the AdaBN layer) must know where the source part ends; the training
-wrapper declares it with :func:`domain_split` instead of the layers guessing (e.g. "first half is source").
+Domain-adaptive training feeds one concatenated batch ``cat([x_source, x_target])`` through the
+backbone. Layers that normalise each domain separately (RN, the AdaBN layer) must know where the
+source part ends; the training wrapper declares it with :func:`domain_split` instead of the layers
+guessing (e.g. "first half is source").
 """
 from contextlib import contextmanager
 from typing import Iterator, Optional, Tuple, Union
@@ -24,7 +25,8 @@ class DomainAwareMixin:
 
 
 def set_domain_split(model: nn.Module, split: Optional[Tuple[int, int]]) -> int:
-    """Sets ``domain_split`` on every :class:`DomainAwareMixin` module of ``model``; returns how many.
+    """Sets ``domain_split`` on every :class:`DomainAwareMixin` module of ``model``; returns how
+    many.
 
     Args:
         model (nn.Module): Any module (model wrappers included: their children are visited).
@@ -48,7 +50,8 @@ def set_domain_split(model: nn.Module, split: Optional[Tuple[int, int]]) -> int:
 def domain_split(model: nn.Module, split: Tuple[int, int]) -> Iterator[int]:
     """Declares ``split = (num_source, num_target)`` to every domain-aware layer inside the block.
 
-    The previous declarations are restored on exit, also when the block raises. Yields the number of layers told.
+    The previous declarations are restored on exit, also when the block raises. Yields the number of
+    layers told.
     """
     previous = [(m, m.domain_split) for m in model.modules() if isinstance(m, DomainAwareMixin)]
     try:
@@ -58,13 +61,15 @@ def domain_split(model: nn.Module, split: Tuple[int, int]) -> Iterator[int]:
             module.domain_split = old
 
 
-def check_domain_split(split: Optional[Tuple[int, int]], batch_size: int, layer: Union[str, nn.Module]) -> None:
+def check_domain_split(split: Optional[Tuple[int, int]], batch_size: int,
+                       layer: Union[str, nn.Module]) -> None:
     """Raises ValueError unless ``split`` describes a batch of ``batch_size`` samples.
 
     Args:
         split: The declared ``(num_source, num_target)`` or None.
         batch_size (int): ``x.shape[0]`` seen by the layer.
-        layer (str | nn.Module): The layer (named with its module path when known) or its description.
+        layer (str | nn.Module): The layer (named with its module path when known) or its
+            description.
     """
     if split is None:
         return
@@ -72,8 +77,9 @@ def check_domain_split(split: Optional[Tuple[int, int]], batch_size: int, layer:
         if isinstance(layer, nn.Module):
             layer = layer_label(layer)
         raise ValueError(
-            f'{layer}: declared domain split {tuple(split)} (source, target) sums to {sum(split)} but the batch holds '
-            f'{batch_size} samples. Either its rows are not the images of the batch (a head that reshapes the map '
-            "into rows of patches or regions, e.g. ISANet's self-attention): use norm_cfg=dict(type='BN') there and "
-            'keep RN / split AdaBN in the layers that see whole images; or the split does not describe this batch: '
-            'declare domain_split(model, (num_source, num_target)) around its forward')
+            f'{layer}: declared domain split {tuple(split)} (source, target) sums to {sum(split)} '
+            f'but the batch holds {batch_size} samples. Either its rows are not the images of the '
+            "batch (a head that reshapes the map into rows of patches or regions, e.g. ISANet's "
+            "self-attention): use norm_cfg=dict(type='BN') there and keep RN / split AdaBN in the "
+            'layers that see whole images; or the split does not describe this batch: declare '
+            'domain_split(model, (num_source, num_target)) around its forward')

@@ -1,9 +1,9 @@
 """Module paths for the error messages of mmnorm layers.
 
-A layer does not know where it sits in a model; :func:`name_layers` stores each mmnorm layer's path (e.g.
-``backbone.layer1.0.bn1``) in its ``layer_path`` attribute, and :func:`layer_label` puts it into messages. The UDA
-wrappers and :func:`mmnorm.recalibrate_bn` name the layers of their model; call :func:`name_layers` yourself for
-other models.
+A layer does not know where it sits in a model; :func:`name_layers` stores each mmnorm layer's path
+(e.g. ``backbone.layer1.0.bn1``) in its ``layer_path`` attribute, and :func:`layer_label` puts it
+into messages. The UDA wrappers and :func:`mmnorm.recalibrate_bn` name the layers of their model;
+call :func:`name_layers` yourself for other models.
 """
 import torch.nn as nn
 
@@ -18,7 +18,8 @@ def layer_label(module: nn.Module) -> str:
 
 
 def name_layers(model: nn.Module) -> int:
-    """Sets ``layer_path`` on every module whose class declares it (the mmnorm norm layers); returns how many."""
+    """Sets ``layer_path`` on every module whose class declares it (the mmnorm norm layers);
+    returns how many."""
     count = 0
     for name, module in model.named_modules():
         if 'layer_path' in dir(type(module)):
