@@ -97,11 +97,51 @@ def test_custom_keys_keep_their_priority_over_the_norm_rule():
             assert groups[id(p)]['weight_decay'] == 0.0, name
 
 
-def test_is_norm():
+def _mmcv_is_norm(*args, **kwargs):
     from mmcv.cnn.bricks import is_norm as mmcv_is_norm
+    return mmcv_is_norm(*args, **kwargs)
+
+
+@pytest.mark.parametrize('check', [_mmcv_is_norm, is_norm], ids=['mmcv', 'mmnorm'])
+def test_is_norm_meets_mmcv_contract(check):
+    """The cases of mmcv 2.1.0's ``test_is_norm`` (tests/test_cnn/test_build_layers.py), restated: mmnorm's
+    ``is_norm`` passes them as mmcv's does, so it can replace mmcv's where ``exclude=`` is used."""
+    one_arg = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
+               nn.InstanceNorm3d, nn.LayerNorm)
+    layers = [(cls, cls(3)) for cls in one_arg] + [(nn.GroupNorm, nn.GroupNorm(3, 6))]
+    for cls, layer in layers:
+        assert check(layer), cls
+        assert not check(layer, exclude=(cls, )), cls
+
+    class SubclassedBN(nn.BatchNorm2d):
+        pass
+
+    layer = SubclassedBN(3)
+    assert check(layer)
+    assert not check(layer, exclude=_BatchNorm)  # a base class excludes its subclasses, bare or in a tuple
+    assert not check(layer, exclude=(_BatchNorm, ))
+    assert not check(nn.Conv2d(3, 8, 1))
+    for bad in ('BN', ('BN', )):
+        with pytest.raises(TypeError):
+            check(nn.BatchNorm1d(3), exclude=bad)
+
+
+def test_is_norm_on_mmnorm_layers():
     layers = [AdaBN(4), IBN(4), PBN(4), RN(4)]
-    assert all(is_norm(m) for m in layers) and is_norm(nn.BatchNorm2d(4)) and not is_norm(nn.Conv2d(1, 1, 1))
-    assert [mmcv_is_norm(m) for m in layers] == [False] * 4  # hence mmnorm's
+    assert all(is_norm(m) for m in layers)
+    assert [_mmcv_is_norm(m) for m in layers] == [False] * 4  # hence mmnorm's
+    for layer in layers:
+        assert not is_norm(layer, exclude=type(layer))
+        assert is_norm(layer, exclude=(nn.GroupNorm, nn.LayerNorm))
+    # excluding the torch BN base leaves the composite layers (they are not _BatchNorm) but not BN itself
+    assert [is_norm(m, exclude=_BatchNorm) for m in layers] == [True] * 4
+    assert not is_norm(nn.BatchNorm2d(4), exclude=_BatchNorm)
+    assert [is_norm(m, exclude=MMNORM) for m in layers] == [False] * 4
+    assert is_norm(nn.GroupNorm(2, 4), exclude=MMNORM) and is_norm(RN(4), exclude=())
+    with pytest.raises(TypeError, match=r"exclude must be None, a type or a tuple of types, got str: 'RN'"):
+        is_norm(RN(4), exclude='RN')
+    with pytest.raises(TypeError, match='got tuple'):
+        is_norm(RN(4), exclude=(RN, 'BN'))
     assert [owns_statistics(m) for m in layers] == [False, False, False, True]
 
 

@@ -177,11 +177,35 @@ def test_probability_per_forward(name):
 
 
 @pytest.mark.parametrize('name', list(LAYERS))
-def test_batch_of_one_and_single_position_maps_are_identity(name):
+def test_batch_of_one_is_identity(name):
     one = features((1, 4, 5, 5))
     assert layer(name)(one) is one
+
+
+@pytest.mark.parametrize('name', ['MixStyle', 'DSU'])
+def test_single_position_maps_are_identity_for_variance_layers(name):
+    """MixStyle and DSU divide by the spatial standard deviation, undefined on a 1x1 map: identity there."""
     pixels = features((6, 4, 1, 1))
     assert layer(name)(pixels) is pixels
+
+
+@pytest.mark.parametrize('mix', ['random', 'crossdomain'])
+def test_efdmix_mixes_single_position_maps_as_the_authors(mix):
+    """EFDMix needs no variance: on a 1x1 map (an image-pooling branch) each value is its own sorted row and
+    the authors' code mixes it with the partner's value, lam * x + (1 - lam) * x[perm]."""
+    x = features((6, 4, 1, 1)).requires_grad_()
+    lam, perm = replay_mixing(7, 6, 0.1, mix)
+    y = layer('EFDMix', 7, mix=mix)(x)
+    assert y is not x
+    torch.testing.assert_close(y, efdmix_reference(x, lam, perm), rtol=0, atol=0)
+    lmda = lam.view(-1, 1, 1, 1)
+    torch.testing.assert_close(y, lmda * x + (1 - lmda) * x[perm])
+    assert not torch.allclose(y, x)
+    # gradient as the authors' code: weight 1 on x itself, (1 - lam) on the partner's value
+    y.sum().backward()
+    expected = torch.ones_like(x)
+    expected.index_add_(0, perm, (1 - lmda).expand_as(x).detach())
+    torch.testing.assert_close(x.grad, expected)
 
 
 def test_dsu_resampled_moments_over_many_draws():

@@ -10,6 +10,8 @@ and statistics itself:
   ``norm_eval=True``; the mmnorm UDA wrappers call it after ``train()``, so RN in a toolbox backbone with
   ``norm_eval=True`` keeps its statistics frozen as BN does.
 """
+from typing import Tuple, Union
+
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -25,9 +27,30 @@ TORCH_NORMS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 MMNORM_NORMS = (AdaBN, IBN, PBN, RN)
 
 
-def is_norm(module: nn.Module) -> bool:
-    """mmcv's ``is_norm`` (torch BN / IN / GN / LN) extended to the mmnorm norm layers (AdaBN, IBN, PBN, RN)."""
-    return isinstance(module, TORCH_NORMS + MMNORM_NORMS)
+def is_norm(layer: nn.Module, exclude: Union[type, Tuple[type, ...], None] = None) -> bool:
+    """mmcv's ``is_norm`` (torch BN / IN / GN / LN) extended to the mmnorm layers (AdaBN, IBN, PBN, RN).
+
+    Same signature and contract as ``mmcv.cnn.is_norm``, so it can stand in for it.
+
+    Args:
+        layer (nn.Module): The layer to check.
+        exclude (type | tuple[type], optional): Types that do not count as norm layers (``isinstance``
+            of any of them gives False). Defaults to None.
+
+    Returns:
+        bool: Whether ``layer`` is a norm layer.
+
+    Raises:
+        TypeError: ``exclude`` is neither None, a type nor a tuple of types.
+    """
+    if exclude is not None:
+        types = exclude if isinstance(exclude, tuple) else (exclude, )
+        if not all(isinstance(t, type) for t in types):
+            raise TypeError('exclude must be None, a type or a tuple of types, '
+                            f'got {type(exclude).__name__}: {exclude!r}')
+        if isinstance(layer, types):
+            return False
+    return isinstance(layer, TORCH_NORMS + MMNORM_NORMS)
 
 
 def owns_statistics(module: nn.Module) -> bool:

@@ -2,8 +2,10 @@
 
 Each layer perturbs the per-instance channel statistics of a feature map ``x`` of shape ``(N, C, H, W)`` during
 training, with probability ``p`` per forward, and is the identity in eval mode, when deactivated
-(:func:`set_perturbation_active`), for a batch of one sample and for maps with a single spatial position
-(no spatial statistics to perturb).
+(:func:`set_perturbation_active`) and for a batch of one sample. MixStyle and DSU normalise with the spatial
+variance, so they are also the identity on maps with a single spatial position (the unbiased variance is
+undefined there); EFDMix matches sorted values, which a 1x1 map still has, and mixes them as the authors' code
+does (:attr:`StatPerturbation.spatial_variance`).
 
 Randomness: the few random numbers of a forward (the coin, mixing weights, the permutation, DSU's noise, all of
 size ``N`` or ``N x C``) are drawn on the CPU from the layer's ``generator`` (torch's default CPU generator when
@@ -18,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ...stats import channel_moments
 from ..norms.domain import DomainAwareMixin, check_domain_split
 
 __all__ = [
@@ -31,16 +34,17 @@ MIX_MODES = ('random', 'crossdomain')
 def instance_stats(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-instance channel mean and standard deviation over the spatial dimensions.
 
-    ``sig = sqrt(var + eps)`` with torch's unbiased variance, as the authors' code of MixStyle and DSU does.
+    ``sig = sqrt(var + eps)`` with torch's unbiased variance, as the authors' code of MixStyle and DSU does
+    (:func:`mmnorm.stats.channel_moments` over ``(H, W)``).
 
     Args:
-        x (Tensor): ``(N, C, H, W)`` with ``H * W > 1``.
+        x (Tensor): float32 or float64 ``(N, C, H, W)`` with ``H * W > 1``.
         eps (float): Added to the variance.
 
     Returns:
         tuple[Tensor, Tensor]: ``mu``, ``sig``, each ``(N, C, 1, 1)`` in ``x``'s dtype.
     """
-    var, mu = torch.var_mean(x, dim=(2, 3), keepdim=True)
+    mu, var = channel_moments(x, dims=(2, 3), correction=1, keepdim=True)
     return mu, (var + eps).sqrt()
 
 
@@ -147,14 +151,19 @@ def check_generator(generator) -> Optional[torch.Generator]:
 class StatPerturbation(DomainAwareMixin, nn.Module):
     """Base of the perturbation layers: validation, the train/eval/active gate and the per-forward coin.
 
-    Subclasses implement ``perturb(x) -> y`` on a float32/float64 ``(N, C, H, W)`` tensor with ``N > 1`` and
-    ``H * W > 1``; the base handles dtype, memory format and when to call it. No parameters, no buffers:
-    adding a layer to a model leaves its state dict unchanged.
+    Subclasses implement ``perturb(x) -> y`` on a float32/float64 ``(N, C, H, W)`` tensor with ``N > 1`` (and
+    ``H * W > 1`` when :attr:`spatial_variance`); the base handles dtype, memory format and when to call it.
+    No parameters, no buffers: adding a layer to a model leaves its state dict unchanged.
 
     Attributes:
         active (bool): False turns the layer into the identity also in training (see
             :func:`set_perturbation_active`).
+        spatial_variance (bool): Class attribute: ``perturb`` divides by the per-instance spatial standard
+            deviation (MixStyle, DSU), so a map with one spatial position passes unchanged. False for
+            EFDMix, which needs no variance.
     """
+
+    spatial_variance = True
 
     def __init__(self, p: float = 0.5, generator: Optional[torch.Generator] = None):
         super().__init__()
@@ -176,7 +185,7 @@ class StatPerturbation(DomainAwareMixin, nn.Module):
         if not (self.training and self.active):
             return x
         self.check_batch(x)
-        if x.shape[0] < 2 or x.shape[2] * x.shape[3] < 2:
+        if x.shape[0] < 2 or (self.spatial_variance and x.shape[2] * x.shape[3] < 2):
             return x
         if not torch.rand((), generator=self.generator).item() < self.p:
             return x

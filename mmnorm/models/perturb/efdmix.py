@@ -14,6 +14,10 @@ With probability ``p`` per training forward, per sample and channel of ``x`` (``
 The forward value is ``lam * x + (1 - lam) * copy``; the gradient reaches ``x`` with weight 1 (the authors'
 ``x.detach()``) and the partner through the sorted values. Defaults as MixStyle: p 0.5, alpha 0.1, ``'random'``;
 placed like MixStyle (after res1-res3).
+
+No variance is involved, so unlike MixStyle and DSU a map with one spatial position (``H * W = 1``, e.g. an
+image-pooling branch) is mixed too, as in the authors' code: its single value is its own sorted row, and the
+output is ``lam * x + (1 - lam) * x[perm]``.
 """
 from typing import Optional
 
@@ -57,9 +61,11 @@ class EFDMix(StatMixing):
             generator).
 
     Shape:
-        ``(N, C, H, W)`` -> same. Identity in eval mode, when not ``active``, for ``N == 1`` and for
-        ``H * W == 1``.
+        ``(N, C, H, W)`` -> same. Identity in eval mode, when not ``active`` and for ``N == 1``; maps with
+        ``H * W == 1`` are mixed (the authors' behaviour).
     """
+
+    spatial_variance = False
 
     def __init__(self, p: float = 0.5, alpha: float = 0.1, mix: str = 'random',
                  generator: Optional[torch.Generator] = None):
