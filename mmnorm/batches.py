@@ -1,39 +1,76 @@
-"""Reading batches the way mmnorm's statistics passes do (recalibration, analysis, test-time adaptation).
+"""Reading batches the way mmnorm's statistics passes do (recalibration, analysis, test-time
+adaptation).
 
-A batch is a tensor, an ``(inputs, ...)`` sequence (as ``torch.optim.swa_utils.update_bn`` takes), or an mmengine
-data dict; mmengine models get it through their data preprocessor and run in ``tensor`` mode (``predict`` where
-``tensor`` fails).
+A batch is a tensor, an ``(inputs, ...)`` sequence (as ``torch.optim.swa_utils.update_bn`` takes),
+or an mmengine data dict; mmengine models get it through their data preprocessor and run in the mode
+:func:`forward_mode` decides once from the model: ``tensor``, or ``predict`` for the models whose
+tensor mode is known not to run (mmseg's PointRend).
 """
-import logging
-from typing import Any, Callable, Dict, Optional, Tuple
+import sys
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
 from mmengine.model import BaseModel
 
-__all__ = ['check_data_loader', 'prepare_batch', 'forward_prepared', 'forward_batch', 'real_samples_on_rank']
+__all__ = [
+    'check_data_loader', 'forward_mode', 'tensor_mode_obstacle', 'prepare_batch', 'forward_batch',
+    'real_samples_on_rank'
+]
 
 
 def check_data_loader(data_loader: Any, reiterable: Optional[str] = None) -> None:
-    """TypeError unless ``data_loader`` is an iterable of batches (and, when ``reiterable`` gives the reason, not a
-    one-shot iterator)."""
-    if (isinstance(data_loader, (str, bytes, dict, torch.Tensor, nn.Module)) or not hasattr(data_loader, '__iter__')):
+    """TypeError unless ``data_loader`` is an iterable of batches (and, when ``reiterable`` gives
+    the reason, not a one-shot iterator)."""
+    if (isinstance(data_loader, (str, bytes, dict, torch.Tensor, nn.Module))
+            or not hasattr(data_loader, '__iter__')):
         raise TypeError('data_loader must be an iterable of batches (e.g. a torch DataLoader), got '
                         f'{type(data_loader).__name__}')
     if reiterable and iter(data_loader) is data_loader:
-        raise TypeError(f'{reiterable}; data_loader must be re-iterable (e.g. a DataLoader or a list), got the '
-                        f'one-shot iterator {type(data_loader).__name__}')
+        raise TypeError(
+            f'{reiterable}; data_loader must be re-iterable (e.g. a DataLoader or a list), got the '
+            f'one-shot iterator {type(data_loader).__name__}')
 
 
-def prepare_batch(model: nn.Module, batch: Any, device: torch.device,
-                  mode: str = 'tensor') -> Tuple[tuple, Dict[str, Any], int]:
+def tensor_mode_obstacle(model: nn.Module) -> Optional[str]:
+    """Why the mmengine model ``model`` cannot forward in ``tensor`` mode, or None if it can.
+
+    Known cases: mmseg's ``CascadeEncoderDecoder`` (and subclasses, e.g. mmnorm's UDA cascade) with
+    a ``PointHead`` stage (PointRend: the point head's ``forward`` takes the points its ``predict``
+    / ``loss`` sample; mmseg's ``_forward`` does not support it), and any model whose class sets
+    ``supports_tensor_mode = False``.
+    """
+    if getattr(model, 'supports_tensor_mode', True) is False:
+        return f'{type(model).__name__}.supports_tensor_mode is False'
+    if 'mmseg' not in sys.modules:  # not imported: the model is no mmseg segmentor
+        return None
+    from mmseg.models.decode_heads import PointHead
+    from mmseg.models.segmentors import CascadeEncoderDecoder
+    if isinstance(model, CascadeEncoderDecoder) and any(
+            isinstance(head, PointHead) for head in model.decode_head):
+        return "PointRend: mmseg's tensor mode does not run a PointHead stage"
+    return None
+
+
+def forward_mode(model: nn.Module) -> Optional[str]:
+    """The mode the statistics passes forward ``model`` in: None for a plain module; for an mmengine
+    ``BaseModel`` ``'tensor'`` (the network without post-processing), or ``'predict'`` where
+    :func:`tensor_mode_obstacle` names a reason."""
+    if not isinstance(model, BaseModel):
+        return None
+    return 'predict' if tensor_mode_obstacle(model) is not None else 'tensor'
+
+
+def prepare_batch(model: nn.Module,
+                  batch: Any,
+                  device: torch.device,
+                  mode: Optional[str] = None) -> Tuple[tuple, Dict[str, Any], int]:
     """The call ``model(*args, **kwargs)`` that forwards one batch, and the number of samples in it.
 
-    mmengine ``BaseModel``: the data preprocessor runs first (the call gets ``mode``, ``'tensor'`` unless the model
-    needs ``'predict'``), and the batch size is read from what it returns
-    (``inputs``: a batched tensor or a list of samples), so a preprocessor mapping e.g. ``dict(imgs=...)`` to
-    ``inputs`` works. Plain modules: the tensor (or the first element of a tuple / list), moved to ``device``.
+    mmengine ``BaseModel``: the data preprocessor runs first (the call gets ``mode``; None:
+    :func:`forward_mode`), and the batch size is read from what it returns (``inputs``: a batched
+    tensor or a list of samples), so a preprocessor mapping e.g. ``dict(imgs=...)`` to ``inputs``
+    works. Plain modules: the tensor (or the first element of a tuple / list), moved to ``device``.
 
     Returns:
         tuple: ``(args, kwargs, batch_size)``.
@@ -42,6 +79,7 @@ def prepare_batch(model: nn.Module, batch: Any, device: torch.device,
         TypeError: The batch holds no tensor to forward or to count.
     """
     if isinstance(model, BaseModel):
+        mode = mode or forward_mode(model)
         data = model.data_preprocessor(batch, False)
         if isinstance(data, dict):
             args, kwargs = (), dict(data, mode=mode)
@@ -53,8 +91,9 @@ def prepare_batch(model: nn.Module, batch: Any, device: torch.device,
             return args, kwargs, inputs.shape[0]
         if isinstance(inputs, (list, tuple)):
             return args, kwargs, len(inputs)
-        raise TypeError(f'cannot tell the batch size: the data preprocessor of {type(model).__name__} returned '
-                        f'{type(data).__name__} without a tensor or list "inputs"')
+        raise TypeError(
+            f'cannot tell the batch size: the data preprocessor of {type(model).__name__} returned '
+            f'{type(data).__name__} without a tensor or list "inputs"')
     x = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'a plain nn.Module needs tensor batches (or (tensor, ...) tuples), got '
@@ -62,42 +101,22 @@ def prepare_batch(model: nn.Module, batch: Any, device: torch.device,
     return (x.to(device), ), {}, x.shape[0]
 
 
-def forward_prepared(model: nn.Module, args: tuple, kwargs: Dict[str, Any],
-                     on_retry: Optional[Callable[[], None]] = None) -> Tuple[Any, Optional[str]]:
-    """``model(*args, **kwargs)``; an mmengine model whose ``tensor`` mode fails (e.g. mmseg's
-    ``CascadeEncoderDecoder`` with a PointRend head, whose last stage needs points) is forwarded again in
-    ``predict`` mode, after ``on_retry()`` (e.g. to drop what the failed forward measured), and a warning is logged.
-
-    Returns:
-        tuple: ``(output, mode used)``; the mode is None for plain modules.
-    """
-    mode = kwargs.get('mode')
-    try:
-        return model(*args, **kwargs), mode
-    except (TypeError, NotImplementedError, AttributeError) as err:
-        if mode != 'tensor':
-            raise
-        if on_retry is not None:
-            on_retry()
-        print_log(
-            f'{type(model).__name__} cannot forward in tensor mode ({type(err).__name__}: {err}); '
-            'forwarding in predict mode instead', logger='current', level=logging.WARNING)
-        return model(*args, **dict(kwargs, mode='predict')), 'predict'
-
-
-def forward_batch(model: nn.Module, batch: Any, device: torch.device, mode: str = 'tensor') -> Any:
-    """Forwards one batch (see :func:`prepare_batch`, :func:`forward_prepared`) and returns the model's output."""
+def forward_batch(model: nn.Module,
+                  batch: Any,
+                  device: torch.device,
+                  mode: Optional[str] = None) -> Any:
+    """Forwards one batch (see :func:`prepare_batch`) and returns the model's output."""
     args, kwargs, _ = prepare_batch(model, batch, device, mode)
-    return forward_prepared(model, args, kwargs)[0]
+    return model(*args, **kwargs)
 
 
 def real_samples_on_rank(data_loader: Any) -> Optional[int]:
     """How many of this rank's samples are real (not padding repeats), or None if nothing says so.
 
-    Sources, in order: ``data_loader.sampler.num_real_samples`` (a custom sampler's own statement); mmengine
-    ``DefaultSampler(round_up=True)`` and torch ``DistributedSampler(drop_last=False)``, which deal the global order
-    ``rank, rank + W, ...`` and pad it at the end, so rank ``r`` holds ``len(range(r, len(dataset), W))`` real
-    samples followed by its padding.
+    Sources, in order: ``data_loader.sampler.num_real_samples`` (a custom sampler's own statement);
+    mmengine ``DefaultSampler(round_up=True)`` and torch ``DistributedSampler(drop_last=False)``,
+    which deal the global order ``rank, rank + W, ...`` and pad it at the end, so rank ``r`` holds
+    ``len(range(r, len(dataset), W))`` real samples followed by its padding.
     """
     sampler = getattr(data_loader, 'sampler', None)
     if sampler is None:

@@ -47,12 +47,7 @@ def test_channels_last_same_numbers_and_format(name, train):
         torch.testing.assert_close(other.state_dict()[key], value)
 
 
-@pytest.mark.parametrize('name', [
-    pytest.param(
-        name, marks=pytest.mark.xfail(
-            strict=True, reason='the split AdaBN path returns float32 under '
-            'autocast (adabn.py, reported)')) if name == 'AdaBN-split' else name for name in LAYERS
-])
+@pytest.mark.parametrize('name', list(LAYERS))
 def test_bfloat16_autocast_statistics_in_float32(name):
     """A bfloat16 map from an autocast conv: the layer returns bfloat16 (as torch's BN), finite, and equal to the
     float32 computation on the same (bfloat16-rounded) values up to the output's rounding."""

@@ -1,6 +1,7 @@
 """recalibrate_bn on the inputs users give it: a sampler that declares its padding (``num_real_samples``), an
-mmengine model whose data preprocessor maps its own keys to ``inputs``, a model whose ``tensor`` mode fails
-(predict fallback, mmseg's PointRend), and the progress bar's total.
+mmengine model whose data preprocessor maps its own keys to ``inputs``, a model whose ``tensor`` mode cannot
+run (predict mode, decided from the model: a declared ``supports_tensor_mode = False``, mmseg's PointRend),
+and the progress bar's total.
 
 References: float64 statistics of ``torch.cat`` of the real samples with torch's train-mode BN (the one-pass order).
 """
@@ -79,24 +80,25 @@ class ImgsPreprocessor(BaseDataPreprocessor):
 
 
 class TensorModeModel(BaseModel):
-    """An mmengine model around TinyNet; ``tensor`` mode optionally unsupported (as PointRend's last stage)."""
+    """An mmengine model around TinyNet; ``tensor`` mode optionally unsupported (as PointRend's last stage),
+    and then declared so."""
 
     def __init__(self, tensor_mode=True):
         super().__init__(data_preprocessor=ImgsPreprocessor())
         self.net = TinyNet()
         self.tensor_mode = tensor_mode
+        self.supports_tensor_mode = tensor_mode
 
     def forward(self, inputs, data_samples=None, mode='tensor'):
         if mode == 'tensor' and not self.tensor_mode:
-            self.net(inputs)  # runs the BN layers, then fails: what it measured must not count
-            raise NotImplementedError('tensor mode needs points')
+            raise NotImplementedError('tensor mode needs points')  # never called: the model says so
         if mode not in ('tensor', 'predict'):
             raise ValueError(mode)
         return self.net(inputs)
 
 
 @pytest.mark.parametrize('tensor_mode', [True, False])
-def test_preprocessor_keys_and_predict_fallback(tensor_mode):
+def test_preprocessor_keys_and_declared_predict_mode(tensor_mode):
     batches = make_batches((4, 3, 5))
     model = TensorModeModel(tensor_mode).eval()
     reference = reference_stats(model.net, [b * 0.5 + 1.0 for b in batches], ['bn1', 'bn2'], bn_train=True)
@@ -110,8 +112,8 @@ def test_preprocessor_keys_and_predict_fallback(tensor_mode):
             assert_buffers(fresh.net.bn2, *reference['bn2'])
         fallback = [m for m in messages if 'forwarding in predict mode instead' in m]
         assert len(fallback) == (0 if tensor_mode else 1)  # decided once per call, then predict for every batch
-        assert tensor_mode or fallback[0].startswith(
-            'TensorModeModel cannot forward in tensor mode (NotImplementedError: tensor mode needs points)')
+        assert tensor_mode or fallback[0] == ('TensorModeModel cannot forward in tensor mode (TensorModeModel.'
+                                              'supports_tensor_mode is False); forwarding in predict mode instead')
 
 
 def test_progress_bar_total_follows_num_samples_and_num_iters(capsys):

@@ -9,10 +9,11 @@ import torch
 import torch.nn as nn
 from conftest import DEMO_CONFIG, REPO, run_tool, tiny_seg_options
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401
-from mmnorm import TestTimeAdapter
+from mmnorm import tta
 
 TTA_CONFIG = 'configs/demo/deeplabv3plus_r18-mini-d8-bn-tta-{}_1xb8-1k_demo-gta5-cityscapes-64x128.py'
 
@@ -56,7 +57,7 @@ def test_tent_on_segmentor_matches_torch_bn_reference(seg_runner):
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ref = torch_bn_reference(model)
     lr = 0.05
-    adapter = TestTimeAdapter(model, 'tent', optimizer=dict(type='SGD', lr=lr), logger=None)
+    adapter = tta.TestTimeAdapter(model, 'tent', optimizer=dict(type='SGD', lr=lr), logger=None)
     data = ref.data_preprocessor(batch, False)
     metas = [s.metainfo for s in data['data_samples']]
     logits = ref.inference(data['inputs'], metas)
@@ -90,10 +91,10 @@ def test_statistics_methods_on_segmentor_change_only_predictions(seg_runner):
     with torch.no_grad():
         expected = ref.test_step(batch)
         plain = model.test_step(batch)
-    out = TestTimeAdapter(model, 'bn').adapt(batch)
+    out = tta.TestTimeAdapter(model, 'bn').adapt(batch)
     torch.testing.assert_close(out[0].seg_logits.data, expected[0].seg_logits.data, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(out[0].seg_logits.data, plain[0].seg_logits.data, atol=1e-3)
-    TestTimeAdapter(model, 'prior', prior=4).adapt(batch)
+    tta.TestTimeAdapter(model, 'prior', prior=4).adapt(batch)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
@@ -111,6 +112,39 @@ def test_hook_in_runner_adapts_every_batch_and_restores(tiny_demo_data, tmp_path
     assert hook.summary == dict(method='tent', steps=len(runner.test_dataloader), resets=hook.summary['resets'])
     assert 'test_step' not in runner.model.__dict__
     assert all(torch.equal(v, before[k]) for k, v in runner.model.state_dict().items())  # restore=True
+
+
+class OutputsHook(Hook):
+    """Keeps what the test loop's ``test_step`` returned for every batch."""
+
+    def __init__(self):
+        self.outputs = []
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.outputs.append(torch.stack([o.seg_logits.data for o in outputs]))
+
+
+@pytest.mark.parametrize('predict_after_update', [False, True])
+def test_hook_predictions_and_updates_equal_the_adapter(predict_after_update, tiny_demo_data, tmp_path):
+    """The test loop's own predictions under the hook (the last update held back until after the
+    prediction) are those of ``TestTimeAdapter.adapt`` on the same batches, and so are the parameters."""
+    args = dict(method='tent', steps=2, optimizer=dict(type='SGD', lr=0.05), logger=None,
+                predict_after_update=predict_after_update)
+    cfg = seg_cfg(tiny_demo_data, tmp_path, custom_hooks=[dict(type='TestTimeAdaptHook', restore=False, **args)])
+    runner = Runner.from_cfg(cfg)
+    model = copy.deepcopy(runner.model)
+    captured = OutputsHook()
+    runner.register_hook(captured, 'LOWEST')
+    runner.test()
+    method = args.pop('method')
+    adapter = tta.TestTimeAdapter(model, method, **args)
+    expected = [torch.stack([o.seg_logits.data for o in adapter.adapt(b)]) for b in runner.test_dataloader]
+    assert len(captured.outputs) == len(expected) > 1
+    for got, want in zip(captured.outputs, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    adapted = dict(runner.model.named_parameters())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(adapted[name], param, rtol=1e-5, atol=1e-6)
 
 
 def test_hook_rejects_unknown_method():
@@ -178,13 +212,13 @@ def test_detector_statistics_methods_and_tent_refusal():
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ref = torch_bn_reference(model)
     for method in ('bn', 'prior'):
-        out = TestTimeAdapter(model, method).adapt(batch)
+        out = tta.TestTimeAdapter(model, method).adapt(batch)
         assert len(out) == 2 and out[0].pred_instances.bboxes.shape[-1] == 4
     with torch.no_grad():
         expected = ref.test_step(batch)
-    out = TestTimeAdapter(model, 'bn').adapt(batch)
+    out = tta.TestTimeAdapter(model, 'bn').adapt(batch)
     torch.testing.assert_close(out[0].pred_instances.scores, expected[0].pred_instances.scores, rtol=1e-4, atol=1e-4)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="method='tent' .*FasterRCNN gives none; use the statistics methods 'bn' or "
                        "'prior'"):
-        TestTimeAdapter(model, 'tent')
+        tta.TestTimeAdapter(model, 'tent')

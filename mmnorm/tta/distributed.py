@@ -1,11 +1,13 @@
 """Cross-rank reductions of test-time adaptation: one model on every rank.
 
-Every rank adapts on its own batches; per TENT step the ranks exchange exactly two all-reduces (no-ops in one
-process): the step's counts and monitor sums (one float64 vector), then the gradients of the tuned parameters (one
-flat vector). The loss of a step is ``sum of the selected entropies on all ranks / number selected on all ranks``,
-so the summed gradients are those of one process forwarding every rank's batch separately (each with its own batch
-statistics) and averaging over all their selected elements; every rank then applies the same update. A rank
-without a batch takes part with zeros (:meth:`mmnorm.tta.TestTimeAdapter.idle_step`), so none waits forever.
+Every rank adapts on its own batches; per TENT step the ranks exchange exactly two all-reduces
+(no-ops in one process): the step's counts and monitor sums (one float64 vector), then the gradients
+of the tuned parameters (one flat vector). The loss of a step is
+``sum of the selected entropies on all ranks / number selected on all ranks``, so the summed
+gradients are those of one process forwarding every rank's batch separately (each with its own batch
+statistics) and averaging over all their selected elements; every rank then applies the same update.
+A rank without a batch takes part with zeros (:meth:`mmnorm.tta.TestTimeAdapter.idle_step`), so none
+waits forever.
 """
 from typing import List, Sequence
 
@@ -21,7 +23,8 @@ def is_distributed() -> bool:
 
 
 def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """The element-wise sum of ``values`` over the ranks (float64; one all-reduce, a copy in one process)."""
+    """The element-wise sum of ``values`` over the ranks (float64; one all-reduce, a copy in one
+    process)."""
     total = values.detach().double().clone()
     if is_distributed():
         all_reduce(total, op='sum')
@@ -29,10 +32,13 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def sum_gradients_over_ranks(params: Sequence[torch.nn.Parameter]) -> None:
-    """Replaces every ``param.grad`` with its sum over the ranks (None counts as zeros); one flat all-reduce."""
+    """Replaces every ``param.grad`` with its sum over the ranks (None counts as zeros); one flat
+    all-reduce."""
     if not is_distributed() or not params:
         return
-    grads: List[torch.Tensor] = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    grads: List[torch.Tensor] = [
+        p.grad if p.grad is not None else torch.zeros_like(p) for p in params
+    ]
     flat = torch.cat([g.reshape(-1) for g in grads])
     all_reduce(flat, op='sum')
     offset = 0

@@ -1,11 +1,13 @@
 """TestTimeAdaptHook: online test-time adaptation in the test loop (a thin scheduler over
 :class:`mmnorm.tta.TestTimeAdapter`)."""
+from contextlib import ExitStack
 from typing import Optional
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.runner.amp import autocast
 
 from ...tta import METHODS, TestTimeAdapter
 from ...tta.distributed import max_over_ranks
@@ -15,24 +17,41 @@ __all__ = ['TestTimeAdaptHook']
 
 @HOOKS.register_module()
 class TestTimeAdaptHook(Hook):
-    """Adapts the model on every test batch before predicting it (``tools/test.py``, ``dist_test.sh``).
+    """Adapts the model on every test batch before the test loop predicts it (``tools/test.py``,
+    ``dist_test.sh``).
 
-    ``custom_hooks = [dict(type='TestTimeAdaptHook', method='tent', reliable=0.4, reset_threshold=0.5)]``
+    ``custom_hooks = [dict(type='TestTimeAdaptHook', method='tent', reliable=0.4)]``
 
-    * ``before_test_epoch`` builds the adapter on the (unwrapped) model and routes the loop's ``test_step`` through
-      :meth:`~mmnorm.tta.TestTimeAdapter.adapt`; ``after_test_epoch`` removes the route, logs the steps and resets,
-      and (``restore=True``) puts the source parameters back.
-    * Distributed: every rank adapts on its own batches and all ranks keep one model; a rank with fewer batches
-      (``DefaultSampler(round_up=False)``) takes the missing steps after its last batch
-      (:meth:`~mmnorm.tta.TestTimeAdapter.idle_step`), so the ranks' collectives stay matched.
-    * Priority ``BELOW_NORMAL``: after ``EMAHook`` swapped its weights in, after ``AdaBNHook`` recalibrated.
+    The test loop's own ``model.test_step`` predicts; the hook only brackets it:
+
+    * ``before_test_epoch`` builds the adapter on the (unwrapped) model;
+    * ``before_test_iter`` opens an adaptation session (:meth:`~mmnorm.tta.TestTimeAdapter.session`:
+      the statistics mode, eval mode, the tuned parameters) and runs
+      :meth:`~mmnorm.tta.TestTimeAdapter.prepare` on the batch (``'tent'``: the steps, under the
+      loop's ``fp16`` autocast; the last update waits, so the loop predicts with the parameters of
+      the last adaptation forward, as :meth:`~mmnorm.tta.TestTimeAdapter.adapt` does);
+    * ``after_test_iter`` applies the waiting update (:meth:`~mmnorm.tta.TestTimeAdapter.finish`,
+      episodic reset included) and closes the session;
+    * ``after_test_epoch`` logs the steps and resets and (``restore=True``) puts the source
+      parameters back.
+
+    The cost of predicting through ``test_step``: under ``'tent'`` without
+    ``predict_after_update`` one no-grad forward per batch more than
+    :meth:`~mmnorm.tta.TestTimeAdapter.adapt` (which reuses the last adaptation forward's logits).
+
+    Distributed: every rank adapts on its own batches and all ranks keep one model; a rank with
+    fewer batches (``DefaultSampler(round_up=False)``) takes the missing steps after its last batch
+    (:meth:`~mmnorm.tta.TestTimeAdapter.idle_step`), so the ranks' collectives stay matched.
+    Priority ``BELOW_NORMAL``: after ``EMAHook`` swapped its weights in, after ``AdaBNHook``
+    recalibrated.
 
     Args:
         method (str): ``'bn'``, ``'prior'`` or ``'tent'``. Defaults to ``'tent'``.
         restore (bool): Back to the source state after the test epoch. Defaults to True.
-        **adapter_args: Arguments of :class:`~mmnorm.tta.TestTimeAdapter` (``prior``, ``optimizer``, ``steps``,
-            ``episodic``, ``predict_after_update``, ``reliable``, ``reset_threshold``, ``reset_momentum``,
-            ``reset_every``, ``num_classes``), checked when the adapter is built.
+        **adapter_args: Arguments of :class:`~mmnorm.tta.TestTimeAdapter` (``prior``,
+            ``optimizer``, ``steps``, ``episodic``, ``predict_after_update``, ``reliable``,
+            ``reset_threshold``, ``reset_momentum``, ``reset_every``, ``num_classes``), checked when
+            the adapter is built.
     """
     priority = 'BELOW_NORMAL'
 
@@ -43,6 +62,7 @@ class TestTimeAdaptHook(Hook):
         self.restore = restore
         self.adapter_args = adapter_args
         self.adapter: Optional[TestTimeAdapter] = None
+        self._session = ExitStack()
         self._steps_to_take = 0
         self.summary: Optional[dict] = None  # after a test epoch: method, optimizer steps, resets
 
@@ -50,19 +70,31 @@ class TestTimeAdaptHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         self.adapter = TestTimeAdapter(model, self.method, **self.adapter_args)
         own = len(runner.test_loop.dataloader)
-        self._steps_to_take = max_over_ranks(own, self.adapter.device) if self.method == 'tent' else own
-        runner.model.test_step = self.adapter.adapt  # instance attribute over the class's test_step
+        tent = self.method == 'tent'
+        self._steps_to_take = max_over_ranks(own, self.adapter.device) if tent else own
+        tuning = f', tuning {len(self.adapter.params)} affine parameters' if tent else ''
         print_log(
-            f'TestTimeAdaptHook: {self.method} on {len(self.adapter.layers)} norm layers' +
-            (f', tuning {len(self.adapter.params)} affine parameters' if self.adapter.params else ''), logger='current')
+            f'TestTimeAdaptHook: {self.method} on {len(self.adapter.layers)} norm layers{tuning}',
+            logger='current')
         if own == 0:
-            self._pad(runner, 0)
+            self._pad(0)
+
+    def before_test_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self.adapter is None:
+            return
+        self._session.enter_context(self.adapter.session())
+        with autocast(enabled=getattr(runner.test_loop, 'fp16', False)):
+            self.adapter.prepare(data_batch)
 
     def after_test_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self.adapter is not None and batch_idx == len(runner.test_loop.dataloader) - 1:
-            self._pad(runner, batch_idx + 1)
+        if self.adapter is None:
+            return
+        self.adapter.finish()
+        self._session.close()
+        if batch_idx == len(runner.test_loop.dataloader) - 1:
+            self._pad(batch_idx + 1)
 
-    def _pad(self, runner, taken: int) -> None:
+    def _pad(self, taken: int) -> None:
         """Idle steps until this rank has taken as many as the rank with the most batches."""
         for _ in range(self._steps_to_take - taken):
             self.adapter.idle_step()
@@ -70,12 +102,14 @@ class TestTimeAdaptHook(Hook):
     def after_test_epoch(self, runner, metrics=None) -> None:
         if self.adapter is None:
             return
-        runner.model.__dict__.pop('test_step', None)
+        self._session.close()
         adapter = self.adapter
-        self.summary = dict(method=adapter.method, steps=adapter.num_steps, resets=adapter.num_resets)
+        self.summary = dict(
+            method=adapter.method, steps=adapter.num_steps, resets=adapter.num_resets)
         print_log(
             f'TestTimeAdaptHook: {adapter.method} done; {adapter.num_steps} optimizer steps, '
-            f'{adapter.num_resets} resets', logger='current')
+            f'{adapter.num_resets} resets',
+            logger='current')
         if self.restore:
             adapter.reset()
         self.adapter = None
