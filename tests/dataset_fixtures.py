@@ -1,8 +1,9 @@
 """Tiny copies of the real dataset layouts, written once per test session (shared by test_datasets,
 test_converters and test_configs).
 
-Every label holds known IDs; the expected train IDs are written down here independently of mmnorm's tables
-(from the Cityscapes / SYNTHIA / Mapillary definitions), so a wrong entry in mmnorm fails the tests.
+Every label holds known IDs; the expected train IDs are written down here independently of mmnorm's
+tables (from the Cityscapes / SYNTHIA / Mapillary definitions), so a wrong entry in mmnorm fails the
+tests.
 """
 import json
 import os
@@ -14,9 +15,24 @@ import numpy as np
 from PIL import Image
 from scipy.io import savemat
 
-# Cityscapes label ID -> expected train ID for the IDs the GTA5 fixture uses (0, 4: void; 34: out of range).
-GTA5_EXPECTED = {0: 255, 4: 255, 7: 0, 8: 1, 11: 2, 17: 5, 21: 8, 23: 10, 24: 11, 26: 13, 31: 16, 33: 18}
-# SYNTHIA class ID -> expected train ID (0 void, 13 lanemarking -> ignored; 22 outside SYNTHIA's table).
+# Cityscapes label ID -> expected train ID for the IDs the GTA5 fixture uses (0, 4: void; 34: out of
+# range).
+GTA5_EXPECTED = {
+    0: 255,
+    4: 255,
+    7: 0,
+    8: 1,
+    11: 2,
+    17: 5,
+    21: 8,
+    23: 10,
+    24: 11,
+    26: 13,
+    31: 16,
+    33: 18
+}
+# SYNTHIA class ID -> expected train ID (0 void, 13 lanemarking -> ignored; 22 outside SYNTHIA's
+# table).
 SYNTHIA_EXPECTED = {
     0: 255,
     1: 10,
@@ -38,7 +54,8 @@ SYNTHIA_EXPECTED = {
     21: 3,
     22: 255
 }
-# Mapillary v1.2 ID -> expected train ID (road, lane marking, manhole -> road; 0 bird, 65 unlabeled -> ignored).
+# Mapillary v1.2 ID -> expected train ID (road, lane marking, manhole -> road; 0 bird, 65 unlabeled
+# -> ignored).
 MAPILLARY_EXPECTED = {
     13: 0,
     24: 0,
@@ -68,7 +85,8 @@ MAPILLARY_EXPECTED = {
     0: 255,
     65: 255
 }
-CITYSCAPES_DET_CLASSES = ('person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle', 'bicycle')
+CITYSCAPES_DET_CLASSES = ('person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle',
+                          'bicycle')
 
 SEG_HW = (32, 48)  # GTA5 / SYNTHIA / Mapillary fixture frames (height, width)
 CITY_HW = (64, 128)  # Cityscapes / Foggy fixture frames
@@ -115,8 +133,13 @@ def write_gta5(root):
         ids = id_map(GTA5_EXPECTED, SEG_HW, i)
         Image.fromarray(image(SEG_HW, i)).save(osp.join(root, 'images', name + '.png'))
         save_palette(osp.join(root, 'labels', name + '.png'), ids)
-        Image.fromarray(apply(GTA5_EXPECTED, ids)).save(osp.join(root, 'labels', name + '_labelTrainIds.png'))
-    savemat(osp.join(root, 'split.mat'), {f'{k}Ids': np.array(v, np.float64)[:, None] for k, v in GTA5_SPLIT.items()})
+        Image.fromarray(apply(GTA5_EXPECTED,
+                              ids)).save(osp.join(root, 'labels', name + '_labelTrainIds.png'))
+    savemat(
+        osp.join(root, 'split.mat'), {
+            f'{k}Ids': np.array(v, np.float64)[:, None]
+            for k, v in GTA5_SPLIT.items()
+        })
 
 
 def synthia_label(ids, seed):
@@ -133,7 +156,8 @@ def write_synthia(root):
         ids = id_map(SYNTHIA_EXPECTED, SEG_HW, 10 + i)
         Image.fromarray(image(SEG_HW, 10 + i)).save(osp.join(root, 'RGB', name + '.png'))
         cv2.imwrite(osp.join(root, 'GT', 'LABELS', name + '.png'), synthia_label(ids, i))
-        Image.fromarray(apply(SYNTHIA_EXPECTED, ids)).save(osp.join(root, 'GT', 'LABELS', name + '_labelTrainIds.png'))
+        Image.fromarray(apply(SYNTHIA_EXPECTED, ids)).save(
+            osp.join(root, 'GT', 'LABELS', name + '_labelTrainIds.png'))
 
 
 def city_boxes(i):
@@ -147,7 +171,10 @@ def write_cityscapes(root):
     os.makedirs(osp.join(root, 'annotations'))
     ann_id = 1
     for split, count in NUM_CITY.items():
-        coco = dict(images=[], annotations=[], categories=[dict(id=v, name=k) for k, v in det_classes.items()])
+        coco = dict(
+            images=[],
+            annotations=[],
+            categories=[dict(id=v, name=k) for k, v in det_classes.items()])
         for i in range(count):
             city = 'aachen'
             stem = f'{city}_{i:06d}_000019'
@@ -166,14 +193,26 @@ def write_cityscapes(root):
                     osp.join(fdir, f'{stem}_leftImg8bit_foggy_beta_{beta}.png'))
             img_id = i + 1
             coco['images'].append(
-                dict(id=img_id, file_name=f'{city}/{stem}_leftImg8bit.png', height=CITY_HW[0], width=CITY_HW[1],
-                     segm_file=''))
+                dict(
+                    id=img_id,
+                    file_name=f'{city}/{stem}_leftImg8bit.png',
+                    height=CITY_HW[0],
+                    width=CITY_HW[1],
+                    segm_file=''))
             for x, y, w, h, c in city_boxes(i):
                 coco['annotations'].append(
-                    dict(id=ann_id, image_id=img_id, category_id=c + 1, bbox=[x, y, w, h], area=w * h, iscrowd=0,
-                         segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
+                    dict(
+                        id=ann_id,
+                        image_id=img_id,
+                        category_id=c + 1,
+                        bbox=[x, y, w, h],
+                        area=w * h,
+                        iscrowd=0,
+                        segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
                 ann_id += 1
-        with open(osp.join(root, 'annotations', f'instancesonly_filtered_gtFine_{split}.json'), 'w') as f:
+        with open(
+                osp.join(root, 'annotations', f'instancesonly_filtered_gtFine_{split}.json'),
+                'w') as f:
             json.dump(coco, f)
 
 
@@ -187,7 +226,8 @@ def write_bdd100k(root):
             name = f'7d2f7975-e0c1c5{split[0]}{i}'
             seed = 200 + i + (10 if split == 'train' else 0)
             cv2.imwrite(osp.join(idir, name + '.jpg'), image((36, 64), seed))
-            Image.fromarray(id_map(list(range(19)) + [255], (36, 64), seed)).save(osp.join(ldir, name + '.png'))
+            Image.fromarray(id_map(list(range(19)) + [255], (36, 64),
+                                   seed)).save(osp.join(ldir, name + '.png'))
 
 
 def write_mapillary(root):
@@ -232,7 +272,8 @@ def write_sim10k(root):
 
 
 def build_fixture_data(root):
-    """Writes every layout under ``root`` (``root/gta5``, ``root/cityscapes``...) once; returns ``root``."""
+    """Writes every layout under ``root`` (``root/gta5``, ``root/cityscapes``...) once; returns
+    ``root``."""
     root = str(root)
     if osp.exists(osp.join(root, STAMP)):
         return root
@@ -245,6 +286,10 @@ def build_fixture_data(root):
     write_sim10k(osp.join(root, 'sim10k'))
     from mmnorm.datasets import generate_demo_data
     generate_demo_data(
-        osp.join(root, 'demo'), num_source_train=4, num_source_val=2, num_target_train=2, num_target_val=2)
+        osp.join(root, 'demo'),
+        num_source_train=4,
+        num_source_val=2,
+        num_target_train=2,
+        num_target_val=2)
     open(osp.join(root, STAMP), 'w').close()
     return root

@@ -1,10 +1,12 @@
-"""Every config under configs/ loads, builds its model and runs one train and one test iteration on CPU.
+"""Every config under configs/ loads, builds its model and runs one train and one test iteration on
+CPU.
 
-The configs run unchanged except for generic, test-side overrides (the `--cfg-options` a user would pass):
-every ``data/...`` path is re-pointed at the session's fixture copies of the real layouts, images and crops are
-shrunk to 64x64, batches to 2 (train) / 1 (test), pretrained weights dropped, checkpoint saving off. The overrides
-walk the whole config, so configs added later (other norms, UDA wrappers with paired datasets) are covered
-without changes here. A config that still fails is a finding about that config.
+The configs run unchanged except for generic, test-side overrides (the `--cfg-options` a user would
+pass): every ``data/...`` path is re-pointed at the session's fixture copies of the real layouts,
+images and crops are shrunk to 64x64, batches to 2 (train) / 1 (test), pretrained weights dropped,
+checkpoint saving off. The overrides walk the whole config, so configs added later (other norms, UDA
+wrappers with paired datasets) are covered without changes here. A config that still fails is a
+finding about that config.
 """
 import glob
 import math
@@ -47,7 +49,8 @@ def _shrink_transform(t: dict) -> dict:
 def override(node, data_root: str, key: str = ''):
     """Returns ``node`` with the test overrides applied (recursively, on plain dicts/lists)."""
     if isinstance(node, str):
-        # Every dataset root, annotation file and evaluator ann_file of the configs lives under data/.
+        # Every dataset root, annotation file and evaluator ann_file of the configs lives under
+        # data/.
         return osp.join(data_root, node[len('data/'):]) if node.startswith('data/') else node
     if isinstance(node, (list, tuple)):
         items = [override(x, data_root, key) for x in node]
@@ -58,13 +61,16 @@ def override(node, data_root: str, key: str = ''):
         return node
     out = {}
     if 'dataset' in node and 'batch_size' in node:  # any dataloader (incl. those of hooks)
-        node = dict(node, batch_size=min(node['batch_size'], 2), num_workers=0, persistent_workers=False)
+        node = dict(
+            node, batch_size=min(node['batch_size'], 2), num_workers=0, persistent_workers=False)
     for k, v in node.items():
         if k == 'pretrained' and isinstance(v, str):
             v = None  # no downloads in tests
         elif k == 'init_cfg' and v is not None:
             inits = v if isinstance(v, list) else [v]
-            inits = [i for i in inits if not (isinstance(i, dict) and i.get('type') == 'Pretrained')]
+            inits = [
+                i for i in inits if not (isinstance(i, dict) and i.get('type') == 'Pretrained')
+            ]
             v = None if not inits else (inits if isinstance(v, list) else inits[0])
         else:
             v = override(v, data_root, k)
@@ -79,7 +85,8 @@ def override(node, data_root: str, key: str = ''):
 
 
 def shrunk_config(path: str, data_root: str, work_dir: str, raw: Config = None) -> Config:
-    """The config at ``path`` (or its loaded ``raw`` copy) with every override applied, for ``Runner.from_cfg``."""
+    """The config at ``path`` (or its loaded ``raw`` copy) with every override applied, for
+    ``Runner.from_cfg``."""
     cfg = override((raw or Config.fromfile(path)).to_dict(), data_root)
     for split in ('train', 'val', 'test'):
         loader = cfg.get(f'{split}_dataloader')
@@ -98,20 +105,25 @@ def shrunk_config(path: str, data_root: str, work_dir: str, raw: Config = None) 
         hooks['logger']['interval'] = 1
     for hook in cfg.get('custom_hooks', []):
         if hook.get('type') == 'AdaBNHook' and hook.get('num_samples'):
-            hook['num_samples'] = None  # the fixture pool holds a few images, not the config's sample budget
+            hook[
+                # the fixture pool holds a few images, not the config's sample budget
+                'num_samples'] = None
     name = osp.splitext(osp.basename(path))[0]
-    cfg.update(work_dir=work_dir, experiment_name=name, log_level='WARNING', randomness=dict(seed=0))
+    cfg.update(
+        work_dir=work_dir, experiment_name=name, log_level='WARNING', randomness=dict(seed=0))
     if cfg.get('visualizer'):
         cfg['visualizer']['name'] = name  # one visualizer instance per config
     return Config(cfg)
 
 
 def states_protocol(path: str) -> bool:
-    """'protocol' in a comment of the config or of a config it names in ``_base_`` (relative paths)."""
+    """'protocol' in a comment of the config or of a config it names in ``_base_`` (relative
+    paths)."""
     text = open(path).read()
     if re.search(r'#.*protocol', text, re.IGNORECASE):
         return True
-    bases = re.findall(r"['\"](\.\.?/[^'\"]+\.py)['\"]", text.split('_base_', 1)[-1].split('\n\n', 1)[0])
+    bases = re.findall(r"['\"](\.\.?/[^'\"]+\.py)['\"]",
+                       text.split('_base_', 1)[-1].split('\n\n', 1)[0])
     return any(states_protocol(osp.normpath(osp.join(osp.dirname(path), b))) for b in bases)
 
 
@@ -158,7 +170,8 @@ def test_override_repoints_every_data_path():
     }
     out = override(cfg, '/fix')
     ds = out['train_dataloader']['dataset']
-    assert ds['source']['data_root'] == '/fix/gta5/' and ds['target']['data_root'] == '/fix/cityscapes/'
+    assert ds['source']['data_root'] == '/fix/gta5/' and ds['target'][
+        'data_root'] == '/fix/cityscapes/'
     assert ds['target']['pipeline'][0]['crop_size'] == SIZE
     assert out['val_evaluator']['ann_file'] == '/fix/cityscapes/annotations/x.json'
     assert out['model']['pretrained'] is None and out['model']['backbone']['init_cfg'] is None
@@ -168,20 +181,23 @@ def test_override_repoints_every_data_path():
 
 @pytest.fixture
 def plain_config_text(monkeypatch):
-    """mmengine's Runner formats the whole config with yapf five times per run, only for its log and the dumped
-    copy (about 1.5 s of a 5 s run here); an unformatted text serves the same purpose in these tests."""
+    """mmengine's Runner formats the whole config with yapf five times per run, only for its log
+    and the dumped copy (about 1.5 s of a 5 s run here); an unformatted text serves the same
+    purpose in these tests."""
     monkeypatch.setattr(Config, 'pretty_text', property(lambda self: repr(self.to_dict())))
 
 
 def is_target_variant(path: str) -> bool:
-    """A config that repeats a GTA5 -> Cityscapes one of the same method with another target / source set (BDD100K,
-    Mapillary, SYNTHIA) or another test-time method on the same model (configs/tta beyond TENT with safeguards): the
-    same model and hooks, only data paths or hook options differ. Trained in slow runs; every config still loads and
-    names its protocol in the default run (test_every_config_loads)."""
+    """A config that repeats a GTA5 -> Cityscapes one of the same method with another target /
+    source set (BDD100K, Mapillary, SYNTHIA) or another test-time method on the same model
+    (configs/tta beyond TENT with safeguards): the same model and hooks, only data paths or hook
+    options differ. Trained in slow runs; every config still loads and names its protocol in the
+    default run (test_every_config_loads)."""
     rel = osp.relpath(path, osp.join(REPO, 'configs'))
     if rel.startswith('tta' + osp.sep):
         return 'tent-safe' not in rel
-    return any(f'_{name}' in rel for name in ('gta5-bdd100k', 'gta5-mapillary', 'synthia-cityscapes'))
+    return any(f'_{name}' in rel
+               for name in ('gta5-bdd100k', 'gta5-mapillary', 'synthia-cityscapes'))
 
 
 def test_every_config_loads():
@@ -193,15 +209,17 @@ def test_every_config_loads():
     assert sum(map(is_target_variant, CONFIGS)) < len(CONFIGS) // 2
 
 
-@pytest.mark.parametrize('path',
-                         [pytest.param(p, marks=pytest.mark.slow) if is_target_variant(p) else p for p in CONFIGS],
-                         ids=[osp.relpath(p, osp.join(REPO, 'configs')) for p in CONFIGS])
+@pytest.mark.parametrize(
+    'path',
+    [pytest.param(p, marks=pytest.mark.slow) if is_target_variant(p) else p for p in CONFIGS],
+    ids=[osp.relpath(p, osp.join(REPO, 'configs')) for p in CONFIGS])
 def test_config_trains_and_tests_one_iteration(path, fixture_root, tmp_path, plain_config_text):
     raw = Config.fromfile(path)
     assert raw.get('custom_imports', {}).get('imports') == ['mmnorm'], 'config must import mmnorm'
     assert raw.get('default_scope') in ('mmseg', 'mmdet')
     assert 'norm_cfg' in raw, 'config must have a top-level norm_cfg'
-    assert states_protocol(path), 'config (or the config it inherits) must state its protocol in a comment'
+    assert states_protocol(
+        path), 'config (or the config it inherits) must state its protocol in a comment'
     cfg = shrunk_config(path, fixture_root, str(tmp_path), raw)
     runner = Runner.from_cfg(cfg)
     runner.train()
@@ -210,7 +228,8 @@ def test_config_trains_and_tests_one_iteration(path, fixture_root, tmp_path, pla
     assert math.isfinite(loss), f'train loss {loss}'
     adabn = any(h.get('type') == 'AdaBNHook' for h in raw.get('custom_hooks', []))
     if adabn:
-        first_bn = next(m for m in runner.model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats)
+        first_bn = next(m for m in runner.model.modules()
+                        if isinstance(m, _BatchNorm) and m.track_running_stats)
         trained_mean = first_bn.running_mean.clone()
     metrics = runner.test()
     if adabn:

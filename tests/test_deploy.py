@@ -1,5 +1,5 @@
-"""Deployment: ONNX export of every norm checked with onnxruntime, and folding AdaBN / RN / PBN into plain BN that
-stock mmseg / mmdet load in a process that cannot import mmnorm."""
+"""Deployment: ONNX export of every norm checked with onnxruntime, and folding AdaBN / RN / PBN
+into plain BN that stock mmseg / mmdet load in a process that cannot import mmnorm."""
 import os.path as osp
 import subprocess
 import sys
@@ -19,7 +19,8 @@ DEMO = 'configs/demo/deeplabv3plus_r18-mini-d8-{}_1xb8-1k_demo-gta5-cityscapes-6
 
 
 def randomise_statistics(model: nn.Module, seed: int = 1) -> nn.Module:
-    """Distinct, non-trivial running statistics and affines in every norm buffer (as after training)."""
+    """Distinct, non-trivial running statistics and affines in every norm buffer (as after
+    training)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in list(model.named_buffers()) + list(model.named_parameters()):
@@ -28,13 +29,15 @@ def randomise_statistics(model: nn.Module, seed: int = 1) -> nn.Module:
             elif name.endswith(('running_var', 'running_var_source', 'running_var_target')):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
             elif name.split('.')[-1] in ('weight', 'bias') and t.dim() == 1:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.3 + (1.0 if name.endswith('weight') else 0.0))
+                t.copy_(
+                    torch.randn(t.shape, generator=g) * 0.3 +
+                    (1.0 if name.endswith('weight') else 0.0))
     return model
 
 
 def norm_net(layer: nn.Module) -> nn.Module:
-    return randomise_statistics(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer, nn.ReLU(), nn.Conv2d(8, 4,
-                                                                                                         1))).eval()
+    return randomise_statistics(
+        nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer, nn.ReLU(), nn.Conv2d(8, 4, 1))).eval()
 
 
 LAYERS = {
@@ -52,11 +55,17 @@ def test_onnx_export_of_every_norm_matches_onnxruntime(kind, tmp_path):
     onnx_file = str(tmp_path / 'net.onnx')
     export_onnx(model, x, onnx_file, dynamic_batch=True)
     for batch in (x, torch.randn(5, 3, 12, 16)):
-        diff, scale = max_abs_diff(torch_outputs(model, batch), onnx_outputs(onnx_file, batch.numpy()))
+        diff, scale = max_abs_diff(
+            torch_outputs(model, batch), onnx_outputs(onnx_file, batch.numpy()))
         assert diff <= 1e-5 * scale, (kind, diff)
-    # the graph holds the eval statistics: a model with other statistics is far outside the tolerance
+    # the graph holds the eval statistics: a model with other statistics is far outside the
+    # tolerance
     other = randomise_statistics(norm_net(LAYERS[kind]()), seed=7)
-    other.load_state_dict({k: v for k, v in model.state_dict().items() if 'running' not in k}, strict=False)
+    other.load_state_dict({
+        k: v
+        for k, v in model.state_dict().items() if 'running' not in k
+    },
+                          strict=False)
     diff, scale = max_abs_diff(torch_outputs(other, x), onnx_outputs(onnx_file, x.numpy()))
     assert diff > 100 * DEFAULT_TOLERANCE * scale
 
@@ -70,21 +79,24 @@ def test_fold_norms_is_the_eval_layer(kind):
     folded = fold_norms(model)
     assert folded == {'1': type(LAYERS[kind]()).__name__}
     assert type(model[1]) is nn.BatchNorm2d
-    assert set(model[1].state_dict()) == {'weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'}
+    assert set(model[1].state_dict()) == {
+        'weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'
+    }
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-6)
 
 
 def test_fold_reference_formula_for_adabn_target_domain():
-    """The folded BN uses the *selected* domain's statistics and the shared affine: check against the formula."""
+    """The folded BN uses the *selected* domain's statistics and the shared affine: check against
+    the formula."""
     layer = randomise_statistics(AdaBN(4, eval_domain='target')).eval()
     bn = fold_norms(nn.Sequential(layer))
     assert bn == {'0': 'AdaBN'}
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     t = layer.domain_bn('target')
     ref = ((x - t.running_mean.double().view(1, -1, 1, 1)) /
-           torch.sqrt(t.running_var.double().view(1, -1, 1, 1) + layer.eps)) * layer.weight.double().view(
-               1, -1, 1, 1) + layer.bias.double().view(1, -1, 1, 1)
+           torch.sqrt(t.running_var.double().view(1, -1, 1, 1) + layer.eps)
+           ) * layer.weight.double().view(1, -1, 1, 1) + layer.bias.double().view(1, -1, 1, 1)
     torch.testing.assert_close(layer(x.float()).double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -101,8 +113,10 @@ def test_fold_detector_in_process(tmp_path):
     config.write_text(DET_CONFIG.format(norm='RN', extra='', model_type='UDAFasterRCNN'))
     cfg = Config.fromfile(str(config))
     folded, changes = fold_config(cfg.to_dict(), 'mmdet')
-    assert folded['model']['type'] == 'FasterRCNN' and folded['norm_cfg'] == dict(type='BN', requires_grad=True)
-    assert folded['model']['backbone']['norm_cfg']['type'] == 'BN' and 'custom_imports' not in folded
+    assert folded['model']['type'] == 'FasterRCNN' and folded['norm_cfg'] == dict(
+        type='BN', requires_grad=True)
+    assert folded['model']['backbone']['norm_cfg']['type'] == 'BN'
+    assert 'custom_imports' not in folded
     model = randomise_statistics(build_model(cfg))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
@@ -122,12 +136,14 @@ def test_fold_config_removes_every_mmnorm_type():
     folded, changes = fold_config(cfg.to_dict(), 'mmseg')
     assert folded['model']['type'] == 'EncoderDecoder'
     assert folded['model']['backbone']['norm_cfg'] == dict(type='BN', requires_grad=True)
-    assert 'custom_imports' not in folded and 'train_dataloader' not in folded and 'val_dataloader' not in folded
+    for key in ('custom_imports', 'train_dataloader', 'val_dataloader'):
+        assert key not in folded
     assert folded['test_dataloader']['dataset']['type'] == 'CityscapesDataset'  # stock: kept
     assert any('UDAEncoderDecoder -> EncoderDecoder' in c for c in changes)
 
 
-# A process that cannot import mmnorm: stock mmseg / mmdet load the folded files and write their outputs.
+# A process that cannot import mmnorm: stock mmseg / mmdet load the folded files and write their
+# outputs.
 STOCK_LOADER = r'''
 import importlib.abc, sys
 class NoMMNorm(importlib.abc.MetaPathFinder):
@@ -163,11 +179,17 @@ def stock_outputs(scope, config, checkpoint, x, tmp_path):
     loader.write_text(STOCK_LOADER)
     torch.save(x, tmp_path / 'x.pt')
     env = {k: v for k, v in __import__('os').environ.items() if k != 'PYTHONPATH'}
-    proc = subprocess.run(
-        [sys.executable,
-         str(loader), scope, config, checkpoint,
-         str(tmp_path / 'x.pt'),
-         str(tmp_path / 'y.pt')], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([
+        sys.executable,
+        str(loader), scope, config, checkpoint,
+        str(tmp_path / 'x.pt'),
+        str(tmp_path / 'y.pt')
+    ],
+                          cwd=str(tmp_path),
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return torch.load(tmp_path / 'y.pt', weights_only=True)
 
@@ -178,7 +200,9 @@ def save_random_checkpoint(cfg_path, out, cfg_options=None):
         cfg.merge_from_dict(cfg_options)
     model = randomise_statistics(build_model(cfg))
     torch.save(
-        dict(meta=dict(dataset_meta=dict(classes=[f'c{i}' for i in range(19)])), state_dict=model.state_dict()), out)
+        dict(
+            meta=dict(dataset_meta=dict(classes=[f'c{i}' for i in range(19)])),
+            state_dict=model.state_dict()), out)
     return cfg, model
 
 
@@ -186,20 +210,22 @@ def test_fold_tool_rn_uda_loads_in_stock_mmseg(tmp_path):
     config = osp.join(REPO, DEMO.format('rn-uda'))
     _, model = save_random_checkpoint(config, tmp_path / 'rn.pth')
     proc = run_tool([
-        'tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir', tmp_path / 'out', '--name',
-        'rn_bn'
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir',
+        tmp_path / 'out', '--name', 'rn_bn'
     ])
     assert 'folded 22 layers (RN) into BatchNorm2d' in proc.stdout
     x = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = model(x, None, mode='tensor')
-    got = stock_outputs('mmseg', str(tmp_path / 'out' / 'rn_bn.py'), str(tmp_path / 'out' / 'rn_bn.pth'), x, tmp_path)
+    got = stock_outputs('mmseg', str(tmp_path / 'out' / 'rn_bn.py'),
+                        str(tmp_path / 'out' / 'rn_bn.pth'), x, tmp_path)
     torch.testing.assert_close(got[0], expected, rtol=1e-5, atol=1e-5)
     # nothing is overwritten without --overwrite
     again = run_tool([
-        'tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir', tmp_path / 'out', '--name',
-        'rn_bn'
-    ], check=False)
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'rn.pth', '--out-dir',
+        tmp_path / 'out', '--name', 'rn_bn'
+    ],
+                     check=False)
     assert again.returncode == 2 and 'pass --overwrite' in again.stderr
 
 
@@ -211,31 +237,45 @@ norm_cfg = dict(type={norm!r}, requires_grad=True{extra})
 model = dict(
     type={model_type!r},
     data_preprocessor=dict(pad_size_divisor=32),
-    backbone=dict(depth=18, base_channels=16, norm_cfg=norm_cfg, init_cfg=None, frozen_stages=-1, norm_eval=False),
+    backbone=dict(
+        depth=18,
+        base_channels=16,
+        norm_cfg=norm_cfg,
+        init_cfg=None,
+        frozen_stages=-1,
+        norm_eval=False),
     neck=dict(in_channels=[16, 32, 64, 128], out_channels=32),
     rpn_head=dict(in_channels=32, feat_channels=32),
-    roi_head=dict(bbox_roi_extractor=dict(out_channels=32), bbox_head=dict(in_channels=32, fc_out_channels=64,
-                                                                            num_classes=2)))
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(96, 64), keep_ratio=True),
-                 dict(type='PackDetInputs')]
-test_dataloader = dict(batch_size=1, dataset=dict(type='CocoDataset', metainfo=dict(classes=('car', 'person')),
-                                                  pipeline=test_pipeline))
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes=2)))
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(96, 64), keep_ratio=True),
+    dict(type='PackDetInputs')
+]
+test_dataloader = dict(
+    batch_size=1,
+    dataset=dict(
+        type='CocoDataset', metainfo=dict(classes=('car', 'person')), pipeline=test_pipeline))
 """
 
 
 @pytest.mark.slow
 def test_fold_tool_adabn_detector_loads_in_stock_mmdet(tmp_path):
     config = tmp_path / 'det_adabn.py'
-    config.write_text(DET_CONFIG.format(norm='AdaBN', extra=", eval_domain='target'", model_type='FasterRCNN'))
+    config.write_text(
+        DET_CONFIG.format(norm='AdaBN', extra=", eval_domain='target'", model_type='FasterRCNN'))
     _, model = save_random_checkpoint(str(config), tmp_path / 'det.pth')
     run_tool([
-        'tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir', tmp_path / 'out', '--name',
-        'det_bn', '--shape', 64, 96
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir',
+        tmp_path / 'out', '--name', 'det_bn', '--shape', 64, 96
     ])
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         expected = model.extract_feat(x)
-    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'), str(tmp_path / 'out' / 'det_bn.pth'), x, tmp_path)
+    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'),
+                        str(tmp_path / 'out' / 'det_bn.pth'), x, tmp_path)
     assert len(got) == len(expected) == 5
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -244,7 +284,10 @@ def test_fold_tool_adabn_detector_loads_in_stock_mmdet(tmp_path):
 def test_pytorch2onnx_seg_ibn_and_check_refuses_other_weights(tmp_path):
     config = osp.join(REPO, DEMO.format('ibn-a'))
     save_random_checkpoint(config, tmp_path / 'ibn.pth')
-    proc = run_tool(['tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out', tmp_path / 'ibn.onnx'])
+    proc = run_tool([
+        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out',
+        tmp_path / 'ibn.onnx'
+    ])
     assert 'onnxruntime vs torch: max abs diff' in proc.stdout and ': OK' in proc.stdout
     diff = float(proc.stdout.split('max abs diff ')[1].split()[0])
     assert 0 <= diff < 1e-4
@@ -259,13 +302,19 @@ def test_pytorch2onnx_seg_ibn_and_check_refuses_other_weights(tmp_path):
         if k.endswith('running_var'):
             v.mul_(4)
     torch.save(other, tmp_path / 'other.pth')
-    bad = run_tool(
-        ['tools/deployment/pytorch2onnx.py', config, tmp_path / 'other.pth', '--check', tmp_path / 'ibn.onnx'],
-        check=False)
-    assert bad.returncode == 1 and 'FAILED' in bad.stdout and 'more than the tolerance' in bad.stderr
+    bad = run_tool([
+        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'other.pth', '--check',
+        tmp_path / 'ibn.onnx'
+    ],
+                   check=False)
+    assert bad.returncode == 1 and 'FAILED' in bad.stdout
+    assert 'more than the tolerance' in bad.stderr
     # an existing --out is not replaced without --overwrite
-    exists = run_tool(
-        ['tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out', tmp_path / 'ibn.onnx'], check=False)
+    exists = run_tool([
+        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'ibn.pth', '--out',
+        tmp_path / 'ibn.onnx'
+    ],
+                      check=False)
     assert exists.returncode == 2 and 'pass --overwrite' in exists.stderr
 
 
@@ -274,13 +323,14 @@ def test_pytorch2onnx_det_backbone_neck_pbn(tmp_path):
     config.write_text(DET_CONFIG.format(norm='PBN', extra='', model_type='FasterRCNN'))
     save_random_checkpoint(str(config), tmp_path / 'det.pth')
     proc = run_tool([
-        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'det.pth', '--out', tmp_path / 'd.onnx', '--shape', 64,
-        96, '--dynamic-batch'
+        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'det.pth', '--out',
+        tmp_path / 'd.onnx', '--shape', 64, 96, '--dynamic-batch'
     ])
     assert 'outputs: feat0, feat1, feat2, feat3, feat4' in proc.stdout
     assert 'over batch sizes [1, 3]: OK' in proc.stdout
     outs = onnx_outputs(str(tmp_path / 'd.onnx'), np.zeros((2, 3, 64, 96), np.float32))
-    assert [o.shape for o in outs] == [(2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3), (2, 32, 1, 2)]
+    assert [o.shape for o in outs] == [(2, 32, 16, 24), (2, 32, 8, 12), (2, 32, 4, 6),
+                                       (2, 32, 2, 3), (2, 32, 1, 2)]
 
 
 @pytest.mark.slow
@@ -289,7 +339,8 @@ def test_pytorch2onnx_every_demo_config(norm, tmp_path):
     config = osp.join(REPO, DEMO.format(norm))
     save_random_checkpoint(config, tmp_path / 'm.pth')
     proc = run_tool([
-        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'm.pth', '--out', tmp_path / 'm.onnx', '--dynamic-batch'
+        'tools/deployment/pytorch2onnx.py', config, tmp_path / 'm.pth', '--out',
+        tmp_path / 'm.onnx', '--dynamic-batch'
     ])
     assert ': OK' in proc.stdout
 
@@ -301,12 +352,13 @@ def test_fold_tool_detectors_load_in_stock_mmdet(norm, model_type, tmp_path):
     config.write_text(DET_CONFIG.format(norm=norm, extra='', model_type=model_type))
     _, model = save_random_checkpoint(str(config), tmp_path / 'det.pth')
     run_tool([
-        'tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir', tmp_path / 'out', '--name',
-        'det_bn', '--shape', 64, 96
+        'tools/model_converters/fold_norms.py', config, tmp_path / 'det.pth', '--out-dir',
+        tmp_path / 'out', '--name', 'det_bn', '--shape', 64, 96
     ])
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         expected = model.extract_feat(x)
-    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'), str(tmp_path / 'out' / 'det_bn.pth'), x, tmp_path)
+    got = stock_outputs('mmdet', str(tmp_path / 'out' / 'det_bn.py'),
+                        str(tmp_path / 'out' / 'det_bn.pth'), x, tmp_path)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Every mmnorm norm layer is reachable as `norm_cfg=dict(type=...)` from mmseg and mmdet configs."""
+"""Every mmnorm norm layer is reachable as `norm_cfg=dict(type=...)` from mmseg and mmdet
+configs."""
 import pytest
 import torch
 from conftest import DEMO_CONFIG, REPO
@@ -9,21 +10,24 @@ import mmnorm  # noqa: F401
 
 
 def mmnorm_norm_types():
-    return sorted(name for name, cls in MODELS.module_dict.items() if cls.__module__.startswith('mmnorm.models.norms.'))
+    return sorted(name for name, cls in MODELS.module_dict.items()
+                  if cls.__module__.startswith('mmnorm.models.norms.'))
 
 
 def test_import_registers_norms_and_version():
     assert mmnorm.__version__.count('.') == 2
     # exactly the documented norm layers, each importable from the package top level
     assert mmnorm_norm_types() == ['AdaBN', 'IBN', 'PBN', 'RN']
-    assert all(getattr(mmnorm.models.norms, name) is MODELS.get(name) for name in mmnorm_norm_types())
+    assert all(
+        getattr(mmnorm.models.norms, name) is MODELS.get(name) for name in mmnorm_norm_types())
 
 
 @pytest.mark.parametrize('norm', mmnorm_norm_types())
 def test_mmseg_scope_model_with_mmnorm_norm(norm):
     cfg = Config.fromfile(f'{REPO}/{DEMO_CONFIG}')
     norm_cfg = dict(type=norm, requires_grad=True)
-    cfg.model.backbone.norm_cfg = norm_cfg  # the head's image-pool branch is 1x1: IN-based norms cannot go there
+    # the head's image-pool branch is 1x1: IN-based norms cannot go there
+    cfg.model.backbone.norm_cfg = norm_cfg
     init_default_scope('mmseg')
     from mmseg.registry import MODELS as SEG_MODELS
     with DefaultScope.overwrite_default_scope('mmseg'):
@@ -40,7 +44,12 @@ def test_mmseg_scope_model_with_mmnorm_norm(norm):
 @pytest.mark.parametrize('norm', mmnorm_norm_types())
 def test_mmdet_scope_model_with_mmnorm_norm(norm):
     from mmdet.registry import MODELS as DET_MODELS
-    cfg = dict(type='ResNet', depth=18, base_channels=16, norm_cfg=dict(type=norm, requires_grad=True), init_cfg=None)
+    cfg = dict(
+        type='ResNet',
+        depth=18,
+        base_channels=16,
+        norm_cfg=dict(type=norm, requires_grad=True),
+        init_cfg=None)
     with DefaultScope.overwrite_default_scope('mmdet'):
         backbone = DET_MODELS.build(cfg)
     cls = MODELS.get(norm)
@@ -56,13 +65,18 @@ def test_custom_imports_is_all_a_config_needs(tmp_path):
     import subprocess
     import sys
     cfg = tmp_path / 'cfg.py'
-    cfg.write_text("default_scope = 'mmdet'\n"
-                   "custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)\n"
-                   "model = dict(type='ResNet', depth=18, base_channels=8, norm_cfg=dict(type='IBN'), "
-                   "init_cfg=None)\n")
-    code = ('from mmengine.config import Config; from mmengine.registry import init_default_scope;'
-            f'cfg = Config.fromfile({str(cfg)!r}); init_default_scope(cfg.default_scope);'
-            'from mmdet.registry import MODELS; m = MODELS.build(cfg.model); print(type(m.bn1).__name__)')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=str(tmp_path))
+    cfg.write_text(
+        "default_scope = 'mmdet'\n"
+        "custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)\n"
+        "model = dict(type='ResNet', depth=18, base_channels=8, norm_cfg=dict(type='IBN'), "
+        "init_cfg=None)\n")
+    code = (
+        'from mmengine.config import Config; from mmengine.registry import init_default_scope;cfg '
+        f'= Config.fromfile({str(cfg)!r}); init_default_scope(cfg.default_scope);from '
+        'mmdet.registry import MODELS; m = MODELS.build(cfg.model); print(type(m.bn1).__name__)')
+    proc = subprocess.run([sys.executable, '-c', code],
+                          capture_output=True,
+                          text=True,
+                          cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith('IBN')

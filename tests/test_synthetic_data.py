@@ -1,4 +1,5 @@
-"""The demo's synthetic domains: real GTA5 / Cityscapes layouts, correct labels, a real appearance shift."""
+"""The demo's synthetic domains: real GTA5 / Cityscapes layouts, correct labels, a real
+appearance shift."""
 import json
 import os.path as osp
 
@@ -24,9 +25,12 @@ def test_layouts_on_disk(tiny_demo_data):
     stem = 'synth_000000_000000'
     img = Image.open(osp.join(tgt, 'leftImg8bit', 'val', 'synth', stem + '_leftImg8bit.png'))
     assert img.size == (128, 64) and img.mode == 'RGB'
-    train_ids = np.asarray(Image.open(osp.join(tgt, 'gtFine', 'val', 'synth', stem + '_gtFine_labelTrainIds.png')))
-    label_ids = np.asarray(Image.open(osp.join(tgt, 'gtFine', 'val', 'synth', stem + '_gtFine_labelIds.png')))
-    assert np.all((label_ids == 7) == (train_ids == 0)) and np.all((label_ids == 26) == (train_ids == 13))
+    train_ids = np.asarray(
+        Image.open(osp.join(tgt, 'gtFine', 'val', 'synth', stem + '_gtFine_labelTrainIds.png')))
+    label_ids = np.asarray(
+        Image.open(osp.join(tgt, 'gtFine', 'val', 'synth', stem + '_gtFine_labelIds.png')))
+    assert np.all((label_ids == 7) == (train_ids == 0)) and np.all(
+        (label_ids == 26) == (train_ids == 13))
 
 
 def test_datasets_read_the_layouts(tiny_demo_data):
@@ -36,8 +40,10 @@ def test_datasets_read_the_layouts(tiny_demo_data):
     from mmnorm.datasets import GTA5Dataset
     pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
     src = GTA5Dataset(
-        data_root=osp.join(tiny_demo_data, 'gta5'), ann_file='val.txt',
-        data_prefix=dict(img_path='images', seg_map_path='labels'), pipeline=pipeline)
+        data_root=osp.join(tiny_demo_data, 'gta5'),
+        ann_file='val.txt',
+        data_prefix=dict(img_path='images', seg_map_path='labels'),
+        pipeline=pipeline)
     assert len(src) == 4
     sample = src[0]
     raw = np.asarray(Image.open(sample['seg_map_path']))
@@ -47,7 +53,8 @@ def test_datasets_read_the_layouts(tiny_demo_data):
     for label_id, train_id in {7: 0, 8: 1, 11: 2, 17: 5, 21: 8, 23: 10, 24: 11, 26: 13}.items():
         assert np.all(gt[raw == label_id] == train_id)
     tgt = CityscapesDataset(
-        data_root=osp.join(tiny_demo_data, 'cityscapes'), pipeline=pipeline,
+        data_root=osp.join(tiny_demo_data, 'cityscapes'),
+        pipeline=pipeline,
         data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'))
     assert len(tgt) == 4 and set(np.unique(tgt[0]['gt_seg_map'])) <= {0, 1, 2, 5, 8, 10, 11, 13}
 
@@ -62,7 +69,8 @@ def test_target_shift_is_real():
     change = np.abs(fog_only - image).mean(axis=2)
     assert change[far].mean() > 3 * change[near].mean()
     full = apply_target_shift(image, label, depth, np.random.default_rng(1), 'full')
-    assert np.abs(full.mean(axis=(0, 1)) - image.mean(axis=(0, 1))).max() > 0.05  # colour statistics moved
+    assert np.abs(full.mean(axis=(0, 1)) -
+                  image.mean(axis=(0, 1))).max() > 0.05  # colour statistics moved
     assert np.array_equal(apply_target_shift(image, label, depth, rng, 'none'), image)
     with pytest.raises(ValueError, match="shift must be one of .* got 'snow'"):
         apply_target_shift(image, label, depth, rng, 'snow')

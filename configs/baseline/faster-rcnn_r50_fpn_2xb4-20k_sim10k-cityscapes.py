@@ -3,8 +3,10 @@
 #   train    all 10,000 Sim10k frames (VOC XML), class 'car' only
 #   aug      shorter side 600 (1200x600, keep ratio), horizontal flip
 #   schedule 20k iterations, SGD lr 0.01, x0.1 at 15k, 500-iter warm-up, weight decay 1e-4
-#   batch    2 GPUs x 4 images = 8, SyncBN in the backbone, trained statistics (norm_eval=False), stem+stage 1 frozen
-#   test     Cityscapes val (500 frames), class 'car' of mmdet's COCO json, shorter side 600; car AP50 (bbox_mAP_50)
+#   batch    2 GPUs x 4 images = 8, SyncBN in the backbone, trained statistics (norm_eval=False),
+#            stem+stage 1 frozen
+#   test     Cityscapes val (500 frames), class 'car' of mmdet's COCO json, shorter side 600; car
+#            AP50 (bbox_mAP_50)
 #   init     ImageNet ResNet-50 (torchvision://resnet50)
 _base_ = [
     '../_base_/models/faster-rcnn_r50_fpn.py', '../_base_/datasets/sim10k-cityscapes_detection.py',

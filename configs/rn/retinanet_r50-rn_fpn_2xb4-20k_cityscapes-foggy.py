@@ -1,17 +1,21 @@
-# RetinaNet R50-FPN with RN in the backbone, Cityscapes -> Foggy Cityscapes unsupervised domain adaptation.
-# Everything else is the BN baseline (configs/baseline/retinanet_r50_fpn_2xb4-20k_cityscapes-foggy.py).
+# RetinaNet R50-FPN with RN in the backbone, Cityscapes -> Foggy Cityscapes unsupervised domain
+# adaptation. Everything else is the BN baseline
+# (configs/baseline/retinanet_r50_fpn_2xb4-20k_cityscapes-foggy.py).
 # Protocol:
-#   train    every batch = 4 labelled Cityscapes train frames + 4 unlabelled Foggy Cityscapes train frames per GPU
-#            (fog betas = the base's foggy_betas), paired by DomainPairDataset; UDARetinaNet runs backbone, FPN and
-#            RetinaHead on [source | target] with the split declared to RN; the head's losses read the source rows
-#            and boxes only
-#   norm     RN in the backbone's norm layers; stem and stage 1 stay frozen as in the baseline (frozen layers run in
-#            eval mode, i.e. with the target running statistics, which start from the ImageNet BN statistics)
+#   train    every batch = 4 labelled Cityscapes train frames + 4 unlabelled Foggy Cityscapes train
+#            frames per GPU (fog betas = the base's foggy_betas), paired by DomainPairDataset;
+#            UDARetinaNet runs backbone, FPN and RetinaHead on [source | target] with the split
+#            declared to RN; the head's losses read the source rows and boxes only
+#   norm     RN in the backbone's norm layers; stem and stage 1 stay frozen as in the baseline
+#            (frozen layers run in eval mode, i.e. with the target running statistics, which start
+#            from the ImageNet BN statistics)
 #   test     Foggy Cityscapes val, AP50 over the 8 classes (baseline test pipeline and metric)
 _base_ = ['../baseline/retinanet_r50_fpn_2xb4-20k_cityscapes-foggy.py']
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
-model = dict(type='UDARetinaNet', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True), norm_eval=False))
+model = dict(
+    type='UDARetinaNet',
+    backbone=dict(norm_cfg=dict(type='RN', requires_grad=True), norm_eval=False))
 
 target_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -21,7 +25,13 @@ target_pipeline = [
 ]
 train_dataloader = dict(
     dataset=dict(
-        _delete_=True, type='DomainPairDataset', source={{_base_.train_dataloader.dataset}}, target=dict(
-            type='FoggyCityscapesDataset', data_root='data/cityscapes/',
-            ann_file='annotations/instancesonly_filtered_gtFine_train.json', data_prefix=dict(
-                img='leftImg8bit_foggy/train/'), betas={{_base_.foggy_betas}}, pipeline=target_pipeline)))
+        _delete_=True,
+        type='DomainPairDataset',
+        source={{_base_.train_dataloader.dataset}},
+        target=dict(
+            type='FoggyCityscapesDataset',
+            data_root='data/cityscapes/',
+            ann_file='annotations/instancesonly_filtered_gtFine_train.json',
+            data_prefix=dict(img='leftImg8bit_foggy/train/'),
+            betas={{_base_.foggy_betas}},
+            pipeline=target_pipeline)))

@@ -1,6 +1,7 @@
-# GTA5 (source, labelled, train) -> Cityscapes (target, val) semantic segmentation, 19 classes, mmseg scope.
-# Data roots: override with --cfg-options train_dataloader.dataset.data_root=... (the variables below are
-# resolved when this file is parsed, so overriding them alone does not move the dataloaders).
+# GTA5 (source, labelled, train) -> Cityscapes (target, val) semantic segmentation, 19 classes,
+# mmseg scope. Data roots: override with --cfg-options train_dataloader.dataset.data_root=... (the
+# variables below are resolved when this file is parsed, so overriding them alone does not move the
+# dataloaders).
 gta5_root = 'data/gta5/'
 cityscapes_root = 'data/cityscapes/'
 
@@ -12,8 +13,9 @@ target_scale = (1024, 512)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    # Converted labels (tools/dataset_converters/gta5.py) already hold train IDs; raw palette labels are mapped by
-    # GTA5Dataset's label_map. Both need the pillow backend (cv2 would return palette colours).
+    # Converted labels (tools/dataset_converters/gta5.py) already hold train IDs; raw palette labels
+    # are mapped by GTA5Dataset's label_map. Both need the pillow backend (cv2 would return palette
+    # colours).
     dict(type='LoadAnnotations', imdecode_backend='pillow'),
     dict(type='RandomResize', scale=source_scale, ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
@@ -43,9 +45,15 @@ train_dataloader = dict(
         split='train',
         pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=1, num_workers=4, persistent_workers=True, sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='CityscapesDataset', data_root=cityscapes_root,
-                 data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'), pipeline=test_pipeline))
+    batch_size=1,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type='CityscapesDataset',
+        data_root=cityscapes_root,
+        data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+        pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])

@@ -1,6 +1,6 @@
-# SYNTHIA-RAND-CITYSCAPES (source, train) -> Cityscapes (target, val), trained on the 19 Cityscapes classes,
-# evaluated as mIoU over 19, 16 and 13 classes (SYNTHIA has no terrain/truck/train; the 13-class set also drops
-# wall/fence/pole). mmseg scope.
+# SYNTHIA-RAND-CITYSCAPES (source, train) -> Cityscapes (target, val), trained on the 19 Cityscapes
+# classes, evaluated as mIoU over 19, 16 and 13 classes (SYNTHIA has no terrain/truck/train; the
+# 13-class set also drops wall/fence/pole). mmseg scope.
 synthia_root = 'data/synthia/'
 cityscapes_root = 'data/cityscapes/'
 
@@ -11,7 +11,8 @@ target_scale = (1024, 512)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
-    # SYNTHIA's raw 16-bit labels are not readable by LoadAnnotations: run tools/dataset_converters/synthia.py.
+    # SYNTHIA's raw 16-bit labels are not readable by LoadAnnotations: run
+    # tools/dataset_converters/synthia.py.
     dict(type='LoadAnnotations', imdecode_backend='pillow'),
     dict(type='RandomResize', scale=source_scale, ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
@@ -27,13 +28,25 @@ test_pipeline = [
 ]
 
 train_dataloader = dict(
-    batch_size=2, num_workers=4, persistent_workers=True, sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(type='SynthiaDataset', data_root=synthia_root,
-                 data_prefix=dict(img_path='RGB', seg_map_path='GT/LABELS'), pipeline=train_pipeline))
+    batch_size=2,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    dataset=dict(
+        type='SynthiaDataset',
+        data_root=synthia_root,
+        data_prefix=dict(img_path='RGB', seg_map_path='GT/LABELS'),
+        pipeline=train_pipeline))
 val_dataloader = dict(
-    batch_size=1, num_workers=4, persistent_workers=True, sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='CityscapesDataset', data_root=cityscapes_root,
-                 data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'), pipeline=test_pipeline))
+    batch_size=1,
+    num_workers=4,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(
+        type='CityscapesDataset',
+        data_root=cityscapes_root,
+        data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+        pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # mIoU (19 classes) plus mIoU16 / mIoU13 over the SYNTHIA class subsets.
