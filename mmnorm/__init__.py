@@ -2,16 +2,13 @@
 
 ``import mmnorm`` (or ``custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)`` in a config)
 registers every mmnorm norm layer and hook in the root mmengine registries and the datasets in the toolbox
-registries, and allow-lists what mmengine checkpoints contain for torch's weights-only loading.
+registries; it changes nothing of torch or mmengine. The checkpoint allow-list and atomic checkpoint writes are
+applied by :func:`mmnorm.runtime.setup` (mmnorm's tools call it; a config opts in with ``mmnorm.runtime.enable``).
 """
-from .runtime import allow_mmengine_checkpoints
+from . import datasets, engine, evaluation, models  # noqa: F401  (registration)
+from .models.norms import domain_split
+from .recalibration import recalibrate_bn
+from .tta import TestTimeAdapter
 from .version import __version__
-
-allow_mmengine_checkpoints()
-
-from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration)
-from .models.norms import domain_split  # noqa: E402
-from .recalibration import recalibrate_bn  # noqa: E402
-from .tta import TestTimeAdapter  # noqa: E402
 
 __all__ = ['__version__', 'domain_split', 'recalibrate_bn', 'TestTimeAdapter']

@@ -7,6 +7,12 @@ import sys
 
 import pytest
 
+from mmnorm.runtime import setup
+
+# The test process loads and writes Runner checkpoints the way mmnorm's tools do (``import mmnorm`` alone changes
+# nothing of torch / mmengine: tests/test_checkpoint_compat.py checks that in a fresh interpreter).
+setup()
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PYTHON = sys.executable
 

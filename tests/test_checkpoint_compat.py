@@ -1,5 +1,8 @@
-"""Runner checkpoints load under torch >= 2.6 weights-only unpickling, and nothing beyond them is allowed."""
+"""Runner checkpoints load under torch >= 2.6 weights-only unpickling once :func:`mmnorm.runtime.setup` ran
+(mmnorm's tools, or ``mmnorm.runtime.enable`` in a config's custom_imports), and nothing beyond them is allowed;
+``import mmnorm`` alone changes nothing of torch or mmengine."""
 import io
+import os.path as osp
 import pickle
 import subprocess
 import sys
@@ -7,13 +10,16 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from conftest import DEMO_CONFIG, REPO, tiny_seg_options, tool_env
 from mmengine.logging import HistoryBuffer
 from mmengine.model import BaseModel
 from mmengine.runner import Runner, load_checkpoint
 from torch.utils.data import Dataset
 
 import mmnorm  # noqa: F401
-from mmnorm.runtime import restricted_getattr
+from mmnorm.runtime import restricted_getattr, setup
+
+setup()  # as the tools do (conftest does it too)
 
 
 class _Toy(BaseModel):
@@ -100,3 +106,65 @@ def test_arbitrary_globals_still_refused():
     buf.seek(0)
     with pytest.raises(pickle.UnpicklingError, match='Unsupported global.*check_output'):
         torch.load(buf, weights_only=True)
+
+
+IMPORT_CHANGES_NOTHING = """
+import torch
+from mmengine.fileio import backends, io
+from mmengine.logging import HistoryBuffer
+
+def state():
+    safe = torch.serialization.get_safe_globals()
+    return ([g for g in safe if not (getattr(g, '__module__', '') or '').startswith('torch')],
+            dict(backends.backends), dict(backends.prefix_to_backends), dict(io.backend_instances))
+
+before = state()
+import mmnorm
+import torch.distributed.tensor  # torch allow-lists its own DTensor classes when mmengine imports them
+after = state()
+assert after == before, (before, after)
+assert HistoryBuffer not in torch.serialization.get_safe_globals()
+assert 'mmnorm.datasets.synthetic' not in __import__('sys').modules
+from mmnorm.runtime import AtomicLocalBackend, setup
+setup()
+assert HistoryBuffer in torch.serialization.get_safe_globals()
+assert backends.backends['local'] is AtomicLocalBackend
+print('ok')
+"""
+
+
+def test_import_mmnorm_changes_nothing_of_torch_and_mmengine():
+    """A fresh interpreter: torch's weights-only allow-list and mmengine's file backends are the same before
+    and after ``import mmnorm`` (only torch's own entries may appear); ``setup()`` then applies both fixes."""
+    proc = subprocess.run([sys.executable, '-c', IMPORT_CHANGES_NOTHING], env=tool_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
+
+
+def test_toolbox_train_py_resumes_with_the_config_opt_in(tiny_demo_data, tmp_path):
+    """The plugin path: mmseg's own tools/train.py, the config opting in with ``mmnorm.runtime.enable`` in
+    custom_imports, resumes the checkpoint its Runner wrote (torch >= 2.6 refuses it without the allow-list);
+    then mmnorm's tools/train.py (in-process) resumes that run's checkpoint."""
+    import mmseg
+    toolbox_train = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
+    config = tmp_path / 'plugin.py'
+    config.write_text(f"_base_ = [{osp.join(REPO, DEMO_CONFIG)!r}]\n"
+                      "custom_imports = dict(imports=['mmnorm', 'mmnorm.runtime.enable'], "
+                      "allow_failed_imports=False)\n")
+    work_dir = tmp_path / 'work'
+    logs = []
+    for iters, resume in ((1, []), (2, ['--resume'])):
+        cmd = [sys.executable, toolbox_train, str(config), '--work-dir', str(work_dir), *resume,
+               '--cfg-options', *tiny_seg_options(tiny_demo_data, iters=iters)]
+        proc = subprocess.run(cmd, cwd=str(tmp_path), env=tool_env(), capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        logs.append(proc.stdout + proc.stderr)
+    assert 'resumed epoch: 0, iter: 1' in logs[1]
+    assert torch.load(work_dir / 'iter_2.pth', weights_only=True)['meta']['iter'] == 2
+    from tool_loader import load_tool
+    load_tool('train').main([
+        osp.join(REPO, DEMO_CONFIG), '--work-dir', str(tmp_path / 'tools'), '--resume',
+        str(work_dir / 'iter_2.pth'), '--cfg-options', *tiny_seg_options(tiny_demo_data, iters=3)
+    ])
+    assert torch.load(tmp_path / 'tools' / 'iter_3.pth', weights_only=True)['meta']['iter'] == 3

@@ -9,9 +9,9 @@ import json
 import pytest
 from tool_loader import load_tool
 
-from mmnorm.analysis.compat_cases import run_case
-from mmnorm.analysis.compat_configs import (DET_CONFIGS, FAST_CASES, NORMS, SEG_CONFIGS, config_path, model_config,
-                                            replace_norms, uda_type)
+from mmnorm_tools.compat_cases import run_case
+from mmnorm_tools.compat_configs import (DET_CONFIGS, FAST_CASES, NORMS, SEG_CONFIGS, config_path,
+                                         model_config, replace_norms, uda_type)
 
 sweep = load_tool('analysis/compat_sweep')
 

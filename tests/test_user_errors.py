@@ -11,7 +11,8 @@ from mmengine.config import Config
 from tool_loader import load_tool
 
 from mmnorm.runtime import (AtomicLocalBackend, CheckpointFileError, atomic_write_bytes, check_checkpoint_file,
-                            check_norm_types)
+                            setup)
+from mmnorm_tools.config import check_norm_types
 
 
 def real_checkpoint(path):
@@ -92,6 +93,7 @@ def test_misspelled_norm_type_is_named_before_building(capsys):
 def test_atomic_writes_registered_and_keep_the_old_file(tmp_path):
     from mmengine.fileio import get_file_backend
     from mmengine.runner import save_checkpoint
+    setup()  # what the tools call first
     assert isinstance(get_file_backend(str(tmp_path / 'a.pth')), AtomicLocalBackend)
     target = tmp_path / 'iter_1.pth'
     save_checkpoint(dict(meta=dict(iter=1), state_dict={'w': torch.ones(3)}), str(target))

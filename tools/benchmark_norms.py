@@ -17,8 +17,6 @@ import copy
 import os.path as osp
 import platform
 import statistics
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
@@ -30,9 +28,8 @@ from mmnorm.models.norms.adabn import AdaBN
 from mmnorm.models.norms.domain import domain_split
 from mmnorm.models.norms.pbn import PBN, sample_pbn_plan
 from mmnorm.models.norms.rn import RN
-
-sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tests'))
-from references import pbn_patch_loop  # noqa: E402  (the per-patch loop oracle of the tests)
+from mmnorm_tools.pbn_loop import pbn_patch_loop
+from mmnorm_tools.timing import paired_seconds, timed
 
 Shape = Tuple[int, int, int, int]
 
@@ -91,35 +88,6 @@ CASES: Dict[str, Case] = {
     'IBN-0.75':
     Case(build=lambda c: IBN(c, ratio=0.75), shapes=[(8, 64, 56, 56)]),
 }
-
-
-def _sync(device: str) -> None:
-    if str(device).startswith('cuda'):
-        torch.cuda.synchronize()
-
-
-def paired_seconds(ref_step: Callable[[], None], step: Callable[[], None], repeats: int, warmup: int,
-                   device: str = 'cpu') -> Tuple[float, float, float]:
-    """Interleaved timing of ``ref_step`` and ``step``: medians of each and of the per-pair ratio ``step / ref``.
-
-    The pairs alternate which side runs first, so a slowdown of the machine in the middle of a pair is shared.
-    """
-    for _ in range(warmup):
-        ref_step()
-        step()
-    ref_times, times, ratios = [], [], []
-    for i in range(repeats):
-        pair = {}
-        for side, fn in ((('ref', ref_step), ('case', step)) if i % 2 == 0 else (('case', step), ('ref', ref_step))):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            pair[side] = time.perf_counter() - start
-        ref_times.append(pair['ref'])
-        times.append(pair['case'])
-        ratios.append(pair['case'] / pair['ref'])
-    return statistics.median(ref_times), statistics.median(times), statistics.median(ratios)
 
 
 def _steps(module: nn.Module, x: torch.Tensor, context) -> Dict[str, Callable[[], None]]:
@@ -326,9 +294,7 @@ def run_compile(names: List[str], shape: Shape, repeats: int, device: str) -> Li
         for mode in ('train', 'eval'):
             eager.train(mode == 'train')
             compiled.train(mode == 'train')
-            start = time.perf_counter()
-            compiled_steps[mode]()
-            row[f'{mode}_compile_s'] = time.perf_counter() - start
+            row[f'{mode}_compile_s'] = timed(compiled_steps[mode], device)
             _, row[f'{mode}_ms'], row[f'{mode}_ratio'] = paired_seconds(eager_steps[mode], compiled_steps[mode],
                                                                         repeats, warmup=2, device=device)
             row[f'{mode}_ms'] *= 1e3

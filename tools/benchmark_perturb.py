@@ -16,13 +16,13 @@ Two tables:
 import argparse
 import os.path as osp
 import platform
-import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from mmnorm.models.backbones.perturb_resnet import add_perturbation
+from mmnorm_tools.timing import timed
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODEL_CONFIG = 'configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
@@ -34,19 +34,6 @@ VARIANTS = {
 }
 MODEL_GOAL = 1.05
 Shape = Tuple[int, int, int, int]
-
-
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(step: Callable[[], None]) -> float:
-    _sync()
-    start = time.perf_counter()
-    step()
-    _sync()
-    return time.perf_counter() - start
 
 
 def variant_cfg(name: str, p: float) -> dict:
@@ -106,7 +93,7 @@ def run_model(names: List[str], input_shape: Shape, repeats: int, device: str, p
     for round_ in range(repeats + 1):  # round 0 warms up every variant
         for variant in variants:
             set_variant(model.backbone, variant, p)
-            t = timed(step)
+            t = timed(step, device)
             if round_:
                 times[variant].append(t)
     if p < 1:  # each iteration is perturbed or not at random: the expected cost is the mean
@@ -140,7 +127,7 @@ def time_layer(module: nn.Module, shape: Shape, repeats: int, device: str) -> fl
 
     for _ in range(2):
         step()
-    ts = sorted(timed(step) for _ in range(repeats))
+    ts = sorted(timed(step, device) for _ in range(repeats))
     return ts[len(ts) // 2]
 
 

@@ -21,7 +21,6 @@ import copy
 import os
 import platform
 import re
-import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmnorm import recalibrate_bn
+from mmnorm_tools.timing import round_robin
 
 Stats = Dict[str, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -110,18 +110,9 @@ def ema(model: nn.Module, batches: List[torch.Tensor], momentum: float = 0.1) ->
 
 
 def timed(fns: Dict[str, Callable[[], object]], repeats: Dict[str, int]) -> Dict[str, Tuple[float, float]]:
-    """Median ``(wall seconds, process CPU seconds)`` per function. The functions are timed round-robin so that
-    load from other processes on a shared machine spreads over all of them; CPU time (all threads of this
-    process) is the steadier measure there."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for r in range(max(repeats.values())):
-        for name, fn in fns.items():
-            if r < repeats[name]:
-                wall, cpu = time.perf_counter(), time.process_time()
-                fn()
-                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    """Median ``(wall seconds, process CPU seconds)`` per function, timed round-robin (CPU time, all threads of
+    this process, is the steadier measure on a shared machine)."""
+    times = round_robin(fns, repeats, clocks=('wall', 'cpu'))
 
     def median(values):
         return sorted(values)[len(values) // 2]

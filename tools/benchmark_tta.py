@@ -23,14 +23,12 @@ import os.path as osp
 import platform
 import re
 import statistics
-import sys
-import time
 from typing import Callable, Dict, List
 
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
+from mmnorm_tools.timing import round_robin
+
 
 DEMO = 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-64x128.py'
 GOALS = {'bn': 1.10, 'prior': 1.10, 'tent': 3.0}
@@ -64,20 +62,8 @@ def make_batch(batch_size: int, size: List[int], seed: int = 0) -> dict:
 def median_seconds(calls: Dict[str, Callable], repeats: int, device: str, clock: str) -> Dict[str, tuple]:
     """``(median, best)`` seconds per call; the calls take turns in every repeat, so load on a shared machine
     hits all of them."""
-    times: Dict[str, List[float]] = {name: [] for name in calls}
-    for fn in calls.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in calls.items():
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            now = time.process_time if clock == 'cpu' else time.perf_counter
-            t0 = now()
-            fn()
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            times[name].append(now() - t0)
-    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+    times = round_robin(calls, repeats, device, clocks=(clock, ))
+    return {name: (statistics.median(t for t, in ts), min(t for t, in ts)) for name, ts in times.items()}
 
 
 def peak_bytes(fn: Callable, device: str) -> int:

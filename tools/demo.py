@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 DEMO = 'configs/demo/deeplabv3plus_r18-mini-d8-{}_1xb8-1k_demo-gta5-cityscapes-64x128.py'
 DEFAULT_DATA_ROOT = 'data/demo'

@@ -23,9 +23,11 @@ from mmengine.dist import get_rank
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-import mmnorm  # noqa: F401  (registers the mmnorm modules, checkpoint allow-list)
-from mmnorm.runtime import (LAUNCHERS, CheckpointFileError, check_checkpoint_file, check_norm_types, get_toolbox,
-                            setup_launcher, teardown_launcher, write_metrics_json)
+import mmnorm  # noqa: F401  (registers the mmnorm modules)
+from mmnorm.runtime import CheckpointFileError, check_checkpoint_file, get_toolbox, write_metrics_json
+from mmnorm_tools import setup_runtime
+from mmnorm_tools.config import check_norm_types
+from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
 
 def parse_args(argv=None):
@@ -95,6 +97,7 @@ def check_inputs(cfg: Config, args) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_runtime()  # checkpoint allow-list for torch.load, atomic checkpoint writes
     try:
         cfg = build_cfg(args)
         check_inputs(cfg, args)

@@ -1,11 +1,12 @@
-"""Datasets (registered in the toolbox registries they extend) and the synthetic demo generator.
+"""Datasets, registered in the toolbox registries they extend.
 
-The mmseg datasets import only when mmseg is installed, the mmdet ones only with mmdet.
+The mmseg datasets import only when mmseg is installed, the mmdet ones only with mmdet. The synthetic demo
+generator (:mod:`mmnorm.datasets.synthetic`, :mod:`mmnorm.datasets.synthetic_stream`) registers nothing and is
+imported on first use: ``from mmnorm.datasets import generate_demo_data`` still works.
 """
 from ..toolboxes import toolbox_installed
 from .domain_pair import DomainPairDataset
 from .labels import CITYSCAPES_ID_TO_TRAINID
-from .synthetic import generate_demo_data
 
 __all__ = ['CITYSCAPES_ID_TO_TRAINID', 'DomainPairDataset', 'generate_demo_data']
 
@@ -22,3 +23,10 @@ if toolbox_installed('mmdet'):
     from .foggy_cityscapes import FOG_BETAS, FoggyCityscapesDataset
     from .sim10k import Sim10kDataset
     __all__ += ['FoggyCityscapesDataset', 'FOG_BETAS', 'Sim10kDataset']
+
+
+def __getattr__(name):
+    if name == 'generate_demo_data':  # the demo generator, imported on first use only
+        from .synthetic import generate_demo_data
+        return generate_demo_data
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

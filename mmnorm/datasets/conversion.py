@@ -1,4 +1,4 @@
-"""Label conversion shared by ``tools/dataset_converters/{gta5,synthia,mapillary}.py``.
+"""Label conversion behind ``tools/dataset_converters/{gta5,synthia,mapillary}.py``.
 
 Each converter turns per-frame source labels into 8-bit ``*_labelTrainIds.png`` files (19 Cityscapes train IDs,
 255 = ignore) through a 256-entry lookup table. :func:`convert_frames` runs the frames in a process pool with a
@@ -236,48 +236,3 @@ def pair_frames(img_dir: str, label_dir: str, out_dir: str, img_suffix: str = '.
               osp.join(label_dir, name + label_suffix) if name in labels else None,
               osp.join(out_dir, name + out_suffix)) for name in sorted(images | labels)
     ]
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (a bad value exits 2 with argparse's message naming the option)."""
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 1, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
-    return value
-
-
-def add_converter_args(parser) -> None:
-    """The options every converter CLI shares."""
-    parser.add_argument('--nproc', type=positive_int, default=1, help='worker processes (default 1)')
-    parser.add_argument('--mismatch', choices=MISMATCH_POLICIES, default='resize',
-                        help='image/label size mismatch: nearest-resize the label to the image (default) or skip')
-    parser.add_argument('--overwrite', action='store_true', help='rewrite outputs that exist (default: keep them)')
-    parser.add_argument('--report', default=None, help='JSON report path (default: in the dataset root)')
-
-
-def run_converter(frames: Sequence[Frame], read_label: Callable[[str], np.ndarray], mapping: Mapping[int, int], args,
-                  report_file: str) -> int:
-    """Runs :func:`convert_frames` with the CLI options, prints the summary; returns the exit code.
-
-    Returns:
-        int: 0 when every frame was converted or already present, 1 when any frame was skipped.
-    """
-    report = convert_frames(frames, read_label, mapping, nproc=args.nproc, mismatch=args.mismatch,
-                            overwrite=args.overwrite, report_file=report_file)
-    s = report['summary']
-    print(f"{s['total']} frames: {s['converted']} converted, {s['resized']} resized (size mismatch), "
-          f"{s['exists']} already present (kept; --overwrite rewrites), {s['skipped']} skipped. "
-          f'Report: {report_file}')
-    if report.get('previous_report'):
-        print(f"  the previous report was kept as {report['previous_report']}")
-    for status in ('resized', 'skipped'):
-        for item in report['frames'][status][:20]:
-            (name, detail), = item.items()
-            print(f'  {status} {name}: {detail}')
-        if len(report['frames'][status]) > 20:
-            print(f"  ... and {len(report['frames'][status]) - 20} more {status} (see the report)")
-    return 1 if s['skipped'] else 0

@@ -15,7 +15,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 __all__ = [
-    'restricted_getattr', 'allow_mmengine_checkpoints', 'MMENGINE_SAFE_GLOBALS', 'CheckpointFileError',
+    'restricted_getattr', 'allow_mmengine_checkpoints', 'mmengine_safe_globals', 'CheckpointFileError',
     'check_checkpoint_file'
 ]
 
@@ -57,27 +57,34 @@ def _safe_globals() -> List[Any]:
             (restricted_getattr, '__builtin__.getattr')] + _numpy_globals()
 
 
-MMENGINE_SAFE_GLOBALS = None  # filled lazily by allow_mmengine_checkpoints()
+MMENGINE_SAFE_GLOBALS = None  # filled lazily by mmengine_safe_globals()
+_applied = False
+
+
+def mmengine_safe_globals() -> List[Any]:
+    """What mmengine Runner checkpoints contain, as entries for ``torch.serialization.add_safe_globals``."""
+    global MMENGINE_SAFE_GLOBALS
+    if MMENGINE_SAFE_GLOBALS is None:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', DeprecationWarning)  # np.core alias on numpy 2
+            MMENGINE_SAFE_GLOBALS = _safe_globals()
+    return MMENGINE_SAFE_GLOBALS
 
 
 def allow_mmengine_checkpoints() -> None:
     """Allow-lists, for ``torch.load(weights_only=True)``, what mmengine Runner checkpoints contain.
 
+    Changes torch's process-wide allow-list: called by :func:`mmnorm.runtime.setup`, not on ``import mmnorm``.
     Idempotent; a no-op on torch without ``torch.serialization.add_safe_globals`` (< 2.4, where mmengine's
     plain ``torch.load`` already unpickles fully).
     """
-    global MMENGINE_SAFE_GLOBALS
-    if MMENGINE_SAFE_GLOBALS is not None:
-        return
+    global _applied
     add_safe_globals = getattr(torch.serialization, 'add_safe_globals', None)
-    if add_safe_globals is None:
-        MMENGINE_SAFE_GLOBALS = []
+    if _applied or add_safe_globals is None:
         return
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DeprecationWarning)  # np.core alias on numpy 2
-        MMENGINE_SAFE_GLOBALS = _safe_globals()
-    add_safe_globals(MMENGINE_SAFE_GLOBALS)
+    add_safe_globals(mmengine_safe_globals())
+    _applied = True
 
 
 class CheckpointFileError(ValueError):
@@ -101,8 +108,9 @@ def _refused_what(message: str) -> str:
 def check_checkpoint_file(path: str, what: str = 'checkpoint') -> None:
     """Fails early, with a message naming ``path``, on a checkpoint the tools could not load.
 
-    Opens the file with ``torch.load(weights_only=True, mmap=True)`` (the tensor data is mapped, not read), the
-    way mmengine will load it once mmnorm's allow-list is in place.
+    Opens the file with ``torch.load(weights_only=True, mmap=True)`` (the tensor data is mapped, not read) under
+    mmnorm's allow-list (:func:`mmengine_safe_globals`, for this call only), the way mmengine loads it after
+    :func:`mmnorm.runtime.setup`.
 
     Args:
         path (str): The file given on the command line or in the config (``load_from``).
@@ -125,14 +133,21 @@ def check_checkpoint_file(path: str, what: str = 'checkpoint') -> None:
     if os.path.getsize(path) == 0:
         raise CheckpointFileError(f'{what} {path!r} is an empty file (0 bytes): a save that never wrote, or a '
                                   'copy that failed; use another checkpoint')
-    allow_mmengine_checkpoints()
+    import contextlib
+    allowed = contextlib.nullcontext()
+    if hasattr(torch.serialization, 'safe_globals'):
+        # only what is not allow-listed yet: leaving the context removes its entries again
+        present = set(torch.serialization.get_safe_globals())
+        missing = [g for g in mmengine_safe_globals() if g not in present]
+        allowed = torch.serialization.safe_globals(missing)
     try:
-        try:
-            torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if 'mmap' not in str(err):
-                raise
-            torch.load(path, map_location='cpu', weights_only=True)  # legacy (non-zip) format: no mmap
+        with allowed:
+            try:
+                torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if 'mmap' not in str(err):
+                    raise
+                torch.load(path, map_location='cpu', weights_only=True)  # legacy (non-zip) format: no mmap
     except pickle.UnpicklingError as err:
         raise CheckpointFileError(
             f'{what} {path!r} was refused by weights-only loading ({_refused_what(str(err))}). mmnorm loads '

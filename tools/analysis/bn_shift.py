@@ -21,16 +21,15 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from mmengine.config import Config, DictAction
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.runner import Runner, load_checkpoint
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.registry import MODELS, init_default_scope  # noqa: E402
-from mmengine.runner import Runner, load_checkpoint  # noqa: E402
-
-import mmnorm  # noqa: E402,F401
-from mmnorm.analysis import compare_moments, input_moments, running_moments  # noqa: E402
-from mmnorm.recalibration import find_bn_layers, recalibrate_bn  # noqa: E402
-from mmnorm.runtime import get_toolbox  # noqa: E402
+import mmnorm  # noqa: F401
+from mmnorm.analysis import compare_moments, input_moments, running_moments
+from mmnorm.recalibration import find_bn_layers, recalibrate_bn
+from mmnorm.runtime import get_toolbox
+from mmnorm_tools import setup_runtime
 
 LOADERS = ('train', 'val', 'test')
 
@@ -169,6 +168,7 @@ def plot(rows, out_file: str, title: str) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    setup_runtime()  # Runner checkpoints load with torch's weights-only unpickler
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg = Config.fromfile(args.config)

@@ -20,10 +20,8 @@ import os.path as osp
 import sys
 from typing import List
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-
-from mmnorm.analysis.compat_cases import run_case  # noqa: E402
-from mmnorm.analysis.compat_configs import DET_CONFIGS, FAST_CASES, NORMS, SEG_CONFIGS  # noqa: E402
+from mmnorm_tools.compat_cases import run_case
+from mmnorm_tools.compat_configs import DET_CONFIGS, FAST_CASES, NORMS, SEG_CONFIGS
 
 COLUMNS = ('BN', ) + NORMS
 MARK = {'pass': 'pass', 'named': 'named error', 'FAIL': '**FAIL**'}

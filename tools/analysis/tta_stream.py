@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
 
 # Tuned for the over-confident demo model (mean pixel entropy ~0.15 nats of ln 19 = 2.9): a tight reliable margin
 # (0.05 ln K; EATA's 0.4 ln K keeps ~99 % of the pixels here) and the over-confidence reset signal.
@@ -184,6 +183,8 @@ def plot(rows: Dict[str, dict], phases: List[str], batch_size: int, out_file: st
 
 def main(argv=None):
     args = parse_args(argv)
+    from mmnorm_tools import setup_runtime
+    setup_runtime()  # Runner checkpoints load with torch's weights-only unpickler
     from mmnorm.datasets.synthetic_stream import generate_drifting_stream
     t0 = time.time()
     try:

@@ -11,8 +11,9 @@ import argparse
 import os.path as osp
 import sys
 
-from mmnorm.datasets.conversion import add_converter_args, pair_frames, read_index_label, run_converter
+from mmnorm.datasets.conversion import pair_frames, read_index_label
 from mmnorm.datasets.gta5 import CITYSCAPES_ID_TO_TRAINID
+from mmnorm_tools.converters import add_converter_args, run_converter
 
 
 def main(argv=None) -> int:

@@ -16,8 +16,6 @@ import os
 import os.path as osp
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
 
 
 def parse_args(argv=None):
@@ -81,7 +79,10 @@ def main(argv=None):
 
     import mmnorm  # noqa: F401  (registers the mmnorm layers)
     from mmnorm.deploy import ExportWrapper, build_model, compare, export_onnx
-    from mmnorm.runtime import CheckpointFileError, check_checkpoint_file, check_norm_types, get_toolbox
+    from mmnorm.runtime import CheckpointFileError, check_checkpoint_file, get_toolbox
+    from mmnorm_tools import setup_runtime
+    from mmnorm_tools.config import check_norm_types
+    setup_runtime()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

@@ -17,9 +17,6 @@ import os
 import os.path as osp
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, REPO)
-
 # max |folded - original| allowed relative to max(1, max|original|): folding only re-homes the same tensors, so the
 # two models compute the same BN; the margin covers nothing but float32 reordering.
 FOLD_TOLERANCE = 1e-5
@@ -57,6 +54,8 @@ def main(argv=None):
     import mmnorm  # noqa: F401  (registers the mmnorm layers)
     from mmnorm.deploy import build_model, fold_config, fold_norms
     from mmnorm.runtime import CheckpointFileError, atomic_write_bytes, check_checkpoint_file, get_toolbox
+    from mmnorm_tools import setup_runtime
+    setup_runtime()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

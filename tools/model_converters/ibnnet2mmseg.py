@@ -138,5 +138,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     sys.exit(main())

@@ -1,7 +1,7 @@
 """One case of the compatibility sweep: a shipped config with one mmnorm norm, through six steps.
 
-1. ``build`` (pretrained off, :func:`~mmnorm.analysis.compat_configs.model_config`); RN: the config's UDA wrapper
-   (:func:`~mmnorm.analysis.compat_configs.uda_type`), or the plain model where there is none;
+1. ``build`` (pretrained off, :func:`~mmnorm_tools.compat_configs.model_config`); RN: the config's UDA wrapper
+   (:func:`~mmnorm_tools.compat_configs.uda_type`), or the plain model where there is none;
 2. ``sync_bn``: ``convert_sync_batchnorm`` + ``revert_sync_batchnorm`` keep every mmnorm layer;
 3. ``load_bn``: strict load of the state dict of the same config built with BN;
 4. ``train``: a loss + backward on 2 synthetic 64x64 images (UDA: 2 source + 2 target);
@@ -93,7 +93,7 @@ def _sum_losses(losses: dict) -> torch.Tensor:
 
 def mmnorm_layers(model) -> Dict[str, str]:
     """``{module path: class name}`` of the mmnorm norm layers of ``model``."""
-    from ..models.norms.conventions import MMNORM_NORMS
+    from mmnorm.models.norms.conventions import MMNORM_NORMS
     return {n: type(m).__name__ for n, m in model.named_modules() if isinstance(m, MMNORM_NORMS)}
 
 

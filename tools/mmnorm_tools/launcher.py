@@ -1,58 +1,51 @@
 """Distributed launch that also works on CPU-only machines.
 
 mmengine 0.10.7 assumes GPUs for ``--launcher pytorch|slurm``: ``init_dist`` calls ``torch.cuda.set_device`` (an
-``AttributeError`` on a CPU-only torch) and the Runner wraps DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects
-for CPU modules. :func:`setup_launcher` keeps mmengine's own path on GPUs (nccl) and, without CUDA, initialises a gloo
-process group itself (the Runner then skips ``init_dist``) and asks for a CPU DDP wrapper (``device_ids=None``).
+error on a CPU-only torch) and the Runner wraps DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU
+modules. :func:`setup_launcher` keeps mmengine's own path on GPUs (nccl) and, without CUDA, runs mmengine's
+``init_dist`` (its torchrun / SLURM environment parsing included) with ``torch.cuda.set_device`` skipped and a gloo
+backend (the Runner then skips ``init_dist``), and asks for a CPU DDP wrapper (``device_ids=None``).
 On CPU the config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the Runner's environment log
 says ``backend: gloo`` and ``device: cpu`` instead of the GPU config's ``nccl``.
 """
 import os
-import subprocess
-from typing import Optional
+from unittest import mock
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
+from mmengine.dist import init_dist
 
 __all__ = ['LAUNCHERS', 'setup_launcher', 'init_cpu_process_group', 'teardown_launcher']
 
 LAUNCHERS = ('none', 'pytorch', 'slurm')
 
 
-def _slurm_env_to_torch_env(port: Optional[int] = None) -> None:
-    """Fills MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the SLURM variables (as mmengine does)."""
-    proc_id = int(os.environ['SLURM_PROCID'])
-    ntasks = int(os.environ['SLURM_NTASKS'])
-    if port is not None:
-        os.environ['MASTER_PORT'] = str(port)
-    os.environ.setdefault('MASTER_PORT', '29500')
-    if 'MASTER_ADDR' not in os.environ:
-        node_list = os.environ['SLURM_NODELIST']
-        os.environ['MASTER_ADDR'] = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1')
-    os.environ['WORLD_SIZE'] = str(ntasks)
-    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
-    os.environ['RANK'] = str(proc_id)
-
-
 def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> None:
     """Initialises ``torch.distributed`` for CPU processes started by torchrun (``pytorch``) or srun (``slurm``).
 
+    mmengine's ``init_dist`` reads the environment (RANK / WORLD_SIZE / MASTER_* from torchrun; SLURM_PROCID,
+    SLURM_NTASKS, SLURM_NODELIST, SLURM_LOCALID from srun) and starts the process group; only its
+    ``torch.cuda.set_device`` call is skipped.
+
     Args:
-        launcher (str): ``'pytorch'`` (reads RANK/WORLD_SIZE/MASTER_* set by torchrun) or ``'slurm'``.
+        launcher (str): ``'pytorch'`` or ``'slurm'``.
         backend (str): A CPU backend. Defaults to ``'gloo'``.
-        **kwargs: Passed to ``init_process_group`` (e.g. ``timeout``).
+        **kwargs: Passed to ``init_dist`` (e.g. ``timeout``, ``port`` for slurm).
     """
     if torch_dist.is_initialized():
         return
-    if launcher == 'slurm':
-        _slurm_env_to_torch_env(kwargs.pop('port', None))
-    missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+    if launcher == 'pytorch':
+        missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+    else:
+        missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ]
     if missing:
-        raise RuntimeError(f'--launcher {launcher} needs the environment variables {missing}; start the script '
-                           'with tools/dist_train.sh / dist_test.sh (torchrun) or srun')
-    torch_dist.init_process_group(backend=backend, rank=int(os.environ['RANK']),
-                                  world_size=int(os.environ['WORLD_SIZE']), **kwargs)
+        raise RuntimeError(f'--launcher {launcher} needs the environment variables {missing}; start the '
+                           'script with tools/dist_train.sh / dist_test.sh (torchrun) or srun')
+    if launcher == 'slurm':
+        os.environ.setdefault('SLURM_LOCALID', '0')  # mmengine divides by the GPU count without it
+    with mock.patch.object(torch.cuda, 'set_device', lambda device: None):
+        init_dist(launcher, backend=backend, **kwargs)
 
 
 def setup_launcher(cfg: Config, launcher: str) -> Config:
