@@ -212,3 +212,82 @@ def test_adabn_recalibration_touches_only_the_bn_half(mode):
                                data.transpose(0, 1).flatten(1).var(dim=1, unbiased=True), atol=1e-4, rtol=1e-5)
     for key, value in model[0].IN.state_dict().items():
         torch.testing.assert_close(value, in_before[key], rtol=0, atol=0)
+
+
+def _modes(ibn: nn.Module, mode: str) -> None:
+    ibn.train(mode != 'eval')
+    if mode == 'norm_eval':  # what a toolbox backbone does: eval() on every _BatchNorm
+        ibn.BN.eval()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('channels,ratio,momentum', [(16, 0.5, 0.1), (9, 0.25, None), (7, 0.75, 0.3)])
+@pytest.mark.parametrize('mode', ['train', 'eval', 'norm_eval'])
+def test_gradients_and_buffers_match_independent_halves(dtype, channels, ratio, momentum, mode):
+    """Outputs, gradients (input, both affines) and the BN half's buffers equal split -> torch
+    InstanceNorm2d / BatchNorm2d -> cat computed with separate modules."""
+    torch.manual_seed(0)
+    ibn = IBN(channels, ratio=ratio, momentum=momentum).to(dtype)
+    randomize(ibn)
+    inorm, bnorm = reference(ibn, dtype)
+    bnorm.momentum = momentum
+    h = ibn.num_in
+    _modes(ibn, mode)
+    inorm.train(mode != 'eval')
+    bnorm.train(mode == 'train')
+    for step in range(3):
+        x = torch.randn(4, channels, 5, 6, dtype=dtype) * (step + 1) + step
+        grad = torch.randn_like(x)
+        x_ibn, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y = ibn(x_ibn)
+        y_ref = torch.cat([inorm(x_ref[:, :h]), bnorm(x_ref[:, h:])], dim=1)
+        torch.testing.assert_close(y, y_ref, **TOL[dtype])
+        got = torch.autograd.grad(y, [x_ibn, ibn.IN.weight, ibn.IN.bias, ibn.BN.weight, ibn.BN.bias],
+                                  grad)
+        want = torch.autograd.grad(y_ref, [x_ref, inorm.weight, inorm.bias, bnorm.weight, bnorm.bias],
+                                   grad)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, **TOL[dtype])
+    for name, value in bnorm.state_dict().items():
+        torch.testing.assert_close(ibn.BN.state_dict()[name], value, **TOL[dtype])
+    assert ibn.BN.num_batches_tracked.item() == (3 if mode == 'train' else 0)
+
+
+@pytest.mark.parametrize('train', [True, False])
+def test_empty_batch_like_batch_norm(train):
+    """N == 0: an empty output of the input's shape, as nn.BatchNorm2d gives (torch's IN refuses it)."""
+    ibn, bn = IBN(8).train(train), nn.BatchNorm2d(8).train(train)
+    for shape in [(0, 8, 5, 6), (0, 8, 1, 1)]:
+        x, x_bn = torch.randn(*shape, requires_grad=True), torch.randn(*shape, requires_grad=True)
+        y, y_bn = ibn(x), bn(x_bn)
+        assert y.shape == y_bn.shape == shape and y.dtype == y_bn.dtype
+        assert y.requires_grad == y_bn.requires_grad
+        y.sum().backward()
+        assert x.grad.shape == shape
+    assert ibn.BN.num_batches_tracked.item() == bn.num_batches_tracked.item()
+    torch.testing.assert_close(ibn.BN.running_mean, bn.running_mean[4:])
+    y = IBN(8)(torch.randn(0, 8, 4, 4).to(memory_format=torch.channels_last))
+    assert y.shape == (0, 8, 4, 4)
+
+
+def test_forward_calls_the_children():
+    """Forward hooks on the children fire (profilers, AdaBN's measuring hook see real modules)."""
+    ibn = IBN(8, ratio=0.25)
+    seen = []
+    for name in ('IN', 'BN'):
+        getattr(ibn, name).register_forward_hook(
+            lambda module, args, out, name=name: seen.append((name, tuple(args[0].shape))))
+    ibn(torch.randn(2, 8, 4, 4))
+    assert seen == [('IN', (2, 2, 4, 4)), ('BN', (2, 6, 4, 4))]
+
+
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')  # shape checks become constants
+def test_tracing_sees_instance_and_batch_norm():
+    """``torch.jit.trace`` / ONNX export see IN + BN nodes (no Python autograd Function)."""
+    ibn = IBN(8).eval()
+    x = torch.randn(2, 8, 4, 4)
+    traced = torch.jit.trace(ibn, x)
+    kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert 'aten::instance_norm' in kinds and 'aten::batch_norm' in kinds
+    assert 'prim::PythonOp' not in kinds
+    torch.testing.assert_close(traced(x), ibn(x))

@@ -296,6 +296,36 @@ def test_autocast_statistics_in_float32():
     torch.testing.assert_close(layer.running_var, ref.running_var, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize('offset', [0.0, 1e3])
+def test_float32_matches_the_float64_loop(offset):
+    """PBN in float32 (two-pass cell moments), also on a map with a large mean and a constant
+    channel, against the released per-patch loop in float64: outputs, gradients, running
+    statistics."""
+    torch.manual_seed(0)
+    layer = PBN(5)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.normal_()
+        layer.running_mean.fill_(offset)
+    ref = copy.deepcopy(layer).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 6, 7, generator=g) * torch.rand(5, 1, 1, generator=g).add(0.5) + offset
+    x[:, 1] = 2.5  # a constant channel
+    x.requires_grad_()
+    x_ref = x.detach().double().requires_grad_()
+    plan = sample_pbn_plan(5, 6, 7)
+    y = run_functional(layer, x, plan)
+    y_ref = pbn_patch_loop(x_ref, ref, plan)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, layer.weight, layer.bias), grad)
+    want = torch.autograd.grad(y_ref, (x_ref, ref.weight, ref.bias), grad.double())
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=2e-4 if offset else 1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-3, atol=1e-3 if offset else 1e-4)
+    torch.testing.assert_close(layer.running_mean.double(), ref.running_mean, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(layer.running_var.double(), ref.running_var, rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # State dict, sync-BN conversion, toolbox integration
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """RN (Reciprocal Normalization): numbers against a float64 reference written from METHODS.md, gradients, gates,
 eval path, checkpoints, registry, toolchain survival and bad inputs."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -105,7 +107,7 @@ def test_forward_and_running_stats_match_reference(c, hw, split, groups):
 
 
 def test_gradients_match_reference_c1024():
-    """The fused backward equals autograd through the reference (x, weight, bias, all four gates), G = 2."""
+    """Gradients equal autograd through the reference (x, weight, bias, all four gates), G = 2."""
     rn = _random_rn(1024).double()
     x = _domain_batch(3, 2, 1024, (2, 3), dtype=torch.float64).requires_grad_()
     grad_out = torch.randn_like(x)
@@ -351,3 +353,45 @@ def test_bad_inputs():
         with domain_split(rn, (3, -1)):
             pass
     assert rn.domain_split is None  # every failed block restored the declaration
+
+
+@pytest.mark.parametrize('offset', [0.0, 1e3])
+def test_float32_matches_float64(offset):
+    """RN in float32 against RN in float64, also on a map with a large mean (where a one-pass
+    variance would lose its digits): outputs, gradients and running statistics. (No constant
+    channel: the variance-gate gradients of a zero-variance channel scale rounding by eps^-1.5 in
+    any precision.)"""
+    rn = _random_rn(5)
+    ref = copy.deepcopy(rn).double()
+    x = (_domain_batch(2, 2, 5, (6, 7)) + offset).requires_grad_()
+    x_ref = x.detach().double().requires_grad_()
+    with domain_split(rn, (2, 2)), domain_split(ref, (2, 2)):
+        y, y_ref = rn(x), ref(x_ref)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x] + list(rn.parameters()), grad)
+    want = torch.autograd.grad(y_ref, [x_ref] + list(ref.parameters()), grad.double())
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=2e-4 if offset else 1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-3, atol=1e-2 if offset else 1e-4)
+    for name in ('running_mean_target', 'running_var_target', 'running_var_source'):
+        torch.testing.assert_close(getattr(rn, name).double(), getattr(ref, name), rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_single_domain_gradients_match_autograd_reference():
+    """A pure one-domain batch is differentiable through its statistics: gradients equal autograd
+    through the float64 formula (unbiased variance)."""
+    rn = _random_rn(6, allow_single_domain=True).double()
+    x = (torch.randn(4, 6, 3, 5, dtype=torch.float64) * 2 + 1).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    with domain_split(rn, (0, 4)):
+        y = rn(x)
+    mean, var = _moments(x_ref)
+    shape = (1, -1, 1, 1)
+    y_ref = rn.weight.view(shape) * (x_ref - mean.view(shape)) / torch.sqrt(var.view(shape) + rn.eps) \
+        + rn.bias.view(shape)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, rn.weight, rn.bias], grad)
+    want = torch.autograd.grad(y_ref, [x_ref, rn.weight, rn.bias], grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)

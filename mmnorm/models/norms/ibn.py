@@ -1,21 +1,21 @@
 """IBN: Instance-Batch Normalization.
 
-Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via IBN-Net", ECCV 2018
-(arXiv 1807.09441). The first ``int(C * ratio)`` channels are instance-normalised (learned affine, no running
-statistics), the remaining channels go through batch normalization.
+Pan et al., "Two at Once: Enhancing Learning and Generalization Capacities via IBN-Net",
+ECCV 2018 (arXiv 1807.09441). The first ``int(C * ratio)`` channels are instance-normalised
+(learned affine, no running statistics), the remaining channels go through batch normalization.
 
-The layer is a plain container of two torch norm modules, ``IN`` and ``BN`` (the names of the official
-checkpoints), so everything that works on torch BN layers works on the BN half unchanged: ``norm_eval``,
-``convert_sync_batchnorm`` / ``revert_sync_batchnorm`` and AdaBN recalibration.
+The layer is a plain container of two torch norm modules, ``IN`` and ``BN`` (the names of the
+official checkpoints), and its forward calls them: split -> ``IN`` / ``BN`` -> cat, autograd
+deriving the backward. Everything that works on torch norm layers therefore works on the halves
+unchanged: ``norm_eval``, ``convert_sync_batchnorm`` / ``revert_sync_batchnorm``, hooks on the
+children, profilers, AdaBN recalibration, tracing, ONNX export and ``torch.compile``.
 
-Speed: while the children are the plain torch modules (and nothing would notice they are not called: no hooks on
-them, no tracing, export or ``torch.compile``), the forward runs IBN's fused kernels (``_ibn_fused``: one statistics
-pass and one affine pass, the same numbers as the children); otherwise it calls the children.
-
-Degenerate maps: on a map with one spatial position (``H * W == 1``, e.g. ASPP / PSP image pooling) instance
-statistics are those of a single value, so the instance half is ``(x - x) / sqrt(0 + eps) * w + b = b``: it outputs
-its bias (in train and eval; torch's ``InstanceNorm2d`` refuses such maps). A one-time warning names the layer. A
-training batch with one value per channel in the BN half (``N * H * W == 1``) is a ``ValueError``.
+Degenerate maps: on a map with one spatial position (``H * W == 1``, e.g. ASPP / PSP image
+pooling) instance statistics are those of a single value, so the instance half is
+``(x - x) / sqrt(0 + eps) * w + b = b``: it outputs its bias (in train and eval; torch's
+``InstanceNorm2d`` refuses such maps). A one-time warning names the layer. A training batch with
+one value per channel in the BN half (``N * H * W == 1``) is a ``ValueError``. An empty batch
+(``N == 0``) gives an empty output, as torch's BN does.
 """
 
 import torch
@@ -25,7 +25,6 @@ from mmengine.logging import print_log
 from mmengine.registry import MODELS
 
 from ...validation import check_positive_int
-from ._ibn_fused import ibn_fused
 from .layer_names import layer_label
 
 __all__ = ['IBN', 'num_instance_channels']
@@ -38,11 +37,13 @@ def num_instance_channels(num_features: int, ratio: float) -> int:
         ValueError: ``ratio`` outside (0, 1), or a split that leaves either half empty.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise ValueError(f'IBN ratio must be a number in (0, 1), got ratio={ratio!r} (C={num_features})')
+        raise ValueError(f'IBN ratio must be a number in (0, 1), got ratio={ratio!r} '
+                         f'(C={num_features})')
     num_in = int(num_features * ratio)
     if num_in < 1 or num_in > num_features - 1:
-        raise ValueError(f'IBN ratio={ratio} leaves the instance-norm half with {num_in} and the batch-norm half '
-                         f'with {num_features - num_in} of C={num_features} channels; both need at least one')
+        raise ValueError(f'IBN ratio={ratio} leaves the instance-norm half with {num_in} and the '
+                         f'batch-norm half with {num_features - num_in} of C={num_features} '
+                         'channels; both need at least one')
     return num_in
 
 
@@ -50,39 +51,44 @@ def num_instance_channels(num_features: int, ratio: float) -> int:
 class IBN(nn.Module):
     """Instance-Batch Normalization (the IBN-a layer).
 
-    ``y = cat(IN(x[:, :h]), BN(x[:, h:]), dim=1)`` with ``h = int(C * ratio)``. Unlike the official code, the
-    split uses the sizes ``[h, C - h]``, so ratios other than 0.5 and odd ``C`` are split correctly.
+    ``y = cat(IN(x[:, :h]), BN(x[:, h:]), dim=1)`` with ``h = int(C * ratio)``. Unlike the
+    official code, the split uses the sizes ``[h, C - h]``, so ratios other than 0.5 and odd ``C``
+    are split correctly.
 
     Args:
         num_features (int): Number of channels ``C``.
         eps (float): Added to the variance in both halves. Defaults to 1e-5.
         momentum (float): Running-statistics momentum of the BN half. Defaults to 0.1.
-        ratio (float): Fraction of channels that are instance-normalised, in (0, 1). Defaults to 0.5.
-        bn_cfg (dict): Config of the BN half (``type`` and options other than ``eps``/``momentum``, e.g.
-            ``dict(type='SyncBN')``). Defaults to ``dict(type='BN')``.
+        ratio (float): Fraction of channels that are instance-normalised, in (0, 1).
+            Defaults to 0.5.
+        bn_cfg (dict): Config of the BN half (``type`` and options other than
+            ``eps``/``momentum``, e.g. ``dict(type='SyncBN')``). Defaults to ``dict(type='BN')``.
         device, dtype: Factory arguments of the parameters and buffers.
 
     Shape:
-        - Input: ``(N, C, H, W)``; ``(N, C)`` and ``(N, C, L)`` are normalised as ``(N, C, L, 1)`` maps
+        - Input: ``(N, C, H, W)``; ``(N, C)`` and ``(N, C, L)`` are normalised as ``(N, C, L, 1)``
+          maps
         - Output: same shape as the input
 
     Children (state-dict keys as in the official IBN-Net checkpoints):
-        ``IN``: ``nn.InstanceNorm2d(h, affine=True)``; ``BN``: the configured BN over ``C - h`` channels.
+        ``IN``: ``nn.InstanceNorm2d(h, affine=True)``; ``BN``: the configured BN over ``C - h``
+        channels.
     """
 
     _abbr_ = 'bn'  # backbones name it bn1, bn2, ... like BN, so BN checkpoints keep their keys
-    layer_path = None  # module path for messages, set by mmnorm.models.norms.layer_names.name_layers
+    layer_path = None  # module path for messages, set by layer_names.name_layers
     _warned_single_position = False
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, ratio: float = 0.5,
-                 bn_cfg: dict = dict(type='BN'), device=None, dtype=None):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 ratio: float = 0.5, bn_cfg: dict = dict(type='BN'), device=None, dtype=None):
         super().__init__()
         check_positive_int(num_features, 'IBN num_features', minimum=2)
         if not isinstance(bn_cfg, dict) or 'type' not in bn_cfg:
             raise TypeError(f'IBN bn_cfg must be a dict with a "type", got {bn_cfg!r}')
         clash = sorted({'eps', 'momentum'} & set(bn_cfg))
         if clash:
-            raise ValueError(f'IBN bn_cfg must not set {clash}: pass them to IBN itself, got bn_cfg={bn_cfg!r}')
+            raise ValueError(f'IBN bn_cfg must not set {clash}: pass them to IBN itself, '
+                             f'got bn_cfg={bn_cfg!r}')
         self.num_features = num_features
         self.ratio = ratio
         self.num_in = num_instance_channels(num_features, ratio)
@@ -91,80 +97,64 @@ class IBN(nn.Module):
         self.bn_cfg = dict(bn_cfg)
         factory = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
         self.IN = nn.InstanceNorm2d(self.num_in, eps=eps, affine=True, **factory)
-        self.BN = build_norm_layer(dict(bn_cfg, eps=eps, momentum=momentum, **factory), num_features - self.num_in)[1]
+        bn_layer_cfg = dict(bn_cfg, eps=eps, momentum=momentum, **factory)
+        self.BN = build_norm_layer(bn_layer_cfg, num_features - self.num_in)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() in (2, 3):  # (N, C) / (N, C, L), BN1d positions (e.g. EncNet's encoding): an (L, 1) map
+        if x.dim() in (2, 3):  # (N, C) / (N, C, L), BN1d positions (EncNet's encoding): (L, 1) maps
             return self.forward(x.reshape(*x.shape, *(1, ) * (4 - x.dim()))).reshape(x.shape)
         if x.dim() != 4 or x.shape[1] != self.num_features:
-            raise ValueError(f'IBN expects (N, {self.num_features}, H, W) input, got shape {tuple(x.shape)}')
-        if self.fused_path_applies(x):
-            return ibn_fused(x, self.IN, self.BN)
+            raise ValueError(f'IBN expects (N, {self.num_features}, H, W) input, '
+                             f'got shape {tuple(x.shape)}')
         x_in, x_bn = x.split([self.num_in, self.num_features - self.num_in], dim=1)
-        if x.shape[2] * x.shape[3] > 1:
+        if x.shape[0] == 0:  # an empty batch: torch's IN refuses it, BN returns an empty output
+            y_in = self._instance_bias(x_in)
+        elif x.shape[2] * x.shape[3] > 1:
             y_in = self.IN(x_in)
         else:
             y_in = self._single_position_instance_norm(x_in)
         if self.training and self.BN.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
             raise ValueError(
-                f'{layer_label(self)}: input {tuple(x.shape)} has one value per channel for the batch-norm half in '
-                'training (N x H x W = 1); use more than one image per GPU, or keep IBN out of 1x1 pooling branches '
-                '(IBN-Net places IN in the early backbone stages only)')
+                f'{layer_label(self)}: input {tuple(x.shape)} has one value per channel for the '
+                'batch-norm half in training (N x H x W = 1); use more than one image per GPU, or '
+                'keep IBN out of 1x1 pooling branches (IBN-Net places IN in the early backbone '
+                'stages only)')
         y = torch.cat([y_in, self.BN(x_bn)], dim=1)
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            y = y.contiguous(memory_format=torch.channels_last)  # as torch's BN returns channels_last maps
+            y = y.contiguous(memory_format=torch.channels_last)  # as torch's BN returns it
         return y
 
-    def fused_path_applies(self, x: torch.Tensor) -> bool:
-        """Whether :func:`~mmnorm.models.norms._ibn_fused.ibn_fused` gives exactly what calling the children gives.
-
-        It needs the plain torch children (an ``nn.InstanceNorm2d`` with affine and no running statistics, an
-        ``nn.BatchNorm2d`` with affine and running statistics; not SyncBN or any subclass) with the same ``eps``,
-        no forward hooks on them (AdaBN recalibration measures the BN half through a pre-hook), a contiguous
-        float32/float64 map with samples and more than one position, parameters of its dtype and device, and no tracing,
-        export or ``torch.compile`` (which fuse the children themselves).
-        """
-        inorm, bnorm = self.IN, self.BN
-        if type(inorm) is not nn.InstanceNorm2d or type(bnorm) is not nn.BatchNorm2d:
-            return False
-        if not (inorm.affine and not inorm.track_running_stats and bnorm.affine and bnorm.track_running_stats
-                and inorm.eps == bnorm.eps):
-            return False
-        if (x.dtype not in (torch.float32, torch.float64) or not x.is_contiguous() or x.shape[0] == 0
-                or x.shape[2] * x.shape[3] < 2):
-            return False
-        if any(t.dtype != x.dtype or t.device != x.device for t in (inorm.weight, bnorm.weight, bnorm.running_mean)):
-            return False
-        if any(m._forward_pre_hooks or m._forward_hooks for m in (inorm, bnorm)):
-            return False
-        return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                    or torch.onnx.is_in_onnx_export())
-
     def _single_position_instance_norm(self, x_in: torch.Tensor) -> torch.Tensor:
-        """Instance norm of (N, h, 1, 1): every value is its own mean, so the output is the IN bias (zero
-        gradient to ``x_in`` and to the IN weight, both kept in the graph)."""
+        """Instance norm of (N, h, 1, 1): every value is its own mean, so the output is the IN
+        bias (with a one-time warning)."""
         if not self._warned_single_position:
             self._warned_single_position = True
             print_log(
-                f'{layer_label(self)}: input with one spatial position; the instance-normalised half outputs '
-                'its bias (IN of a single value is 0). IBN-Net places IN in early, high-resolution layers '
-                'only: use norm_cfg=dict(type="BN") for pooling branches', logger='current', level=30)
+                f'{layer_label(self)}: input with one spatial position; the instance-normalised '
+                'half outputs its bias (IN of a single value is 0). IBN-Net places IN in early, '
+                'high-resolution layers only: use norm_cfg=dict(type="BN") for pooling branches',
+                logger='current', level=30)
+        return self._instance_bias(x_in)
+
+    def _instance_bias(self, x_in: torch.Tensor) -> torch.Tensor:
+        """``(x - x) * w + b``: the IN bias in the shape of ``x_in``, with a zero gradient to
+        ``x_in`` and to the IN weight (both kept in the graph)."""
         shape = (1, -1, 1, 1)
         return (x_in - x_in) * self.IN.weight.view(shape) + self.IN.bias.view(shape)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        # A plain BN entry (``weight``, ``bias``, ``running_mean``, ...) is split into the two halves: the IN affine
-        # takes the first h channels of weight/bias, the BN half the rest (running stats of the IN channels are
-        # dropped, IN has none).
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A plain BN entry (``weight``, ``bias``, ``running_mean``, ...) is split into the two
+        # halves: the IN affine takes the first h channels of weight/bias, the BN half the rest
+        # (running stats of the IN channels are dropped, IN has none).
         plain = [
             name for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
             if prefix + name in state_dict
         ]
         if plain:
             self._split_plain_bn(state_dict, prefix, plain, error_msgs)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     def _split_plain_bn(self, state_dict, prefix, names, error_msgs):
         h = self.num_in
@@ -175,12 +165,13 @@ class IBN(nn.Module):
                 continue
             if value.dim() != 1 or value.numel() != self.num_features:
                 error_msgs.append(f'size mismatch for {prefix}{name}: a plain BN entry of shape '
-                                  f'{tuple(value.shape)} cannot load into IBN over {self.num_features} channels')
+                                  f'{tuple(value.shape)} cannot load into IBN over '
+                                  f'{self.num_features} channels')
                 continue
             if name in ('weight', 'bias'):
                 state_dict[prefix + 'IN.' + name] = value[:h]
             state_dict[prefix + 'BN.' + name] = value[h:]
 
     def extra_repr(self) -> str:
-        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, ratio={self.ratio} '
-                f'(IN channels={self.num_in}), bn_cfg={self.bn_cfg}')
+        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
+                f'ratio={self.ratio} (IN channels={self.num_in}), bn_cfg={self.bn_cfg}')
