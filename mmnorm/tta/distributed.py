@@ -2,56 +2,47 @@
 
 Every rank adapts on its own batches; per TENT step the ranks exchange exactly two all-reduces
 (no-ops in one process): the step's counts and monitor sums (one float64 vector), then the gradients
-of the tuned parameters (one flat vector). The loss of a step is
+of the tuned parameters (coalesced, one per dtype). The loss of a step is
 ``sum of the selected entropies on all ranks / number selected on all ranks``, so the summed
 gradients are those of one process forwarding every rank's batch separately (each with its own batch
 statistics) and averaging over all their selected elements; every rank then applies the same update.
 A rank without a batch takes part with zeros (:meth:`mmnorm.tta.TestTimeAdapter.idle_step`), so none
 waits forever.
 """
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
-from mmengine.dist import all_reduce, get_dist_info
+from mmengine.dist import all_reduce, all_reduce_params, get_world_size
 
 __all__ = ['is_distributed', 'sum_over_ranks', 'sum_gradients_over_ranks', 'max_over_ranks']
 
 
 def is_distributed() -> bool:
     """Whether a process group with more than one rank is initialised."""
-    return get_dist_info()[1] > 1
+    return get_world_size() > 1
 
 
 def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of ``values`` over the ranks (float64; one all-reduce, a copy in one
     process)."""
     total = values.detach().double().clone()
-    if is_distributed():
-        all_reduce(total, op='sum')
+    all_reduce(total, op='sum')  # a no-op in one process
     return total
 
 
 def sum_gradients_over_ranks(params: Sequence[torch.nn.Parameter]) -> None:
-    """Replaces every ``param.grad`` with its sum over the ranks (None counts as zeros); one flat
-    all-reduce."""
+    """Replaces every ``param.grad`` with its sum over the ranks (None counts as zeros); one
+    coalesced all-reduce per dtype (mmengine's ``all_reduce_params``)."""
     if not is_distributed() or not params:
         return
-    grads: List[torch.Tensor] = [
-        p.grad if p.grad is not None else torch.zeros_like(p) for p in params
-    ]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    all_reduce(flat, op='sum')
-    offset = 0
     for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_reduce_params([p.grad for p in params], op='sum')
 
 
 def max_over_ranks(value: int, device: torch.device) -> int:
     """The largest ``value`` over the ranks (e.g. the number of test batches; one all-reduce)."""
-    if not is_distributed():
-        return int(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    all_reduce(t, op='max')
+    all_reduce(t, op='max')  # a no-op in one process
     return int(t.item())
