@@ -147,6 +147,7 @@ def test_show_dir_paints_every_batch(tiny_demo_data, tmp_path):
     init_default_scope('mmseg')
     model = MODELS.build(Config.fromfile(osp.join(REPO, DEMO_CONFIG)).model)
     torch.save(dict(state_dict=model.state_dict()), tmp_path / 'm.pth')
+    # a subprocess (tools/test.py's smoke run): in-process, a visualizer built by an earlier test may be reused
     run_tool([
         'tools/test.py', DEMO_CONFIG, tmp_path / 'm.pth', '--work-dir', tmp_path / 'wd', '--show-dir', tmp_path / 'vis',
         '--cfg-options', *tiny_seg_options(tiny_demo_data)
