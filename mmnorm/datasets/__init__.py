@@ -1,7 +1,9 @@
 """Datasets, registered in the toolbox registries they extend.
 
-The mmseg datasets import only when mmseg is installed, the mmdet ones only with mmdet. The synthetic demo
-generator (:mod:`mmnorm.datasets.synthetic`, :mod:`mmnorm.datasets.synthetic_stream`) registers nothing and is
+The mmseg datasets import only when mmseg is installed, the mmdet ones only with mmdet. The
+synthetic demo
+generator (:mod:`mmnorm.datasets.synthetic`, :mod:`mmnorm.datasets.synthetic_stream`) registers
+nothing and is
 imported on first use: ``from mmnorm.datasets import generate_demo_data`` still works.
 """
 from ..toolboxes import toolbox_installed
@@ -15,8 +17,8 @@ if toolbox_installed('mmseg'):
     from .mapillary import MAPILLARY_V12_TO_TRAINID, Mapillary19Dataset
     from .synthia import SYNTHIA_CLASS_SUBSETS, SYNTHIA_ID_TO_TRAINID, SynthiaDataset
     __all__ += [
-        'GTA5Dataset', 'read_gta5_split', 'SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID', 'SYNTHIA_CLASS_SUBSETS',
-        'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID'
+        'GTA5Dataset', 'read_gta5_split', 'SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID',
+        'SYNTHIA_CLASS_SUBSETS', 'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID'
     ]
 
 if toolbox_installed('mmdet'):

@@ -59,7 +59,8 @@ def check_norm_types(cfg: Config) -> int:
             names = available_norms()
             close = difflib.get_close_matches(norm_type, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ''
-            raise ValueError(f'{key}={norm_type!r} is not a registered norm layer{hint}; available '
-                             f'norms: {", ".join(names)}. mmnorm layers need '
-                             'custom_imports=dict(imports=["mmnorm"]) in the config (or import mmnorm)')
+            raise ValueError(
+                f'{key}={norm_type!r} is not a registered norm layer{hint}; available '
+                f'norms: {", ".join(names)}. mmnorm layers need '
+                'custom_imports=dict(imports=["mmnorm"]) in the config (or import mmnorm)')
     return len(found)

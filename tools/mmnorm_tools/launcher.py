@@ -1,11 +1,16 @@
 """Distributed launch that also works on CPU-only machines.
 
-mmengine 0.10.7 assumes GPUs for ``--launcher pytorch|slurm``: ``init_dist`` calls ``torch.cuda.set_device`` (an
-error on a CPU-only torch) and the Runner wraps DDP with ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU
-modules. :func:`setup_launcher` keeps mmengine's own path on GPUs (nccl) and, without CUDA, runs mmengine's
-``init_dist`` (its torchrun / SLURM environment parsing included) with ``torch.cuda.set_device`` skipped and a gloo
+mmengine 0.10.7 assumes GPUs for ``--launcher pytorch|slurm``: ``init_dist`` calls
+``torch.cuda.set_device`` (an
+error on a CPU-only torch) and the Runner wraps DDP with ``device_ids=[LOCAL_RANK]``, which DDP
+rejects for CPU
+modules. :func:`setup_launcher` keeps mmengine's own path on GPUs (nccl) and, without CUDA, runs
+mmengine's
+``init_dist`` (its torchrun / SLURM environment parsing included) with ``torch.cuda.set_device``
+skipped and a gloo
 backend (the Runner then skips ``init_dist``), and asks for a CPU DDP wrapper (``device_ids=None``).
-On CPU the config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the Runner's environment log
+On CPU the config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the
+Runner's environment log
 says ``backend: gloo`` and ``device: cpu`` instead of the GPU config's ``nccl``.
 """
 import os
@@ -22,9 +27,11 @@ LAUNCHERS = ('none', 'pytorch', 'slurm')
 
 
 def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> None:
-    """Initialises ``torch.distributed`` for CPU processes started by torchrun (``pytorch``) or srun (``slurm``).
+    """Initialises ``torch.distributed`` for CPU processes started by torchrun (``pytorch``) or
+    srun (``slurm``).
 
-    mmengine's ``init_dist`` reads the environment (RANK / WORLD_SIZE / MASTER_* from torchrun; SLURM_PROCID,
+    mmengine's ``init_dist`` reads the environment (RANK / WORLD_SIZE / MASTER_* from torchrun;
+    SLURM_PROCID,
     SLURM_NTASKS, SLURM_NODELIST, SLURM_LOCALID from srun) and starts the process group; only its
     ``torch.cuda.set_device`` call is skipped.
 
@@ -36,12 +43,17 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> No
     if torch_dist.is_initialized():
         return
     if launcher == 'pytorch':
-        missing = [k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
+        missing = [
+            k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ
+        ]
     else:
-        missing = [k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ]
+        missing = [
+            k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ
+        ]
     if missing:
-        raise RuntimeError(f'--launcher {launcher} needs the environment variables {missing}; start the '
-                           'script with tools/dist_train.sh / dist_test.sh (torchrun) or srun')
+        raise RuntimeError(
+            f'--launcher {launcher} needs the environment variables {missing}; start the '
+            'script with tools/dist_train.sh / dist_test.sh (torchrun) or srun')
     if launcher == 'slurm':
         os.environ.setdefault('SLURM_LOCALID', '0')  # mmengine divides by the GPU count without it
     with mock.patch.object(torch.cuda, 'set_device', lambda device: None):
@@ -52,7 +64,8 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
     """Prepares ``cfg`` (in place) for ``launcher`` and, on CPU, starts the gloo process group.
 
     Args:
-        cfg (Config): The experiment config; ``cfg.launcher`` and, on CPU, ``cfg.model_wrapper_cfg`` are set.
+        cfg (Config): The experiment config; ``cfg.launcher`` and, on CPU,
+        ``cfg.model_wrapper_cfg`` are set.
         launcher (str): One of ``'none'``, ``'pytorch'``, ``'slurm'``.
 
     Returns:
@@ -68,7 +81,8 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
     if backend == 'nccl':
         backend = 'gloo'  # configs written for GPUs say nccl; CPU tensors need gloo
     init_cpu_process_group(launcher, backend=backend, **dist_cfg)
-    # What the Runner logs under "Runtime environment" (it prints env_cfg): the backend that really runs, and that
+    # What the Runner logs under "Runtime environment" (it prints env_cfg): the backend that really
+    # runs, and that
     # the processes are CPU processes (mmengine's own "GPU number" line there counts processes).
     env_cfg = dict(cfg.get('env_cfg') or {})
     env_cfg['dist_cfg'] = dict(env_cfg.get('dist_cfg') or {}, backend=backend)
@@ -89,7 +103,8 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
 def teardown_launcher() -> None:
     """Waits for every rank and destroys the process group.
 
-    Without it, a rank of a gloo job can abort at interpreter exit ("terminate called without an active exception")
+    Without it, a rank of a gloo job can abort at interpreter exit ("terminate called without an
+    active exception")
     while the other ranks still talk to it, failing a run whose training finished.
     """
     if torch_dist.is_available() and torch_dist.is_initialized():

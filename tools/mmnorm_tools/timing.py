@@ -26,11 +26,15 @@ def timed(fn: Callable[[], object], device='cpu', clock: str = 'wall') -> float:
     return now() - start
 
 
-def paired_seconds(ref_step: Callable[[], None], step: Callable[[], None], repeats: int, warmup: int,
+def paired_seconds(ref_step: Callable[[], None],
+                   step: Callable[[], None],
+                   repeats: int,
+                   warmup: int,
                    device='cpu') -> Tuple[float, float, float]:
     """Interleaved timing of ``ref_step`` and ``step``: medians of each and of the per-pair ratio.
 
-    The pairs alternate which side runs first, so a slowdown of the machine in the middle of a pair is
+    The pairs alternate which side runs first, so a slowdown of the machine in the middle of a pair
+    is
     shared.
     """
     for _ in range(warmup):
@@ -46,13 +50,18 @@ def paired_seconds(ref_step: Callable[[], None], step: Callable[[], None], repea
     return statistics.median(ref_times), statistics.median(times), statistics.median(ratios)
 
 
-def round_robin(fns: Dict[str, Callable[[], object]], repeats: Union[int, Dict[str, int]], device='cpu',
-                clocks: Sequence[str] = ('wall', ), warmup: int = 1) -> Dict[str, List[tuple]]:
-    """Times the functions in turns, so that load from other processes on a shared machine hits all of them.
+def round_robin(fns: Dict[str, Callable[[], object]],
+                repeats: Union[int, Dict[str, int]],
+                device='cpu',
+                clocks: Sequence[str] = ('wall', ),
+                warmup: int = 1) -> Dict[str, List[tuple]]:
+    """Times the functions in turns, so that load from other processes on a shared machine hits all
+    of them.
 
     Args:
         fns: name -> function.
-        repeats: Rounds, for all functions or per name (a function leaves the turns after its count).
+        repeats: Rounds, for all functions or per name (a function leaves the turns after its
+        count).
         device: Synchronised around every call when a GPU.
         clocks: ``'wall'`` and / or ``'cpu'`` (this process's CPU time, all threads).
         warmup: Untimed calls of each function first.
