@@ -1,5 +1,6 @@
-"""Every mmnorm layer (and BN, the reference) at 8 channels, by name: the cases the AMP / channels_last and the
-torch.compile tests run. ``SPLIT_LAYERS`` are called inside a declared [source | target] split."""
+"""Every mmnorm layer (and BN, the reference) at 8 channels, by name: the cases the AMP /
+channels_last and the torch.compile tests run. ``SPLIT_LAYERS`` are called inside a declared
+[source | target] split."""
 import torch.nn as nn
 
 from mmnorm.models.norms import IBN, PBN, RN, AdaBN

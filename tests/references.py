@@ -1,16 +1,18 @@
-"""Reference implementations written from the papers' descriptions, shared by tests and benchmarks."""
+"""Reference implementations written from the papers' descriptions, shared by tests and
+benchmarks."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
 def pbn_patch_loop(x: torch.Tensor, layer: nn.Module, plan) -> torch.Tensor:
-    """Straightforward PBN training forward: a Python loop over the patches of both views, two ``F.batch_norm``
-    calls per patch (running and patch statistics), ``torch.cat`` to re-assemble (the released code's structure).
+    """Straightforward PBN training forward: a Python loop over the patches of both views, two
+    ``F.batch_norm`` calls per patch (running and patch statistics), ``torch.cat`` to re-assemble
+    (the released code's structure).
 
-    Reference for ``mmnorm.models.norms.PBN`` (tests/test_pbn.py checks the two agree) and the ``PBN-loop``
-    benchmark case. ``layer`` provides weight, bias, running stats (updated in place), eps and momentum;
-    ``plan`` is a ``PBNPlan``.
+    Reference for ``mmnorm.models.norms.PBN`` (tests/test_pbn.py checks the two agree) and the
+    ``PBN-loop`` benchmark case. ``layer`` provides weight, bias, running stats (updated in place),
+    eps and momentum; ``plan`` is a ``PBNPlan``.
     """
     w, b, rm, rv = layer.weight, layer.bias, layer.running_mean, layer.running_var
     height, width = x.shape[2:]
@@ -23,11 +25,14 @@ def pbn_patch_loop(x: torch.Tensor, layer: nn.Module, plan) -> torch.Tensor:
             cols = []
             for c0, c1 in zip(col_edges[:-1], col_edges[1:]):
                 patch = x[:, :, r0:r1, c0:c1]
-                # clones: the running buffers change in place below, autograd must see the values used here
+                # clones: the running buffers change in place below, autograd must see the values
+                # used here
                 z_running = F.batch_norm(patch, rm.clone(), rv.clone(), w, b, False, 0.0, layer.eps)
-                z_patch = F.batch_norm(patch, rm if i == 0 else None, rv if i == 0 else None, w, b, True,
-                                       layer.momentum, layer.eps)
-                cols.append(torch.where(view.patch_stats[k].to(x.device).view(1, -1, 1, 1), z_patch, z_running))
+                z_patch = F.batch_norm(patch, rm if i == 0 else None, rv if i == 0 else None, w, b,
+                                       True, layer.momentum, layer.eps)
+                cols.append(
+                    torch.where(view.patch_stats[k].to(x.device).view(1, -1, 1, 1), z_patch,
+                                z_running))
                 k += 1
             rows.append(torch.cat(cols, dim=3))
         outputs.append(torch.cat(rows, dim=2))

@@ -1,5 +1,5 @@
-"""Every mmnorm layer under bfloat16 autocast and with channels_last maps; ``tools/train.py --amp`` (bfloat16
-autocast on CPU) on the demo configs."""
+"""Every mmnorm layer under bfloat16 autocast and with channels_last maps; ``tools/train.py --amp``
+(bfloat16 autocast on CPU) on the demo configs."""
 import copy
 import glob
 import math
@@ -41,7 +41,8 @@ def test_channels_last_same_numbers_and_format(name, train):
     y_cf, y_cl = forward(name, layer, x_cf), forward(name, other, x_cl)
     torch.testing.assert_close(y_cl, y_cf, atol=1e-5, rtol=1e-5)
     assert y_cl.is_contiguous(memory_format=torch.channels_last)  # as torch's BN returns it
-    (g_cf, ), (g_cl, ) = torch.autograd.grad(y_cf, x_cf, grad), torch.autograd.grad(y_cl, x_cl, grad)
+    (g_cf, ), (g_cl, ) = torch.autograd.grad(y_cf, x_cf,
+                                             grad), torch.autograd.grad(y_cl, x_cl, grad)
     torch.testing.assert_close(g_cl, g_cf, atol=1e-5, rtol=1e-5)
     for key, value in layer.state_dict().items():  # running statistics
         torch.testing.assert_close(other.state_dict()[key], value)
@@ -49,8 +50,9 @@ def test_channels_last_same_numbers_and_format(name, train):
 
 @pytest.mark.parametrize('name', list(LAYERS))
 def test_bfloat16_autocast_statistics_in_float32(name):
-    """A bfloat16 map from an autocast conv: the layer returns bfloat16 (as torch's BN), finite, and equal to the
-    float32 computation on the same (bfloat16-rounded) values up to the output's rounding."""
+    """A bfloat16 map from an autocast conv: the layer returns bfloat16 (as torch's BN), finite, and
+    equal to the float32 computation on the same (bfloat16-rounded) values up to the output's
+    rounding."""
     torch.manual_seed(0)
     layer = LAYERS[name]().train()
     ref = copy.deepcopy(layer)
@@ -90,15 +92,18 @@ def _demo_cases():
 
 @pytest.mark.parametrize('config', list(_demo_cases()))
 def test_train_amp_demo_config(config, tiny_demo_data, tmp_path):
-    """``tools/train.py --amp`` (bfloat16 autocast on CPU) trains 3 iterations with finite losses."""
+    """``tools/train.py --amp`` (bfloat16 autocast on CPU) trains 3 iterations with finite
+    losses."""
     iters = 3
-    opts = load_tool('demo').data_root_options(
-        config, tiny_demo_data) + [o for o in tiny_seg_options(tiny_demo_data, iters=iters) if 'data_root=' not in o]
+    opts = load_tool('demo').data_root_options(config, tiny_demo_data) + [
+        o for o in tiny_seg_options(tiny_demo_data, iters=iters) if 'data_root=' not in o
+    ]
     opts += [f'train_cfg.val_interval={iters + 1}']  # training only
     work_dir = tmp_path / 'wd'
     run_tool(['tools/train.py', config, '--amp', '--work-dir', work_dir, '--cfg-options', *opts])
     log = open(glob.glob(str(work_dir / '*' / '*.log'))[0]).read()
-    assert ("type='AmpOptimWrapper'" if torch.cuda.is_available() else "type='CPUAmpOptimWrapper'") in log
+    assert ("type='AmpOptimWrapper'"
+            if torch.cuda.is_available() else "type='CPUAmpOptimWrapper'") in log
     losses = re.findall(r'Iter\(train\) \[(\d+)/\d+\].*?  loss: (\S+)', log)
     assert [int(step) for step, _ in losses] == list(range(1, iters + 1)), log[-2000:]
     assert all(math.isfinite(float(loss)) for _, loss in losses), losses

@@ -1,9 +1,10 @@
-"""torch.compile of every mmnorm layer (one graph on the common path: ``fullgraph=True``) and inside DeepLabV3+ /
-Faster R-CNN: compiled forward and backward equal eager; mmengine's ``compile`` switch through tools/train.py.
+"""torch.compile of every mmnorm layer (one graph on the common path: ``fullgraph=True``) and inside
+DeepLabV3+ / Faster R-CNN: compiled forward and backward equal eager; mmengine's ``compile`` switch
+through tools/train.py.
 
-The default run traces every layer with the ``aot_eager`` backend (dynamo + AOT autograd: what decides graph breaks
-and the backward graph) and runs inductor on a small conv stack; the inductor runs of every layer, the two models and
-the Runner are marked slow."""
+The default run traces every layer with the ``aot_eager`` backend (dynamo + AOT autograd: what
+decides graph breaks and the backward graph) and runs inductor on a small conv stack; the inductor
+runs of every layer, the two models and the Runner are marked slow."""
 import copy
 import glob
 import os.path as osp
@@ -19,8 +20,9 @@ from tool_loader import load_tool
 import mmnorm  # noqa: F401  (registration)
 from mmnorm.models.norms import IBN, PBN, domain_split
 
-# Train mode with a graph break by design: PBN's random plan (cut positions drawn on the host every forward) runs
-# eagerly; the perturbation layers branch on a host coin flip (StatPerturbation.forward, ``.item() < p``).
+# Train mode with a graph break by design: PBN's random plan (cut positions drawn on the host every
+# forward) runs eagerly; the perturbation layers branch on a host coin flip
+# (StatPerturbation.forward, ``.item() < p``).
 NOT_ONE_GRAPH_IN_TRAIN = ('PBN', 'MixStyle', 'EFDMix', 'DSU')
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -29,7 +31,8 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 def fresh_dynamo():
     import torch._inductor.config as inductor_config
     torch._dynamo.reset()
-    # compiled random ops draw from torch's generator like eager ones (the perturbation layers' draws)
+    # compiled random ops draw from torch's generator like eager ones (the perturbation layers'
+    # draws)
     with inductor_config.patch(fallback_random=True):
         yield
     torch._dynamo.reset()
@@ -56,7 +59,8 @@ def check_compiled_layer(name, train, backend):
         y_e, y_c = forward(name, eager, x_e, step), forward(name, compiled, x_c, step)
         torch.testing.assert_close(y_c, y_e, **TOL)
         params = [p for p in module.parameters()]
-        got = torch.autograd.grad(y_c, [x_c] + params, grad, allow_unused=True)  # RN's gates are unused in eval
+        got = torch.autograd.grad(
+            y_c, [x_c] + params, grad, allow_unused=True)  # RN's gates are unused in eval
         want = torch.autograd.grad(y_e, [x_e] + list(eager.parameters()), grad, allow_unused=True)
         for g, w in zip(got, want):
             assert (g is None) == (w is None)
@@ -67,9 +71,10 @@ def check_compiled_layer(name, train, backend):
 
 
 @pytest.mark.parametrize('train', [True, False], ids=['train', 'eval'])
-@pytest.mark.parametrize('name',
-                         [pytest.param(n, marks=pytest.mark.slow) if n in ('BN', 'IBN-0.25') else n
-                          for n in LAYERS])  # BN: the reference; IBN-0.25: IBN's code path
+@pytest.mark.parametrize(
+    'name',
+    [pytest.param(n, marks=pytest.mark.slow) if n in ('BN', 'IBN-0.25') else n
+     for n in LAYERS])  # BN: the reference; IBN-0.25: IBN's code path
 def test_layer_traces_as_one_graph_and_matches_eager(name, train):
     check_compiled_layer(name, train, 'aot_eager')
 
@@ -82,8 +87,8 @@ def test_layer_inductor_matches_eager(name, train):
 
 
 def test_pbn_random_plan_is_the_only_break():
-    """PBN in train mode: one graph break, at the eagerly-run plan + patch normalisation (no recompilation per
-    plan: the second call with a new plan reuses the graphs)."""
+    """PBN in train mode: one graph break, at the eagerly-run plan + patch normalisation (no
+    recompilation per plan: the second call with a new plan reuses the graphs)."""
     layer = nn.Sequential(nn.Conv2d(3, 8, 1), PBN(8), nn.ReLU())
     explanation = torch._dynamo.explain(layer)(torch.randn(2, 3, 8, 8))
     assert explanation.graph_break_count == 1, explanation.break_reasons
@@ -91,11 +96,12 @@ def test_pbn_random_plan_is_the_only_break():
 
 
 def test_inductor_conv_stack():
-    """The default inductor run: conv -> IBN -> ReLU -> conv -> PBN(fixed) -> ReLU, train forward + backward."""
+    """The default inductor run: conv -> IBN -> ReLU -> conv -> PBN(fixed) -> ReLU, train forward +
+    backward."""
     torch.manual_seed(0)
     eager = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), IBN(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), PBN(8, mode='fixed'),
-        nn.ReLU())
+        nn.Conv2d(3, 8, 3, padding=1), IBN(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+        PBN(8, mode='fixed'), nn.ReLU())
     module = copy.deepcopy(eager)
     compiled = torch.compile(module, fullgraph=True)
     x = torch.randn(2, 3, 8, 8)
@@ -107,7 +113,7 @@ def test_inductor_conv_stack():
         torch.testing.assert_close(p_c.grad, p_e.grad, atol=1e-4, rtol=1e-4)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Inside the models (slow): each norm in the backbone, the model's tensor forward compiled whole
 MODEL_NORMS = {
     'IBN-a': dict(type='IBNResNetV1c', ibn=dict(type='a')),
@@ -119,9 +125,9 @@ MODEL_NORMS = {
 
 
 def _compare_model(build, inputs, norm, backend='inductor'):
-    """Compiled (inductor) against eager, forward and every parameter gradient, in float64: in float32 the two
-    orders of summation (and, for RN / PBN, the compiled plain-autograd formulation against the eager Function)
-    move the first layer's gradient, which gathers every later layer's rounding, by up to ~2e-4."""
+    """Compiled (inductor) against eager, forward and every parameter gradient, in float64: in
+    float32 the two orders of summation move the first layer's gradient, which gathers every later
+    layer's rounding, by up to ~2e-4."""
     torch.manual_seed(0)
     eager = build().double()
     module = copy.deepcopy(eager)
@@ -138,8 +144,12 @@ def _compare_model(build, inputs, norm, backend='inductor'):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-8, rtol=1e-6)
     for (name, p_c), p_e in zip(module.named_parameters(), eager.parameters()):
         if p_e.grad is not None:
-            torch.testing.assert_close(p_c.grad, p_e.grad, atol=1e-8, rtol=1e-6,
-                                       msg=lambda detail, name=name: f'{name}: {detail}')
+            torch.testing.assert_close(
+                p_c.grad,
+                p_e.grad,
+                atol=1e-8,
+                rtol=1e-6,
+                msg=lambda detail, name=name: f'{name}: {detail}')
 
 
 @pytest.mark.slow
@@ -160,22 +170,26 @@ def test_compiled_deeplabv3plus(norm):
     _compare_model(lambda: copy.deepcopy(seg), torch.randn(2, 3, 32, 64), norm)
 
 
-# torch 2.13 CPU inductor: with PBN mode='random' (eager, its graph breaks split the backbone into many graphs) the
-# FPN's last level gets a wrong gradient (fpn_convs.3.weight 50 % off, and from there every backbone parameter by
-# ~0.3 %), while the forward matches to 1e-13 and aot_eager (same graphs, no inductor codegen) is exact.
+# torch 2.13 CPU inductor: with PBN mode='random' (eager, its graph breaks split the backbone into
+# many graphs) the FPN's last level gets a wrong gradient (fpn_convs.3.weight 50 % off, and from
+# there every backbone parameter by ~0.3 %), while the forward matches to 1e-13 and aot_eager (same
+# graphs, no inductor codegen) is exact.
 INDUCTOR_PBN_RANDOM_FPN = pytest.mark.xfail(
-    strict=True, reason='inductor: wrong FPN gradient around PBN random graph breaks (aot_eager exact)')
+    strict=True,
+    reason='inductor: wrong FPN gradient around PBN random graph breaks (aot_eager exact)')
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('norm,backend', [(n, 'inductor') for n in MODEL_NORMS if n != 'PBN'] +
-                         [pytest.param('PBN', 'inductor', marks=INDUCTOR_PBN_RANDOM_FPN), ('PBN', 'aot_eager')])
+@pytest.mark.parametrize(
+    'norm,backend', [(n, 'inductor') for n in MODEL_NORMS if n != 'PBN'] +
+    [pytest.param('PBN', 'inductor', marks=INDUCTOR_PBN_RANDOM_FPN), ('PBN', 'aot_eager')])
 def test_compiled_faster_rcnn_backbone_and_neck(norm, backend, tmp_path):
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
-    base = tmp_path / 'faster_rcnn.py'  # mmdet's own model (a 'mmdet::' path resolves as a _base_ only)
+    # mmdet's own model (a 'mmdet::' path resolves as a _base_ only)
+    base = tmp_path / 'faster_rcnn.py'
     base.write_text("_base_ = ['mmdet::_base_/models/faster-rcnn_r50_fpn.py']\n")
     cfg = Config.fromfile(str(base))
     backbone = dict(depth=18, base_channels=16, init_cfg=None, frozen_stages=-1, norm_eval=False)
@@ -187,7 +201,8 @@ def test_compiled_faster_rcnn_backbone_and_neck(norm, backend, tmp_path):
     cfg.model.neck.update(in_channels=[16, 32, 64, 128], out_channels=32)
     det = MODELS.build(cfg.model).train()
 
-    class Features(nn.Module):  # the detector's backbone + FPN (what the norms change), as one module
+    class Features(nn.Module
+                   ):  # the detector's backbone + FPN (what the norms change), as one module
 
         def __init__(self, det):
             super().__init__()
@@ -201,8 +216,10 @@ def test_compiled_faster_rcnn_backbone_and_neck(norm, backend, tmp_path):
 
 @pytest.mark.slow
 def test_train_py_compile_switch(tiny_demo_data, tmp_path):
-    """``tools/train.py --cfg-options compile=True``: mmengine compiles ``train_step`` (inductor), losses finite."""
-    config = osp.join(REPO, 'configs/demo/deeplabv3plus_r18-mini-d8-ibn-a_1xb8-1k_demo-gta5-cityscapes-64x128.py')
+    """``tools/train.py --cfg-options compile=True``: mmengine compiles ``train_step`` (inductor),
+    losses finite."""
+    config = osp.join(
+        REPO, 'configs/demo/deeplabv3plus_r18-mini-d8-ibn-a_1xb8-1k_demo-gta5-cityscapes-64x128.py')
     opts = load_tool('demo').data_root_options(config, tiny_demo_data) + [
         o for o in tiny_seg_options(tiny_demo_data, iters=2) if 'data_root=' not in o
     ] + ['train_cfg.val_interval=3', 'compile=True']

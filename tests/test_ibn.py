@@ -1,4 +1,5 @@
-"""IBN layer: equivalence with torch IN/BN halves, gradcheck, registry, state dicts, SyncBN round trip, errors."""
+"""IBN layer: equivalence with torch IN/BN halves, gradcheck, registry, state dicts, SyncBN round
+trip, errors."""
 import pytest
 import torch
 import torch.nn as nn
@@ -24,8 +25,14 @@ def reference(ibn: IBN, dtype) -> tuple:
     h, c = ibn.num_in, ibn.num_features
     inorm = nn.InstanceNorm2d(h, eps=ibn.eps, affine=True).to(dtype)
     bnorm = nn.BatchNorm2d(c - h, eps=ibn.eps, momentum=ibn.momentum).to(dtype)
-    inorm.load_state_dict({k[3:]: v.clone() for k, v in ibn.state_dict().items() if k.startswith('IN.')})
-    bnorm.load_state_dict({k[3:]: v.clone() for k, v in ibn.state_dict().items() if k.startswith('BN.')})
+    inorm.load_state_dict({
+        k[3:]: v.clone()
+        for k, v in ibn.state_dict().items() if k.startswith('IN.')
+    })
+    bnorm.load_state_dict({
+        k[3:]: v.clone()
+        for k, v in ibn.state_dict().items() if k.startswith('BN.')
+    })
     return inorm, bnorm
 
 
@@ -50,10 +57,11 @@ def test_matches_instance_and_batch_norm_halves(channels, ratio, dtype):
     expected = torch.cat([inorm(x[:, :h]), bnorm(x[:, h:])], dim=1)
     torch.testing.assert_close(ibn(x), expected, **TOL[dtype])
     # In eval the BN half uses the running stats, the IN half still the per-instance stats.
-    by_running = (x[:, h:] - ibn.BN.running_mean[:, None, None]) / torch.sqrt(ibn.BN.running_var[:, None, None] +
-                                                                              ibn.eps)
+    by_running = (x[:, h:] - ibn.BN.running_mean[:, None, None]
+                  ) / torch.sqrt(ibn.BN.running_var[:, None, None] + ibn.eps)
     torch.testing.assert_close(
-        ibn(x)[:, h:], by_running * ibn.BN.weight[:, None, None] + ibn.BN.bias[:, None, None], **TOL[dtype])
+        ibn(x)[:, h:], by_running * ibn.BN.weight[:, None, None] + ibn.BN.bias[:, None, None],
+        **TOL[dtype])
 
 
 def test_official_split_bug_is_not_reproduced():
@@ -85,12 +93,14 @@ def test_gradcheck_float64(train):
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 def test_registry_round_trip(scope):
     with DefaultScope.overwrite_default_scope(scope):
-        name, layer = build_norm_layer(dict(type='IBN', ratio=0.25, momentum=0.05, requires_grad=False), 12, postfix=2)
+        name, layer = build_norm_layer(
+            dict(type='IBN', ratio=0.25, momentum=0.05, requires_grad=False), 12, postfix=2)
     assert name == 'bn2' and isinstance(layer, IBN)
     assert (layer.num_in, layer.eps, layer.momentum, layer.BN.momentum) == (3, 1e-5, 0.05, 0.05)
     assert not any(p.requires_grad for p in layer.parameters())
     assert set(layer.state_dict()) == {
-        'IN.weight', 'IN.bias', 'BN.weight', 'BN.bias', 'BN.running_mean', 'BN.running_var', 'BN.num_batches_tracked'
+        'IN.weight', 'IN.bias', 'BN.weight', 'BN.bias', 'BN.running_mean', 'BN.running_var',
+        'BN.num_batches_tracked'
     }
     assert 'ratio=0.25' in repr(layer) and "bn_cfg={'type': 'BN'}" in repr(layer)
 
@@ -126,7 +136,11 @@ def test_loads_plain_bn_state_dict():
     bn.num_batches_tracked.fill_(7)
     wrapper = nn.Sequential()
     wrapper.add_module('bn1', IBN(10, ratio=0.3))  # h = 3
-    result = wrapper.load_state_dict({f'bn1.{k}': v for k, v in bn.state_dict().items()}, strict=True)
+    result = wrapper.load_state_dict({
+        f'bn1.{k}': v
+        for k, v in bn.state_dict().items()
+    },
+                                     strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     ibn = wrapper.bn1
     torch.testing.assert_close(ibn.IN.weight, bn.weight[:3], rtol=0, atol=0)
@@ -143,7 +157,8 @@ def test_loads_plain_bn_state_dict():
 
 
 def test_plain_bn_of_wrong_size_is_an_error():
-    with pytest.raises(RuntimeError, match=r'size mismatch for weight: a plain BN entry of shape \(8,\)'):
+    with pytest.raises(
+            RuntimeError, match=r'size mismatch for weight: a plain BN entry of shape \(8,\)'):
         IBN(10).load_state_dict(nn.BatchNorm2d(8).state_dict())
 
 
@@ -176,12 +191,15 @@ def test_sync_bn_half_from_bn_cfg():
 
 @pytest.mark.parametrize('ratio', [0, 1, 1.5, -0.25, 'half', True, None])
 def test_ratio_outside_unit_interval(ratio):
-    with pytest.raises(ValueError, match=rf'ratio must be a number in \(0, 1\), got ratio={ratio!r} \(C=16\)'):
+    with pytest.raises(
+            ValueError, match=rf'ratio must be a number in \(0, 1\), got ratio={ratio!r} \(C=16\)'):
         IBN(16, ratio=ratio)
 
 
 def test_ratio_that_leaves_a_half_empty():
-    with pytest.raises(ValueError, match=r'ratio=0.25 leaves the instance-norm half with 0 .* of C=3 channels'):
+    with pytest.raises(
+            ValueError,
+            match=r'ratio=0.25 leaves the instance-norm half with 0 .* of C=3 channels'):
         IBN(3, ratio=0.25)
 
 
@@ -207,9 +225,13 @@ def test_adabn_recalibration_touches_only_the_bn_half(mode):
     result = recalibrate_bn(model, batches, mode=mode, progress=False, logger=None)
     assert result.layers == ['0.BN'] and '0.IN' in result.left_alone
     data = torch.cat(batches)[:, 4:].double()  # the BN half's channels over all batches
-    torch.testing.assert_close(model[0].BN.running_mean.double(), data.mean(dim=(0, 2, 3)), atol=1e-5, rtol=0)
-    torch.testing.assert_close(model[0].BN.running_var.double(),
-                               data.transpose(0, 1).flatten(1).var(dim=1, unbiased=True), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        model[0].BN.running_mean.double(), data.mean(dim=(0, 2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        model[0].BN.running_var.double(),
+        data.transpose(0, 1).flatten(1).var(dim=1, unbiased=True),
+        atol=1e-4,
+        rtol=1e-5)
     for key, value in model[0].IN.state_dict().items():
         torch.testing.assert_close(value, in_before[key], rtol=0, atol=0)
 
@@ -221,7 +243,8 @@ def _modes(ibn: nn.Module, mode: str) -> None:
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-@pytest.mark.parametrize('channels,ratio,momentum', [(16, 0.5, 0.1), (9, 0.25, None), (7, 0.75, 0.3)])
+@pytest.mark.parametrize('channels,ratio,momentum', [(16, 0.5, 0.1), (9, 0.25, None),
+                                                     (7, 0.75, 0.3)])
 @pytest.mark.parametrize('mode', ['train', 'eval', 'norm_eval'])
 def test_gradients_and_buffers_match_independent_halves(dtype, channels, ratio, momentum, mode):
     """Outputs, gradients (input, both affines) and the BN half's buffers equal split -> torch
@@ -242,9 +265,11 @@ def test_gradients_and_buffers_match_independent_halves(dtype, channels, ratio, 
         y = ibn(x_ibn)
         y_ref = torch.cat([inorm(x_ref[:, :h]), bnorm(x_ref[:, h:])], dim=1)
         torch.testing.assert_close(y, y_ref, **TOL[dtype])
-        got = torch.autograd.grad(y, [x_ibn, ibn.IN.weight, ibn.IN.bias, ibn.BN.weight, ibn.BN.bias],
+        got = torch.autograd.grad(y,
+                                  [x_ibn, ibn.IN.weight, ibn.IN.bias, ibn.BN.weight, ibn.BN.bias],
                                   grad)
-        want = torch.autograd.grad(y_ref, [x_ref, inorm.weight, inorm.bias, bnorm.weight, bnorm.bias],
+        want = torch.autograd.grad(y_ref,
+                                   [x_ref, inorm.weight, inorm.bias, bnorm.weight, bnorm.bias],
                                    grad)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, **TOL[dtype])
@@ -255,7 +280,8 @@ def test_gradients_and_buffers_match_independent_halves(dtype, channels, ratio, 
 
 @pytest.mark.parametrize('train', [True, False])
 def test_empty_batch_like_batch_norm(train):
-    """N == 0: an empty output of the input's shape, as nn.BatchNorm2d gives (torch's IN refuses it)."""
+    """N == 0: an empty output of the input's shape, as nn.BatchNorm2d gives (torch's IN refuses
+    it)."""
     ibn, bn = IBN(8).train(train), nn.BatchNorm2d(8).train(train)
     for shape in [(0, 8, 5, 6), (0, 8, 1, 1)]:
         x, x_bn = torch.randn(*shape, requires_grad=True), torch.randn(*shape, requires_grad=True)
@@ -275,8 +301,8 @@ def test_forward_calls_the_children():
     ibn = IBN(8, ratio=0.25)
     seen = []
     for name in ('IN', 'BN'):
-        getattr(ibn, name).register_forward_hook(
-            lambda module, args, out, name=name: seen.append((name, tuple(args[0].shape))))
+        getattr(ibn, name).register_forward_hook(lambda module, args, out, name=name: seen.append(
+            (name, tuple(args[0].shape))))
     ibn(torch.randn(2, 8, 4, 4))
     assert seen == [('IN', (2, 2, 4, 4)), ('BN', (2, 6, 4, 4))]
 

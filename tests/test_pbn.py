@@ -14,7 +14,8 @@ from mmengine.registry import DefaultScope
 from references import pbn_patch_loop  # the per-patch Python loop (released structure)
 
 from mmnorm.models.norms import PBN
-from mmnorm.models.norms.pbn import PatchView, PBNPlan, grid_edges, pbn_fixed, pbn_train, sample_pbn_plan
+from mmnorm.models.norms.pbn import (PatchView, PBNPlan, grid_edges, pbn_fixed, pbn_train,
+                                     sample_pbn_plan)
 
 
 def make_layer(c=6, dtype=torch.float64, **kwargs):
@@ -33,8 +34,8 @@ def features(*shape, dtype=torch.float64):
 
 
 def run_functional(layer, x, plan):
-    return pbn_train(x, layer.weight, layer.bias, layer.running_mean, layer.running_var, plan, layer.momentum,
-                     layer.eps)
+    return pbn_train(x, layer.weight, layer.bias, layer.running_mean, layer.running_var, plan,
+                     layer.momentum, layer.eps)
 
 
 def full_plan(c, views, use_b=False, patch_stats=True):
@@ -42,18 +43,20 @@ def full_plan(c, views, use_b=False, patch_stats=True):
     out = []
     for rows, cols in views:
         k = (len(rows) + 1) * (len(cols) + 1)
-        out.append(PatchView(tuple(rows), tuple(cols), torch.full((k, c), patch_stats, dtype=torch.bool)))
+        out.append(
+            PatchView(tuple(rows), tuple(cols), torch.full((k, c), patch_stats, dtype=torch.bool)))
     return PBNPlan(views=tuple(out), use_b=torch.full((c, ), use_b, dtype=torch.bool))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Registry and construction
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 def test_build_norm_layer_in_toolbox_scopes(scope):
     import mmnorm  # noqa: F401
     with DefaultScope.overwrite_default_scope(scope):
-        name, layer = build_norm_layer(dict(type='PBN', requires_grad=False, mode='fixed', lam=0.25), 8, postfix=1)
+        name, layer = build_norm_layer(
+            dict(type='PBN', requires_grad=False, mode='fixed', lam=0.25), 8, postfix=1)
     assert name == 'bn1' and isinstance(layer, PBN)
     assert layer.mode == 'fixed' and layer.lam == 0.25 and layer.eps == 1e-5
     assert not layer.weight.requires_grad
@@ -77,7 +80,8 @@ def test_bad_arguments(kwargs, match):
 def test_bad_inputs():
     layer = PBN(4)
     with pytest.raises(
-            ValueError, match=r'expects an \(N, C, H, W\), \(N, C, L\) or \(N, C\) input, got shape '
+            ValueError,
+            match=r'expects an \(N, C, H, W\), \(N, C, L\) or \(N, C\) input, got shape '
             r'\(2, 4, 8, 1, 1\)'):
         layer(torch.randn(2, 4, 8, 1, 1))
     with pytest.raises(ValueError, match='PBN over 4 channels got an input with 3'):
@@ -89,13 +93,14 @@ def test_bad_inputs():
         view_cuts(3, 8, 8)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Numerics
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_eval_is_batch_norm_with_the_buffers_bit_for_bit():
     layer = make_layer(dtype=torch.float32).eval()
     x = torch.randn(4, 6, 9, 7)
-    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
+    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias,
+                            False, 0.0, layer.eps)
     assert torch.equal(layer(x), expected)
     # norm_eval: the toolbox backbones put only the BN child in eval mode
     layer.train()
@@ -103,9 +108,11 @@ def test_eval_is_batch_norm_with_the_buffers_bit_for_bit():
     assert torch.equal(layer(x), expected)
 
 
-@pytest.mark.parametrize('shape', [(3, 6, 9, 11), (2, 6, 16, 5), (1, 6, 8, 8), (4, 6, 3, 12), (2, 6, 2, 3)])
+@pytest.mark.parametrize('shape', [(3, 6, 9, 11), (2, 6, 16, 5), (1, 6, 8, 8), (4, 6, 3, 12),
+                                   (2, 6, 2, 3)])
 def test_random_mode_equals_per_patch_loop(shape):
-    """Output, gradients (x, weight, bias) and running statistics equal the released per-patch structure."""
+    """Output, gradients (x, weight, bias) and running statistics equal the released per-patch
+    structure."""
     torch.manual_seed(sum(shape))
     for _ in range(6):
         layer = make_layer()
@@ -126,7 +133,8 @@ def test_random_mode_equals_per_patch_loop(shape):
 
 @pytest.mark.parametrize('cuts', [((4, ), ()), ((), (3, )), ((2, ), (5, ))])
 def test_pinned_patch_stats_normalise_each_patch_by_its_own_statistics(cuts):
-    """All channels patch statistics, one view: every patch is BN of that patch alone (reference by slicing)."""
+    """All channels patch statistics, one view: every patch is BN of that patch alone (reference by
+    slicing)."""
     layer = make_layer()
     x = features(3, 6, 7, 8)
     plan = full_plan(6, (cuts, ((), ())), use_b=False, patch_stats=True)
@@ -146,26 +154,29 @@ def test_pinned_running_stats_equal_eval_batch_norm():
     x = features(3, 6, 9, 10).detach()
     # all-running choices, the whole-map view first: the buffers as they were before the forward
     layer = make_layer()
-    expected = F.batch_norm(x, layer.running_mean.clone(), layer.running_var.clone(), layer.weight, layer.bias, False,
-                            0.0, layer.eps)
+    expected = F.batch_norm(x, layer.running_mean.clone(), layer.running_var.clone(), layer.weight,
+                            layer.bias, False, 0.0, layer.eps)
     plan = full_plan(6, (((), ()), ((3, ), (4, ))), use_b=False, patch_stats=False)
     torch.testing.assert_close(run_functional(layer, x, plan), expected, rtol=1e-12, atol=1e-12)
     # p=0 and momentum=0 through the module: any views, always eval-mode BN
     layer = make_layer(p=0.0, momentum=0.0)
-    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
+    expected = F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias,
+                            False, 0.0, layer.eps)
     torch.manual_seed(0)
     for _ in range(3):
         torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_running_stats_follow_the_released_rule():
-    """View a's patches update the buffers one after another (F.batch_norm's EMA, unbiased variance); view b not."""
+    """View a's patches update the buffers one after another (F.batch_norm's EMA, unbiased
+    variance); view b not."""
     layer = make_layer(momentum=0.3)
     x = features(2, 6, 8, 9).detach()
     rm, rv = layer.running_mean.clone(), layer.running_var.clone()
     plan = full_plan(6, (((3, ), (4, )), ((5, ), ())), patch_stats=False)
     run_functional(layer, x, plan)
-    for r0, r1, c0, c1 in ((0, 3, 0, 4), (0, 3, 4, 9), (3, 8, 0, 4), (3, 8, 4, 9)):  # lu, ru, ld, rd
+    for r0, r1, c0, c1 in ((0, 3, 0, 4), (0, 3, 4, 9), (3, 8, 0, 4), (3, 8, 4,
+                                                                      9)):  # lu, ru, ld, rd
         patch = x[:, :, r0:r1, c0:c1]
         rm = 0.7 * rm + 0.3 * patch.mean(dim=(0, 2, 3))
         rv = 0.7 * rv + 0.3 * patch.var(dim=(0, 2, 3), unbiased=True)
@@ -198,7 +209,8 @@ def test_fixed_mode_against_slicing_and_bn_update():
             patch = x[:, :, r0:r1, c0:c1]
             mean = 0.25 * rm + 0.75 * patch.mean(dim=(0, 2, 3))
             var = 0.25 * rv + 0.75 * patch.var(dim=(0, 2, 3), unbiased=False)
-            expected = (patch - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + layer.eps) * w + b
+            expected = (patch - mean.view(
+                1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + layer.eps) * w + b
             torch.testing.assert_close(y[:, :, r0:r1, c0:c1], expected, rtol=1e-12, atol=1e-12)
     bn(x)  # running statistics: BN's update from the whole map
     torch.testing.assert_close(layer.running_mean, bn.running_mean, rtol=1e-12, atol=1e-12)
@@ -212,14 +224,15 @@ def test_fixed_mode_against_slicing_and_bn_update():
     torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
     g = torch.randn_like(y1)
     torch.testing.assert_close(
-        torch.autograd.grad(y1, x1, g)[0],
-        torch.autograd.grad(y2, x2, g)[0], rtol=1e-9, atol=1e-9)
+        torch.autograd.grad(y1, x1, g)[0], torch.autograd.grad(y2, x2, g)[0], rtol=1e-9, atol=1e-9)
 
 
 def test_gradcheck_float64():
     x = features(2, 3, 6, 7)
-    base = make_layer(3, momentum=0.0)  # constant buffers, so repeated calls see the same running statistics
-    w, b = base.weight.detach().clone().requires_grad_(), base.bias.detach().clone().requires_grad_()
+    base = make_layer(
+        3, momentum=0.0)  # constant buffers, so repeated calls see the same running statistics
+    w, b = base.weight.detach().clone().requires_grad_(), base.bias.detach().clone().requires_grad_(
+    )
     rm, rv = base.running_mean, base.running_var
     torch.manual_seed(3)
     plan = sample_pbn_plan(3, 6, 7)
@@ -231,8 +244,10 @@ def test_gradcheck_float64():
                                                             torch.rand(2, 3) < 0.5)),
         use_b=torch.tensor([True, False, True]))
     for p in (plan, mixed):
-        assert torch.autograd.gradcheck(lambda x, w, b: pbn_train(x, w, b, rm, rv, p, 0.0, 1e-5), (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w, b: pbn_fixed(x, w, b, rm, rv, (2, 2), 0.3, 0.0, 1e-5), (x, w, b))
+        assert torch.autograd.gradcheck(lambda x, w, b: pbn_train(x, w, b, rm, rv, p, 0.0, 1e-5),
+                                        (x, w, b))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: pbn_fixed(x, w, b, rm, rv, (2, 2), 0.3, 0.0, 1e-5), (x, w, b))
     layer = make_layer(3).eval()
     assert torch.autograd.gradcheck(layer, (x, ))
 
@@ -259,7 +274,8 @@ def test_same_seed_same_output_different_seed_different_output():
     p1 = sample_pbn_plan(6, 16, 16)
     torch.manual_seed(5)
     p2 = sample_pbn_plan(6, 16, 16)
-    assert [(v.row_cuts, v.col_cuts) for v in p1.views] == [(v.row_cuts, v.col_cuts) for v in p2.views]
+    assert [(v.row_cuts, v.col_cuts) for v in p1.views] == [(v.row_cuts, v.col_cuts)
+                                                            for v in p2.views]
     assert all(torch.equal(v1.patch_stats, v2.patch_stats) for v1, v2 in zip(p1.views, p2.views))
     assert torch.equal(p1.use_b, p2.use_b)
 
@@ -276,8 +292,10 @@ def test_small_maps_and_batch_size_one_behave_like_bn():
         y = layer(torch.randn(*shape))
         assert y.shape == shape and torch.isfinite(y).all()
     assert torch.isfinite(layer.running_var).all()
-    # one value per channel: mmnorm's error naming the layer and the fix (tests/test_degenerate_maps.py)
-    with pytest.raises(ValueError, match=r'PBN\(4\): input \(1, 4, 1, 1\) has one value per channel'):
+    # one value per channel: mmnorm's error naming the layer and the fix
+    # (tests/test_degenerate_maps.py)
+    with pytest.raises(
+            ValueError, match=r'PBN\(4\): input \(1, 4, 1, 1\) has one value per channel'):
         layer(torch.randn(1, 4, 1, 1))
 
 
@@ -326,9 +344,9 @@ def test_float32_matches_the_float64_loop(offset):
     torch.testing.assert_close(layer.running_var.double(), ref.running_var, rtol=1e-4, atol=1e-4)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # State dict, sync-BN conversion, toolbox integration
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 def test_state_dict_is_a_bn_state_dict():
     bn = nn.BatchNorm2d(6)
     with torch.no_grad():
@@ -352,12 +370,14 @@ def test_resnet_with_pbn_loads_a_bn_resnet_checkpoint_strictly():
     from mmengine.runner.checkpoint import load_state_dict
     from mmseg.models.backbones import ResNetV1c
     bn_net = ResNetV1c(depth=18, base_channels=8, init_cfg=None)
-    pbn_net = ResNetV1c(depth=18, base_channels=8, norm_cfg=dict(type='PBN', requires_grad=True), init_cfg=None)
-    assert sum(isinstance(m, PBN)
-               for m in pbn_net.modules()) == sum(isinstance(m, nn.BatchNorm2d) for m in bn_net.modules())
+    pbn_net = ResNetV1c(
+        depth=18, base_channels=8, norm_cfg=dict(type='PBN', requires_grad=True), init_cfg=None)
+    assert sum(isinstance(m, PBN) for m in pbn_net.modules()) == sum(
+        isinstance(m, nn.BatchNorm2d) for m in bn_net.modules())
     assert list(pbn_net.state_dict()) == list(bn_net.state_dict())
     pbn_net.load_state_dict(bn_net.state_dict(), strict=True)
-    load_state_dict(pbn_net, bn_net.state_dict(), strict=True)  # mmengine's loader walks modules itself
+    load_state_dict(
+        pbn_net, bn_net.state_dict(), strict=True)  # mmengine's loader walks modules itself
     x = torch.randn(2, 3, 32, 32)
     bn_net.eval(), pbn_net.eval()
     for a, b in zip(bn_net(x), pbn_net(x)):
@@ -375,8 +395,10 @@ def test_survives_convert_and_revert_sync_batchnorm():
         assert isinstance(synced[1], PBN) and isinstance(synced[1].bn, nn.SyncBatchNorm)
         assert list(synced.state_dict()) == keys
         torch.manual_seed(0)
-        assert torch.equal(synced(x), before)  # PBN behaviour kept (its patch statistics are per process)
-        reverted = revert_sync_batchnorm(convert(copy.deepcopy(model)))  # what a single-process Runner does
+        assert torch.equal(synced(x),
+                           before)  # PBN behaviour kept (its patch statistics are per process)
+        reverted = revert_sync_batchnorm(convert(
+            copy.deepcopy(model)))  # what a single-process Runner does
         assert isinstance(reverted[1], PBN) and type(reverted[1].bn).__name__ == '_BatchNormXd'
         assert list(reverted.state_dict()) == keys
         torch.manual_seed(0)
@@ -389,15 +411,27 @@ def test_survives_convert_and_revert_sync_batchnorm():
 def test_norm_eval_and_optimizer_norm_decay_see_the_layer():
     from mmdet.models.backbones import ResNet
     from mmengine.optim import build_optim_wrapper
-    net = ResNet(depth=18, base_channels=8, norm_cfg=dict(type='PBN'), norm_eval=True, frozen_stages=1, init_cfg=None)
+    net = ResNet(
+        depth=18,
+        base_channels=8,
+        norm_cfg=dict(type='PBN'),
+        norm_eval=True,
+        frozen_stages=1,
+        init_cfg=None)
     net.train()
     assert all(not m.bn.training for m in net.modules() if isinstance(m, PBN))
     x = torch.randn(2, 3, 32, 32)
     y1, y2 = net(x), net(x)
     assert all(torch.equal(a, b) for a, b in zip(y1, y2))  # frozen BN behaviour, no randomness
     wrapper = build_optim_wrapper(
-        net, dict(optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4), paramwise_cfg=dict(norm_decay_mult=0.0)))
-    pbn_params = {id(p) for m in net.modules() if isinstance(m, PBN) for p in m.parameters() if p.requires_grad}
+        net,
+        dict(
+            optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
+            paramwise_cfg=dict(norm_decay_mult=0.0)))
+    pbn_params = {
+        id(p)
+        for m in net.modules() if isinstance(m, PBN) for p in m.parameters() if p.requires_grad
+    }
     groups = [g for g in wrapper.optimizer.param_groups if id(g['params'][0]) in pbn_params]
     assert len(groups) == len(pbn_params) and all(g['weight_decay'] == 0 for g in groups)
 
@@ -410,13 +444,15 @@ def test_adabn_recalibration_writes_the_input_statistics():
     batches = [torch.randn(3, 4, 6, 6) * 3 + 1, torch.randn(5, 4, 6, 6) - 2]
     recalibrate_bn(model, batches)
     data = torch.cat(batches).double()
-    torch.testing.assert_close(layer.running_mean.double(), data.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.running_var.double(), data.var(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer.running_mean.double(), data.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer.running_var.double(), data.var(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Configs
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 PBN_CONFIGS = [
     'configs/pbn/deeplabv3plus_r50-d8-pbn_4xb2-40k_gta5-cityscapes-512x512.py',
     'configs/pbn/faster-rcnn_r50-pbn_fpn_2xb4-20k_cityscapes-foggy.py'
@@ -437,13 +473,16 @@ def test_config_builds_and_runs_a_forward(path):
         from mmengine.registry import MODELS
         model = revert_sync_batchnorm(MODELS.build(cfg.model))  # what a single-process Runner does
     pbns = [m for m in model.backbone.modules() if isinstance(m, PBN)]
-    # every norm of the R50 backbone: stem (ResNetV1c deep stem: 3, ResNet: 1) + 16 blocks x 3 + 4 downsample
+    # every norm of the R50 backbone: stem (ResNetV1c deep stem: 3, ResNet: 1) + 16 blocks x 3 + 4
+    # downsample
     assert len(pbns) == (55 if scope == 'mmseg' else 53)
     model.train()
     torch.manual_seed(0)
     inputs = torch.randn(2, 3, 64, 64)
-    losses = model(inputs, _data_samples(scope), mode='loss')  # one training forward on a tiny input
-    total = sum(t.sum() for k, v in losses.items() if 'loss' in k for t in (v if isinstance(v, list) else [v]))
+    losses = model(
+        inputs, _data_samples(scope), mode='loss')  # one training forward on a tiny input
+    total = sum(t.sum() for k, v in losses.items() if 'loss' in k
+                for t in (v if isinstance(v, list) else [v]))
     assert torch.isfinite(total)
     total.backward()
     assert all(m.weight.grad is not None for m in pbns if m.weight.requires_grad)
@@ -465,6 +504,7 @@ def _data_samples(scope):
             from mmengine.structures import InstanceData
             sample = DetDataSample(metainfo=meta)
             sample.gt_instances = InstanceData(
-                bboxes=torch.tensor([[4., 6., 30., 40.], [20., 10., 60., 50.]]), labels=torch.tensor([0, 2]))
+                bboxes=torch.tensor([[4., 6., 30., 40.], [20., 10., 60., 50.]]),
+                labels=torch.tensor([0, 2]))
         samples.append(sample)
     return samples

@@ -1,5 +1,5 @@
-"""RN (Reciprocal Normalization): numbers against a float64 reference written from METHODS.md, gradients, gates,
-eval path, checkpoints, registry, toolchain survival and bad inputs."""
+"""RN (Reciprocal Normalization): numbers against a float64 reference written from METHODS.md,
+gradients, gates, eval path, checkpoints, registry, toolchain survival and bad inputs."""
 import copy
 
 import pytest
@@ -14,17 +14,20 @@ from mmnorm.models.norms import RN, domain_split
 from mmnorm.models.norms.rn import GATE_NAMES, reciprocal_norm, rn_groups
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Independent float64 reference: explicit per-super-channel loops, moments from the flattened samples.
+# --------------------------------------------------------------------------------------------------
+# Independent float64 reference: explicit per-super-channel loops, moments from the flattened
+# samples.
 def _moments(part):
     values = part.transpose(0, 1).reshape(part.shape[1], -1)  # C x (samples * spatial)
     mean = values.sum(1) / values.shape[1]
-    var = ((values - mean[:, None])**2).sum(1) / (values.shape[1] - 1)  # unbiased, as the official code
+    var = ((values - mean[:, None])**2).sum(1) / (values.shape[1] - 1
+                                                  )  # unbiased, as the official code
     return mean, var
 
 
 def _borrow(own, other, groups):
-    """own <- other: row k is a softmax over k' of -(mean_k(own) - mean_k'(other))^2 applied to other's rows."""
+    """own <- other: row k is a softmax over k' of -(mean_k(own) - mean_k'(other))^2 applied to
+    other's rows."""
     c = own.numel()
     own_rows, other_rows = own.reshape(c // groups, groups), other.reshape(c // groups, groups)
     own_bar, other_bar = own_rows.mean(1), other_rows.mean(1)
@@ -50,7 +53,8 @@ def reference_rn(x, num_source, weight, bias, gates, eps, groups):
     shape = (1, -1) + (1, ) * (x.dim() - 2)
 
     def norm(part, mean, var):
-        return weight.double().view(shape) * (part - mean.view(shape)) / torch.sqrt(var.view(shape) + eps) \
+        return weight.double().view(shape) * (part - mean.view(shape)) \
+            / torch.sqrt(var.view(shape) + eps) \
             + bias.double().view(shape)
 
     y = torch.cat([norm(x[:num_source], mean_s, var_s2), norm(x[num_source:], mean_t, var_t2)])
@@ -100,8 +104,9 @@ def test_forward_and_running_stats_match_reference(c, hw, split, groups):
                                     [getattr(rn, n).detach() for n in GATE_NAMES], rn.eps, groups)
         torch.testing.assert_close(y.double(), ref_y, rtol=1e-4, atol=2e-4)
         ref_running = [0.9 * r + 0.1 * s for r, s in zip(ref_running, stats)]
-    for name, ref in zip(['running_mean_source', 'running_var_source', 'running_mean_target', 'running_var_target'],
-                         ref_running):
+    for name, ref in zip(
+        ['running_mean_source', 'running_var_source', 'running_mean_target', 'running_var_target'],
+            ref_running):
         torch.testing.assert_close(getattr(rn, name).double(), ref, rtol=1e-5, atol=1e-5, msg=name)
     assert int(rn.num_batches_tracked) == 2
 
@@ -126,7 +131,8 @@ def test_gradients_match_reference_c1024():
         assert getattr(rn, name).grad.abs().sum() > 0, name  # gradients do reach every gate
 
 
-@pytest.mark.parametrize('shape, num_source, groups', [((5, 4, 2, 3), 3, 2), ((6, 3), 2, 1), ((4, 4, 3), 1, 4)])
+@pytest.mark.parametrize('shape, num_source, groups', [((5, 4, 2, 3), 3, 2), ((6, 3), 2, 1),
+                                                       ((4, 4, 3), 1, 4)])
 def test_gradcheck(shape, num_source, groups):
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64)
@@ -135,7 +141,8 @@ def test_gradcheck(shape, num_source, groups):
     inputs = (x.requires_grad_(), torch.rand(c, dtype=torch.float64).add(0.5).requires_grad_(),
               torch.randn(c, dtype=torch.float64).requires_grad_(),
               torch.rand(4, c, dtype=torch.float64).mul(0.5).add(0.5).requires_grad_())
-    assert torch.autograd.gradcheck(lambda x, w, b, g: reciprocal_norm(x, num_source, w, b, g, 1e-5, groups)[0], inputs)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b, g: reciprocal_norm(x, num_source, w, b, g, 1e-5, groups)[0], inputs)
 
 
 def test_gradcheck_through_module_eval():
@@ -168,8 +175,10 @@ def test_gates_kept_in_range_after_optimizer_steps():
             rn.gate_var_target.grad.fill_(-1.0)
             rn.gate_mean_source.grad.fill_(1.0)
         opt.step()
-        assert rn.gate_mean_source.min() < 0.5 and rn.gate_var_target.max() > 1.0  # the step left the range
-    assert torch.equal(rn.gate_mean_source, torch.full((6, ), 0.5)) is False  # last step moved it out again
+        assert rn.gate_mean_source.min(
+        ) < 0.5 and rn.gate_var_target.max() > 1.0  # the step left the range
+    assert torch.equal(rn.gate_mean_source, torch.full(
+        (6, ), 0.5)) is False  # last step moved it out again
     with domain_split(rn, (4, 4)):
         rn(x)
     assert torch.equal(rn.gate_mean_source, torch.full((6, ), 0.5))
@@ -188,15 +197,20 @@ def test_eval_uses_target_running_stats_for_any_input():
     assert not torch.allclose(rn.running_mean_source, rn.running_mean_target)
     bn = nn.BatchNorm2d(8).eval()
     bn.load_state_dict(
-        dict(weight=rn.weight, bias=rn.bias, running_mean=rn.running_mean_target, running_var=rn.running_var_target,
-             num_batches_tracked=rn.num_batches_tracked))
+        dict(
+            weight=rn.weight,
+            bias=rn.bias,
+            running_mean=rn.running_mean_target,
+            running_var=rn.running_var_target,
+            num_batches_tracked=rn.num_batches_tracked))
     rn.eval()
     for n in (1, 5):  # no declared split needed, odd batches fine
         x = torch.randn(n, 8, 3, 3)
         torch.testing.assert_close(rn(x), bn(x))
     assert rn.recalibration_buffers()[0] is rn.running_mean_target
     assert rn.recalibration_buffers()[1] is rn.running_var_target
-    with pytest.raises(ValueError, match=r'declared domain split \(2, 2\) .* sums to 4 but the batch holds 5'):
+    with pytest.raises(
+            ValueError, match=r'declared domain split \(2, 2\) .* sums to 4 but the batch holds 5'):
         with domain_split(rn, (2, 2)):
             rn(torch.randn(5, 8, 3, 3))
 
@@ -221,7 +235,9 @@ def test_plain_bn_checkpoint_loads():
     # RN's own state dict round-trips
     rn2 = RN(16)
     rn2.load_state_dict(rn.state_dict(), strict=True)
-    assert all(torch.equal(a, b) for a, b in zip(rn.state_dict().values(), rn2.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(rn.state_dict().values(),
+                                          rn2.state_dict().values()))
 
 
 def test_resnet_with_rn_loads_bn_resnet_weights():
@@ -240,7 +256,8 @@ def test_resnet_with_rn_loads_bn_resnet_weights():
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
 def test_registry_round_trip(scope):
     with DefaultScope.overwrite_default_scope(scope):
-        name, layer = build_norm_layer(dict(type='RN', momentum=0.2, gate_range=(0.6, 1.0)), 64, postfix=1)
+        name, layer = build_norm_layer(
+            dict(type='RN', momentum=0.2, gate_range=(0.6, 1.0)), 64, postfix=1)
     assert name == 'bn1' and isinstance(layer, RN)
     assert layer.momentum == 0.2 and layer.gate_range == (0.6, 1.0)
     assert 'gate_range=(0.6, 1.0)' in repr(layer) and 'G=1' in repr(layer)
@@ -270,14 +287,16 @@ def test_implicit_split_matches_declared_halves():
 
 @pytest.mark.parametrize('split, domain', [((5, 0), 'source'), ((0, 5), 'target')])
 def test_single_domain_batch_when_allowed(split, domain):
-    """allow_single_domain: plain BN with that domain's batch stats (unbiased var), only its running stats move."""
+    """allow_single_domain: plain BN with that domain's batch stats (unbiased var), only its running
+    stats move."""
     rn = _random_rn(8, allow_single_domain=True)
     x = torch.randn(5, 8, 4, 4) * 2 + 1
     with domain_split(rn, split):
         y = rn(x)
     mean, var = _moments(x.double())
     shape = (1, -1, 1, 1)
-    ref = rn.weight.double().view(shape) * (x.double() - mean.view(shape)) / torch.sqrt(var.view(shape) + rn.eps) \
+    ref = rn.weight.double().view(shape) * (x.double() - mean.view(shape)) \
+        / torch.sqrt(var.view(shape) + rn.eps) \
         + rn.bias.double().view(shape)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
     other = 'target' if domain == 'source' else 'source'
@@ -299,24 +318,27 @@ def test_autocast_bf16_statistics_in_fp32():
                               [getattr(rn, n).detach() for n in GATE_NAMES], rn.eps, 1)
     torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=5e-2)
     assert rn.running_var_target.dtype == torch.float32
-    torch.testing.assert_close(rn.running_var_target.double(), 0.9 + 0.1 * stats[3], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        rn.running_var_target.double(), 0.9 + 0.1 * stats[3], rtol=1e-5, atol=1e-4)
     rn.eval()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert torch.isfinite(rn(conv(x)).float()).all()
 
 
 def test_half_input_with_variance_beyond_fp16_range():
-    """Variances ~1.6e5 (> fp16 max 65504) and their squared differences stay finite: stats are fp32."""
+    """Variances ~1.6e5 (> fp16 max 65504) and their squared differences stay finite: stats are
+    fp32."""
     rn = _random_rn(4)
     x = (_domain_batch(3, 3, 4, (4, 4)) * 400).half()
     with domain_split(rn, (3, 3)):
         y = rn(x)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
-    ref, stats = reference_rn(x, 3, rn.weight.detach(), rn.bias.detach(), [getattr(rn, n).detach() for n in GATE_NAMES],
-                              rn.eps, 1)
+    ref, stats = reference_rn(x, 3, rn.weight.detach(), rn.bias.detach(),
+                              [getattr(rn, n).detach() for n in GATE_NAMES], rn.eps, 1)
     assert stats[1].max() > 65504
     torch.testing.assert_close(y.double(), ref, rtol=1e-2, atol=1e-2)
-    torch.testing.assert_close(rn.running_var_source.double(), 0.9 + 0.1 * stats[1], rtol=1e-5, atol=1e-2)
+    torch.testing.assert_close(
+        rn.running_var_source.double(), 0.9 + 0.1 * stats[1], rtol=1e-5, atol=1e-2)
 
 
 def test_bad_inputs():
@@ -326,10 +348,12 @@ def test_bad_inputs():
         rn(x)
     with pytest.raises(ValueError, match='odd number of samples: 5'):
         RN(8, implicit_split=True)(torch.randn(5, 8, 2, 2))
-    with pytest.raises(ValueError, match=r'declared domain split \(4, 4\) .* batch holds 6 samples'):
+    with pytest.raises(
+            ValueError, match=r'declared domain split \(4, 4\) .* batch holds 6 samples'):
         with domain_split(rn, (4, 4)):
             rn(x)
-    with pytest.raises(ValueError, match=r'the target part of the batch is empty \(declared split \(6, 0\)\)'):
+    with pytest.raises(
+            ValueError, match=r'the target part of the batch is empty \(declared split \(6, 0\)\)'):
         with domain_split(rn, (6, 0)):
             rn(x)
     with pytest.raises(ValueError, match=r'the source part of the batch is empty'):
@@ -339,7 +363,8 @@ def test_bad_inputs():
         RN(1101)
     assert rn_groups(1100) == 2 and rn_groups(511) == 1 and rn_groups(1536) == 3
     with pytest.raises(
-            ValueError, match=r'RN\(8\): the target part \(1 of split \(2, 1\)\) of input \(3, 8\) has one '
+            ValueError,
+            match=r'RN\(8\): the target part \(1 of split \(2, 1\)\) of input \(3, 8\) has one '
             'value per channel'):
         with domain_split(rn, (2, 1)):
             rn(torch.randn(3, 8))
@@ -374,8 +399,8 @@ def test_float32_matches_float64(offset):
     for g, w in zip(got, want):
         torch.testing.assert_close(g.double(), w, rtol=1e-3, atol=1e-2 if offset else 1e-4)
     for name in ('running_mean_target', 'running_var_target', 'running_var_source'):
-        torch.testing.assert_close(getattr(rn, name).double(), getattr(ref, name), rtol=1e-4,
-                                   atol=1e-4)
+        torch.testing.assert_close(
+            getattr(rn, name).double(), getattr(ref, name), rtol=1e-4, atol=1e-4)
 
 
 def test_single_domain_gradients_match_autograd_reference():
@@ -388,7 +413,8 @@ def test_single_domain_gradients_match_autograd_reference():
         y = rn(x)
     mean, var = _moments(x_ref)
     shape = (1, -1, 1, 1)
-    y_ref = rn.weight.view(shape) * (x_ref - mean.view(shape)) / torch.sqrt(var.view(shape) + rn.eps) \
+    y_ref = rn.weight.view(shape) * (x_ref - mean.view(shape)) \
+        / torch.sqrt(var.view(shape) + rn.eps) \
         + rn.bias.view(shape)
     grad = torch.randn_like(y)
     got = torch.autograd.grad(y, [x, rn.weight, rn.bias], grad)

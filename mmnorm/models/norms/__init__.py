@@ -6,6 +6,6 @@ from .pbn import PBN
 from .rn import RN
 
 __all__ = [
-    'AdaBN', 'set_adabn_domain', 'DomainAwareMixin', 'check_domain_split', 'domain_split', 'set_domain_split', 'IBN',
-    'PBN', 'RN'
+    'AdaBN', 'set_adabn_domain', 'DomainAwareMixin', 'check_domain_split', 'domain_split',
+    'set_domain_split', 'IBN', 'PBN', 'RN'
 ]

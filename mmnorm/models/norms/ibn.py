@@ -79,8 +79,14 @@ class IBN(nn.Module):
     layer_path = None  # module path for messages, set by layer_names.name_layers
     _warned_single_position = False
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 ratio: float = 0.5, bn_cfg: dict = dict(type='BN'), device=None, dtype=None):
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: float = 0.1,
+                 ratio: float = 0.5,
+                 bn_cfg: dict = dict(type='BN'),
+                 device=None,
+                 dtype=None):
         super().__init__()
         check_positive_int(num_features, 'IBN num_features', minimum=2)
         if not isinstance(bn_cfg, dict) or 'type' not in bn_cfg:
@@ -133,7 +139,8 @@ class IBN(nn.Module):
                 f'{layer_label(self)}: input with one spatial position; the instance-normalised '
                 'half outputs its bias (IN of a single value is 0). IBN-Net places IN in early, '
                 'high-resolution layers only: use norm_cfg=dict(type="BN") for pooling branches',
-                logger='current', level=30)
+                logger='current',
+                level=30)
         return self._instance_bias(x_in)
 
     def _instance_bias(self, x_in: torch.Tensor) -> torch.Tensor:
@@ -148,7 +155,8 @@ class IBN(nn.Module):
         # halves: the IN affine takes the first h channels of weight/bias, the BN half the rest
         # (running stats of the IN channels are dropped, IN has none).
         plain = [
-            name for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+            name
+            for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
             if prefix + name in state_dict
         ]
         if plain:

@@ -89,8 +89,7 @@ class PBNPlan:
     use_b: torch.Tensor
 
 
-def _cut(length: int, low: int, high: int,
-         generator: Optional[torch.Generator]) -> Tuple[int, ...]:
+def _cut(length: int, low: int, high: int, generator: Optional[torch.Generator]) -> Tuple[int, ...]:
     """One random cut in ``[low, high)``, or none when the axis is too short to split
     (``length < 4``)."""
     if length < 4 or high <= low:
@@ -98,7 +97,9 @@ def _cut(length: int, low: int, high: int,
     return (int(torch.randint(low, high, (1, ), generator=generator).item()), )
 
 
-def view_cuts(view_id: int, height: int, width: int,
+def view_cuts(view_id: int,
+              height: int,
+              width: int,
               generator: Optional[torch.Generator] = None) -> Tuple[Edges, Edges]:
     """Draws the cut points of view ``view_id`` (0 whole map, 1 two patches, 2 four patches).
 
@@ -122,7 +123,10 @@ def view_cuts(view_id: int, height: int, width: int,
     raise ValueError(f'view_id must be 0, 1 or 2, got {view_id!r}')
 
 
-def sample_pbn_plan(num_channels: int, height: int, width: int, p: float = 0.5,
+def sample_pbn_plan(num_channels: int,
+                    height: int,
+                    width: int,
+                    p: float = 0.5,
                     generator: Optional[torch.Generator] = None) -> PBNPlan:
     """Draws the random choices of one training forward from ``generator`` (torch's default CPU RNG
     if None).
@@ -167,12 +171,10 @@ def band_sum(t: torch.Tensor, row_edges: Edges, col_edges: Edges) -> torch.Tenso
     n, c, h, w = t.shape
     by_col = (t.reshape(-1, w) @ _band_matrix(col_edges, t.dtype, t.device)).view(n, c, h, -1)
     by_col = by_col.sum(0, dtype=torch.float64)  # (C, H, K)
-    return torch.einsum('chk,hr->crk', by_col,
-                        _band_matrix(row_edges, torch.float64, t.device))
+    return torch.einsum('chk,hr->crk', by_col, _band_matrix(row_edges, torch.float64, t.device))
 
 
-def expand(v: torch.Tensor, row_edges: Edges, col_edges: Edges,
-           dtype: torch.dtype) -> torch.Tensor:
+def expand(v: torch.Tensor, row_edges: Edges, col_edges: Edges, dtype: torch.dtype) -> torch.Tensor:
     """Per-cell values ``(C, R, K)`` -> per-position map ``(C, H, W)`` of ``dtype``."""
     return torch.einsum('crk,hr,wk->chw', v.to(dtype), _band_matrix(row_edges, dtype, v.device),
                         _band_matrix(col_edges, dtype, v.device))
@@ -206,8 +208,8 @@ def cell_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, row_e
     """``x * scale + shift`` with per-(channel, cell) coefficients ``(C, R * K)`` (cells
     row-major)."""
     shape = (x.shape[1], len(row_edges) - 1, len(col_edges) - 1)
-    return (x * expand(scale.view(shape), row_edges, col_edges, x.dtype)
-            + expand(shift.view(shape), row_edges, col_edges, x.dtype))
+    return (x * expand(scale.view(shape), row_edges, col_edges, x.dtype) +
+            expand(shift.view(shape), row_edges, col_edges, x.dtype))
 
 
 def _merge(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, group: torch.Tensor,
@@ -223,8 +225,8 @@ def _patch_index(view: PatchView, row_edges: Edges, col_edges: Edges, device) ->
     """``(R * K,)`` long: the patch of ``view`` (row-major) that contains each overlay cell."""
     cols_per_row = len(view.col_cuts) + 1
     index = [
-        bisect.bisect_right(view.row_cuts, r0) * cols_per_row
-        + bisect.bisect_right(view.col_cuts, c0) for r0 in row_edges[:-1] for c0 in col_edges[:-1]
+        bisect.bisect_right(view.row_cuts, r0) * cols_per_row +
+        bisect.bisect_right(view.col_cuts, c0) for r0 in row_edges[:-1] for c0 in col_edges[:-1]
     ]
     return torch.tensor(index, dtype=torch.long, device=device)
 
@@ -253,8 +255,8 @@ def _ema(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
 # Training forwards
 # -------------------------------------------------------------------------------------------------
 def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-              running_mean: torch.Tensor, running_var: torch.Tensor, plan: PBNPlan,
-              momentum: float, eps: float) -> torch.Tensor:
+              running_mean: torch.Tensor, running_var: torch.Tensor, plan: PBNPlan, momentum: float,
+              eps: float) -> torch.Tensor:
     """The released PBN training forward for a given plan; updates ``running_mean/var`` in place.
 
     Args:
@@ -308,10 +310,9 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
 
 
 @torch.compiler.disable
-def pbn_random_train(x: torch.Tensor, weight: Optional[torch.Tensor],
-                     bias: Optional[torch.Tensor], running_mean: torch.Tensor,
-                     running_var: torch.Tensor, p: float, momentum: float,
-                     eps: float) -> torch.Tensor:
+def pbn_random_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                     running_mean: torch.Tensor, running_var: torch.Tensor, p: float,
+                     momentum: float, eps: float) -> torch.Tensor:
     """Draws a plan (:func:`sample_pbn_plan`, patch-statistics probability ``p``) and runs
     :func:`pbn_train`.
 
@@ -422,9 +423,18 @@ class PBN(nn.Module):
     layer_path = None  # module path for messages (layer_names.name_layers)
     _version = 2  # state-dict metadata version of torch BN (num_batches_tracked present)
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, *, mode: str = 'random',
-                 p: float = 0.5, grid: Tuple[int, int] = (2, 2), lam: float = 0.5, device=None,
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: float = 0.1,
+                 affine: bool = True,
+                 track_running_stats: bool = True,
+                 *,
+                 mode: str = 'random',
+                 p: float = 0.5,
+                 grid: Tuple[int, int] = (2, 2),
+                 lam: float = 0.5,
+                 device=None,
                  dtype=None):
         super().__init__()
         check_positive_int(num_features, 'PBN num_features')
@@ -442,8 +452,8 @@ class PBN(nn.Module):
         self.p = _check_probability('p', p)
         self.grid = (int(grid[0]), int(grid[1]))
         self.lam = _check_probability('lam', lam)
-        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=affine,
-                                 device=device, dtype=dtype)
+        self.bn = nn.BatchNorm2d(
+            num_features, eps=eps, momentum=momentum, affine=affine, device=device, dtype=dtype)
         self.register_state_dict_post_hook(_flatten_bn_keys)
 
     # BN attributes, read from the child so they follow sync_bn conversion and momentum changes.
@@ -486,8 +496,8 @@ class PBN(nn.Module):
                 y = pbn_random_train(compute, self.weight, self.bias, self.running_mean,
                                      self.running_var, self.p, momentum, self.eps)
             else:
-                y = pbn_fixed(compute, self.weight, self.bias, self.running_mean,
-                              self.running_var, self.grid, self.lam, momentum, self.eps)
+                y = pbn_fixed(compute, self.weight, self.bias, self.running_mean, self.running_var,
+                              self.grid, self.lam, momentum, self.eps)
         self.bn.num_batches_tracked.add_(1)
         return y.to(x.dtype)
 

@@ -42,9 +42,7 @@ from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
 from .layer_names import layer_label
 
-__all__ = [
-    'RN', 'rn_groups', 'reciprocal_compensation', 'reciprocal_statistics', 'reciprocal_norm'
-]
+__all__ = ['RN', 'rn_groups', 'reciprocal_compensation', 'reciprocal_statistics', 'reciprocal_norm']
 
 GATE_NAMES = ('gate_mean_source', 'gate_var_source', 'gate_mean_target', 'gate_var_target')
 
@@ -122,8 +120,12 @@ def _like_input(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias: torch.Tensor,
-                    gates: torch.Tensor, eps: float = 1e-5,
+def reciprocal_norm(x: torch.Tensor,
+                    num_source: int,
+                    weight: torch.Tensor,
+                    bias: torch.Tensor,
+                    gates: torch.Tensor,
+                    eps: float = 1e-5,
                     groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train-mode RN of a [source | target] batch (steps 1-5), differentiable in ``x``, affine and
     gates.
@@ -164,8 +166,7 @@ def reciprocal_norm(x: torch.Tensor, num_source: int, weight: torch.Tensor, bias
         mean_c, var_c = reciprocal_statistics(mean, var, gates[0::2], gates[1::2], groups)
         weight, bias = weight.to(dtype), bias.to(dtype)
         y = torch.cat([
-            _normalize(part, mean_c[d], var_c[d], weight, bias, eps)
-            for d, part in enumerate(parts)
+            _normalize(part, mean_c[d], var_c[d], weight, bias, eps) for d, part in enumerate(parts)
         ])
     return _like_input(y, x), mean_c.detach(), var_c.detach()
 
@@ -212,9 +213,16 @@ class RN(DomainAwareMixin, nn.Module):
     _abbr_ = 'bn'  # backbones name it bn1, bn2, ... so BN checkpoints keep their keys
     layer_path = None  # module path for messages (layer_names.name_layers)
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, *,
-                 gate_range: Tuple[float, float] = (0.5, 1.0), group_channels: int = 512,
-                 implicit_split: bool = False, allow_single_domain: bool = False, device=None,
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1,
+                 *,
+                 gate_range: Tuple[float, float] = (0.5, 1.0),
+                 group_channels: int = 512,
+                 implicit_split: bool = False,
+                 allow_single_domain: bool = False,
+                 device=None,
                  dtype=None):
         super().__init__()
         check_positive_int(num_features, 'RN num_features')
@@ -319,8 +327,8 @@ class RN(DomainAwareMixin, nn.Module):
                              f'got shape {tuple(x.shape)}')
         if not self.training:
             check_domain_split(self.domain_split, x.shape[0], self)
-            return F.batch_norm(x, self.running_mean_target, self.running_var_target,
-                                self.weight, self.bias, False, 0.0, self.eps)
+            return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight,
+                                self.bias, False, 0.0, self.eps)
         num_source, num_target = self._resolve_split(x.shape[0])
         check_batch_statistics(self, x, (num_source, num_target))
         self._project_gates()
@@ -342,8 +350,8 @@ class RN(DomainAwareMixin, nn.Module):
         dtype = compute_dtype(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             mean, var = channel_moments(x, correction=1)
-            y = _normalize(x.to(dtype), mean, var, self.weight.to(dtype), self.bias.to(dtype),
-                           self.eps)
+            y = _normalize(
+                x.to(dtype), mean, var, self.weight.to(dtype), self.bias.to(dtype), self.eps)
         self._update_running(domain, mean.detach(), var.detach())
         return _like_input(y, x)
 
