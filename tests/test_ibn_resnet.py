@@ -115,7 +115,11 @@ def test_ibn_b_block_forward(scope, depth):
         ]
     plain = build(scope, type='ResNet', depth=depth, plugins=plugins, norm_eval=False)
     randomize(plain)
-    model = add_ibn(copy.deepcopy(plain), type='b', stem=False)
+    model = build(scope, depth=depth, plugins=plugins, norm_eval=False, ibn=dict(type='b', stem=False))
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ['layer1.%d.IN.bias' % (len(model.layer1) - 1), 'layer1.%d.IN.weight' %
+                               (len(model.layer1) - 1), 'layer2.%d.IN.bias' % (len(model.layer2) - 1),
+                               'layer2.%d.IN.weight' % (len(model.layer2) - 1)]
     expansion = 4 if depth == 50 else 1
     for train in (False, True):
         for layer, channels in (('layer1', 64 * expansion), ('layer2', 128 * expansion)):
@@ -137,6 +141,22 @@ def test_ibn_b_block_forward(scope, depth):
                 block.IN = nn.Identity()
                 torch.testing.assert_close(block(x), expected)
                 block.IN = instance_norm
+
+
+@pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
+def test_ibn_b_blocks_are_built_as_such(scope):
+    """IBN-b blocks are instances of the IBN-b subclass from construction (no class swap afterwards), the other
+    blocks of the stage are the toolbox's; the IBN-b placement needs them, add_ibn alone cannot make them."""
+    from mmnorm.models.backbones.ibn_resnet import IBN_B_BLOCKS
+    model = build(scope, depth=50, ibn=dict(type='b'))
+    plain_block = type(model.layer3[0])
+    assert IBN_B_BLOCKS[plain_block] is type(model.layer1[2]) is type(model.layer2[3])
+    assert all(type(b) is plain_block for b in list(model.layer1)[:2] + list(model.layer2)[:3])
+    assert type(model.layer1[2]).__init__ is PostResidualIN.__init__
+    plain = build(scope, type='ResNet', depth=50)
+    with pytest.raises(TypeError, match=r"layer1 of ResNet was not built with IBN-b blocks .*ibn=dict\(type='b'\)"):
+        add_ibn(plain, type='b')
+    assert not blocks_with_in(plain) and getattr(plain, 'ibn', None) is None
 
 
 def test_ibn_b_with_checkpointing_matches_plain_forward():

@@ -1,5 +1,7 @@
 """PerturbResNet*: perturbation layers after chosen stages of the mmseg / mmdet ResNets, composed with IBN-Net,
 any norm_cfg, frozen_stages and norm_eval; plain ResNet checkpoints load unchanged."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -60,14 +62,57 @@ def test_perturbed_features_continue_and_are_returned():
     outs = model(x)
     for pos, m in perturb_layers(model).items():
         m.generator = torch.Generator().manual_seed(len(pos))
+    plain = build('mmseg', type='ResNetV1c', out_indices=(0, 1, 2, 3), **SMALL)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.train()
     torch.manual_seed(0)
-    h = model.perturb_stem(model.maxpool(model.stem(x)))
-    h0 = model.layer1(h)
-    h1 = model.perturb_layer2(model.layer2(h0))
-    h2 = model.layer3(h1)
-    for got, want in zip(outs, (h0, h1, h2, model.layer4(h2))):
+    h = model.perturb_stem(plain.maxpool(plain.stem(x)))
+    h0 = plain.layer1(h)
+    h1 = model.perturb_layer2(plain.layer2(h0))
+    h2 = plain.layer3(h1)
+    for got, want in zip(outs, (h0, h1, h2, plain.layer4(h2))):
         torch.testing.assert_close(got, want)
-    assert not torch.allclose(outs[1], model.layer2(h0))
+    assert not torch.allclose(outs[1], plain.layer2(h0))
+
+
+@pytest.mark.parametrize('scope, base', [(s, b) for s in CLASSES for b in CLASSES[s]])
+def test_conv1_position_is_between_the_first_conv_and_its_norm(scope, base):
+    """DSU's extra stem position as in the authors' ResNet (``pertubration0`` after ``conv1``, before ``bn1``):
+    perturb_conv1 receives the first conv's output and the first norm receives perturb_conv1's output."""
+    model = build(scope, type='Perturb' + base, perturb=dict(type='DSU', p=1.0),
+                  after_stages=(0, 'stem', 'conv1', 3), **SMALL)
+    model.train()
+    assert model.perturb_positions == ('conv1', 'stem', 0, 3)
+    assert list(perturb_layers(model)) == ['perturb_conv1', 'perturb_stem', 'perturb_layer1', 'perturb_layer4']
+    deep = base != 'ResNet'
+    conv, norm = (model.stem[0], model.stem[1]) if deep else (model.conv1, model.norm1)
+    order, seen = [], {}
+
+    def record(name):
+
+        def hook(module, args, output):
+            order.append(name)
+            seen[name] = (args[0], output)
+
+        return hook
+
+    named = dict(conv=conv, norm=norm, perturb_conv1=model.perturb_conv1, maxpool=model.maxpool,
+                 perturb_stem=model.perturb_stem, layer1=model.layer1)
+    handles = [m.register_forward_hook(record(n)) for n, m in named.items()]
+    try:
+        model(torch.randn(4, 3, 32, 32))
+    finally:
+        for h in handles:
+            h.remove()
+    # The perturbation runs in the first conv's forward hook (before the hooks registered here), so the
+    # recorded order is: perturbation, conv, norm; the stem position likewise inside the max-pool's hooks.
+    assert order == ['perturb_conv1', 'conv', 'norm', 'perturb_stem', 'maxpool', 'layer1']
+    raw = conv.forward(seen['conv'][0])  # the conv alone, without hooks
+    assert torch.equal(seen['perturb_conv1'][0], raw)  # the perturbation sees conv1's output ...
+    assert seen['norm'][0] is seen['perturb_conv1'][1]  # ... and the norm sees the perturbation's
+    assert seen['conv'][1] is seen['perturb_conv1'][1]
+    assert not torch.allclose(seen['perturb_conv1'][1], raw)
+    assert seen['maxpool'][1] is seen['perturb_stem'][1] and seen['layer1'][0] is seen['perturb_stem'][1]
 
 
 @pytest.mark.parametrize('scope', ['mmseg', 'mmdet'])
@@ -116,8 +161,40 @@ def test_any_norm_cfg_and_layer_kinds():
             assert all(torch.isfinite(o).all() for o in model(torch.randn(2, 3, 32, 32)))
 
 
+def test_toolbox_forward_hooks_deepcopy_and_re_adding():
+    """The toolbox's own forward runs (no copy of it); hooks follow a deepcopy; add_perturbation again
+    replaces the layers without stacking hooks; unlisted positions pass their output unchanged."""
+    from mmseg.models.backbones import ResNetV1c
+
+    from mmnorm.models.backbones import add_perturbation
+    from mmnorm.models.backbones.perturb_resnet import PerturbationHook
+    model = build('mmseg', type='PerturbResNetV1c', perturb=dict(type='MixStyle', p=1.0),
+                  after_stages=('conv1', 0), **SMALL)
+    assert type(model).forward is ResNetV1c.forward
+    twin = copy.deepcopy(model)
+    hooks = [h for m in twin.modules() for h in m._forward_hooks.values() if isinstance(h, PerturbationHook)]
+    assert len(hooks) == 2 and all(h.resnet is twin for h in hooks)
+    x = torch.randn(4, 3, 32, 32)
+    model.train(), twin.train()
+    for m in (model, twin):
+        for layer in perturb_layers(m).values():
+            layer.generator = torch.Generator().manual_seed(3)
+    for a, b in zip(model(x), twin(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    add_perturbation(model, dict(type='DSU', p=1.0), ('conv1', 'stem'))
+    hooks = [h for m in model.modules() for h in m._forward_hooks.values() if isinstance(h, PerturbationHook)]
+    assert sorted(str(h.pos) for h in hooks) == ['0', 'conv1', 'stem']
+    assert model.perturb_positions == ('conv1', 'stem') and isinstance(model.perturb_conv1, DSU)
+    assert not hasattr(model, 'perturb_layer1')  # its hook on layer1 stays and passes the output unchanged
+    model.perturb_positions = ()
+    model.eval(), twin.eval()
+    for a, b in zip(model(x), twin(x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize('after_stages, match', [
     ((4, ), r"after_stages: 4 is not a position .* 0\.\.3 \(num_stages=4\)"),
+    (('conv2', ), r"after_stages: 'conv2' is not a position of this backbone; use 'conv1', 'stem'"),
     ((-1, ), r'after_stages: -1 is not a position'),
     (('res1', ), r"after_stages: 'res1' is not a position"),
     ((0, 0), r'lists a position twice, got after_stages=\(0, 0\)'),

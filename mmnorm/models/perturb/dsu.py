@@ -12,8 +12,9 @@ With probability ``p`` per training forward, for ``x`` of shape ``(N, C, H, W)``
     gamma = sig + e2 * factor * Sigma_sig,  e2 ~ N(0, 1)
     y = gamma * (x - mu) / sig + beta
 
-Defaults (authors' code): p 0.5, factor 1.0, eps 1e-6; placed after the stem and after every ResNet stage
-(``after_stages=('stem', 0, 1, 2, 3)``). A batch of one sample has no batch variance: the layer is the identity.
+Defaults (authors' code): p 0.5, factor 1.0, eps 1e-6; placed after the first conv (before its BN), after the
+stem and after every ResNet stage (``after_stages=('conv1', 'stem', 0, 1, 2, 3)``). A batch of one sample has
+no batch variance: the layer is the identity.
 """
 from numbers import Real
 from typing import Optional
