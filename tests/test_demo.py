@@ -1,19 +1,24 @@
 """`make demo`'s pipeline at a tiny size: every method through the real tools/train.py + tools/test.py."""
 import json
+import os.path as osp
 
 import pytest
-from conftest import run_tool, tiny_seg_options
-from tool_loader import METHODS
+from conftest import REPO, run_tool, tiny_seg_options
+from tool_loader import METHODS, load_tool
+
+
+def tiny_demo_args(data_root, work_dir, methods=None) -> list:
+    """The demo at a tiny size: 2 iterations, 8 source frames, 4 target frames, a 16-frame stream."""
+    args = [
+        '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0, '--num-source-train', 8,
+        '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--stream-frames', 16, '--loader-options',
+        'num_workers=0', 'persistent_workers=False', 'batch_size=2'
+    ]
+    return [str(a) for a in args + (['--methods', *methods] if methods else [])]
 
 
 def run_tiny_demo(data_root, work_dir, methods=None, extra=()):
-    """The demo at a tiny size: 2 iterations, 8 source frames, 4 target frames, a 16-frame stream."""
-    args = [
-        'tools/demo.py', '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0,
-        '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--stream-frames', 16,
-        '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2'
-    ]
-    return run_tool(args + (['--methods', *methods] if methods else []) + list(extra))
+    return run_tool(['tools/demo.py'] + tiny_demo_args(data_root, work_dir, methods) + list(extra))
 
 
 # one method of each kind: trained (BN, DSU), recalibrated on BN's weights (AdaBN), adapted online (TENT)
@@ -55,15 +60,16 @@ def check_demo_outputs(proc, work_dir, methods):
     assert (work_dir / 'stream' / 'stream_results.md').exists() and (work_dir / 'stream' / 'stream_miou.png').exists()
 
 
-def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path):
+def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path, capsys):
     proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo', KINDS)
     check_demo_outputs(proc, tmp_path / 'demo', KINDS)
     # train.py --test-last (the trainings' target test) gives what tools/test.py gives on the last checkpoint
     bn_dir = tmp_path / 'demo' / 'seed0' / 'BN'
     checkpoint = (bn_dir / 'last_checkpoint').read_text().strip()
-    run_tool([
-        'tools/test.py', METHODS['BN']['config'], checkpoint, '--work-dir', tmp_path / 'retest', '--metrics-out',
-        tmp_path / 'retest.json', '--cfg-options', *tiny_seg_options(tiny_demo_data)
+    load_tool('test').main([  # in-process: the demo above ran tools/test.py as a subprocess
+        osp.join(REPO, METHODS['BN']['config']), checkpoint, '--work-dir',
+        str(tmp_path / 'retest'), '--metrics-out',
+        str(tmp_path / 'retest.json'), '--cfg-options', *tiny_seg_options(tiny_demo_data)
     ])
     in_training = json.loads((bn_dir / 'metrics_target.json').read_text())
     assert json.loads((tmp_path / 'retest.json').read_text()) == in_training
@@ -71,10 +77,12 @@ def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path):
     logs = sorted((tmp_path / 'demo').glob('seed0/*/*.log'))
     stamps = [log.stat().st_mtime_ns for log in logs]
     summary = json.loads((tmp_path / 'demo' / 'results.json').read_text())['summary']
-    proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo', KINDS, extra=['--reuse'])
+    capsys.readouterr()
+    load_tool('demo').main(tiny_demo_args(tiny_demo_data, tmp_path / 'demo', KINDS) + ['--reuse'])
     assert [log.stat().st_mtime_ns for log in logs] == stamps and len(logs) == len(KINDS)
     assert json.loads((tmp_path / 'demo' / 'results.json').read_text())['summary'] == summary
-    assert 'BN seed 0 train mIoU' in proc.stdout and 'AdaBN seed 0 test mIoU' in proc.stdout
+    out = capsys.readouterr().out
+    assert 'BN seed 0 train mIoU' in out and 'AdaBN seed 0 test mIoU' in out
 
 
 @pytest.mark.slow
@@ -83,27 +91,28 @@ def test_demo_pipeline_tiny_every_method(tiny_demo_data, tmp_path):
     check_demo_outputs(proc, tmp_path / 'demo', list(METHODS))
 
 
-def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path):
-    """A job that fails stops the demo with exit 1, the path of its log and the log's last lines; no traceback.
-    The jobs waiting for the failed training (AdaBN's test, the stream) do not run."""
+def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path, capsys):
+    """A job that fails stops the demo with exit 1 and the path of its log and the log's last lines.
+    The jobs waiting for the failed training (AdaBN's test, the stream) do not run. (In-process: the other test
+    of this file runs tools/demo.py as a subprocess.)"""
     work_dir = tmp_path / 'demo'
-    proc = run_tool([
-        'tools/demo.py', '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2, '--seeds', 0, '--methods',
-        'BN', 'AdaBN', '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1,
+    args = [
+        '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2, '--seeds', 0, '--methods', 'BN',
+        'AdaBN', '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1,
         '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2', 'no_such_option=1',
         '--stream-frames', 16, '--jobs', 1
-    ], check=False)
-    assert proc.returncode == 1
+    ]
+    with pytest.raises(SystemExit) as exc:
+        load_tool('demo').main([str(a) for a in args])
+    assert exc.value.code == 1
+    out, err = capsys.readouterr()
     log = work_dir / 'seed0' / 'BN' / 'train.log'
-    assert f'log {log}' in proc.stderr and 'last lines' in proc.stderr
-    assert 'no_such_option' in proc.stderr  # the log's own error, shown
-    assert 'Traceback' not in proc.stderr.split('make demo stopped')[0]
-    assert '[1/3] BN seed 0 train FAILED' in proc.stdout
-    assert 'AdaBN seed 0 test' not in proc.stdout and 'continual stream (BN' not in proc.stdout
+    assert str(log) in err and 'no_such_option' in err  # the failed job's log and its own error
+    assert 'BN seed 0 train FAILED' in out
+    assert 'AdaBN seed 0 test' not in out and 'continual stream (BN' not in out
 
 
 def test_demo_keeps_user_omp_num_threads(monkeypatch):
-    from tool_loader import load_tool
     demo = load_tool('demo')
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
     assert demo.thread_count(jobs=2) == 3
