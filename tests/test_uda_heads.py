@@ -59,6 +59,45 @@ def test_seg_decode_and_auxiliary_heads_see_the_split(tiny_demo_data):
     assert not torch.equal(head_rn.running_mean_target, head_rn.running_mean_source)
 
 
+def batch_sizes(model, batch, kind):
+    """{layer name: [batch size seen, ...]} of every ``kind`` layer during one loss call."""
+    layers = {name: m for name, m in model.named_modules() if type(m) is kind}
+    seen = {name: [] for name in layers}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, name=name: seen[name].append(args[0].shape[0]))
+        for name, m in layers.items()
+    ]
+    try:
+        losses_of(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_seg_bn_head_runs_on_the_source_part_rn_head_on_both(tiny_demo_data):
+    """RN backbone, plain-BN decode head, RN auxiliary head: the BN head sees the 2 source samples only (a joint
+    run would normalise [source | target] mixtures), the RN head the 4 samples with the declared split."""
+    cfg = seg_cfg(RN)
+    cfg.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+    model, _, batch = build('mmseg', cfg, *seg_datasets(tiny_demo_data, 'target_labelled'))
+    from mmnorm.models.uda import head_runs_jointly, holds_domain_aware_norm
+    assert not holds_domain_aware_norm(model.decode_head) and holds_domain_aware_norm(model.auxiliary_head)
+    assert not head_runs_jointly(model.decode_head) and head_runs_jointly(model.auxiliary_head)
+    assert set(model.source_only_heads()) == {'decode_head'}
+    bn_sizes = batch_sizes(model, batch, torch.nn.BatchNorm2d)
+    head_bns = [n for n in bn_sizes if n.startswith('decode_head.')]
+    assert len(head_bns) >= 4 and any(n.startswith('decode_head.image_pool') for n in head_bns)
+    assert {n: bn_sizes[n] for n in head_bns} == {n: [2] for n in head_bns}
+    seen, losses = split_calls(model, batch)
+    assert not any(n.startswith('decode_head.') for n in seen)
+    aux = [n for n in seen if n.startswith('auxiliary_head.')]
+    assert aux and all(seen[n] == [((2, 2), 4)] for n in aux)
+    assert all(calls == [((2, 2), 4)] for calls in seen.values())  # the backbone too
+    assert {'decode.loss_ce', 'aux.loss_ce'} <= set(losses)
+    assert all(torch.isfinite(v) for k, v in losses.items() if 'loss' in k)
+
+
 def test_seg_joint_heads_equal_the_toolbox_loss_on_the_source_part(tiny_demo_data):
     """AdaBN everywhere normalises each domain part with its own statistics, so the UDA model's losses on
     [source | target] are the plain EncoderDecoder's losses on the source images alone (same weights)."""
@@ -166,6 +205,22 @@ def test_det_dense_head_sees_the_split(kind, det_data):  # noqa: F811 (pytest fi
     assert len(head) == 4  # 2 cls + 2 reg stacked convs
     for name, calls in seen.items():  # head layers are shared across the 5 FPN levels
         assert calls == [((2, 2), 4)] * (5 if name in head else 1), name
+    assert 'loss_cls' in losses and all(torch.isfinite(torch.as_tensor(v)).all() for v in losses.values())
+
+
+def test_det_bn_dense_head_runs_on_the_source_part(det_data):  # noqa: F811
+    """RN backbone, RetinaHead with plain BN: the head's BN sees the 2 source samples at every FPN level,
+    the backbone's RN the 4 samples with the split; the loss is the toolbox's on the source features."""
+    cfg = retina_cfg(RN)
+    cfg.bbox_head.norm_cfg = dict(type='BN', requires_grad=True)
+    model, _, batch = build('mmdet', cfg, *det_datasets(det_data, target_labelled=True))
+    from mmnorm.models.uda import dense_head_runs_jointly
+    assert not dense_head_runs_jointly(model.bbox_head) and 'bbox_head' in model.source_only_heads()
+    bn_sizes = batch_sizes(model, batch, torch.nn.BatchNorm2d)
+    head_bns = [n for n in bn_sizes if n.startswith('bbox_head.')]
+    assert len(head_bns) == 4 and all(bn_sizes[n] == [2] * 5 for n in head_bns)
+    seen, losses = split_calls(model, batch)
+    assert seen and all(n.startswith('backbone.') and calls == [((2, 2), 4)] for n, calls in seen.items())
     assert 'loss_cls' in losses and all(torch.isfinite(torch.as_tensor(v)).all() for v in losses.values())
 
 

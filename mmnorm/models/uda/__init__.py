@@ -1,9 +1,9 @@
 """Source+target (domain-adaptive) training wrappers for mmseg segmentors and mmdet detectors (each imported only
 when its toolbox is installed)."""
 from ...toolboxes import toolbox_installed
-from .base import DomainAdaptiveMixin, DomainPairPreprocessor, slice_rows
+from .base import DomainAdaptiveMixin, DomainPairPreprocessor, holds_domain_aware_norm, slice_rows
 
-__all__ = ['DomainAdaptiveMixin', 'DomainPairPreprocessor', 'slice_rows']
+__all__ = ['DomainAdaptiveMixin', 'DomainPairPreprocessor', 'holds_domain_aware_norm', 'slice_rows']
 
 if toolbox_installed('mmseg'):
     from .segmentor import UDACascadeEncoderDecoder, UDAEncoderDecoder, head_runs_jointly

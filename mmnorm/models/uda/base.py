@@ -8,11 +8,14 @@ checkpoints keep the toolbox's keys. One training step:
    ``[source | target]`` list (one normalised, padded batch) and returns the source and target data samples apart;
 2. inside ``domain_split(model, (num_source, num_target))`` -- every domain-aware layer (RN, AdaBN) sees the split --
    the backbone and neck run once on the whole batch, and so do the *joint heads*
-   (:meth:`DomainAdaptiveMixin.joint_head_losses`: heads whose output rows are images, e.g. mmseg decode and
-   auxiliary heads, mmdet dense heads); their losses read only the source rows and source labels;
-3. heads whose rows are not images (mmdet RPN + RoI heads, point heads) run the toolbox's own ``loss`` on the source
-   features only. They must not hold a domain-aware layer: the model refuses to build otherwise
-   (:meth:`DomainAdaptiveMixin.source_only_heads`);
+   (:meth:`DomainAdaptiveMixin.joint_head_losses`): heads whose output rows are images (mmseg decode and
+   auxiliary heads, mmdet dense heads) **and** that hold a domain-aware norm layer
+   (:func:`holds_domain_aware_norm`: RN, split AdaBN), which normalises each domain part with its own
+   statistics. Their losses read only the source rows and source labels;
+3. every other head runs the toolbox's own ``loss`` on the source features only: heads with plain BN (a BN on
+   the joint batch would normalise [source | target] mixtures, statistics the deployed model never sees) and
+   heads whose rows are not images (mmdet RPN + RoI heads, point heads). Heads of the second kind must not hold
+   a domain-aware layer: the model refuses to build otherwise (:meth:`DomainAdaptiveMixin.source_only_heads`);
 4. :meth:`DomainAdaptiveMixin.uda_loss` -- the hook point for UDA losses -- receives the source and target features.
 
 Target labels, if any, are never read. Validation and testing use the target dataset through the normal loops
@@ -23,11 +26,11 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..norms.conventions import apply_norm_eval
+from ..norms.conventions import apply_norm_eval, is_norm
 from ..norms.domain import DomainAwareMixin, domain_split
 from ..norms.layer_names import name_layers
 
-__all__ = ['DomainPairPreprocessor', 'DomainAdaptiveMixin', 'slice_rows']
+__all__ = ['DomainPairPreprocessor', 'DomainAdaptiveMixin', 'slice_rows', 'holds_domain_aware_norm']
 
 Features = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -86,6 +89,16 @@ def slice_rows(out, part: slice, batch_size: int):
     if isinstance(out, (list, tuple)):
         return type(out)(slice_rows(o, part, batch_size) for o in out)
     return out
+
+
+def holds_domain_aware_norm(module: nn.Module) -> bool:
+    """True if ``module`` holds a norm layer that normalises each declared domain part on its own (RN, the
+    AdaBN layer: :class:`~mmnorm.models.norms.domain.DomainAwareMixin` norms).
+
+    The UDA wrappers run a head on the joint [source | target] batch only then; a head with plain BN (or no
+    norm) runs on the source part, so its BN never normalises a mixture of the two domains.
+    """
+    return any(isinstance(m, DomainAwareMixin) and is_norm(m) for m in module.modules())
 
 
 def _slice_features(feats: Features, part: slice) -> Features:

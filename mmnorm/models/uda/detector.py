@@ -1,10 +1,11 @@
 """Source+target training for mmdet detectors.
 
 * Single-stage detectors (``UDARetinaNet``, ``UDAFCOS``, ``UDAATSS``, ``UDAGFL``, ``UDATOOD``, ``UDAYOLOX``,
-  ``UDARTMDet``, or ``UDASingleStageDetector`` for any other ``SingleStageDetector`` config): the dense head runs on
-  the joint [source | target] features inside the domain split (RN / a split AdaBN work in the head); its loss reads
-  the source rows only. A dense head whose ``loss`` is not mmdet's plain "forward, then ``loss_by_feat``" runs the
-  toolbox's own loss on the source features instead.
+  ``UDARTMDet``, or ``UDASingleStageDetector`` for any other ``SingleStageDetector`` config): a dense head with
+  RN / a split AdaBN runs on the joint [source | target] features inside the domain split; its loss reads the
+  source rows only. A dense head with plain BN / GN (on the joint batch its BN would normalise mixtures of the
+  two domains), or whose ``loss`` is not mmdet's plain "forward, then ``loss_by_feat``", runs the toolbox's own
+  loss on the source features instead.
 * Two-stage detectors (``UDAFasterRCNN``, ``UDAMaskRCNN``, ``UDACascadeRCNN``): backbone and neck on the joint
   batch; RPN and RoI heads on the source part only (RoI rows are regions, not images), so they must not hold
   domain-aware layers -- the model refuses to build with a message naming the head.
@@ -23,7 +24,7 @@ from mmdet.models.detectors import (ATSS, DETR, FCOS, GFL, TOOD, YOLOX, CascadeR
 from mmdet.models.utils import unpack_gt_instances
 from mmdet.registry import MODELS
 
-from .base import DomainAdaptiveMixin, slice_rows
+from .base import DomainAdaptiveMixin, holds_domain_aware_norm, slice_rows
 
 __all__ = [
     'dense_head_runs_jointly', 'UDASingleStageDetector', 'UDARetinaNet', 'UDAFCOS', 'UDAATSS', 'UDAGFL', 'UDATOOD',
@@ -32,12 +33,15 @@ __all__ = [
 
 
 def dense_head_runs_jointly(head: nn.Module) -> bool:
-    """True if ``head.loss`` is mmdet's ``BaseDenseHead.loss`` (forward on the features, then ``loss_by_feat``)."""
-    return isinstance(head, BaseDenseHead) and type(head).loss is BaseDenseHead.loss
+    """True if the UDA wrappers run ``head`` on the joint [source | target] features: its ``loss`` is mmdet's
+    ``BaseDenseHead.loss`` (forward on the features, then ``loss_by_feat``) and it holds a domain-aware norm
+    (RN, split AdaBN: :func:`~mmnorm.models.uda.base.holds_domain_aware_norm`)."""
+    plain_loss = isinstance(head, BaseDenseHead) and type(head).loss is BaseDenseHead.loss
+    return plain_loss and holds_domain_aware_norm(head)
 
 
 class _JointDenseHeadMixin(DomainAdaptiveMixin):
-    """The ``bbox_head`` of a single-stage detector on the joint batch."""
+    """The ``bbox_head`` of a single-stage detector on the joint batch when it holds RN / split AdaBN."""
 
     def source_only_heads(self) -> Dict[str, nn.Module]:
         heads = super().source_only_heads()
@@ -56,42 +60,43 @@ class _JointDenseHeadMixin(DomainAdaptiveMixin):
 
 @MODELS.register_module()
 class UDASingleStageDetector(_JointDenseHeadMixin, SingleStageDetector):
-    """Any mmdet ``SingleStageDetector`` config trained on [source | target] batches (dense head in the split)."""
+    """Any mmdet ``SingleStageDetector`` config trained on [source | target] batches (an RN / AdaBN dense
+    head in the split)."""
 
 
 @MODELS.register_module()
 class UDARetinaNet(_JointDenseHeadMixin, RetinaNet):
-    """mmdet ``RetinaNet`` trained on [source | target] batches (dense head in the split)."""
+    """mmdet ``RetinaNet`` trained on [source | target] batches (an RN / AdaBN dense head in the split)."""
 
 
 @MODELS.register_module()
 class UDAFCOS(_JointDenseHeadMixin, FCOS):
-    """mmdet ``FCOS`` trained on [source | target] batches (dense head in the split)."""
+    """mmdet ``FCOS`` trained on [source | target] batches (an RN / AdaBN dense head in the split)."""
 
 
 @MODELS.register_module()
 class UDAATSS(_JointDenseHeadMixin, ATSS):
-    """mmdet ``ATSS`` trained on [source | target] batches (dense head in the split)."""
+    """mmdet ``ATSS`` trained on [source | target] batches (an RN / AdaBN dense head in the split)."""
 
 
 @MODELS.register_module()
 class UDAGFL(_JointDenseHeadMixin, GFL):
-    """mmdet ``GFL`` trained on [source | target] batches (dense head in the split)."""
+    """mmdet ``GFL`` trained on [source | target] batches (an RN / AdaBN dense head in the split)."""
 
 
 @MODELS.register_module()
 class UDATOOD(_JointDenseHeadMixin, TOOD):
-    """mmdet ``TOOD`` trained on [source | target] batches (dense head in the split)."""
+    """mmdet ``TOOD`` trained on [source | target] batches (an RN / AdaBN dense head in the split)."""
 
 
 @MODELS.register_module()
 class UDAYOLOX(_JointDenseHeadMixin, YOLOX):
-    """mmdet ``YOLOX`` trained on [source | target] batches (dense head in the split)."""
+    """mmdet ``YOLOX`` trained on [source | target] batches (an RN / AdaBN dense head in the split)."""
 
 
 @MODELS.register_module()
 class UDARTMDet(_JointDenseHeadMixin, RTMDet):
-    """mmdet ``RTMDet`` trained on [source | target] batches (dense head in the split)."""
+    """mmdet ``RTMDet`` trained on [source | target] batches (an RN / AdaBN dense head in the split)."""
 
 
 @MODELS.register_module()

@@ -1,10 +1,12 @@
 """Source+target training for mmseg: ``UDAEncoderDecoder``, ``UDACascadeEncoderDecoder``.
 
-The decode and auxiliary heads run on the joint [source | target] features inside the domain split, so RN / a
-split AdaBN work in the heads as in the backbone; their losses read the source rows only. A head whose ``loss`` is
-not the plain "forward, then ``loss_by_feat``" of mmseg's base heads (e.g. PointRend's ``PointHead``, which samples
-points per image against the labels) runs the toolbox's own ``loss`` on the source features instead, and the later
-stages of a cascade follow it onto the source part.
+A decode or auxiliary head that holds RN / a split AdaBN runs on the joint [source | target] features inside the
+domain split, so those layers work in the head as in the backbone; its losses read the source rows only. A head
+with plain BN (or GN, or no norm) runs the toolbox's own ``loss`` on the source features: on the joint batch its
+BN would normalise mixtures of the two domains. A head whose ``loss`` is not the plain "forward, then
+``loss_by_feat``" of mmseg's base heads (e.g. PointRend's ``PointHead``, which samples points per image against
+the labels) runs on the source features too, and the later stages of a cascade follow the first source-only
+stage onto the source part.
 """
 from typing import Dict, List
 
@@ -15,15 +17,20 @@ from mmseg.models.segmentors import CascadeEncoderDecoder, EncoderDecoder
 from mmseg.registry import MODELS
 from mmseg.utils import add_prefix
 
-from .base import DomainAdaptiveMixin, slice_rows
+from .base import DomainAdaptiveMixin, holds_domain_aware_norm, slice_rows
 
 __all__ = ['UDAEncoderDecoder', 'UDACascadeEncoderDecoder', 'head_runs_jointly']
 
 
 def head_runs_jointly(head: nn.Module) -> bool:
-    """True if ``head.loss`` is mmseg's own "forward on the features, then ``loss_by_feat``" (so its forward can
-    run on the joint batch and the loss on the source rows of the output)."""
-    return type(head).loss in (BaseDecodeHead.loss, BaseCascadeDecodeHead.loss)
+    """True if the UDA wrappers run ``head`` on the joint [source | target] features.
+
+    Both must hold: ``head.loss`` is mmseg's own "forward on the features, then ``loss_by_feat``" (so its
+    forward can run on the joint batch and the loss on the source rows of the output), and the head holds a
+    domain-aware norm (RN, split AdaBN: :func:`~mmnorm.models.uda.base.holds_domain_aware_norm`).
+    """
+    plain_loss = type(head).loss in (BaseDecodeHead.loss, BaseCascadeDecodeHead.loss)
+    return plain_loss and holds_domain_aware_norm(head)
 
 
 class _JointHeadsMixin(DomainAdaptiveMixin):
@@ -92,9 +99,10 @@ class UDAEncoderDecoder(_JointHeadsMixin, EncoderDecoder):
     """mmseg ``EncoderDecoder`` trained on [source | target] batches (see :mod:`mmnorm.models.uda.base`).
 
     Same arguments and checkpoint keys as ``EncoderDecoder``; a BN baseline config becomes a UDA config with
-    ``model=dict(type='UDAEncoderDecoder')`` and a ``DomainPairDataset`` train set. Backbone, neck, decode and
-    auxiliary heads run on the joint batch inside the domain split (losses from the source rows);
-    ``predict`` / ``tensor`` modes are unchanged (test on the target dataset).
+    ``model=dict(type='UDAEncoderDecoder')`` and a ``DomainPairDataset`` train set. Backbone and neck run on the
+    joint batch inside the domain split; decode and auxiliary heads with RN / split AdaBN too (losses from the
+    source rows), heads with plain BN on the source features only. ``predict`` / ``tensor`` modes are unchanged
+    (test on the target dataset).
     """
 
 
@@ -102,6 +110,7 @@ class UDAEncoderDecoder(_JointHeadsMixin, EncoderDecoder):
 class UDACascadeEncoderDecoder(_JointHeadsMixin, CascadeEncoderDecoder):
     """mmseg ``CascadeEncoderDecoder`` (OCRNet, PointRend) trained on [source | target] batches.
 
-    Stages whose loss is mmseg's plain forward + ``loss_by_feat`` (FCN / OCR heads) run jointly; PointRend's point
-    head and every stage after the first such head run on the source part only.
+    Leading stages whose loss is mmseg's plain forward + ``loss_by_feat`` (FCN / OCR heads) and that hold RN /
+    split AdaBN run jointly; the first other stage (a BN head, PointRend's point head) and every stage after it
+    run on the source part only.
     """
