@@ -1,11 +1,17 @@
-"""Argument checks shared by mmnorm's layers, functions and hooks (messages name the argument and the value)."""
+"""Argument checks shared by mmnorm's layers, functions and hooks (messages name the argument and
+the value)."""
 from typing import Any, Optional
 
 __all__ = ['check_positive_int']
 
 
-def check_positive_int(value: Any, name: str, *, optional: bool = False, minimum: int = 1) -> Optional[int]:
-    """Returns ``value`` if it is an int >= ``minimum`` (or None when ``optional``); raises ValueError otherwise.
+def check_positive_int(value: Any,
+                       name: str,
+                       *,
+                       optional: bool = False,
+                       minimum: int = 1) -> Optional[int]:
+    """Returns ``value`` if it is an int >= ``minimum`` (or None when ``optional``); raises
+    ValueError otherwise.
 
     ``bool`` is refused although it is an ``int`` subclass (``num_iters=True`` is a mistake, not 1).
     """

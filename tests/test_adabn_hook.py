@@ -1,9 +1,10 @@
-"""AdaBNHook in real mmengine Runners: a tiny mmseg EncoderDecoder (ResNet + FCN head) on images written to disk,
-the test loop, training-time validation with EMAHook, tools/test.py and tools/dist_test.sh (2 gloo processes), and
-an mmdet Faster R-CNN under tools/test.py.
+"""AdaBNHook in real mmengine Runners: a tiny mmseg EncoderDecoder (ResNet + FCN head) on images
+written to disk, the test loop, training-time validation with EMAHook, tools/test.py and
+tools/dist_test.sh (2 gloo processes), and an mmdet Faster R-CNN under tools/test.py.
 
-References: torch's own train-mode BN on the same preprocessed batches in float64 (the one-pass order), the written
-statistics being a fixed point of an eval-mode float64 forward (the layerwise order), and the single-process run.
+References: torch's own train-mode BN on the same preprocessed batches in float64 (the one-pass
+order), the written statistics being a fixed point of an eval-mode float64 forward (the layerwise
+order), and the single-process run.
 """
 import copy
 import json
@@ -98,7 +99,8 @@ def seg_config(root, tmp_path, hooks, norm='BN', name='tiny_seg.py'):
 
 
 def save_initial_checkpoint(cfg, path):
-    """Weights of a freshly built model with non-trivial BN statistics (as after source training)."""
+    """Weights of a freshly built model with non-trivial BN statistics (as after source
+    training)."""
     from mmseg.registry import MODELS
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope('mmseg'):
@@ -113,7 +115,10 @@ def save_initial_checkpoint(cfg, path):
 
 
 def bn_names(model):
-    return [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    return [
+        n for n, m in model.named_modules()
+        if isinstance(m, _BatchNorm) and m.running_mean is not None
+    ]
 
 
 def preprocessed_batches(model, loader):
@@ -121,12 +126,15 @@ def preprocessed_batches(model, loader):
 
 
 def float64_reference(model, inputs, names, bn_train):
-    """Float64 mean / unbiased var of each BN input over all batches, torch BN in train or eval mode."""
+    """Float64 mean / unbiased var of each BN input over all batches, torch BN in train or eval
+    mode."""
     ref = copy.deepcopy(model).double()
     ref.eval()
     modules = dict(ref.named_modules())
     feats = {n: [] for n in names}
-    handles = [modules[n].register_forward_pre_hook(lambda m, i, n=n: feats[n].append(i[0])) for n in names]
+    handles = [
+        modules[n].register_forward_pre_hook(lambda m, i, n=n: feats[n].append(i[0])) for n in names
+    ]
     for n in names:
         modules[n].train(bn_train)
     with torch.no_grad():
@@ -134,14 +142,19 @@ def float64_reference(model, inputs, names, bn_train):
             ref(x.double(), mode='tensor')
     for h in handles:
         h.remove()
-    return {n: (torch.cat(f).mean((0, 2, 3)), torch.cat(f).var((0, 2, 3))) for n, f in feats.items()}
+    return {
+        n: (torch.cat(f).mean((0, 2, 3)), torch.cat(f).var((0, 2, 3)))
+        for n, f in feats.items()
+    }
 
 
 def assert_stats(model, ref, names, rtol=1e-5):
     modules = dict(model.named_modules())
     for n in names:
-        torch.testing.assert_close(modules[n].running_mean.double(), ref[n][0], rtol=rtol, atol=1e-6, msg=n)
-        torch.testing.assert_close(modules[n].running_var.double(), ref[n][1], rtol=rtol, atol=1e-6, msg=n)
+        torch.testing.assert_close(
+            modules[n].running_mean.double(), ref[n][0], rtol=rtol, atol=1e-6, msg=n)
+        torch.testing.assert_close(
+            modules[n].running_var.double(), ref[n][1], rtol=rtol, atol=1e-6, msg=n)
 
 
 def test_hook_in_runner_test_loop_writes_closed_form_statistics(seg_root, tmp_path):
@@ -158,12 +171,15 @@ def test_hook_in_runner_test_loop_writes_closed_form_statistics(seg_root, tmp_pa
     inputs = preprocessed_batches(model, runner.test_dataloader)
     assert len(inputs) == 7
     assert_stats(model, float64_reference(initial, inputs, names, bn_train=True), names)
-    # the saved checkpoint is a plain, weights-only loadable dict holding the recalibrated statistics
+    # the saved checkpoint is a plain, weights-only loadable dict holding the recalibrated
+    # statistics
     saved = torch.load(osp.join(cfg.work_dir, 'adabn.pth'), weights_only=True)
     assert saved['meta']['adabn']['mode'] == 'one_pass'
     for n in names:
-        assert torch.equal(saved['state_dict'][f'{n}.running_var'], dict(model.named_modules())[n].running_var)
-        assert not torch.allclose(saved['state_dict'][f'{n}.running_var'], dict(initial.named_modules())[n].running_var)
+        assert torch.equal(saved['state_dict'][f'{n}.running_var'],
+                           dict(model.named_modules())[n].running_var)
+        assert not torch.allclose(saved['state_dict'][f'{n}.running_var'],
+                                  dict(initial.named_modules())[n].running_var)
 
 
 class Probe(Hook):
@@ -181,8 +197,8 @@ class Probe(Hook):
             model = runner.model
             loader = runner.val_loop.dataloader
             self.records['val'] = copy.deepcopy(model.state_dict())
-            self.records['val_reference'] = float64_reference(model, preprocessed_batches(model, loader),
-                                                              bn_names(model), bn_train=False)
+            self.records['val_reference'] = float64_reference(
+                model, preprocessed_batches(model, loader), bn_names(model), bn_train=False)
 
     def after_val_epoch(self, runner, metrics=None):
         self.records['after_val'] = copy.deepcopy(runner.model.state_dict())
@@ -204,15 +220,19 @@ def test_val_during_training_uses_ema_weights_and_restores_training_statistics(s
     assert not torch.equal(rec['val'][conv], rec['train'][conv])  # EMA weights were swapped in ...
     ref = rec['val_reference']  # ... and the statistics are the fixed point of the EMA-weight model
     for n in names:
-        torch.testing.assert_close(rec['val'][f'{n}.running_mean'].double(), ref[n][0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(rec['val'][f'{n}.running_var'].double(), ref[n][1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            rec['val'][f'{n}.running_mean'].double(), ref[n][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            rec['val'][f'{n}.running_var'].double(), ref[n][1], rtol=1e-5, atol=1e-6)
         assert not torch.allclose(rec['val'][f'{n}.running_var'], rec['train'][f'{n}.running_var'])
     for key, value in rec['after_val'].items():  # training weights and training statistics are back
         assert torch.equal(value, rec['train'][key]), key
 
 
 def test_hook_selects_adabn_domain_and_recalibrates_it(seg_root, tmp_path):
-    hooks = [dict(type='AdaBNHook', dataloader='test', domain='target', num_samples=3, progress=False)]
+    hooks = [
+        dict(type='AdaBNHook', dataloader='test', domain='target', num_samples=3, progress=False)
+    ]
     cfg, _ = seg_config(seg_root, tmp_path, hooks, norm='AdaBN')
     runner = Runner.from_cfg(cfg)
     initial = copy.deepcopy(runner.model)
@@ -220,14 +240,18 @@ def test_hook_selects_adabn_domain_and_recalibrates_it(seg_root, tmp_path):
     layers = {n: m for n, m in runner.model.named_modules() if isinstance(m, AdaBN)}
     assert len(layers) == 11
     inputs = preprocessed_batches(runner.model, runner.test_dataloader)[:3]
-    # reference: torch's train-mode BN (an undeclared AdaBN training batch is exactly BN) on the first 3 images
+    # reference: torch's train-mode BN (an undeclared AdaBN training batch is exactly BN) on the
+    # first 3 images
     ref = float64_reference(initial, inputs, list(layers), bn_train=True)
     init_layers = dict(initial.named_modules())
     for n, m in layers.items():
         assert m.eval_domain == 'target'
-        assert torch.equal(m.domain_bn('source').running_var, init_layers[n].domain_bn('source').running_var)
-        torch.testing.assert_close(m.domain_bn('target').running_mean.double(), ref[n][0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(m.domain_bn('target').running_var.double(), ref[n][1], rtol=1e-5, atol=1e-6)
+        assert torch.equal(
+            m.domain_bn('source').running_var, init_layers[n].domain_bn('source').running_var)
+        torch.testing.assert_close(
+            m.domain_bn('target').running_mean.double(), ref[n][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            m.domain_bn('target').running_var.double(), ref[n][1], rtol=1e-5, atol=1e-6)
 
 
 def test_hook_bad_inputs_name_the_value(seg_root, tmp_path):
@@ -239,7 +263,8 @@ def test_hook_bad_inputs_name_the_value(seg_root, tmp_path):
         AdaBNHook(num_samples=0)
     with pytest.raises(ValueError, match=r'num_samples must be a positive int or None, got -5'):
         AdaBNHook(num_samples=-5)
-    with pytest.raises(ValueError, match=r"before must be \"val\", \"test\" or both, got \('train',\)"):
+    with pytest.raises(
+            ValueError, match=r"before must be \"val\", \"test\" or both, got \('train',\)"):
         AdaBNHook(before='train')
     with pytest.raises(ValueError, match=r"mode must be one of .*got 'ema'"):
         AdaBNHook(mode='ema')
@@ -249,40 +274,56 @@ def test_hook_bad_inputs_name_the_value(seg_root, tmp_path):
     cfg, _ = seg_config(seg_root, tmp_path, hooks, norm='AdaBN')
     runner = Runner.from_cfg(cfg)
     with pytest.raises(
-            ValueError, match=r"AdaBNHook domain: unknown domain 'cityscapes'; this AdaBN layer has "
+            ValueError,
+            match=r"AdaBNHook domain: unknown domain 'cityscapes'; this AdaBN layer has "
             r"domains \('source', 'target'\)"):
         runner.test()
 
 
 def test_hook_domain_on_a_model_without_adabn_and_an_empty_folder_are_named(seg_root, tmp_path):
-    cfg, _ = seg_config(seg_root, tmp_path, [dict(type='AdaBNHook', domain='target', progress=False)])
+    cfg, _ = seg_config(seg_root, tmp_path,
+                        [dict(type='AdaBNHook', domain='target', progress=False)])
     with pytest.raises(ValueError, match=r"AdaBNHook\(domain='target'.*no AdaBN layer"):
         Runner.from_cfg(cfg).test()
     empty = tmp_path / 'empty'
     loader = dict(
-        batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-        dataset=dict(type='BaseSegDataset', data_root=str(empty), img_suffix='.png', seg_map_suffix='.png',
-                     data_prefix=dict(img_path='img', seg_map_path='ann'), pipeline=[]))
-    cfg, _ = seg_config(seg_root, tmp_path, [dict(type='AdaBNHook', dataloader=loader, progress=False)], name='e.py')
-    with pytest.raises(ValueError, match=rf"{empty / 'img'} does not exist"):  # the folder itself is missing
+        batch_size=1,
+        num_workers=0,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        dataset=dict(
+            type='BaseSegDataset',
+            data_root=str(empty),
+            img_suffix='.png',
+            seg_map_suffix='.png',
+            data_prefix=dict(img_path='img', seg_map_path='ann'),
+            pipeline=[]))
+    cfg, _ = seg_config(
+        seg_root,
+        tmp_path, [dict(type='AdaBNHook', dataloader=loader, progress=False)],
+        name='e.py')
+    with pytest.raises(
+            ValueError, match=rf"{empty / 'img'} does not exist"):  # the folder itself is missing
         Runner.from_cfg(cfg).test()
     for folder in ('img', 'ann'):
         (empty / folder).mkdir(parents=True)
     with pytest.raises(
-            ValueError, match=rf"AdaBNHook: the dataloader config found no sample in data_root='{empty}'"
+            ValueError,
+            match=rf"AdaBNHook: the dataloader config found no sample in data_root='{empty}'"
             r".*point data_root / data_prefix / ann_file at the target images"):
         Runner.from_cfg(cfg).test()
 
 
 def test_tools_test_and_dist_test_equal_in_process_run(seg_root, tmp_path):
-    """tools/test.py (1 process) and tools/dist_test.sh (2 gloo processes, 7 images: rank 1 gets a padded repeat)
-    write the same recalibrated checkpoint; batch size 1 makes the one-pass order independent of the sharding."""
+    """tools/test.py (1 process) and tools/dist_test.sh (2 gloo processes, 7 images: rank 1 gets
+    a padded repeat) write the same recalibrated checkpoint; batch size 1 makes the one-pass
+    order independent of the sharding."""
     hooks = [dict(type='AdaBNHook', dataloader='test', save_checkpoint='adabn.pth', progress=False)]
     cfg, config = seg_config(seg_root, tmp_path, hooks)
     initial = save_initial_checkpoint(cfg, tmp_path / 'init.pth')
     single, dist = tmp_path / 'single', tmp_path / 'dist'
     run_tool(['tools/test.py', config, tmp_path / 'init.pth', '--work-dir', single])
-    proc = run_tool(['tools/dist_test.sh', config, tmp_path / 'init.pth', 2, '--work-dir', dist], PORT=free_port())
+    proc = run_tool(['tools/dist_test.sh', config, tmp_path / 'init.pth', 2, '--work-dir', dist],
+                    PORT=free_port())
     assert '7 samples' in proc.stdout + proc.stderr  # the padded repeat on rank 1 is not counted
     one = torch.load(single / 'adabn.pth', weights_only=True)['state_dict']
     two = torch.load(dist / 'adabn.pth', weights_only=True)['state_dict']
@@ -290,7 +331,8 @@ def test_tools_test_and_dist_test_equal_in_process_run(seg_root, tmp_path):
     for n in names:
         for buf in ('running_mean', 'running_var'):
             torch.testing.assert_close(two[f'{n}.{buf}'], one[f'{n}.{buf}'], rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(one[f'{names[-1]}.running_mean'], dict(initial.named_modules())[names[-1]].running_mean)
+    assert not torch.allclose(one[f'{names[-1]}.running_mean'],
+                              dict(initial.named_modules())[names[-1]].running_mean)
 
 
 DET_CONFIG = """
@@ -327,7 +369,14 @@ def test_mmdet_faster_rcnn_under_tools_test(tmp_path):
         img[10:30, 20:50] = (200, 30, 30)
         Image.fromarray(img).save(root / 'images' / f'{i}.jpg', quality=95)
         images.append(dict(id=i + 1, file_name=f'{i}.jpg', width=90, height=60))
-        anns.append(dict(id=i + 1, image_id=i + 1, category_id=1, bbox=[20.0, 10.0, 30.0, 20.0], area=600.0, iscrowd=0))
+        anns.append(
+            dict(
+                id=i + 1,
+                image_id=i + 1,
+                category_id=1,
+                bbox=[20.0, 10.0, 30.0, 20.0],
+                area=600.0,
+                iscrowd=0))
     (root / 'test.json').write_text(
         json.dumps(dict(images=images, annotations=anns, categories=[dict(id=1, name='car')])))
     config = tmp_path / 'faster-rcnn_r18-tiny.py'
@@ -345,5 +394,7 @@ def test_mmdet_faster_rcnn_under_tools_test(tmp_path):
     names = bn_names(model)
     assert len(names) == 20  # every BN of the norm_eval / frozen_stages ResNet-18
     for n in names:
-        torch.testing.assert_close(saved[f'{n}.running_var'], dict(expected.named_modules())[n].running_var)
-        assert not torch.allclose(saved[f'{n}.running_var'], dict(model.named_modules())[n].running_var)
+        torch.testing.assert_close(saved[f'{n}.running_var'],
+                                   dict(expected.named_modules())[n].running_var)
+        assert not torch.allclose(saved[f'{n}.running_var'],
+                                  dict(model.named_modules())[n].running_var)

@@ -1,4 +1,5 @@
-"""AdaBN layer: BN equivalence, per-domain statistics, test-time modes, checkpoints, toolchain survival."""
+"""AdaBN layer: BN equivalence, per-domain statistics, test-time modes, checkpoints, toolchain
+survival."""
 import copy
 
 import pytest
@@ -33,7 +34,8 @@ def test_train_and_eval_equal_batchnorm(shape):
     bn, ada = bn_pair()
     x = torch.randn(*shape) * 2 + 1
     x_bn, x_ada = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y_bn = F.batch_norm(x_bn, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, 0.2, bn.eps)
+    y_bn = F.batch_norm(x_bn, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, 0.2,
+                        bn.eps)
     y_ada = ada(x_ada)
     torch.testing.assert_close(y_ada, y_bn)
     grad = torch.randn_like(y_bn)
@@ -43,19 +45,25 @@ def test_train_and_eval_equal_batchnorm(shape):
     torch.testing.assert_close(ada.weight.grad, bn.weight.grad)
     torch.testing.assert_close(ada.bias.grad, bn.bias.grad)
     src, tgt = ada.domain_bn('source'), ada.domain_bn('target')
-    torch.testing.assert_close(src.running_mean, bn.running_mean)  # the undeclared batch trains the source stats
+    torch.testing.assert_close(src.running_mean,
+                               bn.running_mean)  # the undeclared batch trains the source stats
     torch.testing.assert_close(src.running_var, bn.running_var)
-    assert not torch.equal(tgt.running_mean, bn.running_mean)  # target stats untouched (still the loaded ones)
+    assert not torch.equal(tgt.running_mean,
+                           bn.running_mean)  # target stats untouched (still the loaded ones)
     ada.eval()
     bn.eval()
-    torch.testing.assert_close(ada(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False))
+    torch.testing.assert_close(
+        ada(x), F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False))
 
 
 def test_declared_split_uses_and_updates_each_domain():
     _, ada = bn_pair()
     ref_s, ref_t = nn.BatchNorm2d(6, momentum=0.2), nn.BatchNorm2d(6, momentum=0.2)
     for ref in (ref_s, ref_t):
-        ref.load_state_dict({k.split('.', 1)[1]: v for k, v in ada.state_dict().items() if k.startswith('source.')})
+        ref.load_state_dict({
+            k.split('.', 1)[1]: v
+            for k, v in ada.state_dict().items() if k.startswith('source.')
+        })
     x = torch.randn(7, 6, 3, 3) * 3
     x[3:] += 4  # target part shifted
     with domain_split(ada, (3, 4)) as told:
@@ -66,8 +74,10 @@ def test_declared_split_uses_and_updates_each_domain():
         torch.testing.assert_close(ada.domain_bn(domain).running_mean, ref.running_mean)
         torch.testing.assert_close(ada.domain_bn(domain).running_var, ref.running_var)
     with domain_split(ada, (0, 7)):  # an empty part is skipped
-        torch.testing.assert_close(ada(x), F.batch_norm(x, None, None, ada.weight, ada.bias, True, 0.0, ada.eps))
-    with domain_split(ada, (3, 3)), pytest.raises(ValueError, match=r'declared domain split \(3, 3\).*7 samples'):
+        torch.testing.assert_close(
+            ada(x), F.batch_norm(x, None, None, ada.weight, ada.bias, True, 0.0, ada.eps))
+    with domain_split(ada, (3, 3)), pytest.raises(
+            ValueError, match=r'declared domain split \(3, 3\).*7 samples'):
         ada(x)
     ada.eval()
     with domain_split(ada, (3, 4)):  # eval ignores the split: one domain for the whole batch
@@ -87,7 +97,8 @@ def test_gradcheck_float64_split_and_eval():
     def fn(inp, weight, bias):
         return torch.func.functional_call(ada, {'a.weight': weight, 'a.bias': bias}, (inp, ))
 
-    with domain_split(ada, (2, 3)):  # part 'c' (no affine of its own) uses the shared one held by 'a'
+    with domain_split(ada,
+                      (2, 3)):  # part 'c' (no affine of its own) uses the shared one held by 'a'
         assert torch.autograd.gradcheck(fn, (x, w, b))
     ada.eval()
     assert torch.autograd.gradcheck(fn, (x, w, b))
@@ -102,9 +113,10 @@ def test_domain_selection_from_config_code_and_helper():
     x = torch.randn(4, 6, 3, 3)
     ada.eval()
     expect = {
-        d: F.batch_norm(x,
-                        ada.domain_bn(d).running_mean,
-                        ada.domain_bn(d).running_var, ada.weight, ada.bias)
+        d:
+        F.batch_norm(x,
+                     ada.domain_bn(d).running_mean,
+                     ada.domain_bn(d).running_var, ada.weight, ada.bias)
         for d in ada.domains
     }
     torch.testing.assert_close(ada(x), expect['city'])
@@ -114,7 +126,9 @@ def test_domain_selection_from_config_code_and_helper():
     assert set_adabn_domain(model, 'city') == 2
     assert model[0].eval_domain == 'city' and model[2].eval_domain == 'city'
     assert model[0].recalibration_buffers()[0] is ada.domain_bn('city').running_mean
-    with pytest.raises(ValueError, match=r"unknown domain 'synthia'; this AdaBN layer has domains \('gta', 'city'\)"):
+    with pytest.raises(
+            ValueError,
+            match=r"unknown domain 'synthia'; this AdaBN layer has domains \('gta', 'city'\)"):
         set_adabn_domain(model, 'synthia')
     assert model[0].eval_domain == 'city'  # nothing changed by the failed call
     with pytest.raises(ValueError, match=r"eval_domain: unknown domain 'cityscapes'"):
@@ -140,7 +154,8 @@ def test_test_modes_against_hand_computed_reference():
     ada.set_test_mode('batch')
     torch.testing.assert_close(ada(x), normalise(mu_b, var_b))
     ada.set_test_mode('blend', prior=15)  # N = 15, n = 5: weights 3/4 and 1/4
-    torch.testing.assert_close(ada(x), normalise(0.75 * mu_d + 0.25 * mu_b, 0.75 * var_d + 0.25 * var_b))
+    torch.testing.assert_close(
+        ada(x), normalise(0.75 * mu_d + 0.25 * mu_b, 0.75 * var_d + 0.25 * var_b))
     ada.train()  # training ignores the test mode
     torch.testing.assert_close(ada(x), normalise(mu_b, var_b))
     with pytest.raises(ValueError, match=r"test_mode must be one of .*got 'tent'"):
@@ -154,8 +169,9 @@ def test_checkpoints_plain_bn_and_round_trip():
     for domain in ada.domains:  # the plain BN statistics went to every domain, the affine once
         torch.testing.assert_close(ada.domain_bn(domain).running_var, bn.running_var)
     assert set(ada.state_dict()) == {
-        'source.weight', 'source.bias', 'source.running_mean', 'source.running_var', 'source.num_batches_tracked',
-        'target.running_mean', 'target.running_var', 'target.num_batches_tracked'
+        'source.weight', 'source.bias', 'source.running_mean', 'source.running_var',
+        'source.num_batches_tracked', 'target.running_mean', 'target.running_var',
+        'target.num_batches_tracked'
     }
     torch.testing.assert_close(ada.weight, bn.weight)
     with torch.no_grad():
@@ -195,15 +211,19 @@ def test_resnet_built_with_adabn_loads_plain_resnet_checkpoint_in_both_scopes():
 def test_norm_eval_frozen_stages_and_norm_decay_mult():
     from mmdet.models.backbones import ResNet
     from mmengine.optim import DefaultOptimWrapperConstructor
-    model = ResNet(depth=18, norm_cfg=dict(type='AdaBN'), norm_eval=True, frozen_stages=1, init_cfg=None)
+    model = ResNet(
+        depth=18, norm_cfg=dict(type='AdaBN'), norm_eval=True, frozen_stages=1, init_cfg=None)
     model.train()
-    assert all(not bn.training for m in model.modules() if isinstance(m, AdaBN) for bn in m.children())
+    assert all(not bn.training for m in model.modules() if isinstance(m, AdaBN)
+               for bn in m.children())
     before = model.layer3[0].bn1.domain_bn('source').running_mean.clone()
     model(torch.randn(2, 3, 32, 32))
-    assert torch.equal(model.layer3[0].bn1.domain_bn('source').running_mean, before)  # norm_eval holds
+    assert torch.equal(model.layer3[0].bn1.domain_bn('source').running_mean,
+                       before)  # norm_eval holds
     assert not any(p.requires_grad for p in model.layer1.parameters())
     constructor = DefaultOptimWrapperConstructor(
-        dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4)), dict(norm_decay_mult=0.0))
+        dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4)),
+        dict(norm_decay_mult=0.0))
     wrapper = constructor(model)
     shared = model.layer3[0].bn1.weight
     group = next(g for g in wrapper.optimizer.param_groups if any(p is shared for p in g['params']))
@@ -212,7 +232,8 @@ def test_norm_eval_frozen_stages_and_norm_decay_mult():
     set_adabn_domain(model, 'target')
     src = model.layer3[0].bn1.domain_bn('source').running_mean.clone()
     result = recalibrate_bn(model, [torch.randn(2, 3, 32, 32) + 1], progress=False)
-    assert len(result.layers) == 20 and all('.source' not in n and '.target' not in n for n in result.layers)
+    assert len(result.layers) == 20 and all('.source' not in n and '.target' not in n
+                                            for n in result.layers)
     assert torch.equal(model.layer3[0].bn1.domain_bn('source').running_mean, src)
     assert not torch.equal(model.layer3[0].bn1.domain_bn('target').running_mean, src)
 
@@ -224,9 +245,11 @@ def test_survives_sync_bn_conversion_and_revert():
     model = nn.Sequential(nn.Conv2d(3, 6, 1), ada).eval()
     x = torch.randn(2, 3, 4, 4)
     expect = model(x)
-    synced = convert_sync_batchnorm(copy.deepcopy(model)).eval()  # the converter builds children in train mode
+    synced = convert_sync_batchnorm(
+        copy.deepcopy(model)).eval()  # the converter builds children in train mode
     layer = synced[1]
-    assert isinstance(layer, AdaBN) and layer.domains == ('source', 'target') and layer.eval_domain == 'target'
+    assert isinstance(
+        layer, AdaBN) and layer.domains == ('source', 'target') and layer.eval_domain == 'target'
     assert all(isinstance(child, nn.SyncBatchNorm) for child in layer.children())
     torch.testing.assert_close(synced(x), expect)  # eval on CPU works with SyncBN children
     reverted = revert_sync_batchnorm(synced)
@@ -235,11 +258,13 @@ def test_survives_sync_bn_conversion_and_revert():
     reverted.train()
     with domain_split(reverted, (1, 1)):
         reverted(x)  # the per-domain training path after the revert
-    assert isinstance(reverted[1].weight, nn.Parameter) and reverted[1].weight is reverted[1].source.weight
+    assert isinstance(reverted[1].weight,
+                      nn.Parameter) and reverted[1].weight is reverted[1].source.weight
 
 
 def test_bad_constructor_arguments_name_the_value():
-    with pytest.raises(ValueError, match=r"domains must be a non-empty list of names, got 'target'"):
+    with pytest.raises(
+            ValueError, match=r"domains must be a non-empty list of names, got 'target'"):
         AdaBN(4, domains='target')
     with pytest.raises(ValueError, match=r"domains must be unique, got \('a', 'a'\)"):
         AdaBN(4, domains=('a', 'a'))
@@ -249,6 +274,7 @@ def test_bad_constructor_arguments_name_the_value():
         AdaBN(4, domains=('my-domain', ))
     with pytest.raises(ValueError, match=r"split_domains: unknown domain 'val'"):
         AdaBN(4, split_domains=('source', 'val'))
-    with pytest.raises(ValueError, match=r'expects an input of shape \(N, 4, \*\), got \(2, 5, 3\)'):
+    with pytest.raises(
+            ValueError, match=r'expects an input of shape \(N, 4, \*\), got \(2, 5, 3\)'):
         AdaBN(4)(torch.randn(2, 5, 3))
     assert 'eval_domain=' in repr(AdaBN(4)) and 'prior=16.0' in repr(AdaBN(4))

@@ -1,4 +1,5 @@
-"""tools/benchmark_perturb.py runs at a tiny size and reports every layer against the model / BN without it."""
+"""tools/benchmark_perturb.py runs at a tiny size and reports every layer against the model / BN
+without it."""
 import pytest
 from tool_loader import load_tool
 
@@ -8,8 +9,8 @@ bench = load_tool('benchmark_perturb')
 def test_benchmark_perturb_tiny(tmp_path):
     out = tmp_path / 'bench.md'
     rows = bench.main([
-        '--model-input', '2x3x32x32', '--model-repeats', '1', '--layer-batch', '2', '--layer-crop', '32',
-        '--layer-repeats', '1', '--out',
+        '--model-input', '2x3x32x32', '--model-repeats', '1', '--layer-batch', '2', '--layer-crop',
+        '32', '--layer-repeats', '1', '--out',
         str(out)
     ])
     model_rows = [r for r in rows if 'iter_s' in r]
@@ -27,7 +28,8 @@ def test_variant_switch_leaves_weights_and_removes_layers():
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmseg'):
-        backbone = MODELS.build(dict(type='PerturbResNetV1c', depth=18, base_channels=8, stem_channels=8))
+        backbone = MODELS.build(
+            dict(type='PerturbResNetV1c', depth=18, base_channels=8, stem_channels=8))
     keys = set(backbone.state_dict())
     bench.set_variant(backbone, 'DSU', 0.5)
     assert backbone.perturb_positions == ('stem', 0, 1, 2, 3) and set(backbone.state_dict()) == keys
@@ -39,12 +41,13 @@ def test_variant_switch_leaves_weights_and_removes_layers():
 def test_configured_p_is_reported_as_a_mean(tmp_path):
     out = tmp_path / 'bench.md'
     rows = bench.main([
-        '--layers', 'MixStyle', '--model-input', '2x3x32x32', '--model-repeats', '2', '--layer-crop', '32',
-        '--layer-repeats', '1', '--p', '0.5', '--out',
+        '--layers', 'MixStyle', '--model-input', '2x3x32x32', '--model-repeats', '2',
+        '--layer-crop', '32', '--layer-repeats', '1', '--p', '0.5', '--out',
         str(out)
     ])
     assert [r['variant'] for r in rows if 'iter_s' in r] == ['none (BN)', 'MixStyle']
-    assert 'mean of 2 round-robin rounds, layers at their config placement with p=0.5,' in out.read_text()
+    assert 'mean of 2 round-robin rounds, layers at their config placement with p=0.5,' in out.read_text(
+    )
 
 
 @pytest.mark.parametrize('argv', [['--layer-repeats', '0'], ['--p', '0'], ['--p', '1.5']])

@@ -7,8 +7,8 @@ bench = load_tool('benchmark_norms')
 def test_benchmark_norms_tiny(tmp_path):
     out = tmp_path / 'bench.md'
     rows = bench.main([
-        '--shapes', '2x8x8x8', '--repeats', '1', '--norms', 'BN', 'AdaBN', 'IBN', 'PBN', 'RN', '--model',
-        '--model-input', '2x3x32x32', '--model-repeats', '1', '--out',
+        '--shapes', '2x8x8x8', '--repeats', '1', '--norms', 'BN', 'AdaBN', 'IBN', 'PBN', 'RN',
+        '--model', '--model-input', '2x3x32x32', '--model-repeats', '1', '--out',
         str(out)
     ])
     layer_rows = [r for r in rows if 'shape' in r]
@@ -25,7 +25,8 @@ def test_benchmark_norms_tiny(tmp_path):
 def test_goal_verdicts():
     assert bench._verdict(1.0, 1.1) == '≤ 1.1 ✓'
     assert bench._verdict(1.21, 1.1) == '≤ 1.1 ✗ (+10 %)'
-    assert bench._goal(bench.TRAIN_GOALS, 'IBN-0.25') == 1.10 and bench._goal(bench.TRAIN_GOALS, 'PBN-loop') is None
+    assert bench._goal(bench.TRAIN_GOALS, 'IBN-0.25') == 1.10 and bench._goal(
+        bench.TRAIN_GOALS, 'PBN-loop') is None
 
 
 def test_device_option_is_checked(capsys):
@@ -33,7 +34,8 @@ def test_device_option_is_checked(capsys):
     import torch
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as err:
-            bench.main(['--device', 'cuda', '--norms', 'BN', '--shapes', '2x4x4x4', '--repeats', '1'])
+            bench.main(
+                ['--device', 'cuda', '--norms', 'BN', '--shapes', '2x4x4x4', '--repeats', '1'])
         assert err.value.code == 2 and 'CUDA is not available' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         bench.main(['--device', 'tpu', '--norms', 'BN'])
@@ -42,23 +44,31 @@ def test_device_option_is_checked(capsys):
 
 def test_paired_ratio_is_the_median_of_interleaved_pairs():
     calls = []
-    ref_s, s, ratio = bench.paired_seconds(lambda: calls.append('ref'), lambda: calls.append('case'), 4, warmup=1)
-    assert calls == ['ref', 'case'] + ['ref', 'case', 'case', 'ref'] * 2  # warm-up, then alternating order
+    ref_s, s, ratio = bench.paired_seconds(
+        lambda: calls.append('ref'), lambda: calls.append('case'), 4, warmup=1)
+    assert calls == ['ref', 'case'
+                     ] + ['ref', 'case', 'case', 'ref'] * 2  # warm-up, then alternating order
     assert ref_s > 0 and s > 0 and ratio > 0
 
 
 def test_benchmark_recalibration_tiny_fills_its_section(tmp_path):
-    """tools/benchmark_recalibration.py: exact one-pass statistics, every row timed, the doc section replaced."""
+    """tools/benchmark_recalibration.py: exact one-pass statistics, every row timed, the doc
+    section replaced."""
     recal = load_tool('benchmark_recalibration')
     doc = tmp_path / 'doc.md'
     doc.write_text('before\n<!-- benchmark:start -->\nold\n<!-- benchmark:end -->\nafter\n')
-    res = recal.main(['--batches', '2', '3', '--size', '64', '--repeats', '1', '--threads', '1', '--out', str(doc)])
+    res = recal.main([
+        '--batches', '2', '3', '--size', '64', '--repeats', '1', '--threads', '1', '--out',
+        str(doc)
+    ])
     var_err, mean_err = res['errors']['mmnorm recalibrate_bn (one pass)']
-    # against float64 statistics of torch.cat of the BN inputs (2x2 maps in the last stage at 64x64: train-mode BN
-    # on 8-12 values per channel amplifies float32 rounding of earlier layers, hence 1e-4 rather than 1e-5)
+    # against float64 statistics of torch.cat of the BN inputs (2x2 maps in the last stage at 64x64:
+    # train-mode BN on 8-12 values per channel amplifies float32 rounding of earlier layers, hence
+    # 1e-4 rather than 1e-5)
     assert var_err < 1e-4 and mean_err < 1e-4
     assert res['errors']['EMA, momentum 0.1'][0] > 1e-3  # the references tell estimators apart
-    assert set(res['times']) == {'forward_eval', 'forward_train', 'one_pass', 'update_bn', 'layerwise'}
+    assert set(
+        res['times']) == {'forward_eval', 'forward_train', 'one_pass', 'update_bn', 'layerwise'}
     text = doc.read_text()
     assert text.startswith('before\n') and text.endswith('after\n') and 'old' not in text
     assert '| `recalibrate_bn` one pass |' in text
@@ -69,7 +79,8 @@ def test_benchmark_recalibration_bad_out_is_refused_before_timing(tmp_path, caps
     recal = load_tool('benchmark_recalibration')
     no_markers = tmp_path / 'plain.md'
     no_markers.write_text('no section\n')
-    for out, reason in ((tmp_path / 'missing.md', 'is not a file'), (no_markers, 'section to fill')):
+    for out, reason in ((tmp_path / 'missing.md', 'is not a file'), (no_markers,
+                                                                     'section to fill')):
         with pytest.raises(SystemExit) as exc:
             recal.main(['--out', str(out)])
         assert exc.value.code == 2 and reason in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""tools/analysis/bn_shift.py: zero distance for identical domains, positive for shifted ones, every mmnorm layer."""
+"""tools/analysis/bn_shift.py: zero distance for identical domains, positive for shifted ones,
+every mmnorm layer."""
 import csv
 
 import pytest
@@ -32,7 +33,8 @@ def test_input_moments_match_torch_cat():
 
 
 def mmnorm_norms():
-    return sorted(n for n, c in MODELS.module_dict.items() if c.__module__.startswith('mmnorm.models.norms.'))
+    return sorted(n for n, c in MODELS.module_dict.items()
+                  if c.__module__.startswith('mmnorm.models.norms.'))
 
 
 @pytest.mark.parametrize('norm', ['BN'] + mmnorm_norms())
@@ -67,19 +69,20 @@ def test_tool_on_mmseg_model(tiny_demo_data, tmp_path):
     opts = tiny_seg_options(tiny_demo_data)
     out_same, out_shift = tmp_path / 'same', tmp_path / 'shift'
     run_tool([
-        'tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'test', '--target', 'test', '--out-dir', out_same,
-        '--cfg-options', *opts
+        'tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'test', '--target', 'test',
+        '--out-dir', out_same, '--cfg-options', *opts
     ])
     run_tool([
-        'tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'val', '--target', 'test', '--out-dir', out_shift,
-        '--cfg-options', *opts
+        'tools/analysis/bn_shift.py', DEMO_CONFIG, ckpt, '--source', 'val', '--target', 'test',
+        '--out-dir', out_shift, '--cfg-options', *opts
     ])
     same = list(csv.DictReader(open(out_same / 'bn_shift.csv')))
     shift = list(csv.DictReader(open(out_shift / 'bn_shift.csv')))
     assert len(same) == len(shift) >= 30 and same[0]['layer'] == 'backbone.stem.1'
     assert all(float(r['kl_source_target']) == 0.0 for r in same)
     assert all(float(r['kl_source_target']) > 0.0 for r in shift)
-    # AdaBN makes the normalising statistics match the target input (one-pass: up to the batch/eval difference)
+    # AdaBN makes the normalising statistics match the target input (one-pass: up to the batch/eval
+    # difference)
     before = sum(float(r['kl_running_target_before']) for r in shift)
     after = sum(float(r['kl_running_target_after']) for r in shift)
     assert after < 0.05 * before

@@ -1,4 +1,5 @@
-"""`make demo`'s pipeline at a tiny size: every method through the real tools/train.py + tools/test.py."""
+"""`make demo`'s pipeline at a tiny size: every method through the real tools/train.py +
+tools/test.py."""
 import json
 import os.path as osp
 
@@ -8,11 +9,13 @@ from tool_loader import METHODS, load_tool
 
 
 def tiny_demo_args(data_root, work_dir, methods=None) -> list:
-    """The demo at a tiny size: 2 iterations, 8 source frames, 4 target frames, a 16-frame stream."""
+    """The demo at a tiny size: 2 iterations, 8 source frames, 4 target frames, a 16-frame
+    stream."""
     args = [
-        '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0, '--num-source-train', 8,
-        '--num-source-val', 4, '--num-target', 4, '--data-seed', 1, '--stream-frames', 16, '--loader-options',
-        'num_workers=0', 'persistent_workers=False', 'batch_size=2'
+        '--data-root', data_root, '--work-dir', work_dir, '--iters', 2, '--seeds', 0,
+        '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1,
+        '--stream-frames', 16, '--loader-options', 'num_workers=0', 'persistent_workers=False',
+        'batch_size=2'
     ]
     return [str(a) for a in args + (['--methods', *methods] if methods else [])]
 
@@ -21,7 +24,8 @@ def run_tiny_demo(data_root, work_dir, methods=None, extra=()):
     return run_tool(['tools/demo.py'] + tiny_demo_args(data_root, work_dir, methods) + list(extra))
 
 
-# one method of each kind: trained (BN, DSU), recalibrated on BN's weights (AdaBN), adapted online (TENT)
+# one method of each kind: trained (BN, DSU), recalibrated on BN's weights (AdaBN), adapted online
+# (TENT)
 KINDS = ['BN', 'AdaBN', 'DSU', 'BN + TENT (episodic)']
 
 
@@ -32,14 +36,16 @@ def check_demo_outputs(proc, work_dir, methods):
         assert 0 <= row['source']['mean'] <= 100 and 0 <= row['target']['mean'] <= 100
         assert row['seeds'] == [0]
     per_seed = results['per_seed']
-    assert per_seed['BN']['0']['source'] == per_seed['AdaBN']['0']['source']  # same weights, no test-time change
+    assert per_seed['BN']['0']['source'] == per_seed['AdaBN']['0'][
+        'source']  # same weights, no test-time change
     assert results['summary']['BN']['gap_closed']['mean'] == 0.0
     table = (work_dir / 'results.md').read_text()
     assert '| method | source-val mIoU | target mIoU | BN gap closed (%) |' in table
     for name in methods:
         assert f'| {name} |' in table and f'| {name} |' in proc.stdout
     assert (work_dir / 'results.png').stat().st_size > 5000
-    # progress: a start and an end line per job (trainings, tests, the stream), with the log path, mIoU, time left
+    # progress: a start and an end line per job (trainings, tests, the stream), with the log path,
+    # mIoU, time left
     trainings = sum('weights_from' not in METHODS[n] for n in methods)
     total = len(methods) + 1  # a training tests its weights on the target in the same job
     assert f'{total} jobs' in proc.stdout
@@ -49,7 +55,8 @@ def check_demo_outputs(proc, work_dir, methods):
     ends = [line for line in proc.stdout.splitlines() if ' left' in line]
     assert len(ends) == total and all('elapsed' in line for line in ends)
     assert sum('mIoU ' in line for line in ends) == total - 1
-    assert sum('continual stream' in line for line in ends) == 1 and ends[-1].endswith('about 0 s left')
+    assert sum('continual stream' in line
+               for line in ends) == 1 and ends[-1].endswith('about 0 s left')
     # the AdaBN row really recalibrated on the target pool before testing
     log = (work_dir / 'seed0' / 'AdaBN' / 'test_target.log').read_text()
     assert 'AdaBNHook' in log
@@ -57,13 +64,15 @@ def check_demo_outputs(proc, work_dir, methods):
     assert sum('source val, ' in line and ' target in ' in line for line in ends) == trainings
     # the continual stream: its table is printed and written with the plot
     assert 'continual test-time adaptation on a drifting stream' in proc.stdout
-    assert (work_dir / 'stream' / 'stream_results.md').exists() and (work_dir / 'stream' / 'stream_miou.png').exists()
+    assert (work_dir / 'stream' / 'stream_results.md').exists() and (work_dir / 'stream' /
+                                                                     'stream_miou.png').exists()
 
 
 def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path, capsys):
     proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo', KINDS)
     check_demo_outputs(proc, tmp_path / 'demo', KINDS)
-    # train.py --test-last (the trainings' target test) gives what tools/test.py gives on the last checkpoint
+    # train.py --test-last (the trainings' target test) gives what tools/test.py gives on the last
+    # checkpoint
     bn_dir = tmp_path / 'demo' / 'seed0' / 'BN'
     checkpoint = (bn_dir / 'last_checkpoint').read_text().strip()
     load_tool('test').main([  # in-process: the demo above ran tools/test.py as a subprocess
@@ -92,15 +101,15 @@ def test_demo_pipeline_tiny_every_method(tiny_demo_data, tmp_path):
 
 
 def test_demo_failed_job_names_its_log(tiny_demo_data, tmp_path, capsys):
-    """A job that fails stops the demo with exit 1 and the path of its log and the log's last lines.
-    The jobs waiting for the failed training (AdaBN's test, the stream) do not run. (In-process: the other test
-    of this file runs tools/demo.py as a subprocess.)"""
+    """A job that fails stops the demo with exit 1 and the path of its log and the log's last
+    lines. The jobs waiting for the failed training (AdaBN's test, the stream) do not run.
+    (In-process: the other test of this file runs tools/demo.py as a subprocess.)"""
     work_dir = tmp_path / 'demo'
     args = [
-        '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2, '--seeds', 0, '--methods', 'BN',
-        'AdaBN', '--num-source-train', 8, '--num-source-val', 4, '--num-target', 4, '--data-seed', 1,
-        '--loader-options', 'num_workers=0', 'persistent_workers=False', 'batch_size=2', 'no_such_option=1',
-        '--stream-frames', 16, '--jobs', 1
+        '--data-root', tiny_demo_data, '--work-dir', work_dir, '--iters', 2, '--seeds', 0,
+        '--methods', 'BN', 'AdaBN', '--num-source-train', 8, '--num-source-val', 4, '--num-target',
+        4, '--data-seed', 1, '--loader-options', 'num_workers=0', 'persistent_workers=False',
+        'batch_size=2', 'no_such_option=1', '--stream-frames', 16, '--jobs', 1
     ]
     with pytest.raises(SystemExit) as exc:
         load_tool('demo').main([str(a) for a in args])

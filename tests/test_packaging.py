@@ -1,4 +1,5 @@
-"""``import mmnorm`` works with only one toolbox installed; the lint configuration exists and names 120 columns."""
+"""``import mmnorm`` works with only one toolbox installed; the lint configuration exists and
+names 120 columns."""
 import configparser
 import os.path as osp
 import subprocess
@@ -36,7 +37,11 @@ EXPECTED = {
 @pytest.mark.parametrize('present, hidden', [('mmseg', 'mmdet'), ('mmdet', 'mmseg')])
 def test_import_with_one_toolbox(present, hidden):
     code = ONE_TOOLBOX.format(present=present, hidden=hidden, expected=EXPECTED[present])
-    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=tool_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, '-c', code],
+                          cwd=REPO,
+                          env=tool_env(),
+                          capture_output=True,
+                          text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]
 
@@ -45,7 +50,11 @@ def test_hiding_a_toolbox_is_seen_by_the_probe():
     """The probe the test relies on: a toolbox blocked in sys.modules counts as not installed."""
     code = "import sys; sys.modules['mmdet'] = None; from mmnorm.toolboxes import toolbox_installed; " \
            "print(toolbox_installed('mmdet'), toolbox_installed('mmseg'))"
-    proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=tool_env(), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, '-c', code],
+                          cwd=REPO,
+                          env=tool_env(),
+                          capture_output=True,
+                          text=True,
                           timeout=120)
     assert proc.stdout.split() == ['False', 'True'], proc.stderr[-2000:]
 
@@ -53,5 +62,6 @@ def test_hiding_a_toolbox_is_seen_by_the_probe():
 def test_lint_settings_at_120_columns():
     cfg = configparser.ConfigParser()
     cfg.read(osp.join(REPO, 'setup.cfg'))
-    assert cfg['flake8']['max-line-length'] == cfg['isort']['line_length'] == cfg['yapf']['column_limit'] == '120'
+    assert cfg['flake8']['max-line-length'] == cfg['isort']['line_length'] == cfg['yapf'][
+        'column_limit'] == '120'
     assert osp.exists(osp.join(REPO, '.pre-commit-config.yaml'))

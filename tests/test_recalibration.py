@@ -1,8 +1,9 @@
-"""recalibrate_bn: exact pooled statistics against float64 references, state restoration, distributed merging.
+"""recalibrate_bn: exact pooled statistics against float64 references, state restoration,
+distributed merging.
 
-References are independent of the implementation: a float64 copy of the model run with torch's own BN (train mode
-for the one-pass order, eval mode with the written buffers for the layerwise order), the features of all batches
-concatenated (``torch.cat``) and reduced once.
+References are independent of the implementation: a float64 copy of the model run with torch's own
+BN (train mode for the one-pass order, eval mode with the written buffers for the layerwise order),
+the features of all batches concatenated (``torch.cat``) and reduced once.
 """
 import copy
 import os.path as osp
@@ -23,7 +24,8 @@ torch.set_num_threads(1)
 
 
 class TinyNet(nn.Module):
-    """conv-BN-ReLU-conv-BN-dropout-conv-GN: two BNs whose inputs depend on the first BN, a GN left alone."""
+    """conv-BN-ReLU-conv-BN-dropout-conv-GN: two BNs whose inputs depend on the first BN, a GN
+    left alone."""
 
     def __init__(self, sync=None):
         super().__init__()
@@ -47,12 +49,15 @@ def make_batches(sizes, seed=0):
 
 
 def reference_stats(model, batches, names, bn_train):
-    """float64 mean / unbiased var of the inputs of ``names`` over all batches, torch BN in train or eval mode."""
+    """float64 mean / unbiased var of the inputs of ``names`` over all batches, torch BN in train
+    or eval mode."""
     ref = copy.deepcopy(model).double()
     ref.eval()
     feats = {name: [] for name in names}
     modules = dict(ref.named_modules())
-    handles = [modules[n].register_forward_pre_hook(lambda m, i, n=n: feats[n].append(i[0])) for n in names]
+    handles = [
+        modules[n].register_forward_pre_hook(lambda m, i, n=n: feats[n].append(i[0])) for n in names
+    ]
     for name in names:
         modules[name].train(bn_train)
     with torch.no_grad():
@@ -100,13 +105,16 @@ def test_resplit_batches_give_closed_form_statistics(mode):
         for name in ('bn1', 'bn2'):
             assert_buffers(getattr(m, name), *ref[name])
         results[sizes] = m
-    # bn1's input does not depend on any BN: identical whatever the batch sizes; in the layerwise order bn2 too
+    # bn1's input does not depend on any BN: identical whatever the batch sizes; in the layerwise
+    # order bn2 too
     first, *others = results.values()
     for m in others:
         torch.testing.assert_close(m.bn1.running_var, first.bn1.running_var, rtol=1e-5, atol=1e-7)
         if mode == 'layerwise':
-            torch.testing.assert_close(m.bn2.running_mean, first.bn2.running_mean, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(m.bn2.running_var, first.bn2.running_var, rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(
+                m.bn2.running_mean, first.bn2.running_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                m.bn2.running_var, first.bn2.running_var, rtol=1e-5, atol=1e-7)
     assert not torch.allclose(first.bn1.running_mean, model.bn1.running_mean)
 
 
@@ -114,7 +122,10 @@ def test_modes_momentum_hooks_restored_and_only_norms_switched():
     model = TinyNet().train()
     model.bn2.eval()  # a norm_eval-style lock
     model.bn1.momentum = None
-    hook_counts = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    hook_counts = {
+        n: (len(m._forward_hooks), len(m._forward_pre_hooks))
+        for n, m in model.named_modules()
+    }
     seen = {}
 
     def record(name):
@@ -133,7 +144,10 @@ def test_modes_momentum_hooks_restored_and_only_norms_switched():
     assert seen['drop'] is True  # dropout stayed in train mode
     assert model.training and model.drop.training and model.bn1.training and not model.bn2.training
     assert model.bn1.momentum is None and model.bn2.momentum == 0.1
-    assert {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()} == hook_counts
+    assert {
+        n: (len(m._forward_hooks), len(m._forward_pre_hooks))
+        for n, m in model.named_modules()
+    } == hook_counts
     assert result.layers == ['bn1', 'bn2'] and result.samples == 8 and result.batches == 2
     assert 'gn' in result.left_alone and 'GroupNorm' in result.left_alone['gn']
     assert int(model.bn1.num_batches_tracked) == 0  # the pass's own EMA steps are not counted
@@ -168,7 +182,8 @@ def test_mmdet_resnet_with_norm_eval_and_frozen_stages_is_recalibrated():
     from mmdet.models.backbones import ResNet
     torch.manual_seed(0)
     model = ResNet(depth=18, norm_eval=True, frozen_stages=1, init_cfg=None, out_indices=(3, ))
-    model.train()  # norm_eval: every BN in eval, frozen stem + layer1 in eval with requires_grad=False
+    model.train(
+    )  # norm_eval: every BN in eval, frozen stem + layer1 in eval with requires_grad=False
     bn_names = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(not dict(model.named_modules())[n].training for n in bn_names)
     before = {n: dict(model.named_modules())[n].running_mean.clone() for n in bn_names}
@@ -179,8 +194,8 @@ def test_mmdet_resnet_with_norm_eval_and_frozen_stages_is_recalibrated():
     modules = dict(model.named_modules())
     for name in bn_names:
         assert not torch.allclose(modules[name].running_mean, before[name]), name
-        # 20 float32 layers deep against a float64 reference: the mean is compared in units of the channel's std
-        # (a near-zero mean has no meaningful relative error), the variance relatively
+        # 20 float32 layers deep against a float64 reference: the mean is compared in units of the
+        # channel's std (a near-zero mean has no meaningful relative error), the variance relatively
         mean, var = ref[name]
         assert ((modules[name].running_mean.double() - mean).abs() / var.sqrt()).max() < 1e-4, name
         torch.testing.assert_close(modules[name].running_var.double(), var, rtol=1e-4, atol=1e-6)
@@ -191,8 +206,8 @@ def test_mmdet_resnet_with_norm_eval_and_frozen_stages_is_recalibrated():
 def test_composite_layers_recalibrated_once_into_their_buffers():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3), AdaBN(8, eval_domain='target'), nn.ReLU(), nn.Conv2d(8, 8, 1), IBN(8, ratio=0.5),
-        nn.Conv2d(8, 8, 1), RN(8), nn.Conv2d(8, 6, 1), nn.InstanceNorm2d(6))
+        nn.Conv2d(3, 8, 3), AdaBN(8, eval_domain='target'), nn.ReLU(), nn.Conv2d(8, 8, 1),
+        IBN(8, ratio=0.5), nn.Conv2d(8, 8, 1), RN(8), nn.Conv2d(8, 6, 1), nn.InstanceNorm2d(6))
     model.eval()
     layers, left_alone = find_bn_layers(model)
     assert list(layers) == ['1', '4.BN', '6']  # AdaBN's per-domain BNs and RN are not visited twice
@@ -201,13 +216,17 @@ def test_composite_layers_recalibrated_once_into_their_buffers():
     batches = make_batches((3, 4))
     recalibrate_bn(model, batches, mode='layerwise', progress=False)
     ref = reference_stats(model, batches, ['1', '4', '6'], bn_train=False)
-    torch.testing.assert_close(model[1].domain_bn('target').running_mean.double(), ref['1'][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model[1].domain_bn('target').running_var.double(), ref['1'][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model[1].domain_bn('target').running_mean.double(), ref['1'][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model[1].domain_bn('target').running_var.double(), ref['1'][1], rtol=1e-5, atol=1e-6)
     assert torch.equal(model[1].domain_bn('source').running_mean, source)  # other domain untouched
     bn_half = ref['4'][0][4:], ref['4'][1][4:]  # IBN: the last C - h channels go to its BN child
     assert_buffers(model[4].BN, *bn_half)
-    torch.testing.assert_close(model[6].running_mean_target.double(), ref['6'][0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model[6].running_var_target.double(), ref['6'][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model[6].running_mean_target.double(), ref['6'][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model[6].running_var_target.double(), ref['6'][1], rtol=1e-5, atol=1e-6)
 
 
 def test_limits_and_warnings():
@@ -215,8 +234,10 @@ def test_limits_and_warnings():
     batches = make_batches((4, 4, 4))
     result = recalibrate_bn(copy.deepcopy(model), batches, num_iters=2, progress=False)
     assert result.batches == 2 and result.samples == 8
-    result = recalibrate_bn(model, batches, num_samples=6, progress=False)  # 4 + the first 2 of the second batch
-    ref = reference_stats(model, [torch.cat(batches)[:6]], ['bn1'], bn_train=True)  # bn1: input from conv1 only
+    result = recalibrate_bn(
+        model, batches, num_samples=6, progress=False)  # 4 + the first 2 of the second batch
+    ref = reference_stats(
+        model, [torch.cat(batches)[:6]], ['bn1'], bn_train=True)  # bn1: input from conv1 only
     assert result.samples == 6 and result.batches == 2
     assert_buffers(model.bn1, *ref['bn1'])
     with pytest.warns(UserWarning, match='gave 3 batches'):
@@ -256,7 +277,8 @@ def _loader(dataset, batch_size, round_up):
 def _dist_worker(rank, world_size, init_file, out_dir, state):
     import torch.distributed as dist
     torch.set_num_threads(1)
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    dist.init_process_group(
+        'gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
     from mmcv.ops import SyncBatchNorm as MMSyncBN
     data = torch.cat(make_batches((7, )))
     dataset = TensorDataset(data)
@@ -266,10 +288,13 @@ def _dist_worker(rank, world_size, init_file, out_dir, state):
         model.load_state_dict(state)
         loader = _loader(dataset, batch_size, round_up)
         res = recalibrate_bn(model, loader, mode=mode, progress=False)
-        results[case] = dict(state={
-            k: v.clone()
-            for k, v in model.state_dict().items()
-        }, samples=res.samples, batches=res.batches)
+        results[case] = dict(
+            state={
+                k: v.clone()
+                for k, v in model.state_dict().items()
+            },
+            samples=res.samples,
+            batches=res.batches)
     # a failure on one rank reaches every rank (no hang)
     model = TinyNet().eval()
     batches = make_batches((2, 2, 2))
@@ -284,8 +309,10 @@ def _dist_worker(rank, world_size, init_file, out_dir, state):
 # mode, batch size, DefaultSampler round_up (pads 7 samples to 8), BN type of bn2
 CASES = {
     'layerwise_padded': ('layerwise', 2, True, 'none'),  # rank 1 ends with a repeat of sample 0
-    'layerwise_uneven': ('layerwise', 3, False, 'torch'),  # rank 0: 2 batches, rank 1: 1 batch; torch SyncBN
-    'one_pass_padded': ('one_pass', 2, True, 'mmcv'),  # mmcv MMSyncBN (eval + injected statistics on CPU)
+    'layerwise_uneven':
+    ('layerwise', 3, False, 'torch'),  # rank 0: 2 batches, rank 1: 1 batch; torch SyncBN
+    'one_pass_padded':
+    ('one_pass', 2, True, 'mmcv'),  # mmcv MMSyncBN (eval + injected statistics on CPU)
     'one_pass_uneven': ('one_pass', 3, False, 'torch'),
 }
 
@@ -294,7 +321,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     torch.manual_seed(0)
     model = TinyNet().eval()
     state = copy.deepcopy(model.state_dict())
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / 'init'), str(tmp_path), state), nprocs=2, join=True)
+    mp.spawn(
+        _dist_worker, args=(2, str(tmp_path / 'init'), str(tmp_path), state), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f'rank{r}.pth', weights_only=False) for r in range(2)]
     data = make_batches((7, ))
     for case, (mode, batch_size, _, _) in CASES.items():
@@ -303,28 +331,41 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
         for rank in ranks:
             assert rank[case]['samples'] == 7, case  # the padded repeat is not counted
             for key, value in rank[case]['state'].items():
-                assert torch.equal(value, ranks[0][case]['state'][key]), (case, key)  # identical on all ranks
+                assert torch.equal(value,
+                                   ranks[0][case]['state'][key]), (case, key
+                                                                   )  # identical on all ranks
         got = ranks[0][case]['state']
-        names = ['bn1', 'bn2'] if mode == 'layerwise' else ['bn1']  # one pass: bn2 depends on the batching
+        names = ['bn1', 'bn2'
+                 ] if mode == 'layerwise' else ['bn1']  # one pass: bn2 depends on the batching
         for name in names:
             for buf in ('running_mean', 'running_var'):
-                torch.testing.assert_close(got[f'{name}.{buf}'],
-                                           getattr(single, name).__getattr__(buf), rtol=1e-5, atol=1e-6,
-                                           msg=f'{case} {name}.{buf}')
+                torch.testing.assert_close(
+                    got[f'{name}.{buf}'],
+                    getattr(single, name).__getattr__(buf),
+                    rtol=1e-5,
+                    atol=1e-6,
+                    msg=f'{case} {name}.{buf}')
     assert [r['layerwise_uneven']['batches'] for r in ranks] == [2, 1]
-    assert ranks[0]['failure'] == 'RuntimeError: recalibrate_bn: the pass failed on rank(s) [1]; see their logs'
+    assert ranks[0][
+        'failure'] == 'RuntimeError: recalibrate_bn: the pass failed on rank(s) [1]; see their logs'
     assert ranks[1]['failure'] == 'OSError: corrupt image file 0003.png'
 
 
 def test_one_value_per_channel_batch_is_measured_not_refused():
-    # DeepLabV3+'s image-pool BN sees one value per channel when the last batch holds one image: train-mode BN
-    # would raise; recalibration normalises that call with the buffers and still counts the value exactly.
+    # DeepLabV3+'s image-pool BN sees one value per channel when the last batch holds one image:
+    # train-mode BN would raise; recalibration normalises that call with the buffers and still
+    # counts the value exactly.
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    model = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     batches = [torch.randn(3, 3, 5, 5), torch.randn(1, 3, 5, 5)]
     recalibrate_bn(model, batches, progress=False, logger=None)
     feats = torch.cat([model[1](model[0](b)) for b in batches]).double()
-    torch.testing.assert_close(model[2].running_mean.double(), feats.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model[2].running_var.double(), feats.var(dim=(0, 2, 3), unbiased=True), rtol=1e-5,
-                               atol=1e-6)
+    torch.testing.assert_close(
+        model[2].running_mean.double(), feats.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model[2].running_var.double(),
+        feats.var(dim=(0, 2, 3), unbiased=True),
+        rtol=1e-5,
+        atol=1e-6)
     assert model[2].training  # mode restored

@@ -1,9 +1,10 @@
-"""recalibrate_bn on the inputs users give it: a sampler that declares its padding (``num_real_samples``), an
-mmengine model whose data preprocessor maps its own keys to ``inputs``, a model whose ``tensor`` mode cannot
-run (predict mode, decided from the model: a declared ``supports_tensor_mode = False``, mmseg's PointRend),
-and the progress bar's total.
+"""recalibrate_bn on the inputs users give it: a sampler that declares its padding
+(``num_real_samples``), an mmengine model whose data preprocessor maps its own keys to ``inputs``, a
+model whose ``tensor`` mode cannot run (predict mode, decided from the model: a declared
+``supports_tensor_mode = False``, mmseg's PointRend), and the progress bar's total.
 
-References: float64 statistics of ``torch.cat`` of the real samples with torch's train-mode BN (the one-pass order).
+References: float64 statistics of ``torch.cat`` of the real samples with torch's train-mode BN (the
+one-pass order).
 """
 import contextlib
 import copy
@@ -43,7 +44,8 @@ def mmengine_log():
 
 
 class PaddedSampler(Sampler):
-    """Yields every index, then repeats the first ``pad`` ones; says so through ``num_real_samples``."""
+    """Yields every index, then repeats the first ``pad`` ones; says so through
+    ``num_real_samples``."""
 
     def __init__(self, size: int, pad: int):
         self.size, self.pad = size, pad
@@ -58,18 +60,22 @@ class PaddedSampler(Sampler):
 
 def test_sampler_declaring_num_real_samples_excludes_its_padding():
     data = torch.cat(make_batches((7, )))
-    loader = DataLoader(TensorDataset(data), batch_size=3, sampler=PaddedSampler(7, pad=2))  # 3 + 3 + (1 real, 2 pad)
+    loader = DataLoader(
+        TensorDataset(data), batch_size=3, sampler=PaddedSampler(7,
+                                                                 pad=2))  # 3 + 3 + (1 real, 2 pad)
     model = TinyNet().eval()
     reference = reference_stats(model, [data], ['bn1'], bn_train=True)
     result = recalibrate_bn(model, loader, progress=False)
     assert result.samples == 7 and result.batches == 3
     assert_buffers(model.bn1, *reference['bn1'])
-    padded = TinyNet().eval()  # the same batches without the declaration: the 2 repeats are measured
+    padded = TinyNet().eval(
+    )  # the same batches without the declaration: the 2 repeats are measured
     padded.load_state_dict(TinyNet().state_dict())
     sampler = PaddedSampler(7, pad=2)
     del sampler.num_real_samples
-    assert recalibrate_bn(padded, DataLoader(TensorDataset(data), batch_size=3, sampler=sampler),
-                          progress=False).samples == 9
+    assert recalibrate_bn(
+        padded, DataLoader(TensorDataset(data), batch_size=3, sampler=sampler),
+        progress=False).samples == 9
 
 
 class ImgsPreprocessor(BaseDataPreprocessor):
@@ -80,8 +86,8 @@ class ImgsPreprocessor(BaseDataPreprocessor):
 
 
 class TensorModeModel(BaseModel):
-    """An mmengine model around TinyNet; ``tensor`` mode optionally unsupported (as PointRend's last stage),
-    and then declared so."""
+    """An mmengine model around TinyNet; ``tensor`` mode optionally unsupported (as PointRend's
+    last stage), and then declared so."""
 
     def __init__(self, tensor_mode=True):
         super().__init__(data_preprocessor=ImgsPreprocessor())
@@ -101,19 +107,23 @@ class TensorModeModel(BaseModel):
 def test_preprocessor_keys_and_declared_predict_mode(tensor_mode):
     batches = make_batches((4, 3, 5))
     model = TensorModeModel(tensor_mode).eval()
-    reference = reference_stats(model.net, [b * 0.5 + 1.0 for b in batches], ['bn1', 'bn2'], bn_train=True)
+    reference = reference_stats(
+        model.net, [b * 0.5 + 1.0 for b in batches], ['bn1', 'bn2'], bn_train=True)
     for mode in ('one_pass', 'layerwise'):
         fresh = copy.deepcopy(model)
         with mmengine_log() as messages:
-            result = recalibrate_bn(fresh, [dict(imgs=b) for b in batches], mode=mode, progress=False)
+            result = recalibrate_bn(
+                fresh, [dict(imgs=b) for b in batches], mode=mode, progress=False)
         assert result.samples == 12 and sorted(result.layers) == ['net.bn1', 'net.bn2']
         assert_buffers(fresh.net.bn1, *reference['bn1'])
         if mode == 'one_pass':
             assert_buffers(fresh.net.bn2, *reference['bn2'])
         fallback = [m for m in messages if 'forwarding in predict mode instead' in m]
-        assert len(fallback) == (0 if tensor_mode else 1)  # decided once per call, then predict for every batch
-        assert tensor_mode or fallback[0] == ('TensorModeModel cannot forward in tensor mode (TensorModeModel.'
-                                              'supports_tensor_mode is False); forwarding in predict mode instead')
+        assert len(fallback) == (0 if tensor_mode else 1
+                                 )  # decided once per call, then predict for every batch
+        assert tensor_mode or fallback[0] == (
+            'TensorModeModel cannot forward in tensor mode (TensorModeModel.'
+            'supports_tensor_mode is False); forwarding in predict mode instead')
 
 
 def test_progress_bar_total_follows_num_samples_and_num_iters(capsys):
@@ -128,7 +138,8 @@ def test_progress_bar_total_follows_num_samples_and_num_iters(capsys):
 
 
 def test_pointrend_recalibrates_through_predict():
-    """mmseg's shipped PointRend config (CascadeEncoderDecoder + PointHead): tensor mode raises, predict works."""
+    """mmseg's shipped PointRend config (CascadeEncoderDecoder + PointHead): tensor mode raises,
+    predict works."""
     import os.path as osp
 
     import mmseg
@@ -152,10 +163,13 @@ def test_pointrend_recalibrates_through_predict():
     for _ in range(2):
         inputs = [(torch.rand(3, 64, 64, generator=g) * 255).to(torch.uint8) for _ in range(2)]
         samples = [
-            SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64))) for _ in range(2)
+            SegDataSample(
+                metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64)))
+            for _ in range(2)
         ]
         batches.append(dict(inputs=inputs, data_samples=samples))
     with mmengine_log() as messages:
         result = recalibrate_bn(model, batches, progress=False)
     assert result.samples == 4 and len(result.layers) > 20
-    assert any(m.startswith('CascadeEncoderDecoder cannot forward in tensor mode') for m in messages)
+    assert any(
+        m.startswith('CascadeEncoderDecoder cannot forward in tensor mode') for m in messages)

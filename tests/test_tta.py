@@ -1,6 +1,7 @@
-"""TestTimeAdapter on small conv nets with every norm layer kind, against float64 re-implementations of the
-formulas ('bn': batch statistics, 'prior': Schneider blend, 'tent': entropy gradient step), bit-identity of every
-other parameter and buffer, exact reset, safeguards and bad input."""
+"""TestTimeAdapter on small conv nets with every norm layer kind, against float64
+re-implementations of the formulas ('bn': batch statistics, 'prior': Schneider blend, 'tent':
+entropy gradient step), bit-identity of every other parameter and buffer, exact reset, safeguards
+and bad input."""
 import copy
 import math
 
@@ -30,7 +31,8 @@ def make_net(kind, seed=0):
         nn.Conv2d(3, 8, 3, padding=1),
         build_norm_layer(norm_cfg(kind), 8)[1], nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
         build_norm_layer(norm_cfg(kind), 8)[1], nn.ReLU(), nn.Conv2d(8, K, 1))
-    with torch.no_grad():  # source statistics and affine far from the identity / from the test batches
+    with torch.no_grad(
+    ):  # source statistics and affine far from the identity / from the test batches
         for name, buf in net.named_buffers():
             if 'running_mean' in name:
                 buf.copy_(torch.randn_like(buf) * 0.5)
@@ -50,7 +52,8 @@ def batches(n=3, size=4, seed=1):
 
 
 def _affine_and_source(layer):
-    """(weight, bias, source mean, source var, eps) of a BN-like layer from its public attributes."""
+    """(weight, bias, source mean, source var, eps) of a BN-like layer from its public
+    attributes."""
     name = type(layer).__name__
     if name == 'AdaBN':
         bn = layer.domain_bn(layer.eval_domain)
@@ -68,11 +71,13 @@ def ref_norm(x, weight, bias, mean_s, var_s, eps, mode, prior):
         mean_b = a * mean_s.double() + (1 - a) * mean_b
         var_b = a * var_s.double() + (1 - a) * var_b
     shape = (1, -1, 1, 1)
-    return (x - mean_b.view(shape)) / torch.sqrt(var_b.view(shape) + eps) * weight.view(shape) + bias.view(shape)
+    return (x - mean_b.view(shape)) / torch.sqrt(var_b.view(shape) +
+                                                 eps) * weight.view(shape) + bias.view(shape)
 
 
 def ref_forward(net, x, mode='bn', prior=16.0, params=None):
-    """float64 forward of ``net`` with every norm in ``mode``; ``params``: {id(param): float64 replacement}."""
+    """float64 forward of ``net`` with every norm in ``mode``; ``params``: {id(param): float64
+    replacement}."""
     p = (lambda t: params.get(id(t), t.double())) if params else (lambda t: t.double())
     x = x.double()
     for m in net:
@@ -84,7 +89,8 @@ def ref_forward(net, x, mode='bn', prior=16.0, params=None):
             h = m.num_in
             y_in = F.instance_norm(x[:, :h], weight=p(m.IN.weight), bias=p(m.IN.bias), eps=m.IN.eps)
             bn = m.BN
-            y_bn = ref_norm(x[:, h:], p(bn.weight), p(bn.bias), bn.running_mean, bn.running_var, bn.eps, mode, prior)
+            y_bn = ref_norm(x[:, h:], p(bn.weight), p(bn.bias), bn.running_mean, bn.running_var,
+                            bn.eps, mode, prior)
             x = torch.cat([y_in, y_bn], 1)
         else:
             w, b, mean_s, var_s, eps = _affine_and_source(m)
@@ -133,8 +139,10 @@ def test_statistics_differ_from_source_eval():
     bn_out = tta.TestTimeAdapter(net, 'bn').adapt(x)
     assert not torch.allclose(bn_out, net(x), atol=1e-3)
     # prior N -> infinity is the source model, N = 0 is 'bn'
-    torch.testing.assert_close(tta.TestTimeAdapter(net, 'prior', prior=1e9).adapt(x), net(x), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(tta.TestTimeAdapter(net, 'prior', prior=0).adapt(x), bn_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        tta.TestTimeAdapter(net, 'prior', prior=1e9).adapt(x), net(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        tta.TestTimeAdapter(net, 'prior', prior=0).adapt(x), bn_out, atol=1e-5, rtol=1e-5)
 
 
 def test_one_value_per_channel_uses_source_statistics():
@@ -158,7 +166,8 @@ def test_tent_sgd_step_matches_reference_and_only_affine_moves(kind):
     adapter = tta.TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=lr), logger=None)
     tuned = tuned_keys(adapter, net)
     norm_names = {'weight', 'bias'}
-    assert tuned and all(k.rsplit('.', 1)[-1] in norm_names and not k.startswith(('0.', '3.', '6.')) for k in tuned)
+    assert tuned and all(
+        k.rsplit('.', 1)[-1] in norm_names and not k.startswith(('0.', '3.', '6.')) for k in tuned)
     if kind == 'IBN':
         assert {'1.IN.weight', '1.BN.weight'} <= tuned
     params = {}
@@ -188,7 +197,8 @@ def test_tent_adam_reset_restores_optimizer_state_exactly():
     state_after = [p.detach().clone() for p in adapter.params]
     adapter.reset()
     assert not adapter.optimizer.state
-    second = [adapter.adapt(x) for x in xs]  # a fresh run from the source repeats the first bit for bit
+    second = [adapter.adapt(x)
+              for x in xs]  # a fresh run from the source repeats the first bit for bit
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     for a, p in zip(state_after, adapter.params):
@@ -200,17 +210,30 @@ def test_episodic_resets_after_every_batch_and_steps():
     before = snapshot(net)
     x = batches(1)[0]
     one = tta.TestTimeAdapter(net, 'tent', steps=1, episodic=True, logger=None)
-    torch.testing.assert_close(one.adapt(x), tta.TestTimeAdapter(net, 'bn').adapt(x))  # predicted before the update
+    torch.testing.assert_close(one.adapt(x),
+                               tta.TestTimeAdapter(net,
+                                                   'bn').adapt(x))  # predicted before the update
     assert_identical(before, net)
-    three = tta.TestTimeAdapter(net, 'tent', steps=3, episodic=True, predict_after_update=True,
-                            optimizer=dict(type='SGD', lr=1.0), logger=None)
+    three = tta.TestTimeAdapter(
+        net,
+        'tent',
+        steps=3,
+        episodic=True,
+        predict_after_update=True,
+        optimizer=dict(type='SGD', lr=1.0),
+        logger=None)
     out = three.adapt(x)
     assert three.num_steps == 3
     assert_identical(before, net)  # episodic: source state again
     source_out = tta.TestTimeAdapter(net, 'bn').adapt(x)
     assert entropy_mean(out) < entropy_mean(source_out)
-    cont = tta.TestTimeAdapter(net, 'tent', steps=3, predict_after_update=True, optimizer=dict(type='SGD', lr=1.0),
-                           logger=None)
+    cont = tta.TestTimeAdapter(
+        net,
+        'tent',
+        steps=3,
+        predict_after_update=True,
+        optimizer=dict(type='SGD', lr=1.0),
+        logger=None)
     torch.testing.assert_close(cont.adapt(x), out)  # the same three steps, kept in continual mode
     assert not torch.allclose(tta.TestTimeAdapter(net, 'bn').adapt(x), source_out)
     cont.reset()
@@ -219,8 +242,15 @@ def test_episodic_resets_after_every_batch_and_steps():
 def test_frozen_and_norm_eval_layers_take_part():
     from mmseg.models.backbones import ResNetV1c
     torch.manual_seed(0)
-    backbone = ResNetV1c(depth=18, base_channels=8, stem_channels=8, frozen_stages=1, norm_eval=True, out_indices=(3, ))
-    backbone.train()  # applies the locks: frozen stem + layer1 (eval, requires_grad False), all BN eval
+    backbone = ResNetV1c(
+        depth=18,
+        base_channels=8,
+        stem_channels=8,
+        frozen_stages=1,
+        norm_eval=True,
+        out_indices=(3, ))
+    backbone.train(
+    )  # applies the locks: frozen stem + layer1 (eval, requires_grad False), all BN eval
     head = nn.Conv2d(64, K, 1)
     net = nn.Sequential(backbone, _First(), head).train()
     frozen = [p for n, p in backbone.named_parameters() if not p.requires_grad]
@@ -230,11 +260,13 @@ def test_frozen_and_norm_eval_layers_take_part():
     modes = [m.training for m in net.modules()]
     adapter = tta.TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=0.1), logger=None)
     adapter.adapt(torch.randn(2, 3, 32, 32))
-    # every BN affine moved, frozen stage included (locks bypassed as in recalibrate_bn); no buffer moved
+    # every BN affine moved, frozen stage included (locks bypassed as in recalibrate_bn); no buffer
+    # moved
     changed = {k for k in before if not torch.equal(before[k], net.state_dict()[k])}
     bn_affine = {
         f'{name}.{attr}'
-        for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d) for attr in ('weight', 'bias')
+        for name, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)
+        for attr in ('weight', 'bias')
     }
     assert changed == tuned_keys(adapter, net) == bn_affine
     assert any(k.startswith('0.stem') for k in changed)
@@ -292,8 +324,13 @@ def test_reset_rule_returns_to_source_when_collapsing():
     marginals = [r['marginal'] for r in wild.history]
     assert marginals[-1] < 0.5 * marginals[0]
     wild.reset()
-    guarded = tta.TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=50.0), reset_threshold=0.8, reset_momentum=1.0,
-                              logger=None)
+    guarded = tta.TestTimeAdapter(
+        net,
+        'tent',
+        optimizer=dict(type='SGD', lr=50.0),
+        reset_threshold=0.8,
+        reset_momentum=1.0,
+        logger=None)
     for x in xs:
         guarded.adapt(x)
     assert guarded.num_resets >= 1
@@ -307,23 +344,32 @@ def test_reset_rule_returns_to_source_when_collapsing():
 def test_entropy_reset_signal_fires_on_over_confidence():
     net = make_net('BN')
     before = snapshot(net)
-    adapter = tta.TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=20.0), reset_signal='entropy',
-                              reset_threshold=0.9, reset_momentum=1.0, logger=None)
+    adapter = tta.TestTimeAdapter(
+        net,
+        'tent',
+        optimizer=dict(type='SGD', lr=20.0),
+        reset_signal='entropy',
+        reset_threshold=0.9,
+        reset_momentum=1.0,
+        logger=None)
     for x in batches(4):
         adapter.adapt(x)
     entropies = [r['entropy'] for r in adapter.history]
     first = next(i for i, r in enumerate(adapter.history) if r['reset'])
-    assert entropies[first] < 0.9 * entropies[0] and all(e >= 0.9 * entropies[0] for e in entropies[1:first])
+    assert entropies[first] < 0.9 * entropies[0] and all(e >= 0.9 * entropies[0]
+                                                         for e in entropies[1:first])
     adapter.reset()
     assert_identical(before, net)
 
 
 def test_reliable_selection_limits_the_loss():
     net = make_net('BN')
-    strict = tta.TestTimeAdapter(net, 'tent', reliable=0.05, optimizer=dict(type='SGD', lr=1.0), logger=None)
+    strict = tta.TestTimeAdapter(
+        net, 'tent', reliable=0.05, optimizer=dict(type='SGD', lr=1.0), logger=None)
     strict.adapt(batches(1)[0])
     assert strict.history[0]['selected'] < 1.0
-    loose = tta.TestTimeAdapter(net, 'tent', reliable=1.0, optimizer=dict(type='SGD', lr=1.0), logger=None)
+    loose = tta.TestTimeAdapter(
+        net, 'tent', reliable=1.0, optimizer=dict(type='SGD', lr=1.0), logger=None)
     loose.adapt(batches(1)[0])
     assert loose.history[0]['selected'] == 1.0
     strict.reset()
@@ -334,7 +380,8 @@ def test_reliable_selection_limits_the_loss():
     (dict(method='adabn'), "method must be one of \\('bn', 'prior', 'tent'\\), got 'adabn'"),
     (dict(optimizer=dict(type='SGD', lr=0)), 'optimizer lr must be a number > 0, got lr=0'),
     (dict(optimizer=dict(type='Adam', lr=-1e-3)), 'lr=-0.001'),
-    (dict(optimizer=dict(type='Adagrad2', lr=1e-3)), "optimizer type must name a torch.optim optimizer.*'Adagrad2'"),
+    (dict(optimizer=dict(type='Adagrad2', lr=1e-3)),
+     "optimizer type must name a torch.optim optimizer.*'Adagrad2'"),
     (dict(steps=0), 'steps must be a positive int, got 0'),
     (dict(prior=-1), 'prior must be a number >= 0.*got -1'),
     (dict(reset_threshold=1.5), r'reset_threshold must be a number in \(0, 1\) or None, got 1.5'),
@@ -342,7 +389,8 @@ def test_reliable_selection_limits_the_loss():
     (dict(reset_momentum=0), r'reset_momentum must be a number in \(0, 1\], got 0'),
     (dict(reliable=2), r'reliable must be a number in \(0, 1\] or None, got 2'),
     (dict(reset_every=0), 'reset_every must be a positive int or None, got 0'),
-    (dict(reset_signal='loss'), "reset_signal must be one of \\('marginal', 'entropy'\\), got 'loss'"),
+    (dict(reset_signal='loss'),
+     "reset_signal must be one of \\('marginal', 'entropy'\\), got 'loss'"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -350,14 +398,17 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_model_without_norm_layer_is_refused():
-    with pytest.raises(ValueError, match='Sequential has no BN-like norm layer to adapt.*GroupNorm'):
+    with pytest.raises(
+            ValueError, match='Sequential has no BN-like norm layer to adapt.*GroupNorm'):
         tta.TestTimeAdapter(nn.Sequential(nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 4)), 'bn')
 
 
 def test_tent_needs_a_class_dimension():
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Flatten(0))
     adapter = tta.TestTimeAdapter(net, 'tent', logger=None)
-    with pytest.raises(ValueError, match=r"class dimension .*Sequential.forward gave \(96,\).*'bn' or 'prior'"):
+    with pytest.raises(
+            ValueError,
+            match=r"class dimension .*Sequential.forward gave \(96,\).*'bn' or 'prior'"):
         adapter.adapt(torch.randn(2, 3, 3, 4))
     assert all(p.requires_grad for p in net.parameters())
 
@@ -380,7 +431,8 @@ def test_statistics_leaves_of_composites_do_not_double_count():
 def process_group(tmp_path):
     """A one-process gloo group (mmcv's MMSyncBN needs one to be built)."""
     import torch.distributed as dist
-    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
+    dist.init_process_group(
+        'gloo', init_method=f'file://{tmp_path / "store"}', rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 
@@ -392,7 +444,8 @@ def test_mmcv_sync_bn(process_group):
     x = batches(1)[0]
     for method in ('bn', 'prior'):
         out = tta.TestTimeAdapter(net, method, prior=3.0).adapt(x)
-        torch.testing.assert_close(out.double(), ref_forward(net, x, method, 3.0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            out.double(), ref_forward(net, x, method, 3.0), rtol=1e-5, atol=1e-5)
     adapter = tta.TestTimeAdapter(net, 'tent', optimizer=dict(type='SGD', lr=0.5), logger=None)
     adapter.adapt(x)
     assert_identical(before, net, allowed=tuned_keys(adapter, net))

@@ -1,6 +1,7 @@
-"""Distributed test-time adaptation with 2 CPU processes (gloo, torchrun): one model on every rank, equal to one
-process over the same batches in the same grouping (a torch Adam reference), unequal batch counts without deadlock
-(TestTimeAdapter.idle_step, and TestTimeAdaptHook under tools/dist_test.sh)."""
+"""Distributed test-time adaptation with 2 CPU processes (gloo, torchrun): one model on every
+rank, equal to one process over the same batches in the same grouping (a torch Adam reference),
+unequal batch counts without deadlock (TestTimeAdapter.idle_step, and TestTimeAdaptHook under
+tools/dist_test.sh)."""
 import math
 import os.path as osp
 import subprocess
@@ -37,9 +38,9 @@ WORKER = textwrap.dedent('''
 
 
 def reference_params():
-    """One process: step t forwards rank 0's and rank 1's t-th batches separately (each with its own batch
-    statistics, torch BN in train mode without running stats) and minimises the mean entropy of all their
-    selected pixels with torch Adam."""
+    """One process: step t forwards rank 0's and rank 1's t-th batches separately (each with its
+    own batch statistics, torch BN in train mode without running stats) and minimises the mean
+    entropy of all their selected pixels with torch Adam."""
     net = make_net('BN')
     for i in (1, 4):
         bn = nn.BatchNorm2d(8, track_running_stats=False)
@@ -66,13 +67,18 @@ def reference_params():
 def test_two_ranks_keep_one_model_equal_to_one_process(tmp_path, port):
     worker = tmp_path / 'worker.py'
     worker.write_text(WORKER.format(repo=REPO, tests=osp.join(REPO, 'tests'), out=str(tmp_path)))
-    cmd = [PYTHON, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}', str(worker)]
-    proc = subprocess.run(cmd, cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=300)
+    cmd = [
+        PYTHON, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+        str(worker)
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in (0, 1)]
     for a, b in zip(ranks[0]['params'], ranks[1]['params']):
         assert torch.equal(a, b)  # bit-identical on both ranks
-    assert ranks[0]['history'] == ranks[1]['history']  # the same global statistics (and reset decisions)
+    assert ranks[0]['history'] == ranks[1][
+        'history']  # the same global statistics (and reset decisions)
     assert [h['selected'] < 1 for h in ranks[0]['history']] == [True] * 3  # the selection took part
     for got, expected in zip(ranks[0]['params'], reference_params()):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
@@ -81,26 +87,33 @@ def test_two_ranks_keep_one_model_equal_to_one_process(tmp_path, port):
 
 @pytest.mark.slow  # ~25 s; the default run covers idle_step in the 2-process adapter test above
 def test_dist_test_sh_with_unequal_batches(tiny_demo_data, tmp_path, port):
-    """3 target frames, batch 1, round_up=False: rank 0 tests 2 batches, rank 1 one; the hook pads rank 1."""
+    """3 target frames, batch 1, round_up=False: rank 0 tests 2 batches, rank 1 one; the hook
+    pads rank 1."""
     from mmengine.config import Config
     from mmengine.runner import Runner
     cfg = Config.fromfile(
-        osp.join(REPO, 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-'
-                 '64x128.py'))
+        osp.join(
+            REPO, 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-'
+            '64x128.py'))
     cfg.work_dir = str(tmp_path / 'init')
     cfg.test_dataloader.dataset.data_root = osp.join(tiny_demo_data, 'cityscapes')
     ckpt = tmp_path / 'bn.pth'
     torch.save(dict(meta=dict(), state_dict=Runner.from_cfg(cfg).model.state_dict()), ckpt)
     config = 'configs/demo/deeplabv3plus_r18-mini-d8-bn-tta-tent_1xb8-1k_demo-gta5-cityscapes-64x128.py'
-    options = [o for o in tiny_seg_options(tiny_demo_data, batch_size=1) if o.startswith('test_dataloader')]
-    options += [
-        'test_dataloader.dataset.indices=3', 'test_dataloader.sampler.round_up=False', 'custom_hooks.0.episodic=False',
-        'custom_hooks.0.steps=1'
+    options = [
+        o for o in tiny_seg_options(tiny_demo_data, batch_size=1) if o.startswith('test_dataloader')
     ]
-    proc = run_tool([
-        'tools/dist_test.sh', config, ckpt, 2, '--work-dir', tmp_path / 'test', '--metrics-out',
-        tmp_path / 'metrics.json', '--cfg-options'
-    ] + options, timeout=600, PORT=port)
+    options += [
+        'test_dataloader.dataset.indices=3', 'test_dataloader.sampler.round_up=False',
+        'custom_hooks.0.episodic=False', 'custom_hooks.0.steps=1'
+    ]
+    proc = run_tool(
+        [
+            'tools/dist_test.sh', config, ckpt, 2, '--work-dir', tmp_path / 'test', '--metrics-out',
+            tmp_path / 'metrics.json', '--cfg-options'
+        ] + options,
+        timeout=600,
+        PORT=port)
     log = proc.stdout + proc.stderr
     assert 'TestTimeAdaptHook: tent done; 2 optimizer steps' in log, log[-3000:]
     assert (tmp_path / 'metrics.json').exists()

@@ -1,6 +1,7 @@
-"""Test-time adaptation on real toolbox models: the demo's mmseg DeepLabV3+ (TENT step against a copy whose BN
-layers are torch BNs in train mode without running statistics), the TestTimeAdaptHook in a real Runner and through
-tools/test.py, and an mmdet Faster R-CNN with the statistics methods."""
+"""Test-time adaptation on real toolbox models: the demo's mmseg DeepLabV3+ (TENT step against a
+copy whose BN layers are torch BNs in train mode without running statistics), the
+TestTimeAdaptHook in a real Runner and through tools/test.py, and an mmdet Faster R-CNN with the
+statistics methods."""
 import copy
 import os.path as osp
 
@@ -34,8 +35,9 @@ def seg_runner(tiny_demo_data, tmp_path):
 
 
 def torch_bn_reference(model):
-    """A copy of ``model`` whose every BatchNorm2d is a torch BN in train mode without running statistics (its
-    forward normalises with the batch statistics), sharing nothing with ``model``."""
+    """A copy of ``model`` whose every BatchNorm2d is a torch BN in train mode without running
+    statistics (its forward normalises with the batch statistics), sharing nothing with
+    ``model``."""
     ref = copy.deepcopy(model)
     for name, module in list(ref.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -65,18 +67,24 @@ def test_tent_on_segmentor_matches_torch_bn_reference(seg_runner):
     ref_params = {n: p for n, p in ref.named_parameters() if n in set(adapter.param_names)}
     bn_affine = {
         f'{n}.{a}'
-        for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) for a in ('weight', 'bias')
+        for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)
+        for a in ('weight', 'bias')
     }
-    assert set(ref_params) == set(adapter.param_names) == bn_affine  # every BN affine (backbone and heads), no other
+    assert set(ref_params) == set(
+        adapter.param_names) == bn_affine  # every BN affine (backbone and heads), no other
     grads = dict(zip(ref_params, torch.autograd.grad(loss, list(ref_params.values()))))
     out = adapter.adapt(batch)
     torch.testing.assert_close(
         torch.stack([o.seg_logits.data for o in out]),
-        torch.stack([o.seg_logits.data for o in ref.postprocess_result(logits.detach(), data['data_samples'])]),
-        rtol=1e-4, atol=1e-4)
+        torch.stack([
+            o.seg_logits.data for o in ref.postprocess_result(logits.detach(), data['data_samples'])
+        ]),
+        rtol=1e-4,
+        atol=1e-4)
     after = dict(model.named_parameters())
     for name, grad in grads.items():
-        torch.testing.assert_close(after[name].detach(), ref_params[name].detach() - lr * grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            after[name].detach(), ref_params[name].detach() - lr * grad, rtol=1e-4, atol=1e-6)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and changed <= set(adapter.param_names)
     adapter.reset()
@@ -92,7 +100,8 @@ def test_statistics_methods_on_segmentor_change_only_predictions(seg_runner):
         expected = ref.test_step(batch)
         plain = model.test_step(batch)
     out = tta.TestTimeAdapter(model, 'bn').adapt(batch)
-    torch.testing.assert_close(out[0].seg_logits.data, expected[0].seg_logits.data, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        out[0].seg_logits.data, expected[0].seg_logits.data, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(out[0].seg_logits.data, plain[0].seg_logits.data, atol=1e-3)
     tta.TestTimeAdapter(model, 'prior', prior=4).adapt(batch)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -100,18 +109,26 @@ def test_statistics_methods_on_segmentor_change_only_predictions(seg_runner):
 
 def test_hook_in_runner_adapts_every_batch_and_restores(tiny_demo_data, tmp_path):
     cfg = seg_cfg(
-        tiny_demo_data, tmp_path, custom_hooks=[
-            dict(type='TestTimeAdaptHook', method='tent', reliable=0.9, reset_threshold=0.2,
-                 optimizer=dict(type='SGD', lr=0.01))
+        tiny_demo_data,
+        tmp_path,
+        custom_hooks=[
+            dict(
+                type='TestTimeAdaptHook',
+                method='tent',
+                reliable=0.9,
+                reset_threshold=0.2,
+                optimizer=dict(type='SGD', lr=0.01))
         ])
     runner = Runner.from_cfg(cfg)
     before = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
     metrics = runner.test()
     assert 0 <= metrics['mIoU'] <= 100
     hook = next(h for h in runner.hooks if type(h).__name__ == 'TestTimeAdaptHook')
-    assert hook.summary == dict(method='tent', steps=len(runner.test_dataloader), resets=hook.summary['resets'])
+    assert hook.summary == dict(
+        method='tent', steps=len(runner.test_dataloader), resets=hook.summary['resets'])
     assert 'test_step' not in runner.model.__dict__
-    assert all(torch.equal(v, before[k]) for k, v in runner.model.state_dict().items())  # restore=True
+    assert all(torch.equal(v, before[k])
+               for k, v in runner.model.state_dict().items())  # restore=True
 
 
 class OutputsHook(Hook):
@@ -125,12 +142,21 @@ class OutputsHook(Hook):
 
 
 @pytest.mark.parametrize('predict_after_update', [False, True])
-def test_hook_predictions_and_updates_equal_the_adapter(predict_after_update, tiny_demo_data, tmp_path):
+def test_hook_predictions_and_updates_equal_the_adapter(predict_after_update, tiny_demo_data,
+                                                        tmp_path):
     """The test loop's own predictions under the hook (the last update held back until after the
-    prediction) are those of ``TestTimeAdapter.adapt`` on the same batches, and so are the parameters."""
-    args = dict(method='tent', steps=2, optimizer=dict(type='SGD', lr=0.05), logger=None,
-                predict_after_update=predict_after_update)
-    cfg = seg_cfg(tiny_demo_data, tmp_path, custom_hooks=[dict(type='TestTimeAdaptHook', restore=False, **args)])
+    prediction) are those of ``TestTimeAdapter.adapt`` on the same batches, and so are the
+    parameters."""
+    args = dict(
+        method='tent',
+        steps=2,
+        optimizer=dict(type='SGD', lr=0.05),
+        logger=None,
+        predict_after_update=predict_after_update)
+    cfg = seg_cfg(
+        tiny_demo_data,
+        tmp_path,
+        custom_hooks=[dict(type='TestTimeAdaptHook', restore=False, **args)])
     runner = Runner.from_cfg(cfg)
     model = copy.deepcopy(runner.model)
     captured = OutputsHook()
@@ -138,7 +164,9 @@ def test_hook_predictions_and_updates_equal_the_adapter(predict_after_update, ti
     runner.test()
     method = args.pop('method')
     adapter = tta.TestTimeAdapter(model, method, **args)
-    expected = [torch.stack([o.seg_logits.data for o in adapter.adapt(b)]) for b in runner.test_dataloader]
+    expected = [
+        torch.stack([o.seg_logits.data for o in adapter.adapt(b)]) for b in runner.test_dataloader
+    ]
     assert len(captured.outputs) == len(expected) > 1
     for got, want in zip(captured.outputs, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -153,7 +181,8 @@ def test_hook_rejects_unknown_method():
         TestTimeAdaptHook(method='adapt')
 
 
-@pytest.mark.slow  # ~20 s; the default run covers the hook in a real Runner (what tools/test.py builds)
+# ~20 s; the default run covers the hook in a real Runner (what tools/test.py builds)
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['bn', 'prior', 'tent'])
 def test_tools_test_py_with_demo_tta_config(method, tiny_demo_data, tmp_path):
     cfg = seg_cfg(tiny_demo_data, tmp_path)
@@ -162,35 +191,68 @@ def test_tools_test_py_with_demo_tta_config(method, tiny_demo_data, tmp_path):
     torch.save(dict(meta=dict(), state_dict=model.state_dict()), ckpt)
     out = tmp_path / 'metrics.json'
     options = [o for o in tiny_seg_options(tiny_demo_data) if o.startswith('test_dataloader')]
-    proc = run_tool([
-        'tools/test.py',
-        TTA_CONFIG.format(method), ckpt, '--work-dir', tmp_path / 'test', '--metrics-out', out, '--cfg-options'
-    ] + options, timeout=600)
+    proc = run_tool(
+        [
+            'tools/test.py',
+            TTA_CONFIG.format(method), ckpt, '--work-dir', tmp_path / 'test', '--metrics-out', out,
+            '--cfg-options'
+        ] + options,
+        timeout=600)
     assert f'TestTimeAdaptHook: {method} on' in proc.stdout + proc.stderr
     assert out.exists()
 
 
 DET_MODEL = dict(
-    type='FasterRCNN', data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
-                                              std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32),
-    backbone=dict(type='ResNet', depth=18, base_channels=16, num_stages=4, out_indices=(0, 1, 2, 3), frozen_stages=1,
-                  norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True, style='pytorch'),
-    neck=dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=32, num_outs=5), rpn_head=dict(
-        type='RPNHead', in_channels=32, feat_channels=32,
-        anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]),
-        bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0], target_stds=[1.0, 1.0, 1.0, 1.0])),
+    type='FasterRCNN',
+    data_preprocessor=dict(
+        type='DetDataPreprocessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_size_divisor=32),
+    backbone=dict(
+        type='ResNet',
+        depth=18,
+        base_channels=16,
+        num_stages=4,
+        out_indices=(0, 1, 2, 3),
+        frozen_stages=1,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        norm_eval=True,
+        style='pytorch'),
+    neck=dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=32, num_outs=5),
+    rpn_head=dict(
+        type='RPNHead',
+        in_channels=32,
+        feat_channels=32,
+        anchor_generator=dict(
+            type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]),
+        bbox_coder=dict(
+            type='DeltaXYWHBBoxCoder',
+            target_means=[.0, .0, .0, .0],
+            target_stds=[1.0, 1.0, 1.0, 1.0])),
     roi_head=dict(
         type='StandardRoIHead',
-        bbox_roi_extractor=dict(type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=7,
-                                                                          sampling_ratio=0), out_channels=32,
-                                featmap_strides=[4, 8, 16, 32]),
+        bbox_roi_extractor=dict(
+            type='SingleRoIExtractor',
+            roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0),
+            out_channels=32,
+            featmap_strides=[4, 8, 16, 32]),
         bbox_head=dict(
-            type='Shared2FCBBoxHead', in_channels=32, fc_out_channels=64, roi_feat_size=7, num_classes=2,
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
-                            target_stds=[0.1, 0.1, 0.2, 0.2]))), train_cfg=None, test_cfg=dict(
-                                rpn=dict(nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7),
-                                         min_bbox_size=0),
-                                rcnn=dict(score_thr=0.0, nms=dict(type='nms', iou_threshold=0.5), max_per_img=20)))
+            type='Shared2FCBBoxHead',
+            in_channels=32,
+            fc_out_channels=64,
+            roi_feat_size=7,
+            num_classes=2,
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder',
+                target_means=[0., 0., 0., 0.],
+                target_stds=[0.1, 0.1, 0.2, 0.2]))),
+    train_cfg=None,
+    test_cfg=dict(
+        rpn=dict(
+            nms_pre=100, max_per_img=50, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
+        rcnn=dict(score_thr=0.0, nms=dict(type='nms', iou_threshold=0.5), max_per_img=20)))
 
 
 def test_detector_statistics_methods_and_tent_refusal():
@@ -205,8 +267,10 @@ def test_detector_statistics_methods_and_tent_refusal():
     model.eval()
     g = torch.Generator().manual_seed(0)
     batch = dict(
-        inputs=[(torch.rand(3, 64, 96, generator=g) * 255).to(torch.uint8) for _ in range(2)], data_samples=[
-            DetDataSample(metainfo=dict(img_shape=(64, 96), ori_shape=(64, 96), scale_factor=(1.0, 1.0)))
+        inputs=[(torch.rand(3, 64, 96, generator=g) * 255).to(torch.uint8) for _ in range(2)],
+        data_samples=[
+            DetDataSample(
+                metainfo=dict(img_shape=(64, 96), ori_shape=(64, 96), scale_factor=(1.0, 1.0)))
             for _ in range(2)
         ])
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -217,8 +281,11 @@ def test_detector_statistics_methods_and_tent_refusal():
     with torch.no_grad():
         expected = ref.test_step(batch)
     out = tta.TestTimeAdapter(model, 'bn').adapt(batch)
-    torch.testing.assert_close(out[0].pred_instances.scores, expected[0].pred_instances.scores, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        out[0].pred_instances.scores, expected[0].pred_instances.scores, rtol=1e-4, atol=1e-4)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match="method='tent' .*FasterRCNN gives none; use the statistics methods 'bn' or "
-                       "'prior'"):
+    with pytest.raises(
+            ValueError,
+            match="method='tent' .*FasterRCNN gives none; use the statistics methods 'bn' or "
+            "'prior'"):
         tta.TestTimeAdapter(model, 'tent')

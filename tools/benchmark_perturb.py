@@ -1,28 +1,32 @@
 """Cost of the statistics-perturbation layers (MixStyle, EFDMix, DSU).
 
-    python tools/benchmark_perturb.py [--model-input 2x3x256x256] [--model-repeats 5] [--layer-repeats 10]
-                                      [--layer-batch 2] [--layer-crop 512] [--p 1.0] [--out docs/benchmarks_perturb.md]
+    python tools/benchmark_perturb.py [--model-input 2x3x256x256] [--model-repeats 5]
+    [--layer-repeats 10]
+                                      [--layer-batch 2] [--layer-crop 512] [--p 1.0] [--out
+                                      docs/benchmarks_perturb.md]
 
 Two tables:
 
-* model: one DeepLabV3+ R50-D8 training iteration (forward, loss, backward, SGD step) of the GTA5 -> Cityscapes
-  baseline with each layer at its config placement, against the same model (same weights) without it. The layers
-  run with ``--p`` (default 1: every forward perturbed, the worst case; ``--p 0.5`` is the configs' setting, where
-  an iteration is perturbed or not at random, so the mean over the rounds is reported instead of the median).
-  Variants are timed round-robin, so drift of a shared machine hits all alike.
-* layer: train-mode forward+backward of one call (``p=1``) at the shapes the layer sees in that model for a
-  ``--layer-batch`` x 3 x crop x crop input, in ms and relative to ``nn.BatchNorm2d`` on the same shape.
+* model: one DeepLabV3+ R50-D8 training iteration (forward, loss, backward, SGD step) of the GTA5 ->
+  Cityscapes baseline with each layer at its config placement, against the same model (same weights)
+  without it. The layers run with ``--p`` (default 1: every forward perturbed, the worst case; ``--p
+  0.5`` is the configs' setting, where an iteration is perturbed or not at random, so the mean over
+  the rounds is reported instead of the median). Variants are timed round-robin, so drift of a
+  shared machine hits all alike.
+* layer: train-mode forward+backward of one call (``p=1``) at the shapes the layer sees in that
+  model for a ``--layer-batch`` x 3 x crop x crop input, in ms and relative to ``nn.BatchNorm2d`` on
+  the same shape.
 """
 import argparse
 import os.path as osp
 import platform
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from mmnorm_tools.timing import timed
 
 from mmnorm.models.backbones.perturb_resnet import add_perturbation
-from mmnorm_tools.timing import timed
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MODEL_CONFIG = 'configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
@@ -42,7 +46,8 @@ def variant_cfg(name: str, p: float) -> dict:
 
 
 def set_variant(backbone: nn.Module, name: Optional[str], p: float) -> None:
-    """Puts the layers of ``VARIANTS[name]`` into a ``PerturbResNetV1c`` (None: no perturbation at all)."""
+    """Puts the layers of ``VARIANTS[name]`` into a ``PerturbResNetV1c`` (None: no perturbation
+    at all)."""
     for child in [n for n, _ in backbone.named_children() if n.startswith('perturb_')]:
         delattr(backbone, child)
     if name is None:
@@ -58,7 +63,8 @@ def build_model(input_shape: Shape, device: str) -> nn.Module:
     init_default_scope('mmseg')
     cfg = Config.fromfile(osp.join(REPO, MODEL_CONFIG))
     cfg.model.pretrained = None
-    cfg.model.backbone.update(type='PerturbResNetV1c', init_cfg=None, norm_cfg=dict(type='BN', requires_grad=True))
+    cfg.model.backbone.update(
+        type='PerturbResNetV1c', init_cfg=None, norm_cfg=dict(type='BN', requires_grad=True))
     for head in ('decode_head', 'auxiliary_head'):
         cfg.model[head].norm_cfg = dict(type='BN', requires_grad=True)
     cfg.model.data_preprocessor.size = input_shape[2:]
@@ -66,9 +72,13 @@ def build_model(input_shape: Shape, device: str) -> nn.Module:
     return MODELS.build(cfg.model).to(device).train()
 
 
-def run_model(names: List[str], input_shape: Shape, repeats: int, device: str, p: float = 1.0) -> List[dict]:
-    """Seconds per training iteration (median; mean when ``p < 1``) for no perturbation and each variant, timed
-    round-robin."""
+def run_model(names: List[str],
+              input_shape: Shape,
+              repeats: int,
+              device: str,
+              p: float = 1.0) -> List[dict]:
+    """Seconds per training iteration (median; mean when ``p < 1``) for no perturbation and each
+    variant, timed round-robin."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     model = build_model(input_shape, device)
@@ -101,13 +111,17 @@ def run_model(names: List[str], input_shape: Shape, repeats: int, device: str, p
     else:
         typical = {v: sorted(ts)[len(ts) // 2] for v, ts in times.items()}
     return [
-        dict(variant=v or 'none (BN)', input='x'.join(map(str, input_shape)), iter_s=typical[v],
-             ratio=typical[v] / typical[None]) for v in variants
+        dict(
+            variant=v or 'none (BN)',
+            input='x'.join(map(str, input_shape)),
+            iter_s=typical[v],
+            ratio=typical[v] / typical[None]) for v in variants
     ]
 
 
 def layer_shapes(batch: int, crop: int) -> Dict[str, Shape]:
-    """Shapes after the stem and each stage of ResNetV1c-50-D8 (stride 4, 4, 8, 8, 8) for a crop x crop input."""
+    """Shapes after the stem and each stage of ResNetV1c-50-D8 (stride 4, 4, 8, 8, 8) for a crop
+    x crop input."""
     s4, s8 = crop // 4, crop // 8
     return {
         'stem': (batch, 64, s4, s4),
@@ -132,7 +146,8 @@ def time_layer(module: nn.Module, shape: Shape, repeats: int, device: str) -> fl
 
 
 def run_layers(names: List[str], batch: int, crop: int, repeats: int, device: str) -> List[dict]:
-    """Per-call train forward+backward time of each layer (``p=1``) at each of its positions, and BN2d's."""
+    """Per-call train forward+backward time of each layer (``p=1``) at each of its positions, and
+    BN2d's."""
     from mmengine.registry import MODELS
     rows = []
     for where, shape in layer_shapes(batch, crop).items():
@@ -144,34 +159,46 @@ def run_layers(names: List[str], batch: int, crop: int, repeats: int, device: st
                 continue
             t = time_layer(MODELS.build(variant_cfg(name, 1.0)), shape, repeats, device)
             rows.append(
-                dict(layer=name, where=where, shape='x'.join(map(str, shape)), ms=t * 1e3, bn_ms=bn * 1e3,
-                     ratio=t / bn))
+                dict(
+                    layer=name,
+                    where=where,
+                    shape='x'.join(map(str, shape)),
+                    ms=t * 1e3,
+                    bn_ms=bn * 1e3,
+                    ratio=t / bn))
     return rows
 
 
-def to_markdown(model_rows: List[dict], layer_rows: List[dict], device: str, model_repeats: int, layer_repeats: int,
+def to_markdown(model_rows: List[dict],
+                layer_rows: List[dict],
+                device: str,
+                model_repeats: int,
+                layer_repeats: int,
                 p: float = 1.0) -> str:
     machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
               f'{torch.get_num_threads()} threads, device {device}'
     lines = [
-        f'Machine: {machine}.', '',
-        f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration, {"median" if p >= 1 else "mean"} of '
-        f'{model_repeats} round-robin rounds, layers at their config placement with p={p:g}'
-        f'{" (worst case)" if p >= 1 else ""}, heads BN.', '', '| perturbation | input | s / iter | × without | goal |',
-        '|---|---|---:|---:|---|'
+        f'Machine: {machine}.', '', f'DeepLabV3+ R50-D8 ({MODEL_CONFIG}), one training iteration, '
+        f'{"median" if p >= 1 else "mean"} of {model_repeats} round-robin rounds, layers at their '
+        f'config placement with p={p:g}{" (worst case)" if p >= 1 else ""}, heads BN.', '',
+        '| perturbation | input | s / iter | × without | goal |', '|---|---|---:|---:|---|'
     ]
     for r in model_rows:
         goal = '' if r['variant'].startswith('none') else \
             (f'≤ {MODEL_GOAL:g} ✓' if r['ratio'] <= MODEL_GOAL else f'≤ {MODEL_GOAL:g} ✗')
-        lines.append(f"| {r['variant']} | {r['input']} | {r['iter_s']:.3f} | {r['ratio']:.3f} | {goal} |")
+        lines.append(
+            f"| {r['variant']} | {r['input']} | {r['iter_s']:.3f} | {r['ratio']:.3f} | {goal} |")
     lines += [
-        '', f'One layer call, train forward+backward with p=1, median of {layer_repeats}; BN2d on the same '
-        'shape as a yardstick.', '', '| layer | position | shape (N×C×H×W) | ms / call | BN2d ms | × BN2d |',
+        '',
+        f'One layer call, train forward+backward with p=1, median of {layer_repeats}; BN2d on the '
+        'same shape as a yardstick.', '',
+        '| layer | position | shape (N×C×H×W) | ms / call | BN2d ms | × BN2d |',
         '|---|---|---|---:|---:|---:|'
     ]
     for r in layer_rows:
-        lines.append(f"| {r['layer']} | {r['where']} | {r['shape']} | {r['ms']:.2f} | {r['bn_ms']:.2f} | "
-                     f"{r['ratio']:.2f} |")
+        lines.append(
+            f"| {r['layer']} | {r['where']} | {r['shape']} | {r['ms']:.2f} | {r['bn_ms']:.2f} | "
+            f"{r['ratio']:.2f} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -191,20 +218,27 @@ def main(argv=None):
     parser.add_argument('--layer-batch', type=int, default=2)
     parser.add_argument('--layer-crop', type=int, default=512)
     parser.add_argument('--layer-repeats', type=int, default=10)
-    parser.add_argument('--p', type=float, default=1.0,
-                        help="probability of a perturbed forward in the model table (the configs' 0.5)")
+    parser.add_argument(
+        '--p',
+        type=float,
+        default=1.0,
+        help="probability of a perturbed forward in the model table (the configs' 0.5)")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--out', help='write the Markdown tables to this file')
     args = parser.parse_args(argv)
     if min(args.model_repeats, args.layer_repeats, args.layer_batch) < 1 or args.layer_crop < 32:
-        parser.error('--model-repeats, --layer-repeats and --layer-batch must be >= 1 and --layer-crop >= 32, got '
-                     f'{args.model_repeats}, {args.layer_repeats}, {args.layer_batch}, {args.layer_crop}')
+        parser.error(
+            '--model-repeats, --layer-repeats and --layer-batch must be >= 1 and --layer-crop >= '
+            f'32, got {args.model_repeats}, {args.layer_repeats}, {args.layer_batch}, '
+            f'{args.layer_crop}')
     if not 0 < args.p <= 1:
         parser.error(f'--p must be in (0, 1], got {args.p}')
-    model_rows = [] if args.no_model else run_model(args.layers, args.model_input, args.model_repeats, args.device,
-                                                    args.p)
-    layer_rows = run_layers(args.layers, args.layer_batch, args.layer_crop, args.layer_repeats, args.device)
-    text = to_markdown(model_rows, layer_rows, args.device, args.model_repeats, args.layer_repeats, args.p)
+    model_rows = [] if args.no_model else run_model(args.layers, args.model_input,
+                                                    args.model_repeats, args.device, args.p)
+    layer_rows = run_layers(args.layers, args.layer_batch, args.layer_crop, args.layer_repeats,
+                            args.device)
+    text = to_markdown(model_rows, layer_rows, args.device, args.model_repeats, args.layer_repeats,
+                       args.p)
     print(text)
     if args.out:
         with open(args.out, 'w') as f:

@@ -1,20 +1,24 @@
-"""Speed and exactness of ``mmnorm.recalibrate_bn`` against a plain forward, ``torch.optim.swa_utils.update_bn``,
-the mean-of-per-batch-variances estimator and an EMA.
+"""Speed and exactness of ``mmnorm.recalibrate_bn`` against a plain forward,
+``torch.optim.swa_utils.update_bn``, the mean-of-per-batch-variances estimator and an EMA.
 
-    python tools/benchmark_recalibration.py [--batches 8 4 8 2 8 6] [--size 96] [--repeats 5] [--threads 2]
+    python tools/benchmark_recalibration.py [--batches 8 4 8 2 8 6] [--size 96] [--repeats 5]
+    [--threads 2]
                                             [--out docs/adabn.md]
 
-Model: mmdet's ResNet-18 (``init_cfg=None``, BN statistics set to a "source" state). Data: batches of unequal
-sizes whose brightness drifts from batch to batch (so the between-batch variance term matters).
+Model: mmdet's ResNet-18 (``init_cfg=None``, BN statistics set to a "source" state). Data: batches
+of unequal sizes whose brightness drifts from batch to batch (so the between-batch variance term
+matters).
 
-Timing (median of ``--repeats``; all with ``torch.no_grad``): an inference forward (BN in eval mode), a forward
-with BN in train mode (the forward any one-pass BN-statistics estimator runs), ``recalibrate_bn`` (one pass and
-layerwise) and ``update_bn``. Statistics error, against the float64 closed form (mean / unbiased variance of
-``torch.cat`` of each layer's input, produced by torch's train-mode BN on the same batches in float64):
-``recalibrate_bn``, ``update_bn`` (cumulative average of per-batch statistics), the batch-count-weighted mean of
-per-batch variances (mmpretrain-style) and an EMA with momentum 0.1 (Dassl-style). Reported: the largest relative
-error of a variance and the largest mean error in units of the channel's standard deviation, over all layers and
-channels. ``--out`` replaces the section between ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``.
+Timing (median of ``--repeats``; all with ``torch.no_grad``): an inference forward (BN in eval
+    mode), a forward
+with BN in train mode (the forward any one-pass BN-statistics estimator runs), ``recalibrate_bn``
+(one pass and layerwise) and ``update_bn``. Statistics error, against the float64 closed form (mean
+/ unbiased variance of ``torch.cat`` of each layer's input, produced by torch's train-mode BN on the
+same batches in float64): ``recalibrate_bn``, ``update_bn`` (cumulative average of per-batch
+statistics), the batch-count-weighted mean of per-batch variances (mmpretrain-style) and an EMA with
+momentum 0.1 (Dassl-style). Reported: the largest relative error of a variance and the largest mean
+error in units of the channel's standard deviation, over all layers and channels. ``--out`` replaces
+the section between ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``.
 """
 import argparse
 import copy
@@ -25,10 +29,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from mmnorm_tools.timing import round_robin
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmnorm import recalibrate_bn
-from mmnorm_tools.timing import round_robin
 
 Stats = Dict[str, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -48,7 +52,10 @@ def build_model(seed: int = 0) -> nn.Module:
 
 def make_batches(sizes: List[int], size: int, seed: int = 0) -> List[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, 3, size, size, generator=g) * (0.8 + 0.1 * i) + 0.3 * i for i, n in enumerate(sizes)]
+    return [
+        torch.randn(n, 3, size, size, generator=g) * (0.8 + 0.1 * i) + 0.3 * i
+        for i, n in enumerate(sizes)
+    ]
 
 
 def bn_layers(model: nn.Module) -> Dict[str, nn.Module]:
@@ -56,8 +63,9 @@ def bn_layers(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 def closed_form(model: nn.Module, batches: List[torch.Tensor]) -> Stats:
-    """float64 mean / unbiased variance of every BN input over all batches (``torch.cat`` of the float32 features
-    torch's own train-mode BN produces on these batches, reduced once in float64)."""
+    """float64 mean / unbiased variance of every BN input over all batches (``torch.cat`` of the
+    float32 features torch's own train-mode BN produces on these batches, reduced once in
+    float64)."""
     ref = copy.deepcopy(model)
     layers = bn_layers(ref)
     feats = {n: [] for n in layers}
@@ -72,7 +80,10 @@ def closed_form(model: nn.Module, batches: List[torch.Tensor]) -> Stats:
 
 
 def read_stats(model: nn.Module) -> Stats:
-    return {n: (m.running_mean.double().clone(), m.running_var.double().clone()) for n, m in bn_layers(model).items()}
+    return {
+        n: (m.running_mean.double().clone(), m.running_var.double().clone())
+        for n, m in bn_layers(model).items()
+    }
 
 
 def errors(est: Stats, ref: Stats) -> Tuple[float, float]:
@@ -83,19 +94,23 @@ def errors(est: Stats, ref: Stats) -> Tuple[float, float]:
 
 
 def mean_of_variances(model: nn.Module, batches: List[torch.Tensor]) -> Stats:
-    """Per-batch statistics averaged with batch-size weights, dropping the between-batch variance term."""
+    """Per-batch statistics averaged with batch-size weights, dropping the between-batch variance
+    term."""
     m = copy.deepcopy(model)
     layers = bn_layers(m)
     acc = {n: [] for n in layers}
     for n, layer in layers.items():
-        layer.register_forward_pre_hook(lambda mod, inp, n=n: acc[n].append(
-            (inp[0].shape[0], *reversed(torch.var_mean(inp[0].double(), dim=(0, 2, 3), unbiased=True)))))
+        layer.register_forward_pre_hook(lambda mod, inp, n=n: acc[n].append((inp[0].shape[
+            0], *reversed(torch.var_mean(inp[0].double(), dim=(0, 2, 3), unbiased=True)))))
         layer.train()
     with torch.no_grad():
         for x in batches:
             m(x)
     total = sum(x.shape[0] for x in batches)
-    return {n: (sum(k * mu for k, mu, _ in v) / total, sum(k * var for k, _, var in v) / total) for n, v in acc.items()}
+    return {
+        n: (sum(k * mu for k, mu, _ in v) / total, sum(k * var for k, _, var in v) / total)
+        for n, v in acc.items()
+    }
 
 
 def ema(model: nn.Module, batches: List[torch.Tensor], momentum: float = 0.1) -> Stats:
@@ -109,19 +124,24 @@ def ema(model: nn.Module, batches: List[torch.Tensor], momentum: float = 0.1) ->
     return read_stats(m)
 
 
-def timed(fns: Dict[str, Callable[[], object]], repeats: Dict[str, int]) -> Dict[str, Tuple[float, float]]:
-    """Median ``(wall seconds, process CPU seconds)`` per function, timed round-robin (CPU time, all threads of
-    this process, is the steadier measure on a shared machine)."""
+def timed(fns: Dict[str, Callable[[], object]],
+          repeats: Dict[str, int]) -> Dict[str, Tuple[float, float]]:
+    """Median ``(wall seconds, process CPU seconds)`` per function, timed round-robin (CPU time,
+    all threads of this process, is the steadier measure on a shared machine)."""
     times = round_robin(fns, repeats, clocks=('wall', 'cpu'))
 
     def median(values):
         return sorted(values)[len(values) // 2]
 
-    return {name: (median([w for w, _ in t]), median([c for _, c in t])) for name, t in times.items()}
+    return {
+        name: (median([w for w, _ in t]), median([c for _, c in t]))
+        for name, t in times.items()
+    }
 
 
 def run(sizes: List[int], size: int, repeats: int) -> dict:
-    load = os.getloadavg()[0]  # other jobs on the machine: the timings mean little when it exceeds the threads
+    load = os.getloadavg()[
+        0]  # other jobs on the machine: the timings mean little when it exceeds the threads
     model = build_model()
     batches = make_batches(sizes, size)
     ref = closed_form(model, batches)
@@ -145,9 +165,14 @@ def run(sizes: List[int], size: int, repeats: int) -> dict:
     swa_model = copy.deepcopy(model)
     swa_model.train()
     fns = dict(
-        forward_eval=forward(False), forward_train=forward(True), one_pass=recal('one_pass'),
-        update_bn=lambda: torch.optim.swa_utils.update_bn(batches, swa_model), layerwise=recal('layerwise'))
-    times = timed(fns, {name: (max(1, repeats // 2) if name == 'layerwise' else repeats) for name in fns})
+        forward_eval=forward(False),
+        forward_train=forward(True),
+        one_pass=recal('one_pass'),
+        update_bn=lambda: torch.optim.swa_utils.update_bn(batches, swa_model),
+        layerwise=recal('layerwise'))
+    times = timed(
+        fns, {name: (max(1, repeats // 2) if name == 'layerwise' else repeats)
+              for name in fns})
     m = copy.deepcopy(model)
     recalibrate_bn(m, batches, progress=False, logger=None)
     swa_model = copy.deepcopy(model)
@@ -156,7 +181,8 @@ def run(sizes: List[int], size: int, repeats: int) -> dict:
     errs = {
         'mmnorm recalibrate_bn (one pass)': errors(read_stats(m), ref),
         'torch update_bn (average of per-batch stats)': errors(read_stats(swa_model), ref),
-        'mean of per-batch variances (size-weighted)': errors(mean_of_variances(model, batches), ref),
+        'mean of per-batch variances (size-weighted)':
+        errors(mean_of_variances(model, batches), ref),
         'EMA, momentum 0.1': errors(ema(model, batches), ref)
     }
     return dict(times=times, errors=errs, layers=len(ref), samples=sum(sizes), load=load)
@@ -167,20 +193,29 @@ def to_markdown(res: dict, sizes: List[int], size: int, repeats: int) -> str:
     machine = f'{platform.processor() or platform.machine()}, torch {torch.__version__}, ' \
               f'{torch.get_num_threads()} threads, CPU'
     lines = [
-        f'Machine: {machine}, load average {res["load"]:.2f} before the run; mmdet ResNet-18, {res["layers"]} BN '
-        f'layers, batches of {sizes} images at {size}x{size} ({res["samples"]} samples); median of {repeats} '
+        f'Machine: {machine}, load average {res["load"]:.2f} before the run; mmdet ResNet-18, '
+        f'{res["layers"]} BN layers, batches of {sizes} images at {size}x{size} ({res["samples"]} '
+        f'samples); median of {repeats} '
         'runs.', '', '| pass over the batches (no grad) | wall s | CPU s | × eval forward (CPU) | '
-        '× train-mode-BN forward (CPU) | × train-mode-BN forward (wall) |', '|---|---:|---:|---:|---:|---:|'
+        '× train-mode-BN forward (CPU) | × train-mode-BN forward (wall) |',
+        '|---|---:|---:|---:|---:|---:|'
     ]
-    names = dict(forward_eval='inference forward (BN eval)', forward_train='forward with BN in train mode',
-                 one_pass='`recalibrate_bn` one pass', update_bn='`torch.optim.swa_utils.update_bn`',
-                 layerwise='`recalibrate_bn` layerwise')
+    names = dict(
+        forward_eval='inference forward (BN eval)',
+        forward_train='forward with BN in train mode',
+        one_pass='`recalibrate_bn` one pass',
+        update_bn='`torch.optim.swa_utils.update_bn`',
+        layerwise='`recalibrate_bn` layerwise')
     (_, eval_cpu), (train_wall, train_cpu) = t['forward_eval'], t['forward_train']
     for key, label in names.items():
         wall, cpu = t[key]
-        lines.append(f'| {label} | {wall:.3f} | {cpu:.3f} | {cpu / eval_cpu:.2f} | {cpu / train_cpu:.2f} | '
-                     f'{wall / train_wall:.2f} |')
-    lines += ['', '| estimator | max rel. error of running_var | max mean error / std |', '|---|---:|---:|']
+        lines.append(
+            f'| {label} | {wall:.3f} | {cpu:.3f} | {cpu / eval_cpu:.2f} | {cpu / train_cpu:.2f} | '
+            f'{wall / train_wall:.2f} |')
+    lines += [
+        '', '| estimator | max rel. error of running_var | max mean error / std |',
+        '|---|---:|---:|'
+    ]
     for label, (var_err, mean_err) in res['errors'].items():
         lines.append(f'| {label} | {var_err:.2e} | {mean_err:.2e} |')
     return '\n'.join(lines) + '\n'
@@ -192,11 +227,13 @@ SECTION = ('<!-- benchmark:start -->', '<!-- benchmark:end -->')
 def section_problem(path: str) -> Optional[str]:
     """Why ``path`` cannot take the benchmark section (None: it can)."""
     if not os.path.isfile(path):
-        return f'--out {path!r} is not a file; give a Markdown file with a {SECTION[0]} ... {SECTION[1]} section'
+        return (f'--out {path!r} is not a file; give a Markdown file with a '
+                f'{SECTION[0]} ... {SECTION[1]} section')
     with open(path) as f:
         doc = f.read()
     if SECTION[0] not in doc or SECTION[1] not in doc:
-        return f'--out {path!r} has no {SECTION[0]} ... {SECTION[1]} section to fill; add the two markers'
+        return (f'--out {path!r} has no {SECTION[0]} ... {SECTION[1]} section to fill; '
+                'add the two markers')
     return None
 
 
@@ -207,18 +244,24 @@ def write_section(path: str, text: str) -> None:
     with open(path) as f:
         doc = f.read()
     start, end = SECTION
-    doc = re.sub(f'{re.escape(start)}.*?{re.escape(end)}', lambda _: f'{start}\n{text}{end}', doc, flags=re.S)
+    doc = re.sub(
+        f'{re.escape(start)}.*?{re.escape(end)}',
+        lambda _: f'{start}\n{text}{end}',
+        doc,
+        flags=re.S)
     with open(path, 'w') as f:
         f.write(doc)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--batches', nargs='+', type=int, default=[8, 4, 8, 2, 8, 6], help='batch sizes')
+    parser.add_argument(
+        '--batches', nargs='+', type=int, default=[8, 4, 8, 2, 8, 6], help='batch sizes')
     parser.add_argument('--size', type=int, default=96, help='image side')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--out', help='Markdown file with a benchmark section to fill (e.g. docs/adabn.md)')
+    parser.add_argument(
+        '--out', help='Markdown file with a benchmark section to fill (e.g. docs/adabn.md)')
     args = parser.parse_args(argv)
     if any(b <= 1 for b in args.batches):
         parser.error(f'batch sizes must be > 1 (train-mode BN), got {args.batches}')

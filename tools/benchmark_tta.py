@@ -3,32 +3,31 @@
     python tools/benchmark_tta.py [--config CONFIG] [--batch-size 8] [--size 64 128] [--repeats 7]
                                   [--threads 2] [--clock cpu|wall] [--out docs/tta.md]
 
-Model: an mmseg segmentor built from ``--config`` (default: the embedded demo's DeepLabV3+ on a reduced ResNet-18,
-random weights; ``configs/baseline/deeplabv3plus_r50-d8_...`` works too, at a small ``--size``). Batches: random
-images of ``--size`` through the model's data preprocessor. Timed, median (and best) of ``--repeats`` after one
-warm-up call:
-``model.test_step`` under ``torch.no_grad`` (plain inference), the same with every BN layer of a copy of the model in
-train mode (``BN in train mode``: the floor of any test-batch-statistics method, torch's own kernel computing the
-batch statistics) and ``TestTimeAdapter.adapt`` for ``'bn'``,
-``'prior'`` and ``'tent'`` (1 step: forward, entropy, backward to the norm affine, Adam step), taking turns in every
-repeat (a loaded machine slows them alike); on CPU the clock is the process's CPU time by default, which other
-processes' load does not inflate. Peak memory of one
-call (CUDA: ``max_memory_allocated``; CPU: the peak of the allocation curve recorded by ``torch.profiler``), beyond
-the model and the batch. Goals (issue): ``'bn'`` / ``'prior'`` <= 1.10x, ``'tent'`` <= 3.0x inference.
+Model: an mmseg segmentor built from ``--config`` (default: the embedded demo's DeepLabV3+ on a
+reduced ResNet-18, random weights; ``configs/baseline/deeplabv3plus_r50-d8_...`` works too, at a
+small ``--size``). Batches: random images of ``--size`` through the model's data preprocessor.
+Timed, median (and best) of ``--repeats`` after one warm-up call: ``model.test_step`` under
+``torch.no_grad`` (plain inference), the same with every BN layer of a copy of the model in train
+mode (``BN in train mode``: the floor of any test-batch-statistics method, torch's own kernel
+computing the batch statistics) and ``TestTimeAdapter.adapt`` for ``'bn'``, ``'prior'`` and
+``'tent'`` (1 step: forward, entropy, backward to the norm affine, Adam step), taking turns in every
+repeat (a loaded machine slows them alike); on CPU the clock is the process's CPU time by default,
+which other processes' load does not inflate. Peak memory of one call (CUDA:
+``max_memory_allocated``; CPU: the peak of the allocation curve recorded by ``torch.profiler``),
+beyond
+the model and the batch. Goals (issue): ``'bn'`` / ``'prior'`` <= 1.10x, ``'tent'`` <= 3.0x
+    inference.
 ``--out`` replaces the section between ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``.
 """
 import argparse
 import copy
-import os.path as osp
 import platform
 import re
 import statistics
 from typing import Callable, Dict, List
 
 import torch
-
 from mmnorm_tools.timing import round_robin
-
 
 DEMO = 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-64x128.py'
 GOALS = {'bn': 1.10, 'prior': 1.10, 'tent': 3.0}
@@ -41,7 +40,8 @@ def build(config: str, device: str):
 
     import mmnorm  # noqa: F401
     cfg = Config.fromfile(config)
-    cfg.model.pretrained = None  # random weights: no download (timing does not depend on the values)
+    # random weights: no download (timing does not depend on the values)
+    cfg.model.pretrained = None
     cfg.model.backbone.init_cfg = None
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     torch.manual_seed(0)
@@ -55,15 +55,21 @@ def make_batch(batch_size: int, size: List[int], seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     h, w = size
     inputs = [(torch.rand(3, h, w, generator=g) * 255).to(torch.uint8) for _ in range(batch_size)]
-    samples = [SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w))) for _ in range(batch_size)]
+    samples = [
+        SegDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w))) for _ in range(batch_size)
+    ]
     return dict(inputs=inputs, data_samples=samples)
 
 
-def median_seconds(calls: Dict[str, Callable], repeats: int, device: str, clock: str) -> Dict[str, tuple]:
-    """``(median, best)`` seconds per call; the calls take turns in every repeat, so load on a shared machine
-    hits all of them."""
+def median_seconds(calls: Dict[str, Callable], repeats: int, device: str,
+                   clock: str) -> Dict[str, tuple]:
+    """``(median, best)`` seconds per call; the calls take turns in every repeat, so load on a
+    shared machine hits all of them."""
     times = round_robin(calls, repeats, device, clocks=(clock, ))
-    return {name: (statistics.median(t for t, in ts), min(t for t, in ts)) for name, ts in times.items()}
+    return {
+        name: (statistics.median(t for t, in ts), min(t for t, in ts))
+        for name, ts in times.items()
+    }
 
 
 def peak_bytes(fn: Callable, device: str) -> int:
@@ -78,14 +84,19 @@ def peak_bytes(fn: Callable, device: str) -> int:
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    level = peak = 0  # ops' own allocations (net of their frees) and the frees recorded apart, in time order
+    # ops' own allocations (net of their frees) and the frees recorded apart, in time order
+    level = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         level += event.cpu_memory_usage if event.name == '[memory]' else event.self_cpu_memory_usage
         peak = max(peak, level)
     return peak
 
 
-def run(config: str, batch_size: int, size: List[int], repeats: int, device: str,
+def run(config: str,
+        batch_size: int,
+        size: List[int],
+        repeats: int,
+        device: str,
         clock: str = 'wall') -> Dict[str, dict]:
     from mmnorm import TestTimeAdapter
     model = build(config, device)
@@ -124,18 +135,21 @@ def run(config: str, batch_size: int, size: List[int], repeats: int, device: str
 
 def to_markdown(rows: Dict[str, dict], args, device: str) -> str:
     lines = [
-        f'`python tools/benchmark_tta.py --config {args.config} --batch-size {args.batch_size} --size '
-        f'{args.size[0]} {args.size[1]} --repeats {args.repeats} --threads {args.threads}` on {device} '
-        f'({platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, '
-        f'{args.clock} time):', '',
-        '| call | s / batch (median) | x inference (median) | x inference (best) | goal | peak memory (MiB) '
-        '| x inference |', '|---|---|---|---|---|---|---|'
+        f'`python tools/benchmark_tta.py --config {args.config} --batch-size {args.batch_size} '
+        f'--size {args.size[0]} {args.size[1]} --repeats {args.repeats} --threads {args.threads}` '
+        f'on {device} ({platform.processor() or platform.machine()}, torch {torch.__version__}, '
+        f'{args.threads} threads, {args.clock} time):', '',
+        '| call | s / batch (median) | x inference (median) | x inference (best) | goal | peak '
+        'memory (MiB) | x inference |', '|---|---|---|---|---|---|---|'
     ]
     for name, row in rows.items():
         goal = GOALS.get(name)
-        verdict = '' if goal is None else f'<= {goal:.2f}x: {"met" if row["ratio"] <= goal else "NOT met"}'
-        lines.append(f'| {name} | {row["seconds"]:.4f} | {row["ratio"]:.2f} | {row["best_ratio"]:.2f} | {verdict} | '
-                     f'{row["peak"] / 2**20:.1f} | {row["memory_ratio"]:.2f} |')
+        verdict = ''
+        if goal is not None:
+            verdict = f'<= {goal:.2f}x: {"met" if row["ratio"] <= goal else "NOT met"}'
+        lines.append(
+            f'| {name} | {row["seconds"]:.4f} | {row["ratio"]:.2f} | {row["best_ratio"]:.2f} | '
+            f'{verdict} | {row["peak"] / 2**20:.1f} | {row["memory_ratio"]:.2f} |')
     return '\n'.join(lines) + '\n'
 
 
@@ -144,7 +158,8 @@ def write_section(path: str, text: str) -> None:
         doc = f.read()
     pattern = re.compile(r'(<!-- benchmark:start -->\n).*?(<!-- benchmark:end -->)', re.S)
     if not pattern.search(doc):
-        raise SystemExit(f'{path} has no <!-- benchmark:start --> ... <!-- benchmark:end --> section')
+        raise SystemExit(
+            f'{path} has no <!-- benchmark:start --> ... <!-- benchmark:end --> section')
     with open(path, 'w') as f:
         f.write(pattern.sub(lambda m: m.group(1) + text + m.group(2), doc))
 
@@ -158,7 +173,9 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument(
-        '--clock', choices=('cpu', 'wall'), help='process CPU time (default on CPU: other '
+        '--clock',
+        choices=('cpu', 'wall'),
+        help='process CPU time (default on CPU: other '
         "processes' load does not count) or wall time (default on CUDA)")
     parser.add_argument('--out', help='markdown file whose benchmark section is replaced')
     args = parser.parse_args(argv)

@@ -1,20 +1,23 @@
 """The embedded synthetic source -> target experiment behind ``make demo``.
 
     python tools/demo.py [--methods BN AdaBN ...] [--seeds 0 1 2] [--iters 200] [--jobs 2] [--fast]
-                         [--data-root data/demo] [--work-dir work_dirs/demo or demo-fast] [--reuse] [--no-stream]
+                         [--data-root data/demo] [--work-dir work_dirs/demo or demo-fast] [--reuse]
+                         [--no-stream]
 
-1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when present).
-2. For every method and seed, trains the method's demo config with ``tools/train.py --test-last``: its final
-   validation runs on the source val split (the source-val mIoU, no test-time adaptation), then the final weights
-   are tested on the target val split in the same process (the method as deployed). Methods that only adapt at
-   test time (AdaBN, the test-time adaptation rows) test the weights of the method they build on with
-   ``tools/test.py`` and their own config, and share its source-val mIoU.
-3. Prints one table — source-val mIoU, target mIoU, share of the BN source->target gap closed, each mean ± std over
-   the seeds (the gap share is computed per seed against BN of the same seed) — and writes it to
-   ``<work-dir>/results.md``, ``results.json`` and a bar chart ``results.png``.
-4. Continual stream (``tools/analysis/tta_stream.py``): BN's first-seed checkpoint tested on a drifting target
-   stream in order — BN, test-batch statistics, offline AdaBN, TENT continual without and with the safeguards —
-   table and mIoU curve under ``<work-dir>/stream/``.
+1. Writes the synthetic domains on disk (GTA5 layout source, Cityscapes layout target; skipped when
+   present).
+2. For every method and seed, trains the method's demo config with ``tools/train.py --test-last``:
+   its final validation runs on the source val split (the source-val mIoU, no test-time adaptation),
+   then the final weights are tested on the target val split in the same process (the method as
+   deployed). Methods that only adapt at test time (AdaBN, the test-time adaptation rows) test the
+   weights of the method they build on with ``tools/test.py`` and their own config, and share its
+   source-val mIoU.
+3. Prints one table — source-val mIoU, target mIoU, share of the BN source->target gap closed, each
+   mean ± std over the seeds (the gap share is computed per seed against BN of the same seed) — and
+   writes it to ``<work-dir>/results.md``, ``results.json`` and a bar chart ``results.png``.
+4. Continual stream (``tools/analysis/tta_stream.py``): BN's first-seed checkpoint tested on a
+   drifting target stream in order — BN, test-batch statistics, offline AdaBN, TENT continual
+   without and with the safeguards — table and mIoU curve under ``<work-dir>/stream/``.
 
 Every row uses the same data, seeds, schedule and test protocol; only the config differs.
 """
@@ -56,7 +59,8 @@ STREAM_TOOL = 'tools/analysis/tta_stream.py'
 
 
 def data_root_options(config: str, data_root: str) -> List[str]:
-    """cfg-options re-pointing every ``data_root`` under ``data/demo`` in ``config`` to ``data_root``."""
+    """cfg-options re-pointing every ``data_root`` under ``data/demo`` in ``config`` to
+    ``data_root``."""
     from mmengine.config import Config
     if osp.normpath(data_root) == DEFAULT_DATA_ROOT:
         return []
@@ -65,7 +69,8 @@ def data_root_options(config: str, data_root: str) -> List[str]:
     def walk(node, path):
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == 'data_root' and isinstance(value, str) and value.startswith(DEFAULT_DATA_ROOT):
+                if key == 'data_root' and isinstance(value,
+                                                     str) and value.startswith(DEFAULT_DATA_ROOT):
                     opts.append(f'{path}{key}={data_root}{value[len(DEFAULT_DATA_ROOT):]}')
                 else:
                     walk(value, f'{path}{key}.')
@@ -80,8 +85,11 @@ def data_root_options(config: str, data_root: str) -> List[str]:
 
 
 def final_val_miou(work_dir: str) -> float:
-    """The mIoU of the last validation ``tools/train.py`` ran (from the run's ``vis_data/scalars.json``)."""
-    runs = sorted(d for d in os.listdir(work_dir) if osp.isfile(osp.join(work_dir, d, 'vis_data', 'scalars.json')))
+    """The mIoU of the last validation ``tools/train.py`` ran (from the run's
+    ``vis_data/scalars.json``)."""
+    runs = sorted(
+        d for d in os.listdir(work_dir)
+        if osp.isfile(osp.join(work_dir, d, 'vis_data', 'scalars.json')))
     if not runs:
         raise RuntimeError(f'no vis_data/scalars.json under {work_dir}: did training validate?')
     with open(osp.join(work_dir, runs[-1], 'vis_data', 'scalars.json')) as f:
@@ -102,16 +110,20 @@ def read_text(path: str) -> str:
 
 
 def tested_after(metrics_file: str, checkpoint: str) -> bool:
-    """Whether ``metrics_file`` exists and was written after ``checkpoint`` (a test of that checkpoint)."""
-    return osp.exists(metrics_file) and osp.exists(checkpoint) and osp.getmtime(metrics_file) > osp.getmtime(checkpoint)
+    """Whether ``metrics_file`` exists and was written after ``checkpoint`` (a test of that
+    checkpoint)."""
+    return osp.exists(metrics_file) and osp.exists(checkpoint) and osp.getmtime(
+        metrics_file) > osp.getmtime(checkpoint)
 
 
 class JobFailed(RuntimeError):
-    """A train/test subprocess exited non-zero; the message names its log and holds the log's last lines."""
+    """A train/test subprocess exited non-zero; the message names its log and holds the log's
+    last lines."""
 
 
 def thread_count(jobs: int) -> int:
-    """CPU threads per job: the user's ``OMP_NUM_THREADS`` when set, else the cores split over ``jobs``."""
+    """CPU threads per job: the user's ``OMP_NUM_THREADS`` when set, else the cores split over
+    ``jobs``."""
     user = os.environ.get('OMP_NUM_THREADS', '').strip()
     if user.isdigit() and int(user) > 0:
         return int(user)
@@ -127,18 +139,26 @@ def run(cmd: List[str], log_file: str, threads: int) -> None:
     if proc.returncode != 0:
         with open(log_file, errors='replace') as f:
             tail = ''.join(f.readlines()[-25:])
-        raise JobFailed(f'{" ".join(map(str, cmd[1:3]))} failed (exit {proc.returncode}); log {log_file}, last '
-                        f'lines:\n{tail}')
+        raise JobFailed(
+            f'{" ".join(map(str, cmd[1:3]))} failed (exit {proc.returncode}); log {log_file}, last '
+            f'lines:\n{tail}')
 
 
 class Progress:
-    """One line per job start and end: ``[k/total] name seed s train ... 52 s``, elapsed time and ETA.
+    """One line per job start and end: ``[k/total] name seed s train ... 52 s``, elapsed time and
+    ETA.
 
-    The ETA assumes every remaining job of a kind (train / test) takes the mean time of the finished jobs of that
-    kind (before the first one finishes: ``prior_s``), divided by the number of parallel jobs.
+    The ETA assumes every remaining job of a kind (train / test) takes the mean time of the finished
+    jobs of that kind (before the first one finishes: ``prior_s``), divided by the number of
+    parallel jobs.
     """
 
-    def __init__(self, num_train: int, num_test: int, jobs: int, prior_s: Dict[str, float], stream=None,
+    def __init__(self,
+                 num_train: int,
+                 num_test: int,
+                 jobs: int,
+                 prior_s: Dict[str, float],
+                 stream=None,
                  num_stream: int = 0):
         self.total = num_train + num_test + num_stream
         self.left = dict(train=num_train, test=num_test, stream=num_stream)
@@ -154,7 +174,8 @@ class Progress:
 
         def remaining(kind: str) -> float:
             done = self.durations[kind]
-            return self.left[kind] * (statistics.mean(done) if done else self.prior_s.get(kind, 0.0))
+            return self.left[kind] * (
+                statistics.mean(done) if done else self.prior_s.get(kind, 0.0))
 
         # trainings, tests and the stream experiment share the parallel jobs
         return (remaining('train') + remaining('test') + remaining('stream')) / self.jobs
@@ -169,7 +190,11 @@ class Progress:
             self._print(f'[{index}/{self.total}] {label} {kind} ... (log {display_path(log_file)})')
         return index, time.time()
 
-    def end(self, ticket: Tuple[int, float], label: str, kind: str, result: Optional[str] = None,
+    def end(self,
+            ticket: Tuple[int, float],
+            label: str,
+            kind: str,
+            result: Optional[str] = None,
             failed: bool = False) -> None:
         index, t0 = ticket
         seconds = time.time() - t0
@@ -179,8 +204,9 @@ class Progress:
                 self.durations[kind].append(seconds)
             result = 'FAILED' if failed else (result or 'done')
             elapsed = time.time() - self.start
-            self._print(f'[{index}/{self.total}] {label} {kind} {result} in {seconds:.0f} s | elapsed '
-                        f'{format_seconds(elapsed)}, about {format_seconds(self.eta())} left')
+            self._print(
+                f'[{index}/{self.total}] {label} {kind} {result} in {seconds:.0f} s | elapsed '
+                f'{format_seconds(elapsed)}, about {format_seconds(self.eta())} left')
 
 
 def display_path(path: str) -> str:
@@ -203,8 +229,8 @@ class Experiment:
         self.progress = progress
 
     def job(self, cmd: List[str], log_file: str, label: str, kind: str, read_result, describe=None):
-        """Runs one train/test subprocess with a progress line before and after it (``describe(result)`` in the
-        end line); returns ``read_result()``."""
+        """Runs one train/test subprocess with a progress line before and after it
+        (``describe(result)`` in the end line); returns ``read_result()``."""
         ticket = self.progress.begin(label, kind, log_file) if self.progress else None
         try:
             run(cmd, log_file, self.threads)
@@ -236,8 +262,8 @@ class Experiment:
         return osp.join(self.args.work_dir, f'seed{seed}', slug)
 
     def train(self, name: str, seed: int) -> Tuple[str, float, float]:
-        """Trains and tests on the target (unless ``--reuse`` finds them done); returns the checkpoint, its
-        source-val mIoU and its target mIoU."""
+        """Trains and tests on the target (unless ``--reuse`` finds them done); returns the
+        checkpoint, its source-val mIoU and its target mIoU."""
         config, work_dir = METHODS[name]['config'], self.work_dir(name, seed)
         os.makedirs(work_dir, exist_ok=True)
         last, out = osp.join(work_dir, 'last_checkpoint'), osp.join(work_dir, 'metrics_target.json')
@@ -251,8 +277,8 @@ class Experiment:
                     f'mIoU {source:.1f} source val, {target:.1f} target')
             return checkpoint, source, target
         cmd = [
-            sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--test-last', '--metrics-out', out,
-            '--cfg-options', *self.options(config, seed)
+            sys.executable, 'tools/train.py', config, '--work-dir', work_dir, '--test-last',
+            '--metrics-out', out, '--cfg-options', *self.options(config, seed)
         ]
         source, target = self.job(cmd, osp.join(work_dir, 'train.log'), label, 'train', lambda:
                                   (final_val_miou(work_dir), read_miou(out)),
@@ -260,21 +286,24 @@ class Experiment:
         return read_text(last), source, target
 
     def test_target(self, name: str, seed: int, checkpoint: str) -> float:
-        """``tools/test.py`` of ``name``'s config on ``checkpoint`` (unless ``--reuse`` finds that test done)."""
+        """``tools/test.py`` of ``name``'s config on ``checkpoint`` (unless ``--reuse`` finds
+        that test done)."""
         config, work_dir = METHODS[name]['config'], self.work_dir(name, seed)
         os.makedirs(work_dir, exist_ok=True)
         out = osp.join(work_dir, 'metrics_target.json')
         label = f'{name} seed {seed}'
         if self.args.reuse and tested_after(out, checkpoint):
             if self.progress:  # a test of this checkpoint already ran: counted as done at once
-                self.progress.end(self.progress.begin(label, 'test', out), label, 'test', f'mIoU {read_miou(out):.1f}')
+                self.progress.end(
+                    self.progress.begin(label, 'test', out), label, 'test',
+                    f'mIoU {read_miou(out):.1f}')
             return read_miou(out)
         cmd = [
-            sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir, '--metrics-out', out,
-            '--cfg-options', *self.options(config, seed)
+            sys.executable, 'tools/test.py', config, checkpoint, '--work-dir', work_dir,
+            '--metrics-out', out, '--cfg-options', *self.options(config, seed)
         ]
-        return self.job(cmd, osp.join(work_dir, 'test_target.log'), label, 'test', lambda: read_miou(out),
-                        lambda miou: f'mIoU {miou:.1f}')
+        return self.job(cmd, osp.join(work_dir, 'test_target.log'), label, 'test',
+                        lambda: read_miou(out), lambda miou: f'mIoU {miou:.1f}')
 
     def run_method(self, name: str, seed: int, trained: Dict) -> Dict[str, float]:
         start = time.time()
@@ -292,10 +321,12 @@ class Experiment:
         out_dir = osp.join(self.args.work_dir, 'stream')
         os.makedirs(out_dir, exist_ok=True)
         frames = self.args.stream_frames or (120 if self.args.fast else 240)
-        # one folder per stream length, so a --fast look and a full run do not ask for each other's stream
+        # one folder per stream length, so a --fast look and a full run do not ask for each other's
+        # stream
         folder = 'demo_stream' if frames == 240 else f'demo_stream_{frames}f'
         cmd = [
-            sys.executable, STREAM_TOOL, METHODS['BN']['config'], checkpoint, '--out-dir', out_dir, '--stream-root',
+            sys.executable, STREAM_TOOL, METHODS['BN']['config'], checkpoint, '--out-dir', out_dir,
+            '--stream-root',
             osp.join(osp.dirname(self.args.data_root.rstrip('/')) or '.', folder), '--frames',
             str(frames)
         ]
@@ -304,60 +335,77 @@ class Experiment:
         with open(osp.join(out_dir, 'stream_results.md')) as f:
             return f.read()
 
-    def run_all(self, with_stream: bool = False) -> Tuple[Dict[str, Dict[int, Dict[str, float]]], Optional[str]]:
+    def run_all(
+            self,
+            with_stream: bool = False
+    ) -> Tuple[Dict[str, Dict[int, Dict[str, float]]], Optional[str]]:
         """Every (method, seed) job, ``jobs`` at a time, and the stream experiment when asked.
 
-        Trainings are queued first; a test-time-only method's test (and the stream, on BN's first-seed weights)
-        follows and waits for the training it reuses, so no worker idles while a job it could run is ready.
-        Returns ``({method: {seed: row}}, the stream's Markdown table or None)``.
+        Trainings are queued first; a test-time-only method's test (and the stream, on BN's
+        first-seed weights) follows and waits for the training it reuses, so no worker idles while a
+        job it could run is ready. Returns ``({method: {seed: row}}, the stream's Markdown table or
+        None)``.
         """
         names, seeds = self.args.methods, self.args.seeds
         trained = [n for n in names if 'weights_from' not in METHODS[n]]
         derived = [n for n in names if 'weights_from' in METHODS[n]]
         for n in derived:
             if METHODS[n]['weights_from'] not in names:
-                raise ValueError(f'method {n!r} reuses the weights of {METHODS[n]["weights_from"]!r}; '
-                                 'list that method too')
+                raise ValueError(
+                    f'method {n!r} reuses the weights of {METHODS[n]["weights_from"]!r}; '
+                    'list that method too')
         done: Dict = {}
         pool = ThreadPoolExecutor(self.args.jobs)
         try:  # FIFO: every training has started before a job that waits for one runs (no deadlock)
-            jobs = {(n, s): pool.submit(self.run_method, n, s, done) for s in seeds for n in trained}
+            jobs = {
+                (n, s): pool.submit(self.run_method, n, s, done)
+                for s in seeds
+                for n in trained
+            }
 
             def after(base: tuple, fn, *args):
                 jobs[base].result()  # re-raises the training's failure
                 return fn(*args)
 
-            stream = pool.submit(after, ('BN', seeds[0]), lambda: self.stream(done[('BN', seeds[0])][0])) \
-                if with_stream else None
+            stream = None
+            if with_stream:
+                first_bn = ('BN', seeds[0])
+                stream = pool.submit(after, first_bn, lambda: self.stream(done[first_bn][0]))
             for s in seeds:
                 for n in derived:
-                    jobs[(n, s)] = pool.submit(after, (METHODS[n]['weights_from'], s), self.run_method, n, s, done)
+                    jobs[(n, s)] = pool.submit(after, (METHODS[n]['weights_from'], s),
+                                               self.run_method, n, s, done)
             results: Dict[str, Dict[int, Dict[str, float]]] = {n: {} for n in names}
             for (name, seed), job in jobs.items():
                 results[name][seed] = job.result()
             return {n: results[n] for n in names}, stream.result() if stream else None
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # after a failure: queued jobs are dropped
+            pool.shutdown(
+                wait=True, cancel_futures=True)  # after a failure: queued jobs are dropped
 
 
 def summarise(results: Dict[str, Dict[int, Dict[str, float]]]) -> Dict[str, dict]:
-    """Mean ± std (over seeds) of source / target mIoU and of the per-seed share of BN's gap closed."""
+    """Mean ± std (over seeds) of source / target mIoU and of the per-seed share of BN's gap
+    closed."""
 
     def stats(values: List[float]) -> dict:
         return dict(
-            mean=statistics.mean(values), std=statistics.stdev(values) if len(values) > 1 else 0.0, values=values)
+            mean=statistics.mean(values),
+            std=statistics.stdev(values) if len(values) > 1 else 0.0,
+            values=values)
 
     rows = {}
     bn = results.get('BN')
     for name, per_seed in results.items():
         seeds = sorted(per_seed)
         row = dict(
-            source=stats([per_seed[s]['source'] for s in seeds]), target=stats([per_seed[s]['target'] for s in seeds]),
+            source=stats([per_seed[s]['source'] for s in seeds]),
+            target=stats([per_seed[s]['target'] for s in seeds]),
             seeds=seeds)
         if bn is not None and all(s in bn for s in seeds):
             gaps = [
-                100 * (per_seed[s]['target'] - bn[s]['target']) / max(bn[s]['source'] - bn[s]['target'], 1e-6)
-                for s in seeds
+                100 * (per_seed[s]['target'] - bn[s]['target']) /
+                max(bn[s]['source'] - bn[s]['target'], 1e-6) for s in seeds
             ]
             row['gap_closed'] = stats(gaps)
         rows[name] = row
@@ -373,9 +421,12 @@ def fmt(stat: Optional[dict], digits: int = 1) -> str:
 
 
 def to_markdown(rows: Dict[str, dict]) -> str:
-    lines = ['| method | source-val mIoU | target mIoU | BN gap closed (%) |', '|---|---:|---:|---:|']
+    lines = [
+        '| method | source-val mIoU | target mIoU | BN gap closed (%) |', '|---|---:|---:|---:|'
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {fmt(r['source'])} | {fmt(r['target'])} | {fmt(r.get('gap_closed'))} |")
+        lines.append(
+            f"| {name} | {fmt(r['source'])} | {fmt(r['target'])} | {fmt(r.get('gap_closed'))} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -387,9 +438,13 @@ def plot(rows: Dict[str, dict], out_file: str, title: str) -> None:
     xs = range(len(names))
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.6))
     width = 0.38
-    for offset, key, label in ((-width / 2, 'source', 'source val'), (width / 2, 'target', 'target')):
-        ax.bar([x + offset for x in xs], [rows[n][key]['mean'] for n in names], width,
-               yerr=[rows[n][key]['std'] for n in names], capsize=3, label=label)
+    for offset, key, label in ((-width / 2, 'source', 'source val'), (width / 2, 'target',
+                                                                      'target')):
+        ax.bar([x + offset for x in xs], [rows[n][key]['mean'] for n in names],
+               width,
+               yerr=[rows[n][key]['std'] for n in names],
+               capsize=3,
+               label=label)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=20, ha='right')
     ax.set_ylabel('mIoU')
@@ -404,34 +459,53 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data-root', default=DEFAULT_DATA_ROOT)
     parser.add_argument(
-        '--work-dir', default=None,
+        '--work-dir',
+        default=None,
         help='default: work_dirs/demo (work_dirs/demo-fast with --fast, so a quick look never '
         'replaces a full run)')
     parser.add_argument('--methods', nargs='+', default=list(METHODS), choices=list(METHODS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, default=200,
-                        help='training iterations of every method (the configs alone train 1k)')
     parser.add_argument(
-        '--jobs', type=int, default=min(2,
-                                        os.cpu_count() or 1),
+        '--iters',
+        type=int,
+        default=200,
+        help='training iterations of every method (the configs alone train 1k)')
+    parser.add_argument(
+        '--jobs',
+        type=int,
+        default=min(2,
+                    os.cpu_count() or 1),
         help='jobs run in parallel, the CPU threads split between them. Default: 2 (one thread '
         'each on 2 cores): the demo model is too small for two threads to help one job, and an '
         'OpenMP job with more threads than free cores slows down many times')
-    parser.add_argument('--fast', action='store_true', help='a quick look: one seed, 100 iterations')
-    parser.add_argument('--reuse', action='store_true',
-                        help='skip trainings (and their target tests) and tests already run on the checkpoint they use')
     parser.add_argument(
-        '--no-stream', action='store_true',
+        '--fast', action='store_true', help='a quick look: one seed, 100 iterations')
+    parser.add_argument(
+        '--reuse',
+        action='store_true',
+        help='skip trainings (and their target tests) and tests already run on the checkpoint '
+        'they use')
+    parser.add_argument(
+        '--no-stream',
+        action='store_true',
         help='skip the continual-stream experiment (test-time adaptation on a drifting stream, '
         "on BN's weights of the first seed)")
-    parser.add_argument('--stream-frames', type=int, default=None,
-                        help='frames of the drifting stream (default 240; 120 with --fast)')
+    parser.add_argument(
+        '--stream-frames',
+        type=int,
+        default=None,
+        help='frames of the drifting stream (default 240; 120 with --fast)')
     parser.add_argument('--num-source-train', type=int, default=800)
     parser.add_argument('--num-source-val', type=int, default=100)
-    parser.add_argument('--num-target', type=int, default=200, help='frames per target split (train pool, val)')
-    parser.add_argument('--data-seed', type=int, default=0, help='seed of the synthetic data generator')
-    parser.add_argument('--loader-options', nargs='+', default=[],
-                        help='key=value applied to every dataloader, e.g. num_workers=0 batch_size=4')
+    parser.add_argument(
+        '--num-target', type=int, default=200, help='frames per target split (train pool, val)')
+    parser.add_argument(
+        '--data-seed', type=int, default=0, help='seed of the synthetic data generator')
+    parser.add_argument(
+        '--loader-options',
+        nargs='+',
+        default=[],
+        help='key=value applied to every dataloader, e.g. num_workers=0 batch_size=4')
     args = parser.parse_args(argv)
     if args.fast:
         args.seeds = args.seeds[:1]
@@ -444,21 +518,29 @@ def main(argv=None):
     from mmnorm.datasets.synthetic import generate_demo_data
     start = time.time()
     print(f'writing the synthetic data to {args.data_root} (skipped when present) ...', flush=True)
-    generate_demo_data(args.data_root, num_source_train=args.num_source_train, num_source_val=args.num_source_val,
-                       num_target_train=args.num_target, num_target_val=args.num_target, seed=args.data_seed)
+    generate_demo_data(
+        args.data_root,
+        num_source_train=args.num_source_train,
+        num_source_val=args.num_source_val,
+        num_target_train=args.num_target,
+        num_target_val=args.num_target,
+        seed=args.data_seed)
     trained = [n for n in args.methods if 'weights_from' not in METHODS[n]]
     iters = args.iters or 1000
-    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (200 iterations and the target
-    # test ~ 35 s).
+    # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (200 iterations
+    # and the target test ~ 35 s).
     with_stream = not args.no_stream and 'BN' in args.methods
     progress = Progress(
-        len(trained) * len(args.seeds), (len(args.methods) - len(trained)) * len(args.seeds), args.jobs,
-        prior_s=dict(train=8 + 0.14 * iters, test=7.0, stream=20.0), num_stream=int(with_stream))
+        len(trained) * len(args.seeds), (len(args.methods) - len(trained)) * len(args.seeds),
+        args.jobs,
+        prior_s=dict(train=8 + 0.14 * iters, test=7.0, stream=20.0),
+        num_stream=int(with_stream))
     print(
         f'{progress.total} jobs ({len(trained)} trainings, each tested on the target, and '
-        f'{len(args.methods) - len(trained)} test-time-only tests per seed, seeds '
-        f'{args.seeds}, {iters} iterations{", the continual stream" if with_stream else ""}); logs under '
-        f'{args.work_dir}/seed*/<method>/', flush=True)
+        f'{len(args.methods) - len(trained)} test-time-only tests per seed, seeds {args.seeds}, '
+        f'{iters} iterations{", the continual stream" if with_stream else ""}); logs under '
+        f'{args.work_dir}/seed*/<method>/',
+        flush=True)
     experiment = Experiment(args, progress)
     try:
         results, stream_table = experiment.run_all(with_stream)
@@ -478,7 +560,8 @@ def main(argv=None):
     print(f'\n{title}\n')
     print(table)
     if stream_table:
-        print(f'continual test-time adaptation on a drifting stream ({args.work_dir}/stream/stream_miou.png):\n')
+        print('continual test-time adaptation on a drifting stream '
+              f'({args.work_dir}/stream/stream_miou.png):\n')
         print(stream_table)
     print(f'total {time.time() - start:.0f} s; results in {args.work_dir}/results.md, results.png')
     return rows

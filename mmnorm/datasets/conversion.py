@@ -1,17 +1,21 @@
 """Label conversion behind ``tools/dataset_converters/{gta5,synthia,mapillary}.py``.
 
-Each converter turns per-frame source labels into 8-bit ``*_labelTrainIds.png`` files (19 Cityscapes train IDs,
-255 = ignore) through a 256-entry lookup table. :func:`convert_frames` runs the frames in a process pool with a
-progress bar and applies one policy everywhere:
+Each converter turns per-frame source labels into 8-bit ``*_labelTrainIds.png`` files (19 Cityscapes
+train IDs, 255 = ignore) through a 256-entry lookup table. :func:`convert_frames` runs the frames in
+a process pool with a progress bar and applies one policy everywhere:
 
-- resumable: a frame whose output exists is left alone (``'exists'``) unless ``overwrite``; outputs are written to a
-  temporary file and renamed, so an interrupted run never leaves a truncated label behind;
-- a missing or unreadable image or label is reported (``'skipped'`` with the reason) and counted, never fatal;
-- image/label size mismatch: ``'resize'`` (default) nearest-resizes the label to the image and reports the frame as
-  ``'resized'`` with both sizes, ``'skip'`` writes nothing and reports it as ``'skipped'``;
-- the summary and the per-frame outcomes go to a JSON report; a report left by an earlier run is kept, renamed
-  ``<name>.<its time>.json``; the caller's exit code is 1 when anything was skipped;
-- OpenCV's own log lines (``[ERROR:0@...] ... readHeader``) are silenced: the report gives mmnorm's reason per file.
+- resumable: a frame whose output exists is left alone (``'exists'``) unless ``overwrite``; outputs
+  are written to a temporary file and renamed, so an interrupted run never leaves a truncated label
+  behind;
+- a missing or unreadable image or label is reported (``'skipped'`` with the reason) and counted,
+  never fatal;
+- image/label size mismatch: ``'resize'`` (default) nearest-resizes the label to the image and
+  reports the frame as ``'resized'`` with both sizes, ``'skip'`` writes nothing and reports it as
+  ``'skipped'``;
+- the summary and the per-frame outcomes go to a JSON report; a report left by an earlier run is
+  kept, renamed ``<name>.<its time>.json``; the caller's exit code is 1 when anything was skipped;
+- OpenCV's own log lines (``[ERROR:0@...] ... readHeader``) are silenced: the report gives mmnorm's
+  reason per file.
 """
 import json
 import os
@@ -24,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    'Frame', 'MISMATCH_POLICIES', 'lut_from_mapping', 'read_index_label', 'read_synthia_label', 'convert_frame',
-    'convert_frames', 'pair_frames'
+    'Frame', 'MISMATCH_POLICIES', 'lut_from_mapping', 'read_index_label', 'read_synthia_label',
+    'convert_frame', 'convert_frames', 'pair_frames'
 ]
 
 MISMATCH_POLICIES = ('resize', 'skip')
@@ -45,14 +49,16 @@ def lut_from_mapping(mapping: Mapping[int, int]) -> np.ndarray:
     lut = np.full(65536, 255, np.uint8)
     for src, dst in mapping.items():
         if not 0 <= int(src) < 65536 or not 0 <= int(dst) <= 255:
-            raise ValueError(f'mapping entries must be 0 <= source < 65536 and 0 <= train ID <= 255, '
-                             f'got {src} -> {dst}')
+            raise ValueError(
+                f'mapping entries must be 0 <= source < 65536 and 0 <= train ID <= 255, '
+                f'got {src} -> {dst}')
         lut[int(src)] = int(dst)
     return lut
 
 
 def read_index_label(path: str) -> np.ndarray:
-    """(H, W) IDs of an 8-bit palette (``P``) or grey (``L``) PNG, decoded with PIL (cv2 returns the colours).
+    """(H, W) IDs of an 8-bit palette (``P``) or grey (``L``) PNG, decoded with PIL (cv2 returns the
+    colours).
 
     GTA5 and Mapillary v1.2 labels store class IDs as palette indices.
     """
@@ -87,7 +93,8 @@ def read_synthia_label(path: str) -> np.ndarray:
 
 
 def _image_size(path: str):
-    """(width, height) of an image; reads the whole file so that truncation and bad checksums are caught."""
+    """(width, height) of an image; reads the whole file so that truncation and bad checksums are
+    caught."""
     with Image.open(path) as img:
         size = img.size
         img.verify()
@@ -105,13 +112,16 @@ def _write_png(path: str, array: np.ndarray) -> None:
             os.remove(tmp)
 
 
-def convert_frame(frame: Frame, read_label: Callable[[str], np.ndarray], lut: np.ndarray, mismatch: str = 'resize',
+def convert_frame(frame: Frame,
+                  read_label: Callable[[str], np.ndarray],
+                  lut: np.ndarray,
+                  mismatch: str = 'resize',
                   overwrite: bool = False) -> Dict:
     """Converts one frame; never raises for bad data.
 
     Returns:
-        dict: ``name``, ``status`` (one of 'converted', 'resized', 'exists', 'skipped') and, for 'resized' and
-        'skipped', ``detail`` (the sizes, or the reason).
+        dict: ``name``, ``status`` (one of 'converted', 'resized', 'exists', 'skipped') and, for
+        'resized' and 'skipped', ``detail`` (the sizes, or the reason).
     """
     if mismatch not in MISMATCH_POLICIES:
         raise ValueError(f'mismatch must be one of {MISMATCH_POLICIES}, got {mismatch!r}')
@@ -124,11 +134,13 @@ def convert_frame(frame: Frame, read_label: Callable[[str], np.ndarray], lut: np
     try:
         img_w, img_h = _image_size(frame.image)
     except Exception as e:  # corrupt image: report it, keep going
-        return dict(name=frame.name, status='skipped', detail=f'unreadable image: {type(e).__name__}: {e}')
+        return dict(
+            name=frame.name, status='skipped', detail=f'unreadable image: {type(e).__name__}: {e}')
     try:
         ids = read_label(frame.label)
     except Exception as e:  # corrupt label: report it, keep going
-        return dict(name=frame.name, status='skipped', detail=f'unreadable label: {type(e).__name__}: {e}')
+        return dict(
+            name=frame.name, status='skipped', detail=f'unreadable label: {type(e).__name__}: {e}')
     train_ids = lut[ids]
     status, detail = 'converted', None
     label_h, label_w = train_ids.shape
@@ -145,21 +157,30 @@ def convert_frame(frame: Frame, read_label: Callable[[str], np.ndarray], lut: np
     return result
 
 
-def convert_frames(frames: Sequence[Frame], read_label: Callable[[str], np.ndarray], mapping: Mapping[int, int],
-                   nproc: int = 1, mismatch: str = 'resize', overwrite: bool = False, report_file: Optional[str] = None,
+def convert_frames(frames: Sequence[Frame],
+                   read_label: Callable[[str], np.ndarray],
+                   mapping: Mapping[int, int],
+                   nproc: int = 1,
+                   mismatch: str = 'resize',
+                   overwrite: bool = False,
+                   report_file: Optional[str] = None,
                    progress: bool = True) -> Dict:
     """Converts every frame (in ``nproc`` processes) and writes the JSON report.
 
     Returns:
-        dict: ``summary`` (count per status and ``total``) and ``frames`` (status -> list of names, or of
-        ``{name: detail}`` for 'resized' and 'skipped').
+        dict: ``summary`` (count per status and ``total``) and ``frames`` (status -> list of names,
+        or of ``{name: detail}`` for 'resized' and 'skipped').
     """
     if nproc < 1:
         raise ValueError(f'nproc must be >= 1, got {nproc}')
     if mismatch not in MISMATCH_POLICIES:
         raise ValueError(f'mismatch must be one of {MISMATCH_POLICIES}, got {mismatch!r}')
-    work = partial(convert_frame, read_label=read_label, lut=lut_from_mapping(mapping), mismatch=mismatch,
-                   overwrite=overwrite)
+    work = partial(
+        convert_frame,
+        read_label=read_label,
+        lut=lut_from_mapping(mapping),
+        mismatch=mismatch,
+        overwrite=overwrite)
     bar = None
     if progress and frames:
         from mmengine.utils import ProgressBar
@@ -183,9 +204,11 @@ def convert_frames(frames: Sequence[Frame], read_label: Callable[[str], np.ndarr
     summary = {s: sum(r['status'] == s for r in results) for s in STATUSES}
     summary['total'] = len(results)
     by_status = {
-        s: [r['name'] if 'detail' not in r else {
-            r['name']: r['detail']
-        } for r in results if r['status'] == s]
+        s: [
+            r['name'] if 'detail' not in r else {
+                r['name']: r['detail']
+            } for r in results if r['status'] == s
+        ]
         for s in STATUSES
     }
     report = dict(summary=summary, mismatch=mismatch, overwrite=overwrite, frames=by_status)
@@ -198,7 +221,8 @@ def convert_frames(frames: Sequence[Frame], read_label: Callable[[str], np.ndarr
 
 
 def keep_previous_report(report_file: str) -> Optional[str]:
-    """Renames an existing ``report_file`` to ``<stem>.<its modification time>.json``; returns the new name."""
+    """Renames an existing ``report_file`` to ``<stem>.<its modification time>.json``; returns
+    the new name."""
     if not osp.exists(report_file):
         return None
     import time
@@ -212,9 +236,14 @@ def keep_previous_report(report_file: str) -> Optional[str]:
     return kept
 
 
-def pair_frames(img_dir: str, label_dir: str, out_dir: str, img_suffix: str = '.png', label_suffix: str = '.png',
+def pair_frames(img_dir: str,
+                label_dir: str,
+                out_dir: str,
+                img_suffix: str = '.png',
+                label_suffix: str = '.png',
                 out_suffix: str = '_labelTrainIds.png') -> List[Frame]:
-    """Frames named by the union of images and labels (so a missing partner is reported, not ignored).
+    """Frames named by the union of images and labels (so a missing partner is reported, not
+    ignored).
 
     Files in ``label_dir`` ending with ``out_suffix`` (earlier outputs) are not labels.
     """
@@ -224,8 +253,8 @@ def pair_frames(img_dir: str, label_dir: str, out_dir: str, img_suffix: str = '.
             return set()
         return {
             f[:-len(suffix)]
-            for f in os.listdir(folder)
-            if f.endswith(suffix) and not (exclude and f.endswith(exclude)) and not f.startswith('.')
+            for f in os.listdir(folder) if f.endswith(suffix)
+            and not (exclude and f.endswith(exclude)) and not f.startswith('.')
         }
 
     images = names(img_dir, img_suffix)

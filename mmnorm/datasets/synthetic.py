@@ -1,21 +1,22 @@
 """Procedural driving scenes for the embedded source -> target benchmark (``make demo``).
 
-The source domain imitates GTA5 (saturated flat colours, sharp edges) and is written in GTA5's layout; the target
-domain is drawn by the same scene generator and then photographed differently — white balance / gamma / contrast /
-saturation change, surface texture, depth-based fog as Foggy Cityscapes makes it (I = R·t + A·(1 − t),
-t = exp(−β·depth)), blur and sensor noise — and written in Cityscapes' layout. Eight classes (road, sidewalk,
-building, pole, vegetation, sky, person, car) are learnable from shape and colour; the shift is appearance only.
+The source domain imitates GTA5 (saturated flat colours, sharp edges) and is written in GTA5's
+layout; the target domain is drawn by the same scene generator and then photographed differently —
+white balance / gamma / contrast / saturation change, surface texture, depth-based fog as Foggy
+Cityscapes makes it (I = R·t + A·(1 − t), t = exp(−β·depth)), blur and sensor noise — and written in
+Cityscapes' layout. Eight classes (road, sidewalk, building, pole, vegetation, sky, person, car) are
+learnable from shape and colour; the shift is appearance only.
 
 Layouts written by :func:`generate_demo_data` under ``root``::
 
-    gta5/images/NNNNN.png            RGB
-    gta5/labels/NNNNN.png            8-bit palette PNG, indices = Cityscapes label IDs
-    gta5/train.txt, gta5/val.txt     frame names of the source splits
+    gta5/images/NNNNN.png            RGB gta5/labels/NNNNN.png            8-bit palette PNG, indices
+    = Cityscapes label IDs gta5/train.txt, gta5/val.txt     frame names of the source splits
     cityscapes/leftImg8bit/{train,val}/synth/synth_000000_NNNNNN_leftImg8bit.png
-    cityscapes/gtFine/{train,val}/synth/synth_000000_NNNNNN_gtFine_labelTrainIds.png  (and _labelIds.png)
+    cityscapes/gtFine/{train,val}/synth/synth_000000_NNNNNN_gtFine_labelTrainIds.png  (and
+    _labelIds.png)
 
-Target ``train`` is the unlabelled adaptation pool (labels are written, as Cityscapes has them, but unused);
-target ``val`` is the labelled test split.
+Target ``train`` is the unlabelled adaptation pool (labels are written, as Cityscapes has them, but
+unused); target ``val`` is the labelled test split.
 """
 import json
 import os
@@ -27,7 +28,9 @@ from PIL import Image
 
 from .labels import CITYSCAPES_ID_TO_TRAINID
 
-__all__ = ['SHIFTS', 'render_scene', 'apply_target_shift', 'generate_demo_data', 'CITYSCAPES_PALETTE']
+__all__ = [
+    'SHIFTS', 'render_scene', 'apply_target_shift', 'generate_demo_data', 'CITYSCAPES_PALETTE'
+]
 
 H, W = 64, 128
 # Cityscapes label IDs used by the scenes.
@@ -47,7 +50,8 @@ SHIFTS = ('full', 'colour', 'fog', 'none')
 
 
 def _cityscapes_palette() -> list:
-    """768-entry PIL palette: Cityscapes label-ID colours (as GTA5's label PNGs carry), black elsewhere."""
+    """768-entry PIL palette: Cityscapes label-ID colours (as GTA5's label PNGs carry), black
+    elsewhere."""
     colours = {
         7: (128, 64, 128),
         8: (244, 35, 232),
@@ -82,14 +86,15 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
     """Draws one street scene.
 
     Returns:
-        tuple: ``image`` (H, W, 3) float32 in [0, 1] (source appearance), ``label`` (H, W) uint8 Cityscapes label
-        IDs, ``depth`` (H, W) float32 metres (sky: ``inf``).
+        tuple: ``image`` (H, W, 3) float32 in [0, 1] (source appearance), ``label`` (H, W) uint8
+        Cityscapes label IDs, ``depth`` (H, W) float32 metres (sky: ``inf``).
     """
     rows = np.arange(H, dtype=np.float32)[:, None]
     cols = np.arange(W, dtype=np.float32)[None, :]
     horizon = rng.uniform(22, 30)
     vanish_x = rng.uniform(0.35, 0.65) * W
-    below = np.clip(rows - horizon, 0, None) / (H - horizon)  # 0 at the horizon, 1 at the bottom row
+    below = np.clip(rows - horizon, 0, None) / (H - horizon
+                                                )  # 0 at the horizon, 1 at the bottom row
     road_half = below * rng.uniform(0.35, 0.55) * W
     walk_width = below * rng.uniform(0.10, 0.22) * W
     dx = cols - vanish_x
@@ -104,7 +109,10 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
     depth = np.broadcast_to(depth, (H, W)).copy()
 
     # Per-image colour jitter of each class (objects add their own jitter below).
-    colours = {k: np.clip(np.array(c) + rng.normal(0, 0.05, 3), 0, 1) for k, c in BASE_COLOURS.items()}
+    colours = {
+        k: np.clip(np.array(c) + rng.normal(0, 0.05, 3), 0, 1)
+        for k, c in BASE_COLOURS.items()
+    }
     image = np.zeros((H, W, 3), np.float32)
     for k, colour in colours.items():
         image[label == k] = colour
@@ -132,7 +140,8 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
             win = mask & ((rows.astype(int) % 5) < 2) & ((cols.astype(int) % 4) < 2)
             image[win] *= 0.6
             x += width + rng.uniform(0, 4)
-    # Trees (vegetation crowns on trunks) and poles on the sidewalks, persons on sidewalks, cars on the road.
+    # Trees (vegetation crowns on trunks) and poles on the sidewalks, persons on sidewalks, cars on
+    # the road.
     for _ in range(rng.integers(1, 4)):
         base = rng.uniform(horizon + 4, H - 6)
         scale = (base - horizon) / (H - horizon)
@@ -148,14 +157,17 @@ def render_scene(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.n
         cx = vanish_x + side * (road_half[int(base)] + walk_width[int(base)] * 0.7)[0]
         height = 6 + 34 * scale
         width = max(1.0, 2.5 * scale)
-        paint((np.abs(cols - cx) <= width / 2) & (rows <= base) & (rows > base - height), POLE, base)
+        paint((np.abs(cols - cx) <= width / 2) & (rows <= base) & (rows > base - height), POLE,
+              base)
     for _ in range(rng.integers(0, 4)):
         base = rng.uniform(horizon + 4, H - 1)
         scale = (base - horizon) / (H - horizon)
         side = rng.choice([-1, 1])
-        cx = vanish_x + side * (road_half[int(base)] + walk_width[int(base)] * rng.uniform(0.2, 0.8))[0]
+        cx = vanish_x + side * (road_half[int(base)] +
+                                walk_width[int(base)] * rng.uniform(0.2, 0.8))[0]
         height = 4 + 20 * scale
-        body = ((rows - (base - height / 2)) / (height / 2))**2 + ((cols - cx) / (height / 6))**2 < 1
+        body = ((rows - (base - height / 2)) / (height / 2))**2 + ((cols - cx) /
+                                                                   (height / 6))**2 < 1
         paint(body, PERSON, base)
     for _ in range(rng.integers(0, 4)):
         base = rng.uniform(horizon + 3, H - 1)
@@ -182,7 +194,10 @@ def _box_blur(image: np.ndarray, radius: int) -> np.ndarray:
     return out / (k * k)
 
 
-def apply_target_shift(image: np.ndarray, label: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
+def apply_target_shift(image: np.ndarray,
+                       label: np.ndarray,
+                       depth: np.ndarray,
+                       rng: np.random.Generator,
                        shift: str = 'full') -> np.ndarray:
     """Photographs a rendered scene the target way.
 
@@ -191,8 +206,8 @@ def apply_target_shift(image: np.ndarray, label: np.ndarray, depth: np.ndarray, 
         label (np.ndarray): (H, W) label IDs (for class-wise surface texture).
         depth (np.ndarray): (H, W) metres, ``inf`` for sky.
         rng (np.random.Generator): Randomness of this frame.
-        shift (str): ``'full'`` (colour + texture + fog + blur/noise), ``'colour'`` (colour only), ``'fog'``
-            (fog only), ``'none'``.
+        shift (str): ``'full'`` (colour + texture + fog + blur/noise), ``'colour'`` (colour only),
+            ``'fog'`` (fog only), ``'none'``.
 
     Returns:
         np.ndarray: (H, W, 3) float32 in [0, 1].
@@ -212,7 +227,8 @@ def apply_target_shift(image: np.ndarray, label: np.ndarray, depth: np.ndarray, 
         # Real-world surfaces are textured where the source is flat.
         texture = rng.normal(0, 1, (H, W, 1)).astype(np.float32)
         texture = _box_blur(np.repeat(texture, 3, axis=2), 1)
-        strength = np.where(np.isin(label, [ROAD, SIDEWALK, BUILDING, VEGETATION]), 0.12, 0.04)[..., None]
+        strength = np.where(np.isin(label, [ROAD, SIDEWALK, BUILDING, VEGETATION]), 0.12,
+                            0.04)[..., None]
         out = out + strength * texture
     if shift in ('full', 'fog'):
         beta = rng.uniform(0.005, 0.02)
@@ -236,30 +252,46 @@ def _train_ids(label: np.ndarray) -> np.ndarray:
     return lut[label]
 
 
-def generate_demo_data(root: str, num_source_train: int = 800, num_source_val: int = 100, num_target_train: int = 200,
-                       num_target_val: int = 200, shift: str = 'full', seed: int = 0,
+def generate_demo_data(root: str,
+                       num_source_train: int = 800,
+                       num_source_val: int = 100,
+                       num_target_train: int = 200,
+                       num_target_val: int = 200,
+                       shift: str = 'full',
+                       seed: int = 0,
                        overwrite: bool = False) -> Dict[str, int]:
     """Writes the source (GTA5 layout) and target (Cityscapes layout) domains under ``root``.
 
-    A ``meta.json`` records the arguments; a second call with the same arguments does nothing, different arguments
-    without ``overwrite`` raise ``FileExistsError``.
+    A ``meta.json`` records the arguments; a second call with the same arguments does nothing,
+    different arguments without ``overwrite`` raise ``FileExistsError``.
 
     Returns:
         dict: Number of frames written per split.
     """
     if shift not in SHIFTS:
         raise ValueError(f'shift must be one of {SHIFTS}, got {shift!r}')
-    meta = dict(num_source_train=num_source_train, num_source_val=num_source_val, num_target_train=num_target_train,
-                num_target_val=num_target_val, shift=shift, seed=seed, size=[H, W], version=1)
+    meta = dict(
+        num_source_train=num_source_train,
+        num_source_val=num_source_val,
+        num_target_train=num_target_train,
+        num_target_val=num_target_val,
+        shift=shift,
+        seed=seed,
+        size=[H, W],
+        version=1)
     meta_file = osp.join(root, 'meta.json')
     if osp.exists(meta_file):
         with open(meta_file) as f:
             if json.load(f) == meta:
-                return dict(source_train=num_source_train, source_val=num_source_val, target_train=num_target_train,
-                            target_val=num_target_val)
+                return dict(
+                    source_train=num_source_train,
+                    source_val=num_source_val,
+                    target_train=num_target_train,
+                    target_val=num_target_val)
         if not overwrite:
-            raise FileExistsError(f'{root!r} holds demo data made with other settings (see {meta_file}); '
-                                  'pass overwrite=True or choose another root')
+            raise FileExistsError(
+                f'{root!r} holds demo data made with other settings (see {meta_file}); '
+                'pass overwrite=True or choose another root')
     import shutil
     for sub in ('gta5', 'cityscapes'):
         shutil.rmtree(osp.join(root, sub), ignore_errors=True)
@@ -293,16 +325,21 @@ def generate_demo_data(root: str, num_source_train: int = 800, num_source_val: i
             image = apply_target_shift(image, label, depth, rng, shift)
             stem = f'synth_000000_{i:06d}'
             Image.fromarray(_to_uint8(image)).save(osp.join(img_dir, stem + '_leftImg8bit.png'))
-            Image.fromarray(_train_ids(label)).save(osp.join(ann_dir, stem + '_gtFine_labelTrainIds.png'))
+            Image.fromarray(_train_ids(label)).save(
+                osp.join(ann_dir, stem + '_gtFine_labelTrainIds.png'))
             Image.fromarray(label).save(osp.join(ann_dir, stem + '_gtFine_labelIds.png'))
     with open(meta_file, 'w') as f:
         json.dump(meta, f)
-    return dict(source_train=num_source_train, source_val=num_source_val, target_train=num_target_train,
-                target_val=num_target_val)
+    return dict(
+        source_train=num_source_train,
+        source_val=num_source_val,
+        target_train=num_target_train,
+        target_val=num_target_val)
 
 
 def make_preview(root: str, out_file: str, num: int = 4, seed: Optional[int] = None) -> None:
-    """Saves a grid of source and target frames with their labels (for the README / eyeballing the shift)."""
+    """Saves a grid of source and target frames with their labels (for the README / eyeballing
+    the shift)."""
     src = sorted(os.listdir(osp.join(root, 'gta5', 'images')))[:num]
     tgt_dir = osp.join(root, 'cityscapes', 'leftImg8bit', 'val', 'synth')
     tgt = sorted(os.listdir(tgt_dir))[:num]

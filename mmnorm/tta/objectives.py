@@ -1,15 +1,17 @@
-"""Entropy objectives of test-time adaptation (TENT: Wang et al., "Tent: Fully Test-Time Adaptation by Entropy
-Minimization", ICLR 2021, arXiv 2006.10726).
+"""Entropy objectives of test-time adaptation (TENT: Wang et al., "Tent: Fully Test-Time Adaptation
+by Entropy Minimization", ICLR 2021, arXiv 2006.10726).
 
-Every objective returns *sums* and counts rather than a mean, so that ranks (and the safeguards) can combine them
-exactly: the loss of a step is ``sum of selected entropies / number selected``, summed over ranks first.
+Every objective returns *sums* and counts rather than a mean, so that ranks (and the safeguards) can
+combine them exactly: the loss of a step is ``sum of selected entropies / number selected``, summed
+over ranks first.
 """
 from typing import Optional, Sequence, Tuple
 
 import torch
 
 __all__ = [
-    'softmax_entropy', 'valid_pixel_mask', 'EntropyTerms', 'entropy_terms', 'marginal_entropy', 'check_class_logits'
+    'softmax_entropy', 'valid_pixel_mask', 'EntropyTerms', 'entropy_terms', 'marginal_entropy',
+    'check_class_logits'
 ]
 
 
@@ -28,17 +30,20 @@ def softmax_entropy(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim)
 
 
-def valid_pixel_mask(shape: Sequence[int], metas: Optional[Sequence[dict]], device=None) -> torch.Tensor:
+def valid_pixel_mask(shape: Sequence[int],
+                     metas: Optional[Sequence[dict]],
+                     device=None) -> torch.Tensor:
     """(N, H, W) bool: the pixels of the segmentation logits that are not padding.
 
-    mmseg records the padding of each image in its meta as ``img_padding_size`` (else ``padding_size``)
-    ``= [left, right, top, bottom]``, what ``EncoderDecoder.postprocess_result`` crops; images without it are valid
-    everywhere.
+    mmseg records the padding of each image in its meta as ``img_padding_size`` (else
+    ``padding_size``) ``= [left, right, top, bottom]``, what ``EncoderDecoder.postprocess_result``
+    crops; images without it are valid everywhere.
     """
     n, h, w = shape
     mask = torch.ones(n, h, w, dtype=torch.bool, device=device)
     for i, meta in enumerate(metas or []):
-        padding = meta['img_padding_size'] if 'img_padding_size' in meta else meta.get('padding_size')
+        padding = meta['img_padding_size'] if 'img_padding_size' in meta else meta.get(
+            'padding_size')
         left, right, top, bottom = (int(v) for v in (padding or (0, 0, 0, 0)))
         if left or right or top or bottom:
             mask[i] = False
@@ -53,8 +58,8 @@ class EntropyTerms:
         loss_sum (Tensor): Sum of the selected elements' entropies (scalar, differentiable).
         selected (Tensor): Number of selected elements (scalar float64).
         valid (Tensor): Number of valid elements (scalar float64).
-        prob_sum (Tensor): (K,) float64 sum of the valid elements' class probabilities (the predicted-class
-            marginal before normalisation, for the collapse monitor).
+        prob_sum (Tensor): (K,) float64 sum of the valid elements' class probabilities (the
+            predicted-class marginal before normalisation, for the collapse monitor).
         entropy_sum (Tensor): Sum of the valid elements' entropies (scalar float64).
     """
 
@@ -66,10 +71,12 @@ class EntropyTerms:
         self.entropy_sum = entropy_sum
 
 
-def entropy_terms(logits: torch.Tensor, valid: Optional[torch.Tensor] = None,
+def entropy_terms(logits: torch.Tensor,
+                  valid: Optional[torch.Tensor] = None,
                   margin: Optional[float] = None) -> EntropyTerms:
-    """Entropy terms of class logits ``(N, K, *)``; ``valid`` (N, *) bool masks padding; elements whose entropy is
-    ``>= margin`` (nats) are left out of the loss (EATA's reliable-sample selection, :mod:`.safeguards`).
+    """Entropy terms of class logits ``(N, K, *)``; ``valid`` (N, *) bool masks padding; elements
+    whose entropy is ``>= margin`` (nats) are left out of the loss (EATA's reliable-sample
+    selection, :mod:`.safeguards`).
 
     Returns:
         EntropyTerms: sums over the valid (and, for the loss, selected) elements.
@@ -84,11 +91,14 @@ def entropy_terms(logits: torch.Tensor, valid: Optional[torch.Tensor] = None,
         probs = torch.softmax(logits.detach().float(), dim=1).movedim(1, -1).reshape(-1, k)
         prob_sum = probs[valid.reshape(-1)].sum(0).double()
         entropy_sum = ent.detach()[valid].sum().double()
-    return EntropyTerms(loss_sum, selected.sum().double(), valid.sum().double(), prob_sum, entropy_sum)
+    return EntropyTerms(loss_sum,
+                        selected.sum().double(),
+                        valid.sum().double(), prob_sum, entropy_sum)
 
 
 def marginal_entropy(prob_sum: torch.Tensor, count: float) -> float:
-    """Entropy (nats) of the predicted-class marginal ``prob_sum / count``; 0 when ``count`` is 0."""
+    """Entropy (nats) of the predicted-class marginal ``prob_sum / count``; 0 when ``count`` is
+    0."""
     if count <= 0:
         return 0.0
     p = (prob_sum / count).clamp_min(1e-12)
@@ -96,9 +106,11 @@ def marginal_entropy(prob_sum: torch.Tensor, count: float) -> float:
 
 
 def check_class_logits(logits, what: str) -> Tuple[int, int]:
-    """``(N, K)`` of class logits (N, K, *); ValueError naming ``what`` and the shape without a class dimension."""
+    """``(N, K)`` of class logits (N, K, *); ValueError naming ``what`` and the shape without a
+    class dimension."""
     if not isinstance(logits, torch.Tensor) or logits.dim() < 2 or logits.shape[1] < 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"method='tent' minimises the entropy over a class dimension (dim 1, >= 2 classes); "
-                         f'{what} gave {shape}; use a statistics method (\'bn\' or \'prior\') for this model')
+        raise ValueError(
+            f"method='tent' minimises the entropy over a class dimension (dim 1, >= 2 classes); "
+            f'{what} gave {shape}; use a statistics method (\'bn\' or \'prior\') for this model')
     return logits.shape[0], logits.shape[1]

@@ -1,17 +1,19 @@
 """Compatibility sweep: every mmnorm norm in the toolboxes' own shipped configs.
 
-For each config (read from the installed mmseg / mmdet ``.mim/configs``, pretrained weights off) and each norm,
-every BN / SyncBN ``norm_cfg`` of the model is replaced by the norm and the model goes through build, SyncBN
-convert + revert, strict load of the BN model's state dict, a training loss + backward on synthetic 64x64 images,
-predict and ``recalibrate_bn`` (``mmnorm/analysis/compat_cases.py``). ``BN`` (the config as shipped) is the
-reference column.
+For each config (read from the installed mmseg / mmdet ``.mim/configs``, pretrained weights off) and
+each norm, every BN / SyncBN ``norm_cfg`` of the model is replaced by the norm and the model goes
+through build, SyncBN convert + revert, strict load of the BN model's state dict, a training loss +
+backward on synthetic 64x64 images, predict and ``recalibrate_bn``
+(``mmnorm/analysis/compat_cases.py``). ``BN`` (the config as shipped) is the reference column.
 
-    python tools/analysis/compat_sweep.py [--configs mmseg:fcn/... ...] [--norms BN IBN RN] [--fast] --out r.jsonl
-    python tools/analysis/compat_sweep.py --table r.jsonl [--markdown docs/compatibility.md]
+    python tools/analysis/compat_sweep.py [--configs mmseg:fcn/... ...] [--norms BN IBN RN] [--fast]
+    --out r.jsonl python tools/analysis/compat_sweep.py --table r.jsonl [--markdown
+    docs/compatibility.md]
 
-Each case prints one JSON line (``scope, config, norm, status, step, error, layers, seconds``); with ``--out`` the
-lines are appended there and cases already in the file are skipped (a sweep can be resumed). Exit status: 1 if a
-case ``FAIL``-ed (an error mmnorm should have handled or named), else 0.
+Each case prints one JSON line (``scope, config, norm, status, step, error, layers, seconds``); with
+``--out`` the lines are appended there and cases already in the file are skipped (a sweep can be
+resumed). Exit status: 1 if a case ``FAIL``-ed (an error mmnorm should have handled or named), else
+0.
 """
 import argparse
 import json
@@ -29,7 +31,8 @@ MARK = {'pass': 'pass', 'named': 'named error', 'FAIL': '**FAIL**'}
 
 def all_cases(norms=COLUMNS, fast=False):
     """``(scope, config, norm)`` config by config (all norms of a config in a row)."""
-    configs = FAST_CASES if fast else [('mmseg', n) for n in SEG_CONFIGS] + [('mmdet', n) for n in DET_CONFIGS]
+    configs = FAST_CASES if fast else [('mmseg', n) for n in SEG_CONFIGS] + [('mmdet', n)
+                                                                             for n in DET_CONFIGS]
     return [(scope, name, norm) for scope, name in configs for norm in norms]
 
 
@@ -37,14 +40,17 @@ def counts_table(records: List[dict], norms) -> List[str]:
     lines = ['| norm | pass | named error | FAIL | cases |', '|---|---:|---:|---:|---:|']
     for norm in norms:
         rs = [r for r in records if r['norm'] == norm]
-        lines.append(f'| {norm} | ' + ' | '.join(str(sum(r['status'] == s for r in rs))
-                                                 for s in MARK) + f' | {len(rs)} |')
+        lines.append(f'| {norm} | ' +
+                     ' | '.join(str(sum(r['status'] == s for r in rs))
+                                for s in MARK) + f' | {len(rs)} |')
     return lines
 
 
 def markdown(records: List[dict]) -> str:
     """Counts per norm, the config x norm table, and the reason of every non-pass (numbered)."""
-    norms = sorted({r['norm'] for r in records}, key=lambda n: COLUMNS.index(n) if n in COLUMNS else 99)
+    norms = sorted({r['norm']
+                    for r in records},
+                   key=lambda n: COLUMNS.index(n) if n in COLUMNS else 99)
     configs = list(dict.fromkeys((r['scope'], r['config']) for r in records))
     by = {(r['scope'], r['config'], r['norm']): r for r in records}
     lines = ['| toolbox | config | ' + ' | '.join(norms) + ' |', '|---|---|' + '---|' * len(norms)]
@@ -70,8 +76,8 @@ BEGIN, END = '<!-- compat_sweep table: begin -->', '<!-- compat_sweep table: end
 
 
 def write_between_markers(path: str, text: str) -> None:
-    """Writes ``text`` between the BEGIN / END marker lines of ``path`` (the rest of the file is kept), or the whole
-    file with the markers if it has none."""
+    """Writes ``text`` between the BEGIN / END marker lines of ``path`` (the rest of the file is
+    kept), or the whole file with the markers if it has none."""
     block = f'{BEGIN}\n{text}{END}\n'
     old = open(path).read() if osp.exists(path) else ''
     if BEGIN in old and END in old:
@@ -91,14 +97,21 @@ def read_records(path: str) -> List[dict]:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--configs', nargs='*', help='scope:config names, e.g. mmseg:fcn/fcn_r50-d8_...py '
-                        '(default: all)')
+    parser.add_argument(
+        '--configs',
+        nargs='*',
+        help='scope:config names, e.g. mmseg:fcn/fcn_r50-d8_...py '
+        '(default: all)')
     parser.add_argument('--norms', nargs='*', default=list(COLUMNS), choices=COLUMNS)
-    parser.add_argument('--fast', action='store_true', help='only the default test subset of configs')
-    parser.add_argument('--out', help='append one JSON line per case to this file (cases already in it are skipped)')
+    parser.add_argument(
+        '--fast', action='store_true', help='only the default test subset of configs')
+    parser.add_argument(
+        '--out',
+        help='append one JSON line per case to this file (cases already in it are skipped)')
     parser.add_argument('--table', help='read this JSON-lines file and print the markdown table')
     parser.add_argument(
-        '--markdown', help='with --table: write the table into this file (between its '
+        '--markdown',
+        help='with --table: write the table into this file (between its '
         'compat_sweep marker lines, the rest kept) instead of printing it')
     return parser.parse_args(argv)
 
@@ -106,7 +119,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mmengine.logging import MMLogger
-    if not MMLogger.check_instance_created('compat_sweep'):  # the current logger: no init_weights dumps
+    if not MMLogger.check_instance_created(
+            'compat_sweep'):  # the current logger: no init_weights dumps
         MMLogger.get_instance('compat_sweep', log_level='WARNING')
     if args.table:
         text = markdown(read_records(args.table))

@@ -1,26 +1,33 @@
 """Convert Mapillary Vistas v1.2 labels (66 classes) to the 19 Cityscapes train IDs.
 
-    python tools/dataset_converters/mapillary.py data/mapillary [--splits validation training] [--nproc 8]
+    python tools/dataset_converters/mapillary.py data/mapillary [--splits validation training]
+    [--nproc 8]
                                                  [--mismatch resize|skip] [--overwrite]
 
-Writes ``{split}/v1.2/labels/NAME_labelTrainIds.png`` next to the raw labels (read by Mapillary19Dataset with
-``seg_map_suffix='_labelTrainIds.png'``). Report: ``<root>/mapillary_conversion_report.json``.
-Re-runs keep existing outputs unless ``--overwrite``. Exit code 1 when a frame was skipped.
+Writes ``{split}/v1.2/labels/NAME_labelTrainIds.png`` next to the raw labels (read by
+Mapillary19Dataset with ``seg_map_suffix='_labelTrainIds.png'``). Report:
+``<root>/mapillary_conversion_report.json``. Re-runs keep existing outputs unless ``--overwrite``.
+Exit code 1 when a frame was skipped.
 """
 import argparse
 import os.path as osp
 import sys
 
+from mmnorm_tools.converters import add_converter_args, run_converter
+
 from mmnorm.datasets.conversion import Frame, pair_frames, read_index_label
 from mmnorm.datasets.mapillary import MAPILLARY_V12_TO_TRAINID
-from mmnorm_tools.converters import add_converter_args, run_converter
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('root', help='Mapillary Vistas root holding {training,validation}/images and v1.2/labels')
-    parser.add_argument('--splits', nargs='+', default=['validation', 'training'],
-                        help='splits to convert (default: validation training; missing ones are skipped)')
+    parser.add_argument(
+        'root', help='Mapillary Vistas root holding {training,validation}/images and v1.2/labels')
+    parser.add_argument(
+        '--splits',
+        nargs='+',
+        default=['validation', 'training'],
+        help='splits to convert (default: validation training; missing ones are skipped)')
     add_converter_args(parser)
     args = parser.parse_args(argv)
     frames = []
@@ -32,7 +39,8 @@ def main(argv=None) -> int:
             continue
         # Frame names carry the split so that the report is unambiguous.
         frames += [
-            Frame(f'{split}/{f.name}', *f[1:]) for f in pair_frames(img_dir, label_dir, label_dir, img_suffix='.jpg')
+            Frame(f'{split}/{f.name}', *f[1:])
+            for f in pair_frames(img_dir, label_dir, label_dir, img_suffix='.jpg')
         ]
     if not frames:
         parser.error(f'no split of {args.splits} found under {args.root!r}')

@@ -1,9 +1,11 @@
-"""The configs of the compatibility sweep: the toolboxes' own shipped configs with every BN / SyncBN replaced.
+"""The configs of the compatibility sweep: the toolboxes' own shipped configs with every BN / SyncBN
+replaced.
 
-Configs are read from the installed packages (``mmseg/.mim/configs``, ``mmdet/.mim/configs``); pretrained weights
-are switched off and the input shrunk (:data:`SIZE`); a component whose class defaults to BN gets that default
-written out (so that it is replaced too); nothing else is changed except the overrides in :data:`OVERRIDES` that
-adapt a size-bound head to the small input (the same for the BN reference).
+Configs are read from the installed packages (``mmseg/.mim/configs``, ``mmdet/.mim/configs``);
+pretrained weights are switched off and the input shrunk (:data:`SIZE`); a component whose class
+defaults to BN gets that default written out (so that it is replaced too); nothing else is changed
+except the overrides in :data:`OVERRIDES` that adapt a size-bound head to the small input (the same
+for the BN reference).
 """
 import copy
 import importlib
@@ -12,8 +14,8 @@ import os.path as osp
 from typing import Optional
 
 __all__ = [
-    'NORMS', 'BN_TYPES', 'SIZE', 'SEG_CONFIGS', 'DET_CONFIGS', 'FAST_CASES', 'config_path', 'replace_norms',
-    'model_config', 'uda_type'
+    'NORMS', 'BN_TYPES', 'SIZE', 'SEG_CONFIGS', 'DET_CONFIGS', 'FAST_CASES', 'config_path',
+    'replace_norms', 'model_config', 'uda_type'
 ]
 
 NORMS = ('AdaBN', 'IBN', 'PBN', 'RN')
@@ -75,31 +77,36 @@ DET_CONFIGS = (
     'yolof/yolof_r50-c5_8xb8-1x_coco.py',
     'foveabox/fovea_r50_fpn_4xb4-1x_coco.py',
 )
-# Left out, as their BN config fails the sweep's steps without any mmnorm layer (docs/compatibility.md): PAA (needs
-# scikit-learn), SSDLite (mmdet 3.3's predict reads SSDHead.loss_cls, which it does not have), Sparse R-CNN
-# (RoIAlign refuses the negative-size boxes of an untrained model at 64x64).
-# The default test subset: a small model with 1x1 pooling branches (Fast-SCNN's pyramid pooling), a cascade with a
-# point head (PointRend: source-only head in the UDA wrapper, recalibration through predict mode) and a single-stage
-# detector (dense head in the UDA split).
+# Left out, as their BN config fails the sweep's steps without any mmnorm layer
+# (docs/compatibility.md): PAA (needs scikit-learn), SSDLite (mmdet 3.3's predict reads
+# SSDHead.loss_cls, which it does not have), Sparse R-CNN (RoIAlign refuses the negative-size boxes
+# of an untrained model at 64x64). The default test subset: a small model with 1x1 pooling branches
+# (Fast-SCNN's pyramid pooling), a cascade with a point head (PointRend: source-only head in the UDA
+# wrapper, recalibration through predict mode) and a single-stage detector (dense head in the UDA
+# split).
 FAST_CASES = (
     ('mmseg', 'fastscnn/fast_scnn_8xb4-160k_cityscapes-512x1024.py'),
     ('mmseg', 'point_rend/pointrend_r50_4xb2-80k_cityscapes-512x1024.py'),
     ('mmdet', 'retinanet/retinanet_r18_fpn_1x_coco.py'),
 )
-# Heads whose shapes are bound to the training crop: adapted to SIZE (BN reference and mmnorm norms alike).
+# Heads whose shapes are bound to the training crop: adapted to SIZE (BN reference and mmnorm norms
+# alike).
 OVERRIDES = {
-    'psanet/psanet_r50-d8_4xb2-40k_cityscapes-512x1024.py': dict(decode_head=dict(mask_size=(SIZE // 8 * 2 - 1, ) * 2)),
+    'psanet/psanet_r50-d8_4xb2-40k_cityscapes-512x1024.py':
+    dict(decode_head=dict(mask_size=(SIZE // 8 * 2 - 1, ) * 2)),
 }
 
 
 def config_path(scope: str, name: str) -> str:
-    """Path of a shipped config, e.g. ``('mmseg', 'fcn/fcn_r50-d8_...py')`` -> ``.../mmseg/.mim/configs/fcn/...``."""
+    """Path of a shipped config, e.g. ``('mmseg', 'fcn/fcn_r50-d8_...py')`` ->
+    ``.../mmseg/.mim/configs/fcn/...``."""
     package = importlib.import_module(scope)
     return osp.join(osp.dirname(package.__file__), '.mim', 'configs', name)
 
 
 def replace_norms(node, norm: Optional[str]):
-    """``node`` with every BN / SyncBN ``norm_cfg`` replaced by ``norm`` (None: by plain BN); other keys kept."""
+    """``node`` with every BN / SyncBN ``norm_cfg`` replaced by ``norm`` (None: by plain BN);
+    other keys kept."""
     if isinstance(node, (list, tuple)):
         return type(node)(replace_norms(x, norm) for x in node)
     if not isinstance(node, dict):
@@ -115,7 +122,8 @@ def replace_norms(node, norm: Optional[str]):
 
 
 def _no_pretrained(node):
-    """``node`` without pretrained weights: ``pretrained=<str>`` -> None, ``Pretrained`` init_cfg entries removed."""
+    """``node`` without pretrained weights: ``pretrained=<str>`` -> None, ``Pretrained`` init_cfg
+    entries removed."""
     if isinstance(node, (list, tuple)):
         return type(node)(_no_pretrained(x) for x in node)
     if not isinstance(node, dict):
@@ -126,7 +134,9 @@ def _no_pretrained(node):
             value = None
         elif key == 'init_cfg' and value is not None:
             inits = value if isinstance(value, list) else [value]
-            inits = [i for i in inits if not (isinstance(i, dict) and i.get('type') == 'Pretrained')]
+            inits = [
+                i for i in inits if not (isinstance(i, dict) and i.get('type') == 'Pretrained')
+            ]
             value = (inits or None) if isinstance(value, list) else (inits[0] if inits else None)
         else:
             value = _no_pretrained(value)
@@ -137,32 +147,39 @@ def _no_pretrained(node):
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
     return out
 
 
 def _fill_default_norms(model: dict, registry) -> dict:
-    """``model`` with ``norm_cfg`` written out in each component (backbone, neck, heads; items of their lists) whose
-    class defaults to a BN / SyncBN ``norm_cfg`` that the config leaves implicit (e.g. YOLOv3's Darknet), so that
-    :func:`replace_norms` reaches it. Nested dicts are left alone: their builders may pass ``norm_cfg`` themselves
-    (e.g. UNet's ``upsample_cfg``)."""
+    """``model`` with ``norm_cfg`` written out in each component (backbone, neck, heads; items of
+    their lists) whose class defaults to a BN / SyncBN ``norm_cfg`` that the config leaves implicit
+    (e.g. YOLOv3's Darknet), so that
+    :func:`replace_norms` reaches it. Nested dicts are left alone: their builders may pass
+    ``norm_cfg`` themselves (e.g. UNet's ``upsample_cfg``)."""
 
     def fill(node):
-        cls = registry.get(node['type']) if isinstance(node, dict) and isinstance(node.get('type'), str) else None
+        cls = registry.get(
+            node['type']) if isinstance(node, dict) and isinstance(node.get('type'), str) else None
         if not isinstance(cls, type) or 'norm_cfg' in node:
             return node
-        default = getattr(inspect.signature(cls.__init__).parameters.get('norm_cfg'), 'default', None)
-        return dict(node,
-                    norm_cfg=dict(default)) if isinstance(default, dict) and default.get('type') in BN_TYPES else node
+        default = getattr(
+            inspect.signature(cls.__init__).parameters.get('norm_cfg'), 'default', None)
+        return dict(
+            node, norm_cfg=dict(default)) if isinstance(
+                default, dict) and default.get('type') in BN_TYPES else node
 
     return {
-        key: type(value)(fill(v) for v in value) if isinstance(value, (list, tuple)) else fill(value)
+        key: type(value)(fill(v)
+                         for v in value) if isinstance(value, (list, tuple)) else fill(value)
         for key, value in model.items()
     }
 
 
 def model_config(scope: str, name: str, norm: Optional[str]):
-    """The config's model dict: pretrained weights off, small input, BN / SyncBN replaced by ``norm`` (None: BN)."""
+    """The config's model dict: pretrained weights off, small input, BN / SyncBN replaced by
+    ``norm`` (None: BN)."""
     from mmengine.config import Config, ConfigDict
     model = _no_pretrained(Config.fromfile(config_path(scope, name)).model.to_dict())
     preprocessor = model.get('data_preprocessor') or {}
@@ -178,10 +195,12 @@ def model_config(scope: str, name: str, norm: Optional[str]):
 
 
 def uda_type(scope: str, model_type: str) -> Optional[str]:
-    """The mmnorm UDA wrapper of a toolbox model type (``EncoderDecoder`` -> ``UDAEncoderDecoder``), or None.
+    """The mmnorm UDA wrapper of a toolbox model type (``EncoderDecoder`` -> ``UDAEncoderDecoder``),
+    or None.
 
     A single-stage detector without its own wrapper whose class only adds an ``__init__`` to mmdet's
-    ``SingleStageDetector`` (PAA, VFNet, FSAF, YOLOV3, CenterNet, YOLOF, ...) gets ``UDASingleStageDetector``.
+    ``SingleStageDetector`` (PAA, VFNet, FSAF, YOLOV3, CenterNet, YOLOF, ...) gets
+    ``UDASingleStageDetector``.
     """
     registry = importlib.import_module(f'{scope}.registry').MODELS
     if registry.get(f'UDA{model_type}') is not None:
@@ -190,7 +209,8 @@ def uda_type(scope: str, model_type: str) -> Optional[str]:
         from mmdet.models.detectors import SingleStageDetector
         cls = registry.get(model_type)
         own = set(vars(cls)) - {
-            '__init__', '__doc__', '__module__', '__qualname__', '__annotations__', '__abstractmethods__', '_abc_impl'
+            '__init__', '__doc__', '__module__', '__qualname__', '__annotations__',
+            '__abstractmethods__', '_abc_impl'
         }
         if isinstance(cls, type) and issubclass(cls, SingleStageDetector) and not own:
             return 'UDASingleStageDetector'

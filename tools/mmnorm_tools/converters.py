@@ -9,7 +9,8 @@ __all__ = ['positive_int', 'add_converter_args', 'run_converter']
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (a bad value exits 2 with argparse's message naming the option)."""
+    """argparse type: an int >= 1 (a bad value exits 2 with argparse's message naming the
+    option)."""
     import argparse
     try:
         value = int(text)
@@ -22,21 +23,17 @@ def positive_int(text: str) -> int:
 
 def add_converter_args(parser) -> None:
     """The options every converter CLI shares."""
-    parser.add_argument('--nproc',
-                        type=positive_int,
-                        default=1,
-                        help='worker processes (default 1)')
+    parser.add_argument(
+        '--nproc', type=positive_int, default=1, help='worker processes (default 1)')
     parser.add_argument(
         '--mismatch',
         choices=MISMATCH_POLICIES,
         default='resize',
         help='image/label size mismatch: nearest-resize the label to the image (default) or skip')
-    parser.add_argument('--overwrite',
-                        action='store_true',
-                        help='rewrite outputs that exist (default: keep them)')
-    parser.add_argument('--report',
-                        default=None,
-                        help='JSON report path (default: in the dataset root)')
+    parser.add_argument(
+        '--overwrite', action='store_true', help='rewrite outputs that exist (default: keep them)')
+    parser.add_argument(
+        '--report', default=None, help='JSON report path (default: in the dataset root)')
 
 
 def run_converter(frames: Sequence[Frame], read_label: Callable[[str], np.ndarray],
@@ -46,13 +43,14 @@ def run_converter(frames: Sequence[Frame], read_label: Callable[[str], np.ndarra
     Returns:
         int: 0 when every frame was converted or already present, 1 when any frame was skipped.
     """
-    report = convert_frames(frames,
-                            read_label,
-                            mapping,
-                            nproc=args.nproc,
-                            mismatch=args.mismatch,
-                            overwrite=args.overwrite,
-                            report_file=report_file)
+    report = convert_frames(
+        frames,
+        read_label,
+        mapping,
+        nproc=args.nproc,
+        mismatch=args.mismatch,
+        overwrite=args.overwrite,
+        report_file=report_file)
     s = report['summary']
     print(
         f"{s['total']} frames: {s['converted']} converted, {s['resized']} resized (size mismatch), "

@@ -2,17 +2,18 @@
 
     python tools/model_converters/ibnnet2mmseg.py SRC DST [--force] [--allow-unmatched]
 
-SRC is one of the official release files ``resnet{18,34,50,101}_ibn_{a,b}-*.pth`` (a plain state dict with
-torchvision names) or an older ``*.pth.tar`` (``{'state_dict': ...}`` with ``module.`` prefixes). Depth and IBN type
-are read from the keys. DST is a plain state dict for the backbone::
+SRC is one of the official release files ``resnet{18,34,50,101}_ibn_{a,b}-*.pth`` (a plain state
+dict with torchvision names) or an older ``*.pth.tar`` (``{'state_dict': ...}`` with ``module.``
+prefixes). Depth and IBN type are read from the keys. DST is a plain state dict for the backbone::
 
     backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'),
                   init_cfg=dict(type='Pretrained', checkpoint='DST'))
 
-The same file serves mmseg and mmdet: both toolboxes' ``IBNResNet`` use the official names (``layer1.0.bn1.IN.weight``,
-``layer1.2.IN.weight`` ...). The ImageNet classifier (``fc.*``) is dropped. Every other key is checked against an
-``IBNResNet`` built here; unmatched keys and shape mismatches are reported and stop the conversion unless
-``--allow-unmatched`` (then only the matching tensors are written). DST is never overwritten without ``--force``.
+The same file serves mmseg and mmdet: both toolboxes' ``IBNResNet`` use the official names
+(``layer1.0.bn1.IN.weight``, ``layer1.2.IN.weight`` ...). The ImageNet classifier (``fc.*``) is
+dropped. Every other key is checked against an ``IBNResNet`` built here; unmatched keys and shape
+mismatches are reported and stop the conversion unless ``--allow-unmatched`` (then only the matching
+tensors are written). DST is never overwritten without ``--force``.
 """
 import argparse
 import os.path as osp
@@ -35,46 +36,57 @@ CLASSIFIER = ('fc.', )
 
 
 def load_official(path: str) -> Dict[str, torch.Tensor]:
-    """Reads SRC (weights-only unpickling) and returns its state dict without ``module.`` prefixes."""
+    """Reads SRC (weights-only unpickling) and returns its state dict without ``module.``
+    prefixes."""
     checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get('state_dict'), dict):
         checkpoint = checkpoint['state_dict']
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+    if not isinstance(checkpoint, dict) or not all(
+            isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise ValueError(f'{path}: expected a state dict (or {{"state_dict": ...}}) of tensors')
-    return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in checkpoint.items())
+    return OrderedDict(
+        (k[len('module.'):] if k.startswith('module.') else k, v) for k, v in checkpoint.items())
 
 
 def infer_arch(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, str]:
     """``(depth, ibn_type)`` from the keys of an official IBN-Net ResNet."""
     blocks = []
     for stage in range(1, 5):
-        indices = {int(m.group(1)) for k in state_dict for m in [re.match(rf'layer{stage}\.(\d+)\.', k)] if m}
+        indices = {
+            int(m.group(1))
+            for k in state_dict
+            for m in [re.match(rf'layer{stage}\.(\d+)\.', k)] if m
+        }
         blocks.append(max(indices) + 1 if indices else 0)
     kind = 'bottleneck' if 'layer1.0.conv3.weight' in state_dict else 'basic'
     depth = DEPTHS.get((kind, tuple(blocks)))
     if depth is None:
-        raise ValueError(f'not a ResNet-18/34/50/101/152 layout: {kind} blocks per stage {tuple(blocks)}')
+        raise ValueError(
+            f'not a ResNet-18/34/50/101/152 layout: {kind} blocks per stage {tuple(blocks)}')
     if any(re.match(r'layer\d\.\d+\.bn1\.IN\.', k) for k in state_dict):
         return depth, 'a'
     if any(re.match(r'layer\d\.\d+\.IN\.', k)
-           for k in state_dict) or ('bn1.weight' in state_dict and 'bn1.running_mean' not in state_dict):
+           for k in state_dict) or ('bn1.weight' in state_dict
+                                    and 'bn1.running_mean' not in state_dict):
         return depth, 'b'
-    raise ValueError('no IBN layers found (keys like layer1.0.bn1.IN.weight or layer1.2.IN.weight): '
-                     'a plain ResNet checkpoint loads into IBNResNet directly')
+    raise ValueError(
+        'no IBN layers found (keys like layer1.0.bn1.IN.weight or layer1.2.IN.weight): '
+        'a plain ResNet checkpoint loads into IBNResNet directly')
 
 
 def convert(state_dict: Dict[str, torch.Tensor], depth: int, ibn_type: str) -> dict:
     """Matches the official tensors against an ``IBNResNet(depth, ibn=dict(type=ibn_type))``.
 
     Returns:
-        dict with ``state_dict`` (the matching tensors, in the backbone's key order), ``dropped`` (classifier
-        keys), ``filled`` (``num_batches_tracked`` absent from old checkpoints, set to 0), ``unexpected`` (keys
-        the backbone does not have), ``missing`` (backbone keys absent from SRC), ``mismatched``
-        (``(key, source shape, backbone shape)``).
+        dict with ``state_dict`` (the matching tensors, in the backbone's key order), ``dropped``
+        (classifier keys), ``filled`` (``num_batches_tracked`` absent from old checkpoints, set to
+        0), ``unexpected`` (keys the backbone does not have), ``missing`` (backbone keys absent from
+        SRC), ``mismatched`` (``(key, source shape, backbone shape)``).
     """
     from mmnorm.models.backbones.mmseg_ibn_resnet import IBNResNet
     target = IBNResNet(depth=depth, ibn=dict(type=ibn_type)).state_dict()
-    report = dict(state_dict=OrderedDict(), dropped=[], filled=[], unexpected=[], missing=[], mismatched=[])
+    report = dict(
+        state_dict=OrderedDict(), dropped=[], filled=[], unexpected=[], missing=[], mismatched=[])
     for key, value in state_dict.items():
         if key.startswith(CLASSIFIER):
             report['dropped'].append(key)
@@ -106,8 +118,10 @@ def main(argv=None) -> int:
     parser.add_argument('src', help='official IBN-Net checkpoint (.pth or .pth.tar)')
     parser.add_argument('dst', help='output state dict for IBNResNet')
     parser.add_argument('--force', action='store_true', help='overwrite DST if it exists')
-    parser.add_argument('--allow-unmatched', action='store_true',
-                        help='write the matching tensors even if some keys do not match')
+    parser.add_argument(
+        '--allow-unmatched',
+        action='store_true',
+        help='write the matching tensors even if some keys do not match')
     args = parser.parse_args(argv)
     if osp.exists(args.dst) and not args.force:
         parser.error(f'{args.dst} exists; pass --force to overwrite it')
@@ -127,11 +141,13 @@ def main(argv=None) -> int:
     unmatched = report['unexpected'] or report['missing'] or report['mismatched']
     if unmatched and not args.allow_unmatched:
         print(
-            f'error: unmatched keys, {args.dst} not written (pass --allow-unmatched to write the matching '
-            'tensors)', file=sys.stderr)
+            f'error: unmatched keys, {args.dst} not written (pass --allow-unmatched to write the '
+            'matching tensors)',
+            file=sys.stderr)
         return 1
     torch.save(report['state_dict'], args.dst)
-    print(f'wrote {len(report["state_dict"])} tensors to {args.dst}; use backbone=dict(type=\'IBNResNet\', '
+    print(f'wrote {len(report["state_dict"])} tensors to {args.dst}; '
+          f'use backbone=dict(type=\'IBNResNet\', '
           f'depth={depth}, ibn=dict(type=\'{ibn_type}\'), init_cfg=dict(type=\'Pretrained\', '
           f'checkpoint=\'{args.dst}\'))')
     return 0
