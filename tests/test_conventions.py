@@ -1,12 +1,13 @@
-"""The toolboxes' norm conventions on every mmnorm layer: ``norm_decay_mult`` (NormAwareOptimWrapperConstructor),
-``norm_eval`` and ``frozen_stages`` of mmseg / mmdet ResNets, ``init_weights`` (constant init, zero_init_residual)
-and ``is_norm``."""
+"""The toolboxes' norm conventions on every mmnorm layer: ``norm_decay_mult``
+(NormAwareOptimWrapperConstructor), ``norm_eval`` and ``frozen_stages`` of mmseg / mmdet ResNets,
+``init_weights`` (constant init, zero_init_residual) and ``is_norm``."""
 import pytest
 import torch
 import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
-from test_uda import build, det_data, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg  # noqa: F401
+from test_uda import (  # noqa: F401
+    build, det_data, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg)
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmnorm  # noqa: F401
@@ -17,15 +18,21 @@ from mmnorm.models.norms.conventions import apply_norm_eval, owns_statistics
 NORMS = ('AdaBN', 'IBN', 'PBN', 'RN')
 MMNORM = (AdaBN, IBN, PBN, RN)
 TORCH = (_BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-# The UDA-model tests run on mmseg's ResNetV1c by default; mmdet's ResNet (same mechanism: the toolbox's train()
-# override, then the wrapper's apply_norm_eval) is the slow variant.
+# The UDA-model tests run on mmseg's ResNetV1c by default; mmdet's ResNet (same mechanism: the
+# toolbox's train() override, then the wrapper's apply_norm_eval) is the slow variant.
 
 
 def _backbone(scope, norm, **kwargs):
     import importlib
     registry = importlib.import_module(f'{scope}.registry').MODELS
-    cfg = dict(type='ResNetV1c' if scope == 'mmseg' else 'ResNet', depth=18, base_channels=8, num_stages=4,
-               out_indices=(3, ), norm_cfg=dict(type=norm, requires_grad=True), init_cfg=None)
+    cfg = dict(
+        type='ResNetV1c' if scope == 'mmseg' else 'ResNet',
+        depth=18,
+        base_channels=8,
+        num_stages=4,
+        out_indices=(3, ),
+        norm_cfg=dict(type=norm, requires_grad=True),
+        init_cfg=None)
     if scope == 'mmseg':
         cfg.update(stem_channels=8)
     cfg.update(kwargs)
@@ -34,7 +41,8 @@ def _backbone(scope, norm, **kwargs):
 
 
 def _norm_param_ids(model):
-    """ids of the parameters inside a norm layer (torch or mmnorm), found by walking the module tree."""
+    """ids of the parameters inside a norm layer (torch or mmnorm), found by walking the module
+    tree."""
     ids = set()
     for module in model.modules():
         if isinstance(module, TORCH + MMNORM):
@@ -54,19 +62,23 @@ def _groups_by_param(optim_wrapper):
     }
 
 
-# ------------------------------------------------------------------------------------------------------ optimizer
+# ---------------------------------------------------------------------------------------- optimizer
 @pytest.mark.parametrize('norm', NORMS)
-@pytest.mark.parametrize('constructor', ['NormAwareOptimWrapperConstructor', 'DefaultOptimWrapperConstructor'])
+@pytest.mark.parametrize('constructor',
+                         ['NormAwareOptimWrapperConstructor', 'DefaultOptimWrapperConstructor'])
 def test_norm_decay_mult_and_bias_lr_mult(norm, constructor):
     model = _backbone('mmseg', norm)
-    cfg = dict(type='OptimWrapper', constructor=constructor, optimizer=dict(type='SGD', lr=0.1, momentum=0.9,
-                                                                            weight_decay=1e-4),
-               paramwise_cfg=dict(norm_decay_mult=0.0, bias_lr_mult=2.0))
+    cfg = dict(
+        type='OptimWrapper',
+        constructor=constructor,
+        optimizer=dict(type='SGD', lr=0.1, momentum=0.9, weight_decay=1e-4),
+        paramwise_cfg=dict(norm_decay_mult=0.0, bias_lr_mult=2.0))
     groups = _groups_by_param(build_optim_wrapper(model, cfg))
     params = dict(model.named_parameters())
     assert set(groups) == {id(p) for p in params.values()}  # every parameter exactly once
     norm_ids = _norm_param_ids(model)
-    # the default constructor only recognises torch norms: RN's own parameters are missed (hence the constructor)
+    # the default constructor only recognises torch norms: RN's own parameters are missed (hence the
+    # constructor)
     missed = set() if constructor.startswith('NormAware') else {
         id(p)
         for m in model.modules() if isinstance(m, RN) for p in m.parameters()
@@ -85,9 +97,12 @@ def test_norm_decay_mult_and_bias_lr_mult(norm, constructor):
 
 def test_custom_keys_keep_their_priority_over_the_norm_rule():
     model = _backbone('mmseg', 'RN')
-    cfg = dict(type='OptimWrapper', constructor='NormAwareOptimWrapperConstructor',
-               optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
-               paramwise_cfg=dict(norm_decay_mult=0.0, custom_keys={'.gate_': dict(decay_mult=0.5, lr_mult=0.1)}))
+    cfg = dict(
+        type='OptimWrapper',
+        constructor='NormAwareOptimWrapperConstructor',
+        optimizer=dict(type='SGD', lr=0.1, weight_decay=1e-4),
+        paramwise_cfg=dict(
+            norm_decay_mult=0.0, custom_keys={'.gate_': dict(decay_mult=0.5, lr_mult=0.1)}))
     groups = _groups_by_param(build_optim_wrapper(model, cfg))
     for name, p in model.named_parameters():
         if '.gate_' in name:
@@ -104,8 +119,9 @@ def _mmcv_is_norm(*args, **kwargs):
 
 @pytest.mark.parametrize('check', [_mmcv_is_norm, is_norm], ids=['mmcv', 'mmnorm'])
 def test_is_norm_meets_mmcv_contract(check):
-    """The cases of mmcv 2.1.0's ``test_is_norm`` (tests/test_cnn/test_build_layers.py), restated: mmnorm's
-    ``is_norm`` passes them as mmcv's does, so it can replace mmcv's where ``exclude=`` is used."""
+    """The cases of mmcv 2.1.0's ``test_is_norm`` (tests/test_cnn/test_build_layers.py), restated:
+    mmnorm's ``is_norm`` passes them as mmcv's does, so it can replace mmcv's where ``exclude=`` is
+    used."""
     one_arg = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
                nn.InstanceNorm3d, nn.LayerNorm)
     layers = [(cls, cls(3)) for cls in one_arg] + [(nn.GroupNorm, nn.GroupNorm(3, 6))]
@@ -118,7 +134,8 @@ def test_is_norm_meets_mmcv_contract(check):
 
     layer = SubclassedBN(3)
     assert check(layer)
-    assert not check(layer, exclude=_BatchNorm)  # a base class excludes its subclasses, bare or in a tuple
+    assert not check(
+        layer, exclude=_BatchNorm)  # a base class excludes its subclasses, bare or in a tuple
     assert not check(layer, exclude=(_BatchNorm, ))
     assert not check(nn.Conv2d(3, 8, 1))
     for bad in ('BN', ('BN', )):
@@ -133,19 +150,21 @@ def test_is_norm_on_mmnorm_layers():
     for layer in layers:
         assert not is_norm(layer, exclude=type(layer))
         assert is_norm(layer, exclude=(nn.GroupNorm, nn.LayerNorm))
-    # excluding the torch BN base leaves the composite layers (they are not _BatchNorm) but not BN itself
+    # excluding the torch BN base leaves the composite layers (they are not _BatchNorm) but not BN
+    # itself
     assert [is_norm(m, exclude=_BatchNorm) for m in layers] == [True] * 4
     assert not is_norm(nn.BatchNorm2d(4), exclude=_BatchNorm)
     assert [is_norm(m, exclude=MMNORM) for m in layers] == [False] * 4
     assert is_norm(nn.GroupNorm(2, 4), exclude=MMNORM) and is_norm(RN(4), exclude=())
-    with pytest.raises(TypeError, match=r"exclude must be None, a type or a tuple of types, got str: 'RN'"):
+    with pytest.raises(
+            TypeError, match=r"exclude must be None, a type or a tuple of types, got str: 'RN'"):
         is_norm(RN(4), exclude='RN')
     with pytest.raises(TypeError, match='got tuple'):
         is_norm(RN(4), exclude=(RN, 'BN'))
     assert [owns_statistics(m) for m in layers] == [False, False, False, True]
 
 
-# ------------------------------------------------------------------------------------------- norm_eval / frozen
+# ------------------------------------------------------------------------------- norm_eval / frozen
 def _uda_setup(scope, norm, request, **backbone):
     if scope == 'mmseg':
         cfg = seg_model_cfg(norm)
@@ -164,14 +183,16 @@ def _buffers(module):
 @pytest.mark.parametrize('scope', ['mmseg', pytest.param('mmdet', marks=pytest.mark.slow)])
 @pytest.mark.parametrize('norm', NORMS)
 def test_norm_eval_freezes_every_statistic(scope, norm, request):
-    """norm_eval=True on the toolbox ResNet inside the UDA wrapper: a training step leaves every statistic of the
-    backbone unchanged (as for BN), while the backbone's parameters still learn."""
+    """norm_eval=True on the toolbox ResNet inside the UDA wrapper: a training step leaves every
+    statistic of the backbone unchanged (as for BN), while the backbone's parameters still learn."""
     model, _, batch = _uda_setup(scope, norm, request, norm_eval=True)
     model.train()
     layers = [m for m in model.backbone.modules() if isinstance(m, MMNORM)]
     assert layers
-    assert all(not m.training for m in model.backbone.modules() if isinstance(m, _BatchNorm))  # the toolbox's rule
-    assert all(not m.training for m in layers if owns_statistics(m))  # apply_norm_eval in the wrapper's train()
+    assert all(not m.training for m in model.backbone.modules()
+               if isinstance(m, _BatchNorm))  # the toolbox's rule
+    assert all(not m.training for m in layers
+               if owns_statistics(m))  # apply_norm_eval in the wrapper's train()
     before = _buffers(model.backbone)
     losses = losses_of(model, batch)
     sum(v for k, v in losses.items() if 'loss' in k).backward()
@@ -187,11 +208,14 @@ def test_norm_eval_freezes_every_statistic(scope, norm, request):
 def test_frozen_stages_freeze_statistics_and_parameters(scope, norm, request):
     model, _, batch = _uda_setup(scope, norm, request, frozen_stages=1)
     model.train()
-    frozen = [model.backbone.stem if scope == 'mmseg' else model.backbone.norm1, model.backbone.layer1]
+    frozen = [
+        model.backbone.stem if scope == 'mmseg' else model.backbone.norm1, model.backbone.layer1
+    ]
     frozen_layers = [m for part in frozen for m in part.modules() if isinstance(m, MMNORM)]
     live_layers = [m for m in model.backbone.layer2.modules() if isinstance(m, MMNORM)]
     assert frozen_layers and live_layers
-    assert all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in frozen_layers)
+    assert all(not m.training and not any(p.requires_grad for p in m.parameters())
+               for m in frozen_layers)
     if norm == 'RN':
         assert all(not m.gate_mean_source.requires_grad for m in frozen_layers)
     before = [_buffers(m) for m in frozen_layers + live_layers]
@@ -205,10 +229,12 @@ def test_frozen_stages_freeze_statistics_and_parameters(scope, norm, request):
 
 
 def test_apply_norm_eval_on_a_bare_backbone():
-    """Outside the UDA wrappers (e.g. a hand-written split), apply_norm_eval after train() freezes RN."""
+    """Outside the UDA wrappers (e.g. a hand-written split), apply_norm_eval after train() freezes
+    RN."""
     model = _backbone('mmdet', 'RN', norm_eval=True)
     model.train()
-    assert all(m.training for m in model.modules() if isinstance(m, RN))  # the toolbox's rule misses RN
+    assert all(m.training for m in model.modules()
+               if isinstance(m, RN))  # the toolbox's rule misses RN
     assert apply_norm_eval(model) == sum(isinstance(m, RN) for m in model.modules()) > 0
     before = _buffers(model)
     model(torch.randn(2, 3, 32, 32))  # eval RN: no split needed, target running statistics
@@ -218,11 +244,12 @@ def test_apply_norm_eval_on_a_bare_backbone():
     assert apply_norm_eval(model) == 0
 
 
-# ----------------------------------------------------------------------------------------------------- init
+# --------------------------------------------------------------------------------------------- init
 def _affine(layer):
     """Every affine tensor of a norm layer (both IBN halves), as one flat tensor."""
     if isinstance(layer, IBN):
-        return torch.cat([layer.IN.weight, layer.BN.weight]), torch.cat([layer.IN.bias, layer.BN.bias])
+        return torch.cat([layer.IN.weight,
+                          layer.BN.weight]), torch.cat([layer.IN.bias, layer.BN.bias])
     return layer.weight, layer.bias
 
 
@@ -230,9 +257,10 @@ def _affine(layer):
 @pytest.mark.parametrize('depth', [18, 50])
 @pytest.mark.parametrize('norm', NORMS)
 def test_init_weights_with_zero_init_residual_as_for_bn(scope, depth, norm):
-    """The Runner's path (build, then ``init_weights``): the ResNets' init_cfg (Constant 1 on ``_BatchNorm``,
-    zero_init_residual's Constant 0 override on norm2 / norm3 of each block) gives every mmnorm layer the affine its
-    BN counterpart gets (RN and IBN's IN half are not ``_BatchNorm`` but are built with weight 1, bias 0)."""
+    """The Runner's path (build, then ``init_weights``): the ResNets' init_cfg (Constant 1 on
+    ``_BatchNorm``, zero_init_residual's Constant 0 override on norm2 / norm3 of each block) gives
+    every mmnorm layer the affine its BN counterpart gets (RN and IBN's IN half are not
+    ``_BatchNorm`` but are built with weight 1, bias 0)."""
     reference = _backbone(scope, 'BN', depth=depth, zero_init_residual=True)
     model = _backbone(scope, norm, depth=depth, zero_init_residual=True)
     for m in (reference, model):

@@ -1,4 +1,5 @@
-"""A tiny mmdet Faster R-CNN trains and tests on generated COCO-format data through tools/train.py and test.py."""
+"""A tiny mmdet Faster R-CNN trains and tests on generated COCO-format data through tools/train.py
+and test.py."""
 import json
 import os.path as osp
 import pickle
@@ -26,24 +27,30 @@ model = dict(
                   bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes={num_classes})))
 train_pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
                   dict(type='Resize', scale=(96, 96), keep_ratio=True), dict(type='PackDetInputs')]
-test_pipeline = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=(96, 96), keep_ratio=True),
+test_pipeline = [dict(type='LoadImageFromFile'),
+                 dict(type='Resize', scale=(96, 96), keep_ratio=True),
                  dict(type='LoadAnnotations', with_bbox=True),
-                 dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                                                       'scale_factor'))]
-train_dataloader = dict(batch_size=2, num_workers=0, sampler=dict(type='InfiniteSampler', shuffle=True),
+                 dict(type='PackDetInputs',
+                      meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
+train_dataloader = dict(batch_size=2, num_workers=0,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
     batch_sampler=None,
-    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, ann_file='annotations/train.json',
-                 data_prefix=dict(img='images/'), filter_cfg=dict(filter_empty_gt=True), pipeline=train_pipeline))
-val_dataloader = dict(batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo, ann_file='annotations/val.json',
-                 data_prefix=dict(img='images/'), test_mode=True, pipeline=test_pipeline))
+    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo,
+                 ann_file='annotations/train.json', data_prefix=dict(img='images/'),
+                 filter_cfg=dict(filter_empty_gt=True), pipeline=train_pipeline))
+val_dataloader = dict(batch_size=2, num_workers=0,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='CocoDataset', data_root=data_root, metainfo=metainfo,
+                 ann_file='annotations/val.json', data_prefix=dict(img='images/'),
+                 test_mode=True, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='CocoMetric', ann_file=data_root + '/annotations/val.json', metric='bbox')
 test_evaluator = val_evaluator
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=3, val_interval=100)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4))
+optim_wrapper = dict(type='OptimWrapper',
+                     optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4))
 param_scheduler = []
 default_hooks = dict(checkpoint=dict(by_epoch=False, interval=3), logger=dict(interval=1))
 log_processor = dict(by_epoch=False, window_size=1)
@@ -64,8 +71,12 @@ def write_coco(root: str, split: str, num_images: int, rng: np.random.Generator)
             img[y:y + h, x:x + w] = (220, 30, 30) if label == 0 else (30, 200, 40)
             annotations.append(
                 dict(
-                    id=len(annotations) + 1, image_id=i + 1, category_id=label + 1,
-                    bbox=[float(x), float(y), float(w), float(h)], area=float(w * h), iscrowd=0))
+                    id=len(annotations) + 1,
+                    image_id=i + 1,
+                    category_id=label + 1,
+                    bbox=[float(x), float(y), float(w), float(h)],
+                    area=float(w * h),
+                    iscrowd=0))
         Image.fromarray(img).save(osp.join(root, 'images', file_name), quality=95)
         images.append(dict(id=i + 1, file_name=file_name, width=120, height=80))
     categories = [dict(id=k + 1, name=name) for k, name in enumerate(CLASSES)]
@@ -96,8 +107,8 @@ def test_faster_rcnn_trains_and_tests(det_setup, tmp_path):
         assert name in log  # both stages of the two-stage detector trained
     metrics_file, out_file = tmp_path / 'metrics.json', tmp_path / 'results.pkl'
     run_tool([
-        'tools/test.py', config, work_dir / 'iter_3.pth', '--work-dir', work_dir, '--metrics-out', metrics_file,
-        '--out', out_file
+        'tools/test.py', config, work_dir / 'iter_3.pth', '--work-dir', work_dir, '--metrics-out',
+        metrics_file, '--out', out_file
     ])
     metrics = json.loads(metrics_file.read_text())
     assert 'coco/bbox_mAP_50' in metrics and -1.0 <= metrics['coco/bbox_mAP_50'] <= 1.0
@@ -110,6 +121,7 @@ def test_mmdet_out_must_be_pickle(det_setup, tmp_path):
     root, config = det_setup
     dummy = tmp_path / 'x.pth'
     dummy.write_bytes(b'')
-    proc = run_tool(['tools/test.py', config, dummy, '--out', tmp_path / 'results.json'], check=False)
+    proc = run_tool(['tools/test.py', config, dummy, '--out', tmp_path / 'results.json'],
+                    check=False)
     assert proc.returncode != 0
     assert "--out for an mmdet config must be a .pkl file, got" in proc.stderr

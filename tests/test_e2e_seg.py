@@ -1,4 +1,5 @@
-"""A 2-process CPU launch trains, checkpoints, resumes and tests a real mmseg EncoderDecoder through the tools."""
+"""A 2-process CPU launch trains, checkpoints, resumes and tests a real mmseg EncoderDecoder through
+the tools."""
 import json
 import os.path as osp
 
@@ -9,13 +10,15 @@ from conftest import DEMO_CONFIG, run_tool, tiny_seg_options
 
 @pytest.fixture(scope='module')
 def dist_run(tiny_demo_data, tmp_path_factory):
-    """tools/dist_train.sh with 2 processes (gloo), 2 iterations; returns (work_dir, stdout of the run)."""
+    """tools/dist_train.sh with 2 processes (gloo), 2 iterations; returns (work_dir, stdout of the
+    run)."""
     from conftest import free_port
     work_dir = str(tmp_path_factory.mktemp('seg_dist'))
     proc = run_tool([
         'tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', work_dir, '--cfg-options',
         *tiny_seg_options(tiny_demo_data, iters=2)
-    ], PORT=free_port())
+    ],
+                    PORT=free_port())
     return work_dir, proc.stdout + proc.stderr
 
 
@@ -29,7 +32,8 @@ def test_dist_train_writes_checkpoint(dist_run):
     ckpt = torch.load(osp.join(work_dir, 'iter_2.pth'), weights_only=True)
     assert ckpt['meta']['iter'] == 2
     assert any(k.startswith('backbone.') for k in ckpt['state_dict'])
-    assert not any(k.startswith('module.') for k in ckpt['state_dict'])  # DDP wrapper unwrapped on save
+    assert not any(k.startswith('module.')
+                   for k in ckpt['state_dict'])  # DDP wrapper unwrapped on save
 
 
 def test_test_py_reports_miou(dist_run, tiny_demo_data, tmp_path):
@@ -38,7 +42,8 @@ def test_test_py_reports_miou(dist_run, tiny_demo_data, tmp_path):
     run_tool([
         'tools/test.py', DEMO_CONFIG,
         osp.join(work_dir, 'iter_2.pth'), '--work-dir',
-        str(tmp_path), '--metrics-out', metrics_file, '--cfg-options', *tiny_seg_options(tiny_demo_data)
+        str(tmp_path), '--metrics-out', metrics_file, '--cfg-options',
+        *tiny_seg_options(tiny_demo_data)
     ])
     metrics = json.loads(metrics_file.read_text())
     assert 0.0 <= metrics['mIoU'] <= 100.0
@@ -53,8 +58,10 @@ def test_resume_continues_training(dist_run, tiny_demo_data, tmp_path):
     # --resume CKPT into a new work dir, 2 more iterations (4 in total), still on 2 processes.
     proc = run_tool([
         'tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', resumed, '--resume',
-        osp.join(work_dir, 'iter_2.pth'), '--cfg-options', *tiny_seg_options(tiny_demo_data, iters=4)
-    ], PORT=free_port())
+        osp.join(work_dir, 'iter_2.pth'), '--cfg-options',
+        *tiny_seg_options(tiny_demo_data, iters=4)
+    ],
+                    PORT=free_port())
     log = proc.stdout + proc.stderr
     assert 'resumed epoch: 0, iter: 2' in log
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
@@ -81,16 +88,26 @@ def test_load_from_initialises_from_checkpoint(dist_run, tiny_demo_data, tmp_pat
 def test_slurm_launcher_on_cpu(tiny_demo_data, tmp_path):
     # What srun sets for a 1-task job; MASTER_ADDR given, so no scontrol is needed.
     from conftest import free_port
-    slurm = dict(SLURM_PROCID=0, SLURM_NTASKS=1, SLURM_LOCALID=0, SLURM_NODELIST='localhost', MASTER_ADDR='127.0.0.1')
-    args = ['tools/train.py', DEMO_CONFIG, '--launcher', 'slurm', '--work-dir', tmp_path, '--cfg-options']
-    proc = run_tool(args + tiny_seg_options(tiny_demo_data, iters=1), MASTER_PORT=free_port(), **slurm)
+    slurm = dict(
+        SLURM_PROCID=0,
+        SLURM_NTASKS=1,
+        SLURM_LOCALID=0,
+        SLURM_NODELIST='localhost',
+        MASTER_ADDR='127.0.0.1')
+    args = [
+        'tools/train.py', DEMO_CONFIG, '--launcher', 'slurm', '--work-dir', tmp_path,
+        '--cfg-options'
+    ]
+    proc = run_tool(
+        args + tiny_seg_options(tiny_demo_data, iters=1), MASTER_PORT=free_port(), **slurm)
     log = proc.stdout + proc.stderr
     assert 'Distributed training: True' in log and 'Iter(train) [1/1]' in log
     assert (tmp_path / 'iter_1.pth').is_file()
 
 
-KILL_AT_SAVE = '''"""sitecustomize of the test's processes: SIGTERM to this process while the Runner writes the
-iteration-2 checkpoint (the data is in the file being written, not yet on disk), as a scheduler's kill arrives."""
+KILL_AT_SAVE = '''"""sitecustomize of the test's processes: SIGTERM to this process while the Runner
+writes the iteration-2 checkpoint (the data is in the file being written, not yet on disk), as a
+scheduler's kill arrives."""
 import os
 import signal
 
@@ -108,23 +125,30 @@ os.fsync = fsync
 
 
 def test_sigterm_while_saving_leaves_the_checkpoints_loadable(tiny_demo_data, tmp_path):
-    """A 2-process run killed while writing iter_2.pth: iter_1.pth and last_checkpoint stay intact, no truncated
-    iter_2.pth appears, and --resume finishes the run."""
+    """A 2-process run killed while writing iter_2.pth: iter_1.pth and last_checkpoint stay intact,
+    no truncated iter_2.pth appears, and --resume finishes the run."""
     from conftest import free_port
-    (tmp_path / 'sitecustomize.py').write_text(KILL_AT_SAVE)  # imported by every Python started with this path
+    (tmp_path / 'sitecustomize.py').write_text(
+        KILL_AT_SAVE)  # imported by every Python started with this path
     work_dir = tmp_path / 'work'
     options = tiny_seg_options(
-        tiny_demo_data, iters=3) + ['default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3']
-    killed = run_tool(['tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', work_dir, '--cfg-options', *options],
-                      check=False, PORT=free_port(),
-                      PYTHONPATH=f'{tmp_path}:{osp.dirname(osp.dirname(osp.abspath(__file__)))}')
+        tiny_demo_data, iters=3) + [
+            'default_hooks.checkpoint.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3'
+        ]
+    killed = run_tool(
+        ['tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', work_dir, '--cfg-options', *options],
+        check=False,
+        PORT=free_port(),
+        PYTHONPATH=f'{tmp_path}:{osp.dirname(osp.dirname(osp.abspath(__file__)))}')
     assert killed.returncode != 0, killed.stdout[-3000:]
     names = sorted(p.name for p in work_dir.iterdir())
     assert 'iter_1.pth' in names and 'iter_2.pth' not in names, names
     assert torch.load(work_dir / 'iter_1.pth', weights_only=True)['meta']['iter'] == 1
     assert (work_dir / 'last_checkpoint').read_text().strip().endswith('iter_1.pth')
-    resumed = run_tool(
-        ['tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', work_dir, '--resume', '--cfg-options', *options],
-        PORT=free_port())
+    resumed = run_tool([
+        'tools/dist_train.sh', DEMO_CONFIG, 2, '--work-dir', work_dir, '--resume', '--cfg-options',
+        *options
+    ],
+                       PORT=free_port())
     assert 'resumed' in (resumed.stdout + resumed.stderr).lower()
     assert torch.load(work_dir / 'iter_3.pth', weights_only=True)['meta']['iter'] == 3

@@ -1,4 +1,5 @@
-"""tools/model_converters/ibnnet2mmseg.py on checkpoints written here in the official IBN-Net key layout."""
+"""tools/model_converters/ibnnet2mmseg.py on checkpoints written here in the official IBN-Net key
+layout."""
 from collections import OrderedDict
 
 import pytest
@@ -23,11 +24,12 @@ ARCH = {
 
 
 def official_state_dict(depth: int, ibn_type: str, batches_tracked: bool = True) -> OrderedDict:
-    """The key layout of XingangPan/IBN-Net ``resnet{depth}_ibn_{a,b}`` (torchvision names), random values.
+    """The key layout of XingangPan/IBN-Net ``resnet{depth}_ibn_{a,b}`` (torchvision names), random
+    values.
 
-    Written from the architecture description (METHODS.md), not from mmnorm: IBN-a has ``bn1.IN``/``bn1.BN`` in
-    every block of layer1-3; IBN-b has an affine IN as the stem ``bn1`` and ``IN`` after the residual sum in the
-    last block of layer1-2.
+    Written from the architecture description (METHODS.md), not from mmnorm: IBN-a has
+    ``bn1.IN``/``bn1.BN`` in every block of layer1-3; IBN-b has an affine IN as the stem ``bn1`` and
+    ``IN`` after the residual sum in the last block of layer1-2.
     """
     gen = torch.Generator().manual_seed(depth + ord(ibn_type))
     sd = OrderedDict()
@@ -84,11 +86,13 @@ def official_state_dict(depth: int, ibn_type: str, batches_tracked: bool = True)
 def build_backbone(scope, depth, ibn_type, **kwargs):
     registry = {'mmseg': SEG_MODELS, 'mmdet': DET_MODELS}[scope]
     with DefaultScope.overwrite_default_scope(scope):
-        return registry.build(dict(type='IBNResNet', depth=depth, ibn=dict(type=ibn_type), **kwargs))
+        return registry.build(
+            dict(type='IBNResNet', depth=depth, ibn=dict(type=ibn_type), **kwargs))
 
 
 def assert_every_tensor_in_place(model, official):
-    """Strict load, then each official tensor (classifier aside) sits under the same name in the model."""
+    """Strict load, then each official tensor (classifier aside) sits under the same name in the
+    model."""
     state = model.state_dict()
     expected = {k: v for k, v in official.items() if not k.startswith('fc.')}
     assert set(state) == set(expected) | {k for k in state if k.endswith('num_batches_tracked')}
@@ -96,10 +100,8 @@ def assert_every_tensor_in_place(model, official):
         assert torch.equal(state[key], value), key
 
 
-@pytest.mark.parametrize(
-    'depth,ibn_type',
-    [(18, 'a'), (34, 'b'), (50, 'a'),
-     (50, 'b'), pytest.param(101, 'a', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('depth,ibn_type', [(18, 'a'), (34, 'b'), (50, 'a'), (50, 'b'),
+                                            pytest.param(101, 'a', marks=pytest.mark.slow)])
 def test_convert_and_strict_load_both_toolboxes(tmp_path, capsys, depth, ibn_type):
     official = official_state_dict(depth, ibn_type)
     src, dst = tmp_path / f'resnet{depth}_ibn_{ibn_type}-0123abcd.pth', tmp_path / 'out.pth'
@@ -116,7 +118,8 @@ def test_convert_and_strict_load_both_toolboxes(tmp_path, capsys, depth, ibn_typ
 
 
 def test_old_style_checkpoint_through_the_cli_and_pretrained_init(tmp_path):
-    """``{'state_dict': {'module.' + key: ...}, ...}`` (old .pth.tar), converted by the real CLI process."""
+    """``{'state_dict': {'module.' + key: ...}, ...}`` (old .pth.tar), converted by the real CLI
+    process."""
     official = official_state_dict(50, 'b')
     src, dst = tmp_path / 'resnet50_ibn_b.pth.tar', tmp_path / 'r50_ibn_b.pth'
     torch.save(
@@ -162,7 +165,8 @@ def test_unmatched_keys_are_reported(tmp_path, capsys):
     assert converter.main([str(src), str(dst)]) == 1
     captured = capsys.readouterr()
     assert 'unmatched: not in IBNResNet (1):\n  layer1.0.se.fc.weight' in captured.out
-    assert 'unmatched: IBNResNet keys missing from the checkpoint (1):\n  layer2.0.conv2.weight' in captured.out
+    missing = 'unmatched: IBNResNet keys missing from the checkpoint (1):\n  layer2.0.conv2.weight'
+    assert missing in captured.out
     assert "('layer3.1.bn2.weight', (7,), (256,))" in captured.out
     assert 'not written' in captured.err and not dst.exists()
     assert converter.main([str(src), str(dst), '--allow-unmatched']) == 0
@@ -183,15 +187,17 @@ def test_old_checkpoint_without_num_batches_tracked(tmp_path, capsys):
 
 
 def test_unrecognised_checkpoints(tmp_path, capsys):
-    plain = OrderedDict(
-        (k.replace('bn1.BN.', 'bn1.'), v) for k, v in official_state_dict(18, 'a').items() if '.IN.' not in k)
+    plain = OrderedDict((k.replace('bn1.BN.', 'bn1.'), v)
+                        for k, v in official_state_dict(18, 'a').items() if '.IN.' not in k)
     src = tmp_path / 'resnet18.pth'
     torch.save(plain, src)
     assert converter.main([str(src), str(tmp_path / 'out.pth')]) == 1
     assert 'no IBN layers found' in capsys.readouterr().err
-    truncated = OrderedDict((k, v) for k, v in official_state_dict(50, 'a').items() if not k.startswith('layer4'))
+    truncated = OrderedDict(
+        (k, v) for k, v in official_state_dict(50, 'a').items() if not k.startswith('layer4'))
     torch.save(truncated, src)
     assert converter.main([str(src), str(tmp_path / 'out.pth')]) == 1
-    assert 'not a ResNet-18/34/50/101/152 layout: bottleneck blocks per stage (3, 4, 6, 0)' in capsys.readouterr().err
+    layout = 'not a ResNet-18/34/50/101/152 layout: bottleneck blocks per stage (3, 4, 6, 0)'
+    assert layout in capsys.readouterr().err
     with pytest.raises(ValueError, match='no IBN layers found'):
         converter.infer_arch(plain)

@@ -1,5 +1,6 @@
-"""MixStyle, EFDMix and DSU against direct re-implementations of the papers' formulas (as the authors' code
-computes them), gradients, identities, randomness, dtypes / memory formats and bad input."""
+"""MixStyle, EFDMix and DSU against direct re-implementations of the papers' formulas (as the
+authors' code computes them), gradients, identities, randomness, dtypes / memory formats and bad
+input."""
 import math
 
 import pytest
@@ -9,8 +10,8 @@ from mmengine.registry import MODELS, DefaultScope
 
 import mmnorm  # noqa: F401  (registration)
 from mmnorm.models.norms.domain import domain_split
-from mmnorm.models.perturb import (DSU, EFDMix, MixStyle, efdmix, mixing_partners, mixstyle, sample_beta,
-                                   set_perturbation_active)
+from mmnorm.models.perturb import (DSU, EFDMix, MixStyle, efdmix, mixing_partners, mixstyle,
+                                   sample_beta, set_perturbation_active)
 
 LAYERS = {'MixStyle': MixStyle, 'EFDMix': EFDMix, 'DSU': DSU}
 
@@ -24,13 +25,15 @@ def layer(name: str, seed: int = 0, **kw) -> nn.Module:
 
 
 def replay_mixing(seed: int, n: int, alpha: float = 0.1, mix: str = 'random', split=None):
-    """The coin, lam and partners a mixing layer with ``generator=gen(seed)`` draws, in its order."""
+    """The coin, lam and partners a mixing layer with ``generator=gen(seed)`` draws, in its
+    order."""
     g = gen(seed)
     torch.rand((), generator=g)
     return sample_beta(alpha, n, g), mixing_partners(n, mix, split, g)
 
 
-# ---- references: the papers' formulas written out as the authors' code computes them -------------------------
+# ---- references: the papers' formulas written out as the authors' code computes them
+# -------------------------
 def mixstyle_reference(x, lam, perm, eps=1e-6):
     mu = x.mean(dim=[2, 3], keepdim=True)
     sig = (x.var(dim=[2, 3], keepdim=True) + eps).sqrt()
@@ -85,10 +88,12 @@ def test_efdmix_matches_reference(mix):
     lam, perm = replay_mixing(4, 6, 0.1, mix)
     y = layer('EFDMix', 4, mix=mix)(x)
     torch.testing.assert_close(y, efdmix_reference(x, lam, perm), rtol=0, atol=0)
-    # forward value lam * x + (1 - lam) * (partner's sorted values at x's ranks): same order statistics per channel
+    # forward value lam * x + (1 - lam) * (partner's sorted values at x's ranks): same order
+    # statistics per channel
     copy = (y - lam.view(-1, 1, 1, 1) * x) / (1 - lam.view(-1, 1, 1, 1))
     keep = (1 - lam) > 1e-3
-    torch.testing.assert_close(copy[keep].flatten(2).sort(-1).values, x[perm][keep].flatten(2).sort(-1).values)
+    torch.testing.assert_close(copy[keep].flatten(2).sort(-1).values,
+                               x[perm][keep].flatten(2).sort(-1).values)
 
 
 @pytest.mark.parametrize('factor', [1.0, 0.5])
@@ -110,9 +115,9 @@ def test_mixstyle_identity_partner_and_lam_one():
 
 
 def paper_function(name: str, seed: int, x0: torch.Tensor):
-    """The paper's map ``t -> y`` for the draws of ``layer(name, seed)``, with what the authors' code detaches
-    frozen at ``x0`` (MixStyle: the statistics; EFDMix: the ``x.detach()`` term), so its true derivative is the
-    gradient the layer must produce."""
+    """The paper's map ``t -> y`` for the draws of ``layer(name, seed)``, with what the authors'
+    code detaches frozen at ``x0`` (MixStyle: the statistics; EFDMix: the ``x.detach()`` term), so
+    its true derivative is the gradient the layer must produce."""
     n, c = x0.shape[:2]
     if name == 'DSU':
         g = gen(seed)
@@ -123,14 +128,16 @@ def paper_function(name: str, seed: int, x0: torch.Tensor):
     if name == 'MixStyle':
         mu, sig = x0.mean((2, 3), keepdim=True), (x0.var((2, 3), keepdim=True) + 1e-6).sqrt()
         lmda = lam.view(-1, 1, 1, 1)
-        return lambda t: (t - mu) / sig * (lmda * sig + (1 - lmda) * sig[perm]) + lmda * mu + (1 - lmda) * mu[perm]
-    return lambda t: t + (efdmix_reference(t, torch.zeros(n, dtype=t.dtype), perm) - x0) * (1 - lam.view(-1, 1, 1, 1))
+        return lambda t: (t - mu) / sig * (lmda * sig + (1 - lmda) * sig[perm]) + lmda * mu + (
+            1 - lmda) * mu[perm]
+    return lambda t: t + (efdmix_reference(t, torch.zeros(n, dtype=t.dtype), perm) - x0) * (
+        1 - lam.view(-1, 1, 1, 1))
 
 
 @pytest.mark.parametrize('name', list(LAYERS))
 def test_gradcheck_float64(name):
-    """gradcheck of ``layer(t) + (paper(t) - layer(t)).detach()``: numerically the paper's function, analytically
-    the layer's backward."""
+    """gradcheck of ``layer(t) + (paper(t) - layer(t)).detach()``: numerically the paper's function,
+    analytically the layer's backward."""
     x = features((3, 2, 3, 4), seed=7).requires_grad_()
     paper = paper_function(name, 11, x.detach().clone())  # gradcheck perturbs x in place
     with torch.no_grad():
@@ -144,7 +151,8 @@ def test_gradcheck_float64(name):
 
 
 def test_mixstyle_statistics_are_detached():
-    """With detached statistics the map is affine per sample: the Jacobian is diag(sig_mix / sig)."""
+    """With detached statistics the map is affine per sample: the Jacobian is diag(sig_mix /
+    sig)."""
     x = features((4, 3, 4, 4), seed=2).requires_grad_()
     lam, perm = replay_mixing(1, 4)
     weights = torch.randn(4, 3, 4, 4, dtype=torch.float64)
@@ -184,15 +192,16 @@ def test_batch_of_one_is_identity(name):
 
 @pytest.mark.parametrize('name', ['MixStyle', 'DSU'])
 def test_single_position_maps_are_identity_for_variance_layers(name):
-    """MixStyle and DSU divide by the spatial standard deviation, undefined on a 1x1 map: identity there."""
+    """MixStyle and DSU divide by the spatial standard deviation, undefined on a 1x1 map: identity
+    there."""
     pixels = features((6, 4, 1, 1))
     assert layer(name)(pixels) is pixels
 
 
 @pytest.mark.parametrize('mix', ['random', 'crossdomain'])
 def test_efdmix_mixes_single_position_maps_as_the_authors(mix):
-    """EFDMix needs no variance: on a 1x1 map (an image-pooling branch) each value is its own sorted row and
-    the authors' code mixes it with the partner's value, lam * x + (1 - lam) * x[perm]."""
+    """EFDMix needs no variance: on a 1x1 map (an image-pooling branch) each value is its own sorted
+    row and the authors' code mixes it with the partner's value, lam * x + (1 - lam) * x[perm]."""
     x = features((6, 4, 1, 1)).requires_grad_()
     lam, perm = replay_mixing(7, 6, 0.1, mix)
     y = layer('EFDMix', 7, mix=mix)(x)
@@ -209,8 +218,8 @@ def test_efdmix_mixes_single_position_maps_as_the_authors(mix):
 
 
 def test_dsu_resampled_moments_over_many_draws():
-    """Over many draws the resampled moments beta, gamma (recovered from the output) have mean mu / sig and
-    standard deviation factor * Sigma_mu / factor * Sigma_sig."""
+    """Over many draws the resampled moments beta, gamma (recovered from the output) have mean mu /
+    sig and standard deviation factor * Sigma_mu / factor * Sigma_sig."""
     x = features((5, 3, 6, 6), seed=9)
     factor, eps, draws = 0.7, 1e-6, 4000
     m = layer('DSU', 21, factor=factor)
@@ -223,9 +232,11 @@ def test_dsu_resampled_moments_over_many_draws():
     se = 1 / math.sqrt(draws)
     for moment, centre, spread in ((beta, mu, factor * sigma_mu), (gamma, sig, factor * sigma_sig)):
         assert ((moment.mean(0) - centre).abs() / spread < 5 * se).all()
-        assert ((moment.std(0) / spread - 1).abs() < 5 * se * math.sqrt(0.5)).all()  # SE of a std ~ 1/sqrt(2n)
+        assert ((moment.std(0) / spread - 1).abs()
+                < 5 * se * math.sqrt(0.5)).all()  # SE of a std ~ 1/sqrt(2n)
         z = (moment - centre) / spread  # standard normal per (n, c)
-        assert ((z.abs() < 1).double().mean(0) - 0.6827).abs().max() < 5 * math.sqrt(0.6827 * 0.3173 / draws)
+        assert ((z.abs() < 1).double().mean(0) -
+                0.6827).abs().max() < 5 * math.sqrt(0.6827 * 0.3173 / draws)
 
 
 @pytest.mark.parametrize('alpha', [0.1, 1.0, 3.0])
@@ -259,7 +270,8 @@ def test_generator_and_global_seed_reproducibility(name):
 def test_crossdomain_partners():
     for _ in range(20):
         halves = mixing_partners(8, 'crossdomain', None, None)
-        assert (halves[:4] >= 4).all() and (halves[4:] < 4).all() and sorted(halves.tolist()) == list(range(8))
+        assert (halves[:4] >= 4).all() and (halves[4:] < 4).all() and sorted(
+            halves.tolist()) == list(range(8))
         uneven = mixing_partners(8, 'crossdomain', (3, 5), None)
         assert (uneven[:3] >= 3).all() and (uneven[3:] < 3).all()
 
@@ -274,7 +286,8 @@ def test_crossdomain_uses_the_declared_split():
     lam, perm = replay_mixing(2, 5, mix='crossdomain', split=(2, 3))
     assert (perm[:2] >= 2).all() and (perm[2:] < 2).all()
     torch.testing.assert_close(y, mixstyle_reference(x, lam, perm))
-    with domain_split(nn.Sequential(m), (5, 0)), pytest.raises(ValueError, match=r'both domains.*\(5, 0\)'):
+    with domain_split(nn.Sequential(m), (5, 0)), pytest.raises(
+            ValueError, match=r'both domains.*\(5, 0\)'):
         m(x)
     with domain_split(nn.Sequential(m), (2, 2)), pytest.raises(ValueError, match='sums to 4'):
         m(x)

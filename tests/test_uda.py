@@ -1,5 +1,5 @@
-"""Source+target training: DomainPairDataset, UDAEncoderDecoder (mmseg), UDAFasterRCNN (mmdet), in process on real
-datasets written to disk and as 2-process gloo runs through tools/dist_train.sh."""
+"""Source+target training: DomainPairDataset, UDAEncoderDecoder (mmseg), UDAFasterRCNN (mmdet), in
+process on real datasets written to disk and as 2-process gloo runs through tools/dist_train.sh."""
 import copy
 import json
 import os
@@ -20,7 +20,7 @@ from mmnorm.models.norms import RN, DomainAwareMixin
 
 DEMO_BASE = osp.join(REPO, 'configs/_base_/models/deeplabv3plus_r18-mini-d8.py')
 
-# ---------------------------------------------------------------------------------------------------------- data
+# --------------------------------------------------------------------------------------------- data
 SEG_PIPELINES = dict(
     source=[
         dict(type='LoadImageFromFile'),
@@ -29,20 +29,30 @@ SEG_PIPELINES = dict(
         dict(type='PackSegInputs')
     ],
     # The target pipeline loads labels only where a test must show they are ignored.
-    target=[dict(type='LoadImageFromFile'),
-            dict(type='RandomFlip', prob=0.5),
-            dict(type='PackSegInputs')],
-    target_labelled=[dict(type='LoadImageFromFile'),
-                     dict(type='LoadAnnotations'),
-                     dict(type='PackSegInputs')])
+    target=[
+        dict(type='LoadImageFromFile'),
+        dict(type='RandomFlip', prob=0.5),
+        dict(type='PackSegInputs')
+    ],
+    target_labelled=[
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations'),
+        dict(type='PackSegInputs')
+    ])
 
 
 def seg_datasets(root, target_pipeline='target'):
-    source = dict(type='GTA5Dataset', data_root=osp.join(root, 'gta5'), ann_file='train.txt',
-                  data_prefix=dict(img_path='images', seg_map_path='labels'), pipeline=SEG_PIPELINES['source'])
-    target = dict(type='CityscapesDataset', data_root=osp.join(root, 'cityscapes'),
-                  data_prefix=dict(img_path='leftImg8bit/train',
-                                   seg_map_path='gtFine/train'), pipeline=SEG_PIPELINES[target_pipeline])
+    source = dict(
+        type='GTA5Dataset',
+        data_root=osp.join(root, 'gta5'),
+        ann_file='train.txt',
+        data_prefix=dict(img_path='images', seg_map_path='labels'),
+        pipeline=SEG_PIPELINES['source'])
+    target = dict(
+        type='CityscapesDataset',
+        data_root=osp.join(root, 'cityscapes'),
+        data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+        pipeline=SEG_PIPELINES[target_pipeline])
     return source, target
 
 
@@ -50,7 +60,8 @@ DET_CLASSES = ('car', 'person')
 
 
 def write_coco(root, split, num_images, seed, tint=(0, 0, 0)):
-    """Images with coloured boxes (car red, person green) and their COCO json; ``tint`` shifts the domain."""
+    """Images with coloured boxes (car red, person green) and their COCO json; ``tint`` shifts the
+    domain."""
     rng = np.random.default_rng(seed)
     os.makedirs(osp.join(root, 'images'), exist_ok=True)
     os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
@@ -64,15 +75,21 @@ def write_coco(root, split, num_images, seed, tint=(0, 0, 0)):
             img[y:y + h, x:x + w] = (220, 30, 30) if label == 0 else (30, 200, 40)
             annotations.append(
                 dict(
-                    id=len(annotations) + 1, image_id=i + 1, category_id=label + 1, bbox=[x, y, w, h], area=w * h,
+                    id=len(annotations) + 1,
+                    image_id=i + 1,
+                    category_id=label + 1,
+                    bbox=[x, y, w, h],
+                    area=w * h,
                     iscrowd=0))
         name = f'{split}_{i:03d}.png'
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(osp.join(root, 'images', name))
         images.append(dict(id=i + 1, file_name=name, width=120, height=80))
     with open(osp.join(root, 'annotations', f'{split}.json'), 'w') as f:
         json.dump(
-            dict(images=images, annotations=annotations,
-                 categories=[dict(id=k + 1, name=n) for k, n in enumerate(DET_CLASSES)]), f)
+            dict(
+                images=images,
+                annotations=annotations,
+                categories=[dict(id=k + 1, name=n) for k, n in enumerate(DET_CLASSES)]), f)
 
 
 @pytest.fixture(scope='module')
@@ -87,8 +104,12 @@ def det_data(tmp_path_factory):
 def det_datasets(root, target_labelled=False):
     resize = dict(type='Resize', scale=(96, 96), keep_ratio=True)
     source = dict(
-        type='CocoDataset', data_root=osp.join(root, 'source'), metainfo=dict(classes=DET_CLASSES),
-        ann_file='annotations/train.json', data_prefix=dict(img='images/'), filter_cfg=dict(filter_empty_gt=True),
+        type='CocoDataset',
+        data_root=osp.join(root, 'source'),
+        metainfo=dict(classes=DET_CLASSES),
+        ann_file='annotations/train.json',
+        data_prefix=dict(img='images/'),
+        filter_cfg=dict(filter_empty_gt=True),
         pipeline=[
             dict(type='LoadImageFromFile'),
             dict(type='LoadAnnotations', with_bbox=True), resize,
@@ -97,12 +118,17 @@ def det_datasets(root, target_labelled=False):
     target_pipeline = [dict(type='LoadImageFromFile'), resize, dict(type='PackDetInputs')]
     if target_labelled:
         target_pipeline.insert(1, dict(type='LoadAnnotations', with_bbox=True))
-    target = dict(type='CocoDataset', data_root=osp.join(root, 'target'), metainfo=dict(classes=DET_CLASSES),
-                  ann_file='annotations/train.json', data_prefix=dict(img='images/'), pipeline=target_pipeline)
+    target = dict(
+        type='CocoDataset',
+        data_root=osp.join(root, 'target'),
+        metainfo=dict(classes=DET_CLASSES),
+        ann_file='annotations/train.json',
+        data_prefix=dict(img='images/'),
+        pipeline=target_pipeline)
     return source, target
 
 
-# -------------------------------------------------------------------------------------------------------- models
+# ------------------------------------------------------------------------------------------- models
 def seg_model_cfg(norm='RN'):
     from mmengine.config import Config
     model = Config.fromfile(DEMO_BASE).model
@@ -114,45 +140,104 @@ def seg_model_cfg(norm='RN'):
 def det_model_cfg(norm='RN'):
     from mmengine.config import ConfigDict
     return ConfigDict(
-        type='UDAFasterRCNN', data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
-                                                     std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32),
-        backbone=dict(type='ResNet', depth=18, base_channels=16, num_stages=4, out_indices=(0, 1, 2, 3),
-                      frozen_stages=-1, norm_cfg=dict(type=norm, requires_grad=True), norm_eval=False, style='pytorch',
-                      init_cfg=None), neck=dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=32, num_outs=5),
+        type='UDAFasterRCNN',
+        data_preprocessor=dict(
+            type='DetDataPreprocessor',
+            mean=[123.675, 116.28, 103.53],
+            std=[58.395, 57.12, 57.375],
+            bgr_to_rgb=True,
+            pad_size_divisor=32),
+        backbone=dict(
+            type='ResNet',
+            depth=18,
+            base_channels=16,
+            num_stages=4,
+            out_indices=(0, 1, 2, 3),
+            frozen_stages=-1,
+            norm_cfg=dict(type=norm, requires_grad=True),
+            norm_eval=False,
+            style='pytorch',
+            init_cfg=None),
+        neck=dict(type='FPN', in_channels=[16, 32, 64, 128], out_channels=32, num_outs=5),
         rpn_head=dict(
-            type='RPNHead', in_channels=32, feat_channels=32,
-            anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
-                                  strides=[4, 8, 16, 32, 64]),
-            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0] * 4,
-                            target_stds=[1.0] * 4), loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True,
-                                                                  loss_weight=1.0),
-            loss_bbox=dict(type='L1Loss', loss_weight=1.0)), roi_head=dict(
-                type='StandardRoIHead',
-                bbox_roi_extractor=dict(type='SingleRoIExtractor', out_channels=32, featmap_strides=[4, 8, 16, 32],
-                                        roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0)),
-                bbox_head=dict(
-                    type='Shared2FCBBoxHead', in_channels=32, fc_out_channels=64, roi_feat_size=7,
-                    num_classes=len(DET_CLASSES), bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0.] * 4,
-                                                                  target_stds=[0.1, 0.1, 0.2,
-                                                                               0.2]), reg_class_agnostic=False,
-                    loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False,
-                                  loss_weight=1.0), loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
+            type='RPNHead',
+            in_channels=32,
+            feat_channels=32,
+            anchor_generator=dict(
+                type='AnchorGenerator',
+                scales=[8],
+                ratios=[0.5, 1.0, 2.0],
+                strides=[4, 8, 16, 32, 64]),
+            bbox_coder=dict(
+                type='DeltaXYWHBBoxCoder', target_means=[.0] * 4, target_stds=[1.0] * 4),
+            loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0),
+            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+        roi_head=dict(
+            type='StandardRoIHead',
+            bbox_roi_extractor=dict(
+                type='SingleRoIExtractor',
+                out_channels=32,
+                featmap_strides=[4, 8, 16, 32],
+                roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0)),
+            bbox_head=dict(
+                type='Shared2FCBBoxHead',
+                in_channels=32,
+                fc_out_channels=64,
+                roi_feat_size=7,
+                num_classes=len(DET_CLASSES),
+                bbox_coder=dict(
+                    type='DeltaXYWHBBoxCoder',
+                    target_means=[0.] * 4,
+                    target_stds=[0.1, 0.1, 0.2, 0.2]),
+                reg_class_agnostic=False,
+                loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+                loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
         train_cfg=dict(
             rpn=dict(
-                assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                              match_low_quality=True, ignore_iof_thr=-1),
-                sampler=dict(type='RandomSampler', num=64, pos_fraction=0.5, neg_pos_ub=-1,
-                             add_gt_as_proposals=False), allowed_border=-1, pos_weight=-1, debug=False),
-            rpn_proposal=dict(nms_pre=200, max_per_img=100, nms=dict(type='nms', iou_threshold=0.7),
-                              min_bbox_size=0), rcnn=dict(
-                                  assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.5, neg_iou_thr=0.5,
-                                                min_pos_iou=0.5, match_low_quality=False, ignore_iof_thr=-1),
-                                  sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25, neg_pos_ub=-1,
-                                               add_gt_as_proposals=True), pos_weight=-1, debug=False)), test_cfg=dict(
-                                                   rpn=dict(nms_pre=200, max_per_img=100,
-                                                            nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0),
-                                                   rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5),
-                                                             max_per_img=20)))
+                assigner=dict(
+                    type='MaxIoUAssigner',
+                    pos_iou_thr=0.7,
+                    neg_iou_thr=0.3,
+                    min_pos_iou=0.3,
+                    match_low_quality=True,
+                    ignore_iof_thr=-1),
+                sampler=dict(
+                    type='RandomSampler',
+                    num=64,
+                    pos_fraction=0.5,
+                    neg_pos_ub=-1,
+                    add_gt_as_proposals=False),
+                allowed_border=-1,
+                pos_weight=-1,
+                debug=False),
+            rpn_proposal=dict(
+                nms_pre=200,
+                max_per_img=100,
+                nms=dict(type='nms', iou_threshold=0.7),
+                min_bbox_size=0),
+            rcnn=dict(
+                assigner=dict(
+                    type='MaxIoUAssigner',
+                    pos_iou_thr=0.5,
+                    neg_iou_thr=0.5,
+                    min_pos_iou=0.5,
+                    match_low_quality=False,
+                    ignore_iof_thr=-1),
+                sampler=dict(
+                    type='RandomSampler',
+                    num=64,
+                    pos_fraction=0.25,
+                    neg_pos_ub=-1,
+                    add_gt_as_proposals=True),
+                pos_weight=-1,
+                debug=False)),
+        test_cfg=dict(
+            rpn=dict(
+                nms_pre=200,
+                max_per_img=100,
+                nms=dict(type='nms', iou_threshold=0.7),
+                min_bbox_size=0),
+            rcnn=dict(score_thr=0.05, nms=dict(type='nms', iou_threshold=0.5), max_per_img=20)))
 
 
 def build(scope, model_cfg, source, target, n=2, pairing='cycle'):
@@ -162,7 +247,8 @@ def build(scope, model_cfg, source, target, n=2, pairing='cycle'):
     with DefaultScope.overwrite_default_scope(scope):
         torch.manual_seed(0)
         model = registry.build(model_cfg)
-        dataset = DATASETS.build(dict(type='DomainPairDataset', source=source, target=target, pairing=pairing))
+        dataset = DATASETS.build(
+            dict(type='DomainPairDataset', source=source, target=target, pairing=pairing))
         batch = pseudo_collate([dataset[i] for i in range(n)])
     return model, dataset, batch
 
@@ -186,11 +272,12 @@ def losses_of(model, batch, seed=0):
     return {k: (torch.stack(v).sum() if isinstance(v, list) else v) for k, v in losses.items()}
 
 
-# ------------------------------------------------------------------------------------------------ dataset wrapper
+# ---------------------------------------------------------------------------------- dataset wrapper
 def test_domain_pair_dataset_items(tiny_demo_data):
     source, target = seg_datasets(tiny_demo_data)
     with DefaultScope.overwrite_default_scope('mmseg'):
-        cycle = DATASETS.build(dict(type='DomainPairDataset', source=source, target=target, pairing='cycle'))
+        cycle = DATASETS.build(
+            dict(type='DomainPairDataset', source=source, target=target, pairing='cycle'))
         random = DATASETS.build(dict(type='DomainPairDataset', source=source, target=target))
     assert isinstance(cycle, DomainPairDataset)
     assert (len(cycle.source), len(cycle.target)) == (8, 4)
@@ -199,14 +286,16 @@ def test_domain_pair_dataset_items(tiny_demo_data):
     item = cycle[5]
     assert item['source']['data_samples'].img_path == cycle.source.get_data_info(5)['img_path']
     assert item['target']['data_samples'].img_path == cycle.target.get_data_info(1)['img_path']
-    assert 'gt_sem_seg' in item['source']['data_samples'] and 'gt_sem_seg' not in item['target']['data_samples']
+    assert 'gt_sem_seg' in item['source']['data_samples'] and 'gt_sem_seg' not in item['target'][
+        'data_samples']
     assert 'cityscapes' in item['target']['data_samples'].img_path
     np.random.seed(3)
     draws = [random.target_index(0) for _ in range(40)]
     assert set(draws) == {0, 1, 2, 3}  # uniform over the target set, not tied to the item index
     random2 = DomainPairDataset(random.source, random.target)
     np.random.seed(3)
-    assert [random2.target_index(0) for _ in range(40)] == draws  # reproducible under the global seed
+    assert [random2.target_index(0)
+            for _ in range(40)] == draws  # reproducible under the global seed
     batch = pseudo_collate([cycle[i] for i in range(3)])
     assert len(batch['source']['inputs']) == 3 and len(batch['target']['data_samples']) == 3
 
@@ -216,13 +305,16 @@ def test_domain_pair_dataset_bad_inputs(tiny_demo_data):
     with DefaultScope.overwrite_default_scope('mmseg'):
         with pytest.raises(ValueError, match='needs a target dataset.*got target=None'):
             DATASETS.build(dict(type='DomainPairDataset', source=source, target=None))
-        with pytest.raises(ValueError, match="pairing must be one of \\('random', 'cycle'\\), got 'half'"):
-            DATASETS.build(dict(type='DomainPairDataset', source=source, target=target, pairing='half'))
-        with pytest.raises(TypeError, match='target must be a dataset config dict or a Dataset, got list'):
+        with pytest.raises(
+                ValueError, match="pairing must be one of \\('random', 'cycle'\\), got 'half'"):
+            DATASETS.build(
+                dict(type='DomainPairDataset', source=source, target=target, pairing='half'))
+        with pytest.raises(
+                TypeError, match='target must be a dataset config dict or a Dataset, got list'):
             DATASETS.build(dict(type='DomainPairDataset', source=source, target=[target]))
 
 
-# ------------------------------------------------------------------------------------------------------ wrappers
+# ----------------------------------------------------------------------------------------- wrappers
 @pytest.mark.parametrize('toolbox', ['mmseg', 'mmdet'])
 def test_every_domain_aware_layer_sees_the_split(toolbox, request):
     model, _, batch = request.getfixturevalue(f'{"seg" if toolbox == "mmseg" else "det"}_setup')
@@ -252,7 +344,8 @@ def _relabel(samples, toolbox, seed):
         else:
             boxes = torch.rand(3, 4, generator=g) * 40
             boxes[:, 2:] += boxes[:, :2] + 10
-            s.gt_instances = InstanceData(bboxes=boxes, labels=torch.randint(0, 2, (3, ), generator=g))
+            s.gt_instances = InstanceData(
+                bboxes=boxes, labels=torch.randint(0, 2, (3, ), generator=g))
     return samples
 
 
@@ -260,7 +353,8 @@ def _relabel(samples, toolbox, seed):
 def test_loss_uses_source_labels_only(toolbox, request):
     model, _, batch = request.getfixturevalue(f'{"seg" if toolbox == "mmseg" else "det"}_setup')
     key = 'gt_sem_seg' if toolbox == 'mmseg' else 'gt_instances'
-    assert all(key in s for s in batch['target']['data_samples'])  # the target samples do carry labels
+    assert all(key in s
+               for s in batch['target']['data_samples'])  # the target samples do carry labels
     reference = losses_of(model, batch)
     relabelled_target = copy.deepcopy(batch)
     _relabel(relabelled_target['target']['data_samples'], toolbox, seed=1)
@@ -272,7 +366,8 @@ def test_loss_uses_source_labels_only(toolbox, request):
     _relabel(relabelled_source['source']['data_samples'], toolbox, seed=1)
     changed_source = losses_of(model, relabelled_source)
     main = 'decode.loss_ce' if toolbox == 'mmseg' else 'loss_cls'
-    assert not torch.equal(changed_source[main], reference[main])  # the loss does read the source labels
+    assert not torch.equal(changed_source[main],
+                           reference[main])  # the loss does read the source labels
 
 
 def test_uda_loss_hook_gets_target_features(seg_setup):
@@ -296,7 +391,8 @@ def test_uda_loss_hook_gets_target_features(seg_setup):
     assert {'decode.loss_ce', 'loss_target_entropy'} <= set(losses)
     uda.zero_grad()
     losses['loss_target_entropy'].backward()
-    assert uda.backbone.stem[0].weight.grad.abs().sum() > 0  # the target loss reaches the shared backbone
+    assert uda.backbone.stem[0].weight.grad.abs().sum(
+    ) > 0  # the target loss reaches the shared backbone
 
     class Clashing(UDAEncoderDecoder):
 
@@ -313,9 +409,11 @@ def test_predict_on_plain_target_batch(seg_setup, tiny_demo_data):
     model, _, _ = seg_setup
     with DefaultScope.overwrite_default_scope('mmseg'):
         val = DATASETS.build(
-            dict(type='CityscapesDataset', data_root=osp.join(tiny_demo_data, 'cityscapes'),
-                 data_prefix=dict(img_path='leftImg8bit/val',
-                                  seg_map_path='gtFine/val'), pipeline=SEG_PIPELINES['target_labelled']))
+            dict(
+                type='CityscapesDataset',
+                data_root=osp.join(tiny_demo_data, 'cityscapes'),
+                data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+                pipeline=SEG_PIPELINES['target_labelled']))
     model.eval()
     with torch.no_grad():
         out = model.val_step(pseudo_collate([val[0], val[1]]))
@@ -324,24 +422,38 @@ def test_predict_on_plain_target_batch(seg_setup, tiny_demo_data):
 
 @pytest.mark.parametrize('toolbox', ['mmseg', 'mmdet'])
 def test_wrapper_bad_inputs(toolbox, request):
-    model, dataset, batch = request.getfixturevalue(f'{"seg" if toolbox == "mmseg" else "det"}_setup')
+    model, dataset, batch = request.getfixturevalue(
+        f'{"seg" if toolbox == "mmseg" else "det"}_setup')
     model.train()
     name = type(model).__name__
     data = model.data_preprocessor(copy.deepcopy(batch), True)
-    with pytest.raises(ValueError, match=f'{name} trains on \\[source \\| target\\] batches.*DomainPairDataset'):
+    with pytest.raises(
+            ValueError,
+            match=f'{name} trains on \\[source \\| target\\] batches.*DomainPairDataset'):
         model(data['inputs'][:2], data['data_samples'], mode='loss')
-    with pytest.raises(ValueError, match=r'the batch holds 3 images but 2 source \+ 2 target data samples'):
-        model(data['inputs'][:3], data['data_samples'], mode='loss', target_data_samples=data['target_data_samples'])
-    with pytest.raises(ValueError, match=r'needs source and target samples, got 2 source and 0 target'):
+    with pytest.raises(
+            ValueError, match=r'the batch holds 3 images but 2 source \+ 2 target data samples'):
+        model(
+            data['inputs'][:3],
+            data['data_samples'],
+            mode='loss',
+            target_data_samples=data['target_data_samples'])
+    with pytest.raises(
+            ValueError, match=r'needs source and target samples, got 2 source and 0 target'):
         model(data['inputs'][:2], data['data_samples'], mode='loss', target_data_samples=[])
     with pytest.raises(ValueError, match='is for mode="loss", got mode=\'predict\''):
-        model(data['inputs'], data['data_samples'], mode='predict', target_data_samples=data['target_data_samples'])
+        model(
+            data['inputs'],
+            data['data_samples'],
+            mode='predict',
+            target_data_samples=data['target_data_samples'])
     with pytest.raises(ValueError, match='needs a "target" part'):
         model.data_preprocessor(dict(source=copy.deepcopy(batch['source']), target=None), True)
 
 
 def test_rn_backbone_without_wrapper_is_an_error(tiny_demo_data):
-    """A plain EncoderDecoder with RN on a source-only batch: no declared split -> clear error, not a silent BN."""
+    """A plain EncoderDecoder with RN on a source-only batch: no declared split -> clear error, not
+    a silent BN."""
     from mmseg.registry import MODELS
     cfg = seg_model_cfg()
     cfg.type = 'EncoderDecoder'
@@ -354,7 +466,7 @@ def test_rn_backbone_without_wrapper_is_an_error(tiny_demo_data):
         model(**data, mode='loss')
 
 
-# ------------------------------------------------------------------------------------------ 2-process training
+# ------------------------------------------------------------------------------- 2-process training
 PROBE = '''
 import json, os
 from mmengine.dist import get_rank
@@ -366,7 +478,8 @@ from mmnorm.models.norms import DomainAwareMixin
 
 @HOOKS.register_module()
 class UDAProbeHook(Hook):
-    """Writes, per rank and iteration, the source/target images of the batch and the split every layer saw."""
+    """Writes, per rank and iteration, the source/target images of the batch and the split every
+    layer saw."""
 
     def before_train(self, runner):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -384,10 +497,14 @@ class UDAProbeHook(Hook):
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         self.seen = []
-        self.batch = {d: [s.img_path for s in data_batch[d]['data_samples']] for d in ('source', 'target')}
+        self.batch = {
+            d: [s.img_path for s in data_batch[d]['data_samples']]
+            for d in ('source', 'target')
+        }
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        record = dict(rank=get_rank(), iter=runner.iter, layers=self.layers, seen=self.seen, **self.batch)
+        record = dict(rank=get_rank(), iter=runner.iter, layers=self.layers, seen=self.seen,
+                      **self.batch)
         with open(os.path.join(runner.work_dir, f'probe_rank{get_rank()}.jsonl'), 'a') as f:
             f.write(json.dumps(record) + chr(10))
 '''
@@ -396,14 +513,18 @@ SEG_UDA = '''
 _base_ = [{model!r}, {runtime!r}]
 custom_imports = dict(imports=['mmnorm', 'uda_probe'], allow_failed_imports=False)
 model = dict(type='UDAEncoderDecoder', backbone=dict(norm_cfg=dict(type='RN', requires_grad=True)))
-train_dataloader = dict(batch_size=2, num_workers=0, sampler=dict(type='InfiniteSampler', shuffle=True),
-                        dataset=dict(type='DomainPairDataset', pairing='random', source={source!r}, target={target!r}))
-val_dataloader = dict(batch_size=2, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+train_dataloader = dict(batch_size=2, num_workers=0,
+                        sampler=dict(type='InfiniteSampler', shuffle=True),
+                        dataset=dict(type='DomainPairDataset', pairing='random',
+                                     source={source!r}, target={target!r}))
+val_dataloader = dict(batch_size=2, num_workers=0,
+                      sampler=dict(type='DefaultSampler', shuffle=False),
                       dataset={val!r})
 test_dataloader = val_dataloader
 val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=5e-4))
+optim_wrapper = dict(type='OptimWrapper',
+                     optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=5e-4))
 param_scheduler = []
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=3, val_interval=3)
 val_cfg = dict(type='ValLoop')
@@ -420,15 +541,19 @@ DET_UDA = '''
 default_scope = 'mmdet'
 custom_imports = dict(imports=['mmnorm', 'uda_probe'], allow_failed_imports=False)
 model = {model!r}
-train_dataloader = dict(batch_size=2, num_workers=0, sampler=dict(type='InfiniteSampler', shuffle=True),
+train_dataloader = dict(batch_size=2, num_workers=0,
+                        sampler=dict(type='InfiniteSampler', shuffle=True),
                         batch_sampler=dict(type='AspectRatioBatchSampler'),
-                        dataset=dict(type='DomainPairDataset', pairing='cycle', source={source!r}, target={target!r}))
-val_dataloader = dict(batch_size=1, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False),
+                        dataset=dict(type='DomainPairDataset', pairing='cycle',
+                                     source={source!r}, target={target!r}))
+val_dataloader = dict(batch_size=1, num_workers=0,
+                      sampler=dict(type='DefaultSampler', shuffle=False),
                       dataset={val!r})
 test_dataloader = val_dataloader
 val_evaluator = dict(type='CocoMetric', ann_file={val_ann!r}, metric='bbox')
 test_evaluator = val_evaluator
-optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4))
+optim_wrapper = dict(type='OptimWrapper',
+                     optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4))
 param_scheduler = []
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=3, val_interval=3)
 val_cfg = dict(type='ValLoop')
@@ -450,7 +575,8 @@ def dist_uda_run(tmp_path, config_text):
     config = tmp_path / 'uda.py'
     config.write_text(config_text)
     work_dir = tmp_path / 'work'
-    proc = run_tool(['tools/dist_train.sh', config, 2, '--work-dir', work_dir], PORT=free_port(),
+    proc = run_tool(['tools/dist_train.sh', config, 2, '--work-dir', work_dir],
+                    PORT=free_port(),
                     PYTHONPATH=f'{REPO}{os.pathsep}{tmp_path}')
     records = {}
     for rank in (0, 1):
@@ -464,9 +590,11 @@ def check_records(records, iters=3, per_rank=2):
         assert [r['iter'] for r in records[rank]] == list(range(iters))
         for r in records[rank]:
             assert len(r['layers']) >= 15
-            # every domain-aware layer saw this rank's (2 source, 2 target) batch, once per iteration
+            # every domain-aware layer saw this rank's (2 source, 2 target) batch, once per
+            # iteration
             assert sorted(name for name, _, _ in r['seen']) == sorted(r['layers'])
-            assert all(split == [per_rank, per_rank] and n == 2 * per_rank for _, split, n in r['seen'])
+            assert all(split == [per_rank, per_rank] and n == 2 * per_rank
+                       for _, split, n in r['seen'])
     for a, b in zip(records[0], records[1]):  # each rank loads its own source and target samples
         assert set(a['source']).isdisjoint(b['source'])
     return [r['target'] for r in records[0]], [r['target'] for r in records[1]]
@@ -474,42 +602,63 @@ def check_records(records, iters=3, per_rank=2):
 
 def test_dist_uda_training_segmentor(tiny_demo_data, tmp_path):
     source, target = seg_datasets(tiny_demo_data)
-    val = dict(type='CityscapesDataset', data_root=osp.join(tiny_demo_data, 'cityscapes'),
-               data_prefix=dict(img_path='leftImg8bit/val',
-                                seg_map_path='gtFine/val'), pipeline=SEG_PIPELINES['target_labelled'])
-    text = SEG_UDA.format(model=DEMO_BASE, runtime=osp.join(REPO, 'configs/_base_/demo_runtime.py'), source=source,
-                          target=target, val=val)
+    val = dict(
+        type='CityscapesDataset',
+        data_root=osp.join(tiny_demo_data, 'cityscapes'),
+        data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+        pipeline=SEG_PIPELINES['target_labelled'])
+    text = SEG_UDA.format(
+        model=DEMO_BASE,
+        runtime=osp.join(REPO, 'configs/_base_/demo_runtime.py'),
+        source=source,
+        target=target,
+        val=val)
     log, records, work_dir = dist_uda_run(tmp_path, text)
     targets0, targets1 = check_records(records)
     assert targets0 != targets1  # random pairing: each rank draws its own target stream
     assert 'Iter(train) [3/3]' in log and 'decode.loss_ce' in log
-    assert 'Iter(val) [1/1]' in log and 'mIoU' in log  # validation on the target set through the ValLoop
+    # validation on the target set through the ValLoop
+    assert 'Iter(val) [1/1]' in log and 'mIoU' in log
     state = torch.load(work_dir / 'iter_3.pth', weights_only=True)['state_dict']
-    assert 'backbone.layer1.0.bn1.gate_mean_source' in state and 'backbone.layer1.0.bn1.running_var_target' in state
+    assert 'backbone.layer1.0.bn1.gate_mean_source' in state
+    assert 'backbone.layer1.0.bn1.running_var_target' in state
 
 
 def test_dist_uda_training_detector(det_data, tmp_path):
     source, target = det_datasets(det_data)
     val = dict(
-        type='CocoDataset', data_root=osp.join(det_data, 'target'), metainfo=dict(classes=DET_CLASSES),
-        ann_file='annotations/val.json', data_prefix=dict(img='images/'), test_mode=True, pipeline=[
+        type='CocoDataset',
+        data_root=osp.join(det_data, 'target'),
+        metainfo=dict(classes=DET_CLASSES),
+        ann_file='annotations/val.json',
+        data_prefix=dict(img='images/'),
+        test_mode=True,
+        pipeline=[
             dict(type='LoadImageFromFile'),
             dict(type='Resize', scale=(96, 96), keep_ratio=True),
             dict(type='LoadAnnotations', with_bbox=True),
-            dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+            dict(
+                type='PackDetInputs',
+                meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
         ])
-    text = DET_UDA.format(model=det_model_cfg().to_dict(), source=source, target=target, val=val,
-                          val_ann=osp.join(det_data, 'target', 'annotations', 'val.json'))
+    text = DET_UDA.format(
+        model=det_model_cfg().to_dict(),
+        source=source,
+        target=target,
+        val=val,
+        val_ann=osp.join(det_data, 'target', 'annotations', 'val.json'))
     log, records, _ = dist_uda_run(tmp_path, text)
     targets0, targets1 = check_records(records)
-    for a, b in zip(targets0, targets1):  # cycle pairing over equal-size sets: disjoint target parts per rank
+    for a, b in zip(targets0,
+                    targets1):  # cycle pairing over equal-size sets: disjoint target parts per rank
         assert set(a).isdisjoint(b)
     assert 'Iter(train) [3/3]' in log and 'loss_rpn_cls' in log and 'loss_cls' in log
     assert 'coco/bbox_mAP_50' in log  # validation on the target set through the ValLoop
 
 
 def test_adabn_trains_domain_pure_statistics_through_the_wrapper(tiny_demo_data):
-    """The AdaBN layer in the same wrapper: source part -> source statistics, target part -> target statistics."""
+    """The AdaBN layer in the same wrapper: source part -> source statistics, target part -> target
+    statistics."""
     from mmnorm.models.norms import AdaBN
     cfg = seg_model_cfg()
     cfg.backbone.norm_cfg = dict(type='AdaBN', eval_domain='target', requires_grad=True)
@@ -518,7 +667,8 @@ def test_adabn_trains_domain_pure_statistics_through_the_wrapper(tiny_demo_data)
     assert len(layers) >= 15
     inputs = {}
     handles = [
-        m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0].detach()))
+        m.register_forward_pre_hook(
+            lambda mod, args, name=name: inputs.setdefault(name, args[0].detach()))
         for name, m in layers.items()
     ]
     try:
@@ -532,5 +682,7 @@ def test_adabn_trains_domain_pure_statistics_through_the_wrapper(tiny_demo_data)
         for domain, part in (('source', x[:2]), ('target', x[2:])):
             var, mean = torch.var_mean(part, dim=(0, 2, 3), correction=1)
             bn = getattr(layer, domain)
-            torch.testing.assert_close(bn.running_mean.double(), 0.1 * mean, rtol=1e-4, atol=1e-5, msg=name)
-            torch.testing.assert_close(bn.running_var.double(), 0.9 + 0.1 * var, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                bn.running_mean.double(), 0.1 * mean, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                bn.running_var.double(), 0.9 + 0.1 * var, rtol=1e-4, atol=1e-5, msg=name)

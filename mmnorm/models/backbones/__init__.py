@@ -1,12 +1,12 @@
-"""IBN-Net backbones on the toolboxes' own ResNets (mmseg and mmdet registries, both named ``IBNResNet`` ...); each
-toolbox's module imports only when that toolbox is installed."""
+"""IBN-Net backbones on the toolboxes' own ResNets (mmseg and mmdet registries, both named
+``IBNResNet`` ...); each toolbox's module imports only when that toolbox is installed."""
 from ...toolboxes import toolbox_installed
 from .ibn_resnet import IBNResNetMixin, PostResidualIN, add_ibn, residual_sum
 from .perturb_resnet import PerturbResNetMixin, add_perturbation, perturb_positions
 
 __all__ = [
-    'add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin', 'PerturbResNetMixin', 'add_perturbation',
-    'perturb_positions'
+    'add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin', 'PerturbResNetMixin',
+    'add_perturbation', 'perturb_positions'
 ]
 
 if toolbox_installed('mmseg'):

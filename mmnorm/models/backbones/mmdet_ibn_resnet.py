@@ -1,8 +1,10 @@
 """IBN-Net ResNets in the mmdet ``MODELS`` registry: ``IBNResNet``, ``IBNResNetV1d``.
 
-Each is the mmdet class with one more argument, ``ibn`` (see :func:`mmnorm.models.backbones.add_ibn`)::
+Each is the mmdet class with one more argument, ``ibn`` (see
+:func:`mmnorm.models.backbones.add_ibn`)::
 
-    backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)  # any other mmdet ResNet option
+    # any other mmdet ResNet option too
+    backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)
 """
 from mmdet.models.backbones import ResNet, ResNetV1d
 from mmdet.models.backbones.resnet import BasicBlock, Bottleneck
@@ -31,4 +33,5 @@ class IBNResNet(IBNResNetMixin, ResNet):
 
 @MODELS.register_module()
 class IBNResNetV1d(IBNResNetMixin, ResNetV1d):
-    """mmdet ``ResNetV1d`` (deep stem, average-pool downsampling) with IBN-Net-a/-b placement given by ``ibn``."""
+    """mmdet ``ResNetV1d`` (deep stem, average-pool downsampling) with IBN-Net-a/-b placement given
+    by ``ibn``."""

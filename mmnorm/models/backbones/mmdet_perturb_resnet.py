@@ -3,7 +3,8 @@
 Each is the mmdet class with ``perturb``, ``after_stages`` and ``ibn`` (see
 :class:`~mmnorm.models.backbones.perturb_resnet.PerturbResNetMixin`)::
 
-    backbone=dict(type='PerturbResNet', depth=50, perturb=dict(type='MixStyle'), after_stages=(0, 1, 2))
+    backbone=dict(type='PerturbResNet', depth=50, perturb=dict(type='MixStyle'),
+                  after_stages=(0, 1, 2))
 """
 from mmdet.models.backbones import ResNet, ResNetV1d
 from mmdet.registry import MODELS
@@ -20,4 +21,5 @@ class PerturbResNet(PerturbResNetMixin, ResNet):
 
 @MODELS.register_module()
 class PerturbResNetV1d(PerturbResNetMixin, ResNetV1d):
-    """mmdet ``ResNetV1d`` (deep stem, average-pool downsampling) with perturbation layers after ``after_stages``."""
+    """mmdet ``ResNetV1d`` (deep stem, average-pool downsampling) with perturbation layers after
+    ``after_stages``."""

@@ -1,8 +1,11 @@
-"""IBN-Net ResNets in the mmseg ``MODELS`` registry: ``IBNResNet``, ``IBNResNetV1c``, ``IBNResNetV1d``.
+"""IBN-Net ResNets in the mmseg ``MODELS`` registry: ``IBNResNet``, ``IBNResNetV1c``,
+``IBNResNetV1d``.
 
-Each is the mmseg class with one more argument, ``ibn`` (see :func:`mmnorm.models.backbones.add_ibn`)::
+Each is the mmseg class with one more argument, ``ibn`` (see
+:func:`mmnorm.models.backbones.add_ibn`)::
 
-    backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)  # any other mmseg ResNet option
+    # any other mmseg ResNet option too
+    backbone=dict(type='IBNResNet', depth=50, ibn=dict(type='a'), ...)
 """
 from mmseg.models.backbones import ResNet, ResNetV1c, ResNetV1d
 from mmseg.models.backbones.resnet import BasicBlock, Bottleneck
@@ -36,4 +39,5 @@ class IBNResNetV1c(IBNResNetMixin, ResNetV1c):
 
 @MODELS.register_module()
 class IBNResNetV1d(IBNResNetMixin, ResNetV1d):
-    """mmseg ``ResNetV1d`` (deep stem, average-pool downsampling) with IBN-Net-a/-b placement given by ``ibn``."""
+    """mmseg ``ResNetV1d`` (deep stem, average-pool downsampling) with IBN-Net-a/-b placement given
+    by ``ibn``."""

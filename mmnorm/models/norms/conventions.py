@@ -1,14 +1,14 @@
 """The toolboxes' norm conventions (``is_norm``, ``norm_eval``) extended to the mmnorm norm layers.
 
-mmengine / mmcv recognise a norm layer by its torch base class (``_BatchNorm``, ``_InstanceNorm``, ``GroupNorm``,
-``LayerNorm``); mmseg / mmdet ResNets apply ``norm_eval=True`` by calling ``eval()`` on every ``_BatchNorm``. AdaBN,
-IBN and PBN hold torch BN children, so those rules reach their statistics and affine already. RN owns its parameters
-and statistics itself:
+mmengine / mmcv recognise a norm layer by its torch base class (``_BatchNorm``, ``_InstanceNorm``,
+``GroupNorm``, ``LayerNorm``); mmseg / mmdet ResNets apply ``norm_eval=True`` by calling ``eval()``
+on every ``_BatchNorm``. AdaBN, IBN and PBN hold torch BN children, so those rules reach their
+statistics and affine already. RN owns its parameters and statistics itself:
 
 * :func:`is_norm` is True for every mmnorm norm layer (mmcv's ``is_norm`` is not);
-* :func:`apply_norm_eval` puts RN (every mmnorm layer without a torch BN inside) in eval mode under each module with
-  ``norm_eval=True``; the mmnorm UDA wrappers call it after ``train()``, so RN in a toolbox backbone with
-  ``norm_eval=True`` keeps its statistics frozen as BN does.
+* :func:`apply_norm_eval` puts RN (every mmnorm layer without a torch BN inside) in eval mode under
+  each module with ``norm_eval=True``; the mmnorm UDA wrappers call it after ``train()``, so RN in a
+  toolbox backbone with ``norm_eval=True`` keeps its statistics frozen as BN does.
 """
 from typing import Tuple, Union
 
@@ -28,14 +28,15 @@ MMNORM_NORMS = (AdaBN, IBN, PBN, RN)
 
 
 def is_norm(layer: nn.Module, exclude: Union[type, Tuple[type, ...], None] = None) -> bool:
-    """mmcv's ``is_norm`` (torch BN / IN / GN / LN) extended to the mmnorm layers (AdaBN, IBN, PBN, RN).
+    """mmcv's ``is_norm`` (torch BN / IN / GN / LN) extended to the mmnorm layers (AdaBN, IBN, PBN,
+    RN).
 
     Same signature and contract as ``mmcv.cnn.is_norm``, so it can stand in for it.
 
     Args:
         layer (nn.Module): The layer to check.
-        exclude (type | tuple[type], optional): Types that do not count as norm layers (``isinstance``
-            of any of them gives False). Defaults to None.
+        exclude (type | tuple[type], optional): Types that do not count as norm layers
+            (``isinstance`` of any of them gives False). Defaults to None.
 
     Returns:
         bool: Whether ``layer`` is a norm layer.
@@ -54,16 +55,19 @@ def is_norm(layer: nn.Module, exclude: Union[type, Tuple[type, ...], None] = Non
 
 
 def owns_statistics(module: nn.Module) -> bool:
-    """True for an mmnorm norm layer whose statistics are not held by a torch BN child (RN): the toolboxes'
-    ``norm_eval`` (``eval()`` on each ``_BatchNorm``) does not reach them."""
-    return isinstance(module, MMNORM_NORMS) and not any(isinstance(m, _BatchNorm) for m in module.modules())
+    """True for an mmnorm norm layer whose statistics are not held by a torch BN child (RN): the
+    toolboxes' ``norm_eval`` (``eval()`` on each ``_BatchNorm``) does not reach them."""
+    return isinstance(
+        module, MMNORM_NORMS) and not any(isinstance(m, _BatchNorm) for m in module.modules())
 
 
 def apply_norm_eval(model: nn.Module) -> int:
-    """Puts every :func:`owns_statistics` layer under a training module with ``norm_eval=True`` in eval mode.
+    """Puts every :func:`owns_statistics` layer under a training module with ``norm_eval=True`` in
+    eval mode.
 
-    Call it after ``model.train()`` (the mmnorm UDA wrappers do). Eval RN normalises with its target running
-    statistics and updates nothing, as a BN under ``norm_eval``; its parameters keep ``requires_grad`` (as BN's).
+    Call it after ``model.train()`` (the mmnorm UDA wrappers do). Eval RN normalises with its target
+    running statistics and updates nothing, as a BN under ``norm_eval``; its parameters keep
+    ``requires_grad`` (as BN's).
 
     Returns:
         int: Number of layers put in eval mode.

@@ -1,17 +1,18 @@
 """Shared pieces of the statistics-perturbation layers (MixStyle, EFDMix, DSU).
 
-Each layer perturbs the per-instance channel statistics of a feature map ``x`` of shape ``(N, C, H, W)`` during
-training, with probability ``p`` per forward, and is the identity in eval mode, when deactivated
-(:func:`set_perturbation_active`) and for a batch of one sample. MixStyle and DSU normalise with the spatial
-variance, so they are also the identity on maps with a single spatial position (the unbiased variance is
-undefined there); EFDMix matches sorted values, which a 1x1 map still has, and mixes them as the authors' code
-does (:attr:`StatPerturbation.spatial_variance`).
+Each layer perturbs the per-instance channel statistics of a feature map ``x`` of shape
+``(N, C, H, W)`` during training, with probability ``p`` per forward, and is the identity in eval
+mode, when deactivated (:func:`set_perturbation_active`) and for a batch of one sample. MixStyle and
+DSU normalise with the spatial variance, so they are also the identity on maps with a single spatial
+position (the unbiased variance is undefined there); EFDMix matches sorted values, which a 1x1 map
+still has, and mixes them as the authors' code does (:attr:`StatPerturbation.spatial_variance`).
 
-Randomness: the few random numbers of a forward (the coin, mixing weights, the permutation, DSU's noise, all of
-size ``N`` or ``N x C``) are drawn on the CPU from the layer's ``generator`` (torch's default CPU generator when
-None, so ``torch.manual_seed`` and mmengine's ``randomness`` config control it) and moved to the input's device,
-so a seed gives the same draws on CPU and GPU. Statistics and the perturbed output are computed in float32 for
-half-precision inputs (autocast) and cast back; the memory format of the input is kept.
+Randomness: the few random numbers of a forward (the coin, mixing weights, the permutation, DSU's
+noise, all of size ``N`` or ``N x C``) are drawn on the CPU from the layer's ``generator`` (torch's
+default CPU generator when None, so ``torch.manual_seed`` and mmengine's ``randomness`` config
+control it) and moved to the input's device, so a seed gives the same draws on CPU and GPU.
+Statistics and the perturbed output are computed in float32 for half-precision inputs (autocast) and
+cast back; the memory format of the input is kept.
 """
 import math
 from numbers import Real
@@ -24,8 +25,8 @@ from ...stats import channel_moments
 from ..norms.domain import DomainAwareMixin, check_domain_split
 
 __all__ = [
-    'StatPerturbation', 'StatMixing', 'instance_stats', 'sample_beta', 'mixing_partners', 'crossdomain_split',
-    'set_perturbation_active', 'MIX_MODES'
+    'StatPerturbation', 'StatMixing', 'instance_stats', 'sample_beta', 'mixing_partners',
+    'crossdomain_split', 'set_perturbation_active', 'MIX_MODES'
 ]
 
 MIX_MODES = ('random', 'crossdomain')
@@ -34,8 +35,8 @@ MIX_MODES = ('random', 'crossdomain')
 def instance_stats(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-instance channel mean and standard deviation over the spatial dimensions.
 
-    ``sig = sqrt(var + eps)`` with torch's unbiased variance, as the authors' code of MixStyle and DSU does
-    (:func:`mmnorm.stats.channel_moments` over ``(H, W)``).
+    ``sig = sqrt(var + eps)`` with torch's unbiased variance, as the authors' code of MixStyle and
+    DSU does (:func:`mmnorm.stats.channel_moments` over ``(H, W)``).
 
     Args:
         x (Tensor): float32 or float64 ``(N, C, H, W)`` with ``H * W > 1``.
@@ -49,7 +50,10 @@ def instance_stats(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Ten
 
 
 def _log_gamma_sample(shape: float, n: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """``log`` of ``n`` Gamma(shape, 1) draws in float64 (Marsaglia-Tsang; shape < 1 boosted by ``U ** (1/shape)``)."""
+    """``log`` of ``n`` Gamma(shape, 1) draws in float64.
+
+    Marsaglia-Tsang; shape < 1 boosted by ``U ** (1/shape)``.
+    """
     boost = shape < 1
     a = shape + 1 if boost else shape
     d = a - 1 / 3
@@ -72,33 +76,42 @@ def _log_gamma_sample(shape: float, n: int, generator: Optional[torch.Generator]
 def sample_beta(alpha: float, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """``n`` draws of Beta(alpha, alpha) from ``generator`` (CPU), float64, computed in log space.
 
-    ``torch.distributions.Beta`` takes no generator; this is ``X / (X + Y)`` with ``X, Y ~ Gamma(alpha)``, as a
-    sigmoid of ``log X - log Y`` so tiny ``alpha`` (0.1: most mass near 0 and 1) does not underflow.
+    ``torch.distributions.Beta`` takes no generator; this is ``X / (X + Y)`` with
+    ``X, Y ~ Gamma(alpha)``, as a sigmoid of ``log X - log Y`` so tiny ``alpha`` (0.1: most mass
+    near 0 and 1) does not underflow.
     """
-    return torch.sigmoid(_log_gamma_sample(alpha, n, generator) - _log_gamma_sample(alpha, n, generator))
+    return torch.sigmoid(
+        _log_gamma_sample(alpha, n, generator) - _log_gamma_sample(alpha, n, generator))
 
 
-def mixing_partners(batch_size: int, mix: str, split: Optional[Tuple[int, int]],
+def mixing_partners(batch_size: int,
+                    mix: str,
+                    split: Optional[Tuple[int, int]],
                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Index of the sample each sample borrows its statistics from, ``(N,)`` long on the CPU.
 
     - ``'random'``: a random permutation of the batch.
-    - ``'crossdomain'``: every sample of one domain borrows from the other. The domains are the declared
-      ``split = (n_a, n_b)`` ([source | target], :func:`mmnorm.models.norms.domain_split`), else the two halves.
-      Equal sizes: each half gets a shuffled copy of the other half (the authors' swap); unequal sizes: every
-      sample draws a partner of the other domain uniformly.
+    - ``'crossdomain'``: every sample of one domain borrows from the other. The domains are the
+      declared ``split = (n_a, n_b)`` ([source | target], :func:`mmnorm.models.norms.domain_split`),
+      else the two halves. Equal sizes: each half gets a shuffled copy of the other half (the
+      authors' swap); unequal sizes: every sample draws a partner of the other domain uniformly.
 
     Raises:
-        ValueError: 'crossdomain' on an odd batch without a declared split, or a split with an empty domain.
+        ValueError: 'crossdomain' on an odd batch without a declared split, or a split with an empty
+            domain.
     """
     if mix == 'random':
         return torch.randperm(batch_size, generator=generator)
     n_a, n_b = crossdomain_split(batch_size, split)
     if n_a == n_b:
-        return torch.cat([n_a + torch.randperm(n_b, generator=generator), torch.randperm(n_a, generator=generator)])
-    return torch.cat(
-        [n_a + torch.randint(n_b, (n_a, ), generator=generator),
-         torch.randint(n_a, (n_b, ), generator=generator)])
+        return torch.cat([
+            n_a + torch.randperm(n_b, generator=generator),
+            torch.randperm(n_a, generator=generator)
+        ])
+    return torch.cat([
+        n_a + torch.randint(n_b, (n_a, ), generator=generator),
+        torch.randint(n_a, (n_b, ), generator=generator)
+    ])
 
 
 def crossdomain_split(batch_size: int, split: Optional[Tuple[int, int]]) -> Tuple[int, int]:
@@ -109,24 +122,28 @@ def crossdomain_split(batch_size: int, split: Optional[Tuple[int, int]]) -> Tupl
     """
     if split is None:
         if batch_size % 2:
-            raise ValueError(f"mix='crossdomain' splits the batch into two halves, got an odd batch of {batch_size} "
-                             'samples; declare the [source | target] split with mmnorm.domain_split(model, '
-                             "(n_source, n_target)) or use mix='random'")
+            raise ValueError(
+                f"mix='crossdomain' splits the batch into two halves, got an odd batch of "
+                f'{batch_size} samples; declare the [source | target] split with '
+                "mmnorm.domain_split(model, (n_source, n_target)) or use mix='random'")
         return batch_size // 2, batch_size // 2
     if split[0] == 0 or split[1] == 0:
-        raise ValueError(f"mix='crossdomain' needs samples of both domains, got the split {tuple(split)} "
-                         '(source, target)')
+        raise ValueError(
+            f"mix='crossdomain' needs samples of both domains, got the split {tuple(split)} "
+            '(source, target)')
     return int(split[0]), int(split[1])
 
 
 def check_probability(p) -> float:
     if isinstance(p, bool) or not isinstance(p, Real) or not 0 <= p <= 1:
-        raise ValueError(f'p (probability of perturbing a training forward) must be in [0, 1], got p={p!r}')
+        raise ValueError(
+            f'p (probability of perturbing a training forward) must be in [0, 1], got p={p!r}')
     return float(p)
 
 
 def check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not (value > 0 and math.isfinite(value)):
+    if isinstance(value,
+                  bool) or not isinstance(value, Real) or not (value > 0 and math.isfinite(value)):
         raise ValueError(f'{name} must be a finite number > 0, got {name}={value!r}')
     return float(value)
 
@@ -141,26 +158,30 @@ def check_generator(generator) -> Optional[torch.Generator]:
     if generator is None:
         return None
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f'generator must be a torch.Generator or None, got {type(generator).__name__}')
+        raise TypeError(
+            f'generator must be a torch.Generator or None, got {type(generator).__name__}')
     if generator.device.type != 'cpu':
-        raise ValueError('generator must be a CPU torch.Generator (the layer draws its few random numbers on the '
-                         f'CPU and moves them to the input device), got one on {generator.device}')
+        raise ValueError(
+            'generator must be a CPU torch.Generator (the layer draws its few random numbers on '
+            f'the CPU and moves them to the input device), got one on {generator.device}')
     return generator
 
 
 class StatPerturbation(DomainAwareMixin, nn.Module):
-    """Base of the perturbation layers: validation, the train/eval/active gate and the per-forward coin.
+    """Base of the perturbation layers: validation, the train/eval/active gate and the per-forward
+    coin.
 
-    Subclasses implement ``perturb(x) -> y`` on a float32/float64 ``(N, C, H, W)`` tensor with ``N > 1`` (and
-    ``H * W > 1`` when :attr:`spatial_variance`); the base handles dtype, memory format and when to call it.
-    No parameters, no buffers: adding a layer to a model leaves its state dict unchanged.
+    Subclasses implement ``perturb(x) -> y`` on a float32/float64 ``(N, C, H, W)`` tensor with
+    ``N > 1`` (and ``H * W > 1`` when :attr:`spatial_variance`); the base handles dtype, memory
+    format and when to call it. No parameters, no buffers: adding a layer to a model leaves its
+    state dict unchanged.
 
     Attributes:
         active (bool): False turns the layer into the identity also in training (see
             :func:`set_perturbation_active`).
-        spatial_variance (bool): Class attribute: ``perturb`` divides by the per-instance spatial standard
-            deviation (MixStyle, DSU), so a map with one spatial position passes unchanged. False for
-            EFDMix, which needs no variance.
+        spatial_variance (bool): Class attribute: ``perturb`` divides by the per-instance spatial
+            standard deviation (MixStyle, DSU), so a map with one spatial position passes unchanged.
+            False for EFDMix, which needs no variance.
     """
 
     spatial_variance = True
@@ -175,13 +196,15 @@ class StatPerturbation(DomainAwareMixin, nn.Module):
         raise NotImplementedError
 
     def check_batch(self, x: torch.Tensor) -> None:
-        """Raises ValueError for inputs the layer cannot perturb (called in training before the coin)."""
+        """Raises ValueError for inputs the layer cannot perturb (called in training before the
+        coin)."""
         check_domain_split(self.domain_split, x.shape[0], type(self).__name__)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Shape: ``(N, C, H, W)`` in, same shape, dtype and memory format out."""
         if x.dim() != 4:
-            raise ValueError(f'{type(self).__name__} expects an (N, C, H, W) feature map, got shape {tuple(x.shape)}')
+            raise ValueError(f'{type(self).__name__} expects an (N, C, H, W) feature map, '
+                             f'got shape {tuple(x.shape)}')
         if not (self.training and self.active):
             return x
         self.check_batch(x)
@@ -200,16 +223,22 @@ class StatPerturbation(DomainAwareMixin, nn.Module):
 
 
 class StatMixing(StatPerturbation):
-    """Base of the layers that mix a sample with a partner (MixStyle, EFDMix): ``alpha``, ``mix`` and the draws.
+    """Base of the layers that mix a sample with a partner (MixStyle, EFDMix): ``alpha``, ``mix``
+    and the draws.
 
     Args:
         p (float): Probability of perturbing a training forward. Defaults to 0.5.
         alpha (float): Mixing weights ``lam ~ Beta(alpha, alpha)``, one per sample. Defaults to 0.1.
-        mix (str): ``'random'`` or ``'crossdomain'`` (see :func:`mixing_partners`). Defaults to ``'random'``.
-        generator (torch.Generator, optional): CPU generator of the draws. Defaults to None (torch's default).
+        mix (str): ``'random'`` or ``'crossdomain'`` (see :func:`mixing_partners`). Defaults to
+            ``'random'``.
+        generator (torch.Generator, optional): CPU generator of the draws. Defaults to None (torch's
+            default).
     """
 
-    def __init__(self, p: float = 0.5, alpha: float = 0.1, mix: str = 'random',
+    def __init__(self,
+                 p: float = 0.5,
+                 alpha: float = 0.1,
+                 mix: str = 'random',
                  generator: Optional[torch.Generator] = None):
         super().__init__(p=p, generator=generator)
         self.alpha = check_positive('alpha', alpha)
@@ -221,12 +250,14 @@ class StatMixing(StatPerturbation):
             crossdomain_split(x.shape[0], self.domain_split)
 
     def draw_mixing(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``lam`` ``(N,)`` in ``x``'s dtype and device, and the partner index ``(N,)`` long on ``x``'s device.
+        """``lam`` ``(N,)`` in ``x``'s dtype and device, and the partner index ``(N,)`` long on
+        ``x``'s device.
 
         Drawn in this order from the generator: ``lam``, then the partners.
         """
         lam = sample_beta(self.alpha, x.shape[0], self.generator).to(device=x.device, dtype=x.dtype)
-        partners = mixing_partners(x.shape[0], self.mix, self.domain_split, self.generator).to(x.device)
+        partners = mixing_partners(x.shape[0], self.mix, self.domain_split,
+                                   self.generator).to(x.device)
         return lam, partners
 
     def extra_repr(self) -> str:
@@ -234,7 +265,8 @@ class StatMixing(StatPerturbation):
 
 
 def set_perturbation_active(model: nn.Module, active: bool) -> int:
-    """Turns every :class:`StatPerturbation` layer of ``model`` on or off; returns how many layers it set."""
+    """Turns every :class:`StatPerturbation` layer of ``model`` on or off; returns how many layers
+    it set."""
     if not isinstance(active, bool):
         raise TypeError(f'active must be a bool, got {active!r}')
     count = 0

@@ -9,9 +9,10 @@ With probability ``p`` per training forward, for ``x`` of shape ``(N, C, H, W)``
     lam ~ Beta(alpha, alpha)                                   # one per sample
     y = (x - mu) / sig * (lam * sig + (1 - lam) * sig[perm]) + (lam * mu + (1 - lam) * mu[perm])
 
-``perm``: a random permutation (``mix='random'``) or partners from the other domain (``'crossdomain'``: the
-declared [source | target] split, else the two halves). Paper defaults: p 0.5, alpha 0.1, eps 1e-6, after ResNet
-res1-res3 (``after_stages=(0, 1, 2)`` of :class:`~mmnorm.models.backbones.PerturbResNetMixin`).
+``perm``: a random permutation (``mix='random'``) or partners from the other domain
+(``'crossdomain'``: the declared [source | target] split, else the two halves). Paper defaults: p
+0.5, alpha 0.1, eps 1e-6, after ResNet res1-res3 (``after_stages=(0, 1, 2)`` of
+:class:`~mmnorm.models.backbones.PerturbResNetMixin`).
 """
 from typing import Optional
 
@@ -23,7 +24,10 @@ from .base import StatMixing, instance_stats
 __all__ = ['MixStyle', 'mixstyle']
 
 
-def mixstyle(x: torch.Tensor, lam: torch.Tensor, partners: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def mixstyle(x: torch.Tensor,
+             lam: torch.Tensor,
+             partners: torch.Tensor,
+             eps: float = 1e-6) -> torch.Tensor:
     """The MixStyle formula.
 
     Args:
@@ -40,7 +44,8 @@ def mixstyle(x: torch.Tensor, lam: torch.Tensor, partners: torch.Tensor, eps: fl
     lam = lam.view(-1, 1, 1, 1)
     mu_mix = lam * mu + (1 - lam) * mu[partners]
     sig_mix = lam * sig + (1 - lam) * sig[partners]
-    scale = sig_mix / sig  # (x - mu) / sig * sig_mix + mu_mix as one per-(N, C) affine pass over the map
+    # (x - mu) / sig * sig_mix + mu_mix as one per-(N, C) affine pass over the map
+    scale = sig_mix / sig
     return torch.addcmul(mu_mix - mu * scale, x, scale)
 
 
@@ -53,15 +58,19 @@ class MixStyle(StatMixing):
         alpha (float): ``lam ~ Beta(alpha, alpha)``, > 0. Defaults to 0.1.
         eps (float): Added to the per-instance variance. Defaults to 1e-6.
         mix (str): ``'random'`` or ``'crossdomain'``. Defaults to ``'random'``.
-        generator (torch.Generator, optional): CPU generator of the draws. Defaults to None (torch's default CPU
-            generator).
+        generator (torch.Generator, optional): CPU generator of the draws. Defaults to None (torch's
+            default CPU generator).
 
     Shape:
         ``(N, C, H, W)`` -> same. Identity in eval mode, when not ``active``, for ``N == 1`` and for
         ``H * W == 1``.
     """
 
-    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6, mix: str = 'random',
+    def __init__(self,
+                 p: float = 0.5,
+                 alpha: float = 0.1,
+                 eps: float = 1e-6,
+                 mix: str = 'random',
                  generator: Optional[torch.Generator] = None):
         super().__init__(p=p, alpha=alpha, mix=mix, generator=generator)
         if not eps >= 0:

@@ -1,12 +1,13 @@
 """Source+target training for mmseg: ``UDAEncoderDecoder``, ``UDACascadeEncoderDecoder``.
 
-A decode or auxiliary head that holds RN / a split AdaBN runs on the joint [source | target] features inside the
-domain split, so those layers work in the head as in the backbone; its losses read the source rows only. A head
-with plain BN (or GN, or no norm) runs the toolbox's own ``loss`` on the source features: on the joint batch its
-BN would normalise mixtures of the two domains. A head whose ``loss`` is not the plain "forward, then
-``loss_by_feat``" of mmseg's base heads (e.g. PointRend's ``PointHead``, which samples points per image against
-the labels) runs on the source features too, and the later stages of a cascade follow the first source-only
-stage onto the source part.
+A decode or auxiliary head that holds RN / a split AdaBN runs on the joint [source | target]
+features inside the domain split, so those layers work in the head as in the backbone; its losses
+read the source rows only. A head with plain BN (or GN, or no norm) runs the toolbox's own ``loss``
+on the source features: on the joint batch its BN would normalise mixtures of the two domains. A
+head whose ``loss`` is not the plain "forward, then ``loss_by_feat``" of mmseg's base heads (e.g.
+PointRend's ``PointHead``, which samples points per image against the labels) runs on the source
+features too, and the later stages of a cascade follow the first source-only stage onto the source
+part.
 """
 from typing import Dict, List
 
@@ -25,9 +26,10 @@ __all__ = ['UDAEncoderDecoder', 'UDACascadeEncoderDecoder', 'head_runs_jointly']
 def head_runs_jointly(head: nn.Module) -> bool:
     """True if the UDA wrappers run ``head`` on the joint [source | target] features.
 
-    Both must hold: ``head.loss`` is mmseg's own "forward on the features, then ``loss_by_feat``" (so its
-    forward can run on the joint batch and the loss on the source rows of the output), and the head holds a
-    domain-aware norm (RN, split AdaBN: :func:`~mmnorm.models.uda.base.holds_domain_aware_norm`).
+    Both must hold: ``head.loss`` is mmseg's own "forward on the features, then ``loss_by_feat``"
+    (so its forward can run on the joint batch and the loss on the source rows of the output), and
+    the head holds a domain-aware norm (RN, split AdaBN:
+    :func:`~mmnorm.models.uda.base.holds_domain_aware_norm`).
     """
     plain_loss = type(head).loss in (BaseDecodeHead.loss, BaseCascadeDecodeHead.loss)
     return plain_loss and holds_domain_aware_norm(head)
@@ -37,7 +39,8 @@ class _JointHeadsMixin(DomainAdaptiveMixin):
     """Decode + auxiliary heads of an mmseg ``EncoderDecoder`` (or cascade) on the joint batch."""
 
     def _decode_stages(self) -> List[nn.Module]:
-        return list(self.decode_head) if isinstance(self.decode_head, nn.ModuleList) else [self.decode_head]
+        return list(self.decode_head) if isinstance(self.decode_head,
+                                                    nn.ModuleList) else [self.decode_head]
 
     def _aux_heads(self) -> List[nn.Module]:
         if not getattr(self, 'with_auxiliary_head', False):
@@ -47,7 +50,8 @@ class _JointHeadsMixin(DomainAdaptiveMixin):
 
     def _first_source_only_stage(self) -> int:
         stages = self._decode_stages()
-        return next((i for i, head in enumerate(stages) if not head_runs_jointly(head)), len(stages))
+        return next((i for i, head in enumerate(stages) if not head_runs_jointly(head)),
+                    len(stages))
 
     def source_only_heads(self) -> Dict[str, nn.Module]:
         heads = {}
@@ -69,7 +73,8 @@ class _JointHeadsMixin(DomainAdaptiveMixin):
         stages = self._decode_stages()
         cascade = isinstance(self.decode_head, nn.ModuleList)
         first_source_only = self._first_source_only_stage()
-        prev = None  # joint output of the previous stage (source rows only from first_source_only on)
+        # joint output of the previous stage (source rows only from first_source_only on)
+        prev = None
         for i, head in enumerate(stages):
             prefix = f'decode_{i}' if cascade else 'decode'
             args = (feats, ) if i == 0 else (feats, prev)
@@ -87,7 +92,8 @@ class _JointHeadsMixin(DomainAdaptiveMixin):
         many = isinstance(getattr(self, 'auxiliary_head', None), nn.ModuleList)
         for i, head in enumerate(self._aux_heads()):
             if head_runs_jointly(head):
-                loss = head.loss_by_feat(slice_rows(head.forward(feats), source, batch), data_samples)
+                loss = head.loss_by_feat(
+                    slice_rows(head.forward(feats), source, batch), data_samples)
             else:
                 loss = head.loss(source_feats, data_samples, self.train_cfg)
             losses.update(add_prefix(loss, f'aux_{i}' if many else 'aux'))
@@ -96,13 +102,14 @@ class _JointHeadsMixin(DomainAdaptiveMixin):
 
 @MODELS.register_module()
 class UDAEncoderDecoder(_JointHeadsMixin, EncoderDecoder):
-    """mmseg ``EncoderDecoder`` trained on [source | target] batches (see :mod:`mmnorm.models.uda.base`).
+    """mmseg ``EncoderDecoder`` trained on [source | target] batches (see
+    :mod:`mmnorm.models.uda.base`).
 
-    Same arguments and checkpoint keys as ``EncoderDecoder``; a BN baseline config becomes a UDA config with
-    ``model=dict(type='UDAEncoderDecoder')`` and a ``DomainPairDataset`` train set. Backbone and neck run on the
-    joint batch inside the domain split; decode and auxiliary heads with RN / split AdaBN too (losses from the
-    source rows), heads with plain BN on the source features only. ``predict`` / ``tensor`` modes are unchanged
-    (test on the target dataset).
+    Same arguments and checkpoint keys as ``EncoderDecoder``; a BN baseline config becomes a UDA
+    config with ``model=dict(type='UDAEncoderDecoder')`` and a ``DomainPairDataset`` train set.
+    Backbone and neck run on the joint batch inside the domain split; decode and auxiliary heads
+    with RN / split AdaBN too (losses from the source rows), heads with plain BN on the source
+    features only. ``predict`` / ``tensor`` modes are unchanged (test on the target dataset).
     """
 
 
@@ -110,7 +117,7 @@ class UDAEncoderDecoder(_JointHeadsMixin, EncoderDecoder):
 class UDACascadeEncoderDecoder(_JointHeadsMixin, CascadeEncoderDecoder):
     """mmseg ``CascadeEncoderDecoder`` (OCRNet, PointRend) trained on [source | target] batches.
 
-    Leading stages whose loss is mmseg's plain forward + ``loss_by_feat`` (FCN / OCR heads) and that hold RN /
-    split AdaBN run jointly; the first other stage (a BN head, PointRend's point head) and every stage after it
-    run on the source part only.
+    Leading stages whose loss is mmseg's plain forward + ``loss_by_feat`` (FCN / OCR heads) and that
+    hold RN / split AdaBN run jointly; the first other stage (a BN head, PointRend's point head) and
+    every stage after it run on the source part only.
     """
