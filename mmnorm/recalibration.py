@@ -219,8 +219,8 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
 def _gather(accs: Dict[str, MomentAccumulator], seen: int, error: Optional[Exception],
             device: torch.device):
     """All-gathers ``[failed, samples, per-layer (count, mean, M2)]`` and merges in rank order
-    (identical results on every rank). Returns
-    ``({name: (count, mean, unbiased var)}, samples)``."""
+    (identical results on every rank). Returns ``({name: (count, mean, unbiased var)},
+    samples)``."""
     head = torch.tensor([float(error is not None), float(seen)], dtype=torch.float64, device=device)
     packed = all_gather(torch.cat([head] + [acc.pack() for acc in accs.values()]))
     if error is not None:

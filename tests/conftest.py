@@ -1,4 +1,5 @@
-"""Shared test helpers: run the real tools as subprocesses, free ports for torchrun, tiny data on disk."""
+"""Shared test helpers: run the real tools as subprocesses, free ports for torchrun, tiny data on
+disk."""
 import os
 import os.path as osp
 import socket
@@ -9,8 +10,9 @@ import pytest
 
 from mmnorm.runtime import setup
 
-# The test process loads and writes Runner checkpoints the way mmnorm's tools do (``import mmnorm`` alone changes
-# nothing of torch / mmengine: tests/test_checkpoint_compat.py checks that in a fresh interpreter).
+# The test process loads and writes Runner checkpoints the way mmnorm's tools do (``import mmnorm``
+# alone changes nothing of torch / mmengine: tests/test_checkpoint_compat.py checks that in a fresh
+# interpreter).
 setup()
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -33,19 +35,26 @@ def tool_env(**extra) -> dict:
 
 
 def run_tool(args, timeout=900, check=True, **env) -> subprocess.CompletedProcess:
-    """Runs ``args`` (a tool path relative to the repo first, e.g. ``['tools/train.py', cfg, ...]``).
+    """Runs ``args`` (a tool path relative to the repo first, e.g. ``['tools/train.py', cfg,
+    ...]``).
 
-    ``.py`` tools run with this interpreter, ``.sh`` tools with bash; output is captured and shown on failure.
+    ``.py`` tools run with this interpreter, ``.sh`` tools with bash; output is captured and shown
+    on failure.
     """
     first = osp.join(REPO, args[0])
-    cmd = ([PYTHON, first] if first.endswith('.py') else ['bash', first]) + [str(a) for a in args[1:]]
-    proc = subprocess.run(cmd, cwd=REPO, env=tool_env(**env), capture_output=True, text=True, timeout=timeout)
+    cmd = ([PYTHON, first]
+           if first.endswith('.py') else ['bash', first]) + [str(a) for a in args[1:]]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=tool_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         import tempfile
-        with tempfile.NamedTemporaryFile('w', prefix='mmnorm_tool_', suffix='.log', delete=False) as f:
-            f.write(f'$ {" ".join(cmd)}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}')
+        with tempfile.NamedTemporaryFile(
+                'w', prefix='mmnorm_tool_', suffix='.log', delete=False) as f:
+            f.write(
+                f'$ {" ".join(cmd)}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}')
         raise AssertionError(f'{" ".join(cmd)} exited {proc.returncode} (full output: {f.name})\n'
-                             f'--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-10000:]}')
+                             f'--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr '
+                             f'---\n{proc.stderr[-10000:]}')
     return proc
 
 
@@ -59,10 +68,12 @@ DEMO_CONFIG = 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-citys
 
 @pytest.fixture(scope='session')
 def tiny_demo_data(tmp_path_factory):
-    """The demo's synthetic domains at a tiny size (GTA5 layout source, Cityscapes layout target)."""
+    """The demo's synthetic domains at a tiny size (GTA5 layout source, Cityscapes layout
+    target)."""
     from mmnorm.datasets.synthetic import generate_demo_data
     root = str(tmp_path_factory.mktemp('demo_data'))
-    generate_demo_data(root, num_source_train=8, num_source_val=4, num_target_train=4, num_target_val=4, seed=1)
+    generate_demo_data(
+        root, num_source_train=8, num_source_val=4, num_target_train=4, num_target_val=4, seed=1)
     return root
 
 
@@ -71,10 +82,14 @@ def tiny_seg_options(data_root: str, iters: int = 2, batch_size: int = 2) -> lis
     src, tgt = osp.join(data_root, 'gta5'), osp.join(data_root, 'cityscapes')
     opts = [
         f'train_dataloader.dataset.data_root={src}', f'val_dataloader.dataset.data_root={src}',
-        f'test_dataloader.dataset.data_root={tgt}', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
-        f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.0.end={iters}',
-        'default_hooks.logger.interval=1', 'log_processor.window_size=1'
+        f'test_dataloader.dataset.data_root={tgt}', f'train_cfg.max_iters={iters}',
+        f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={iters}',
+        f'param_scheduler.0.end={iters}', 'default_hooks.logger.interval=1',
+        'log_processor.window_size=1'
     ]
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.batch_size={batch_size}', f'{loader}.num_workers=0', f'{loader}.persistent_workers=False']
+        opts += [
+            f'{loader}.batch_size={batch_size}', f'{loader}.num_workers=0',
+            f'{loader}.persistent_workers=False'
+        ]
     return opts

@@ -1,10 +1,9 @@
 """Datasets, registered in the toolbox registries they extend.
 
 The mmseg datasets import only when mmseg is installed, the mmdet ones only with mmdet. The
-synthetic demo
-generator (:mod:`mmnorm.datasets.synthetic`, :mod:`mmnorm.datasets.synthetic_stream`) registers
-nothing and is
-imported on first use: ``from mmnorm.datasets import generate_demo_data`` still works.
+synthetic demo generator (:mod:`mmnorm.datasets.synthetic`, :mod:`mmnorm.datasets.synthetic_stream`)
+registers nothing and is imported on first use: ``from mmnorm.datasets import generate_demo_data``
+still works.
 """
 from ..toolboxes import toolbox_installed
 from .domain_pair import DomainPairDataset

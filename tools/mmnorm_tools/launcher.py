@@ -1,17 +1,13 @@
 """Distributed launch that also works on CPU-only machines.
 
 mmengine 0.10.7 assumes GPUs for ``--launcher pytorch|slurm``: ``init_dist`` calls
-``torch.cuda.set_device`` (an
-error on a CPU-only torch) and the Runner wraps DDP with ``device_ids=[LOCAL_RANK]``, which DDP
-rejects for CPU
-modules. :func:`setup_launcher` keeps mmengine's own path on GPUs (nccl) and, without CUDA, runs
-mmengine's
-``init_dist`` (its torchrun / SLURM environment parsing included) with ``torch.cuda.set_device``
-skipped and a gloo
-backend (the Runner then skips ``init_dist``), and asks for a CPU DDP wrapper (``device_ids=None``).
-On CPU the config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the
-Runner's environment log
-says ``backend: gloo`` and ``device: cpu`` instead of the GPU config's ``nccl``.
+``torch.cuda.set_device`` (an error on a CPU-only torch) and the Runner wraps DDP with
+``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU modules. :func:`setup_launcher` keeps
+mmengine's own path on GPUs (nccl) and, without CUDA, runs mmengine's ``init_dist`` (its torchrun /
+SLURM environment parsing included) with ``torch.cuda.set_device`` skipped and a gloo backend (the
+Runner then skips ``init_dist``), and asks for a CPU DDP wrapper (``device_ids=None``). On CPU the
+config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the Runner's
+environment log says ``backend: gloo`` and ``device: cpu`` instead of the GPU config's ``nccl``.
 """
 import os
 from unittest import mock
@@ -31,9 +27,8 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> No
     srun (``slurm``).
 
     mmengine's ``init_dist`` reads the environment (RANK / WORLD_SIZE / MASTER_* from torchrun;
-    SLURM_PROCID,
-    SLURM_NTASKS, SLURM_NODELIST, SLURM_LOCALID from srun) and starts the process group; only its
-    ``torch.cuda.set_device`` call is skipped.
+    SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST, SLURM_LOCALID from srun) and starts the process
+    group; only its ``torch.cuda.set_device`` call is skipped.
 
     Args:
         launcher (str): ``'pytorch'`` or ``'slurm'``.
@@ -82,8 +77,8 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
         backend = 'gloo'  # configs written for GPUs say nccl; CPU tensors need gloo
     init_cpu_process_group(launcher, backend=backend, **dist_cfg)
     # What the Runner logs under "Runtime environment" (it prints env_cfg): the backend that really
-    # runs, and that
-    # the processes are CPU processes (mmengine's own "GPU number" line there counts processes).
+    # runs, and that the processes are CPU processes (mmengine's own "GPU number" line there counts
+    # processes).
     env_cfg = dict(cfg.get('env_cfg') or {})
     env_cfg['dist_cfg'] = dict(env_cfg.get('dist_cfg') or {}, backend=backend)
     env_cfg['device'] = 'cpu'
@@ -104,8 +99,8 @@ def teardown_launcher() -> None:
     """Waits for every rank and destroys the process group.
 
     Without it, a rank of a gloo job can abort at interpreter exit ("terminate called without an
-    active exception")
-    while the other ranks still talk to it, failing a run whose training finished.
+    active exception") while the other ranks still talk to it, failing a run whose training
+    finished.
     """
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()

@@ -1,6 +1,5 @@
 """The ``PBN-loop`` case of ``tools/benchmark_norms.py``: PBN's training forward as the released
-code
-computes it, patch by patch (tests/references.py holds the same loop as the tests' oracle)."""
+code computes it, patch by patch (tests/references.py holds the same loop as the tests' oracle)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,12 +10,10 @@ __all__ = ['pbn_patch_loop']
 def pbn_patch_loop(x: torch.Tensor, layer: nn.Module, plan) -> torch.Tensor:
     """Straightforward PBN training forward: a Python loop over the patches of both views, two
     ``F.batch_norm`` calls per patch (running and patch statistics), ``torch.cat`` to re-assemble
-    (the
-    released code's structure).
+    (the released code's structure).
 
-    ``layer`` provides weight, bias, running stats (updated in place), eps and momentum; ``plan``
-    is a
-    ``PBNPlan``.
+    ``layer`` provides weight, bias, running stats (updated in place), eps and momentum; ``plan`` is
+    a ``PBNPlan``.
     """
     w, b, rm, rv = layer.weight, layer.bias, layer.running_mean, layer.running_var
     height, width = x.shape[2:]

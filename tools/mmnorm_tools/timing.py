@@ -34,8 +34,7 @@ def paired_seconds(ref_step: Callable[[], None],
     """Interleaved timing of ``ref_step`` and ``step``: medians of each and of the per-pair ratio.
 
     The pairs alternate which side runs first, so a slowdown of the machine in the middle of a pair
-    is
-    shared.
+    is shared.
     """
     for _ in range(warmup):
         ref_step()
@@ -59,12 +58,10 @@ def round_robin(fns: Dict[str, Callable[[], object]],
     of them.
 
     Args:
-        fns: name -> function.
-        repeats: Rounds, for all functions or per name (a function leaves the turns after its
-        count).
-        device: Synchronised around every call when a GPU.
-        clocks: ``'wall'`` and / or ``'cpu'`` (this process's CPU time, all threads).
-        warmup: Untimed calls of each function first.
+        fns: name -> function. repeats: Rounds, for all functions or per name (a function leaves the
+        turns after its count). device: Synchronised around every call when a GPU. clocks:
+        ``'wall'`` and / or ``'cpu'`` (this process's CPU time, all threads). warmup: Untimed calls
+        of each function first.
 
     Returns:
         dict: name -> one tuple of seconds (one per clock) per timed call.
