@@ -23,8 +23,10 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules)
-from mmnorm.runtime import CheckpointFileError, check_checkpoint_file, get_toolbox, write_metrics_json
+from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_toolbox, user_errors,
+                            write_metrics_json)
 from mmnorm_tools import setup_runtime
+from mmnorm_tools.checkpoints import add_strict_load_argument, use_safe_checkpoint_hook
 from mmnorm_tools.config import check_norm_types
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
@@ -45,6 +47,7 @@ def parse_args(argv=None):
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    add_strict_load_argument(parser)
     args = parser.parse_args(argv)
     if args.show_interval < 1:
         parser.error(f'--show-interval must be >= 1, got {args.show_interval}')
@@ -112,6 +115,7 @@ def build_cfg(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    use_safe_checkpoint_hook(cfg, args.strict_load)  # refuses weights that do not fit the model
     if args.show or args.show_dir:
         trigger_visualization_hook(cfg, args, scope)
     if args.tta:
@@ -134,12 +138,14 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, CheckpointFileError) as err:
         print(f'tools/test.py: error: {err}', file=sys.stderr)
         sys.exit(2)
-    setup_launcher(cfg, args.launcher)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if args.out is not None and cfg.default_scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    metrics = runner.test()
+    with user_errors('tools/test.py'):  # a work dir that cannot be written, weights that do not fit
+        os.makedirs(osp.abspath(cfg.work_dir), exist_ok=True)
+        setup_launcher(cfg, args.launcher)
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        if args.out is not None and cfg.default_scope == 'mmdet':
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        metrics = runner.test()
     if args.metrics_out and get_rank() == 0:
         write_metrics_json(metrics, args.metrics_out)
     teardown_launcher()  # only after success: a failed rank must not wait in a barrier for the others

@@ -24,8 +24,11 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules)
-from mmnorm.runtime import CheckpointFileError, check_checkpoint_file, get_toolbox, write_metrics_json
+from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_toolbox, user_errors,
+                            write_metrics_json)
 from mmnorm_tools import setup_runtime
+from mmnorm_tools.checkpoints import (add_strict_load_argument, resolve_auto_resume,
+                                      use_safe_checkpoint_hook)
 from mmnorm_tools.config import check_norm_types
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
@@ -43,6 +46,7 @@ def parse_args(argv=None):
     parser.add_argument('--test-last', action='store_true',
                         help="after training, test the final weights with the config's test_dataloader")
     parser.add_argument('--metrics-out', help='with --test-last: write the test metrics dict to this JSON file')
+    add_strict_load_argument(parser)
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args(argv)
@@ -73,9 +77,9 @@ def build_cfg(args) -> Config:
             cfg.optim_wrapper.dtype = 'bfloat16'
         elif optim_type not in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
             raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got {optim_type!r}')
+    use_safe_checkpoint_hook(cfg, args.strict_load)
     if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
+        resolve_auto_resume(cfg)
     elif args.resume is not None:
         if osp.isdir(args.resume):
             check_checkpoint_file(args.resume, '--resume checkpoint')  # raises: names the folder
@@ -104,9 +108,11 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, CheckpointFileError) as err:
         print(f'tools/train.py: error: {err}', file=sys.stderr)
         sys.exit(2)
-    setup_launcher(cfg, args.launcher)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    with user_errors('tools/train.py'):  # a work dir that cannot be written, weights that do not fit
+        os.makedirs(osp.abspath(cfg.work_dir), exist_ok=True)
+        setup_launcher(cfg, args.launcher)
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        runner.train()
     if args.test_last:  # the weights in memory are the last checkpoint's; Runner.test does not load them again
         metrics = runner.test()
         if args.metrics_out and get_rank() == 0:

@@ -14,6 +14,7 @@ def get_toolbox(cfg: Config) -> str:
         raise ValueError(f'config {cfg.filename!r} has no default_scope; mmnorm tools need '
                          f"default_scope='mmseg' or 'mmdet' to know the toolbox")
     if scope not in TOOLBOXES:
-        raise ValueError(f'config {cfg.filename!r} has default_scope={scope!r}; mmnorm tools support '
-                         f'{sorted(TOOLBOXES)}')
+        raise ValueError(
+            f'config {cfg.filename!r} has default_scope={scope!r}; mmnorm tools support '
+            f'{sorted(TOOLBOXES)}')
     return scope

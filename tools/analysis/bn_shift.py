@@ -23,13 +23,14 @@ import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import Runner, load_checkpoint
+from mmengine.runner import Runner
 
 import mmnorm  # noqa: F401
 from mmnorm.analysis import compare_moments, input_moments, running_moments
 from mmnorm.recalibration import find_bn_layers, recalibrate_bn
-from mmnorm.runtime import get_toolbox
+from mmnorm.runtime import check_checkpoint_file, get_toolbox, user_errors
 from mmnorm_tools import setup_runtime
+from mmnorm_tools.checkpoints import add_strict_load_argument, load_weights
 
 LOADERS = ('train', 'val', 'test')
 
@@ -44,6 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int, default=None)
     parser.add_argument('--out-dir', default='work_dirs/bn_shift')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    add_strict_load_argument(parser)
     args = parser.parse_args(argv)
     if args.num_batches is not None and args.num_batches <= 0:
         parser.error(f'--num-batches must be positive, got {args.num_batches}')
@@ -59,12 +61,13 @@ def build_loader(cfg: Config, which: str, batch_size=None):
     return Runner.build_dataloader(loader_cfg)
 
 
-def analyse(cfg: Config, checkpoint: str, source: str, target: str, num_batches=None, batch_size=None):
+def analyse(cfg: Config, checkpoint: str, source: str, target: str, num_batches=None, batch_size=None,
+            strict_load=True):
     """Returns the table rows (one dict per BN-like layer, in execution order of the first forward)."""
     init_default_scope(get_toolbox(cfg))
     from mmengine.model import revert_sync_batchnorm
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    load_checkpoint(model, checkpoint, map_location='cpu', logger='current')
+    load_weights(model, checkpoint, strict=strict_load)  # refuses weights that do not fit
     layers, _ = find_bn_layers(model)
     src_loader = build_loader(cfg, source, batch_size)
     tgt_loader = build_loader(cfg, target, batch_size)
@@ -169,14 +172,20 @@ def plot(rows, out_file: str, title: str) -> None:
 def main(argv=None):
     args = parse_args(argv)
     setup_runtime()  # Runner checkpoints load with torch's weights-only unpickler
-    if not osp.isfile(args.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    rows = analyse(cfg, args.checkpoint, args.source, args.target, args.num_batches, args.batch_size)
+    with user_errors('tools/analysis/bn_shift.py', (FileNotFoundError, ValueError)):
+        check_checkpoint_file(args.checkpoint)
+        if not osp.isfile(args.config):
+            raise FileNotFoundError(f'config file not found: {args.config!r}')
+        cfg = Config.fromfile(args.config)
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
+        get_toolbox(cfg)
+    with user_errors('tools/analysis/bn_shift.py'):  # weights that do not fit, an unwritable --out-dir
+        rows = analyse(cfg, args.checkpoint, args.source, args.target, args.num_batches, args.batch_size,
+                       args.strict_load)
     title = f'{osp.basename(args.config)}: {args.source} -> {args.target}'
-    write_outputs(rows, args.out_dir, title)
+    with user_errors('tools/analysis/bn_shift.py'):
+        write_outputs(rows, args.out_dir, title)
     with open(osp.join(args.out_dir, 'bn_shift.md')) as f:
         print(f.read())
     return rows

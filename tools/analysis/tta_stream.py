@@ -62,14 +62,14 @@ def parse_args(argv=None):
 def load_model(config: str, checkpoint: str):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
-    from mmengine.runner import load_checkpoint
     from mmseg.registry import MODELS
 
     import mmnorm  # noqa: F401
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(cfg.model)
-    load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    from mmnorm_tools.checkpoints import load_weights
+    load_weights(model, checkpoint)  # refuses files that are unsafe or do not fit the model
     return cfg, model.eval()
 
 
@@ -185,6 +185,9 @@ def main(argv=None):
     args = parse_args(argv)
     from mmnorm_tools import setup_runtime
     setup_runtime()  # Runner checkpoints load with torch's weights-only unpickler
+    from mmnorm.runtime import check_checkpoint_file, user_errors
+    with user_errors('tools/analysis/tta_stream.py'):
+        check_checkpoint_file(args.checkpoint)
     from mmnorm.datasets.synthetic_stream import generate_drifting_stream
     t0 = time.time()
     try:

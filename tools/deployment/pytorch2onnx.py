@@ -37,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument('--opset', type=int, default=18, help='ONNX opset. Defaults to 18')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out file')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value')
+    from mmnorm_tools.checkpoints import add_strict_load_argument
+    add_strict_load_argument(parser)
     args = parser.parse_args(argv)
     for path, name in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(path):
@@ -81,6 +83,7 @@ def main(argv=None):
     from mmnorm.deploy import ExportWrapper, build_model, compare, export_onnx
     from mmnorm.runtime import CheckpointFileError, check_checkpoint_file, get_toolbox
     from mmnorm_tools import setup_runtime
+    from mmnorm_tools.checkpoints import load_weights
     from mmnorm_tools.config import check_norm_types
     setup_runtime()
     cfg = Config.fromfile(args.config)
@@ -90,10 +93,12 @@ def main(argv=None):
         scope = get_toolbox(cfg)
         check_norm_types(cfg)
         check_checkpoint_file(args.checkpoint)
+        model = build_model(cfg, None)
+        load_weights(model, args.checkpoint, strict=args.strict_load)
     except (ValueError, CheckpointFileError) as err:
         parser.error(str(err))
     height, width = input_shape(cfg, args, parser)
-    wrapper = ExportWrapper(build_model(cfg, args.checkpoint), scope).eval()
+    wrapper = ExportWrapper(model.eval(), scope).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(args.batch_size, 3, height, width, generator=generator)
     onnx_file = args.check

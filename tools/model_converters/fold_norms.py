@@ -33,6 +33,8 @@ def parse_args(argv=None):
                         help="input of the equivalence check. Defaults to the data_preprocessor's size or 64x64")
     parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value')
+    from mmnorm_tools.checkpoints import add_strict_load_argument
+    add_strict_load_argument(parser)
     args = parser.parse_args(argv)
     for path, name in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(path):
@@ -55,6 +57,7 @@ def main(argv=None):
     from mmnorm.deploy import build_model, fold_config, fold_norms
     from mmnorm.runtime import CheckpointFileError, atomic_write_bytes, check_checkpoint_file, get_toolbox
     from mmnorm_tools import setup_runtime
+    from mmnorm_tools.checkpoints import load_weights
     setup_runtime()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -63,7 +66,8 @@ def main(argv=None):
         scope = get_toolbox(cfg)
         check_checkpoint_file(args.checkpoint)
         folded_cfg, changes = fold_config(cfg.to_dict(), scope)
-        model = build_model(cfg, args.checkpoint)
+        model = build_model(cfg, None)
+        source = load_weights(model, args.checkpoint, strict=args.strict_load)
         shape = args.shape or (cfg.model.get('data_preprocessor') or {}).get('size') or (64, 64)
         x = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
@@ -79,7 +83,6 @@ def main(argv=None):
     scale = max([1.0] + [float(a.abs().max()) for a in before])
     if diff > FOLD_TOLERANCE * scale:
         raise RuntimeError(f'folded model differs from the original by {diff:.3g} (scale {scale:.3g})')
-    source = torch.load(args.checkpoint, map_location='cpu', weights_only=True, mmap=True)
     meta = dict(folded_from=osp.abspath(args.checkpoint), folded_layers=len(layers))
     dataset_meta = (source.get('meta') or {}).get('dataset_meta') if isinstance(source, dict) else None
     if dataset_meta:
