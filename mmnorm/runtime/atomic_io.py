@@ -1,17 +1,19 @@
 """Atomic local file writes for mmengine's file backend (checkpoints are never left truncated).
 
-mmengine 0.10.7 writes a checkpoint with ``LocalBackend.put``: ``open(path, 'wb').write(bytes)``. A process killed
-during that write (SIGTERM from a scheduler, Ctrl-C, OOM) leaves a truncated ``iter_N.pth`` that fails to load
-("failed finding central directory"). :class:`AtomicLocalBackend` writes to a temporary file in the same directory,
-flushes it to disk and renames it over the target (``os.replace`` is atomic on POSIX and Windows), so a reader sees
-the old file, no file, or the complete new one. :func:`use_atomic_local_writes` registers it as mmengine's ``local``
-backend; every local ``put`` / ``put_text`` goes through it: the Runner's checkpoints, ``AdaBNHook(save_checkpoint=)``
-and anything else written with ``mmengine.runner.save_checkpoint`` or ``mmengine.fileio.put``.
+mmengine 0.10.7 writes a checkpoint with ``LocalBackend.put``: ``open(path, 'wb').write(bytes)``. A
+process killed during that write (SIGTERM from a scheduler, Ctrl-C, OOM) leaves a truncated
+``iter_N.pth`` that fails to load ("failed finding central directory"). :class:`AtomicLocalBackend`
+writes to a temporary file in the same directory, flushes it to disk and renames it over the target
+(``os.replace`` is atomic on POSIX and Windows), so a reader sees the old file, no file, or the
+complete new one. :func:`use_atomic_local_writes` registers it as mmengine's ``local`` backend;
+every local ``put`` / ``put_text`` goes through it: the Runner's checkpoints,
+``AdaBNHook(save_checkpoint=)`` and anything else written with ``mmengine.runner.save_checkpoint``
+or ``mmengine.fileio.put``.
 
 The file gets the mode ``open(path, 'w')`` would give it (``0o666`` minus the umask), not
-``mkstemp``'s ``0o600``. :func:`clean_up_on_sigterm` (applied by :func:`mmnorm.runtime.setup`) removes
-the temporary files of writes in progress when the process receives SIGTERM, then lets the signal
-end the process as it would have.
+``mkstemp``'s ``0o600``. :func:`clean_up_on_sigterm` (applied by :func:`mmnorm.runtime.setup`)
+removes the temporary files of writes in progress when the process receives SIGTERM, then lets the
+signal end the process as it would have.
 """
 import json
 import os
@@ -68,10 +70,12 @@ def clean_up_on_sigterm() -> None:
 
 
 def atomic_write_bytes(data: bytes, filepath: Union[str, Path]) -> None:
-    """Writes ``data`` to ``filepath`` through a temporary file in the same directory and an atomic rename.
+    """Writes ``data`` to ``filepath`` through a temporary file in the same directory and an
+    atomic rename.
 
-    The temporary file is ``.<name>.tmp-<random>``; it is removed when writing fails. The target's directory is
-    created when missing (as ``LocalBackend.put`` does).
+    The temporary file is ``.<name>.tmp-<random>``; it is removed when writing fails (and on
+    SIGTERM, see :func:`clean_up_on_sigterm`). The target's directory is created when missing (as
+    ``LocalBackend.put`` does).
     """
     filepath = str(filepath)
     directory = osp.dirname(osp.abspath(filepath))
@@ -94,7 +98,8 @@ def atomic_write_bytes(data: bytes, filepath: Union[str, Path]) -> None:
 
 
 def write_metrics_json(metrics: Mapping, filepath: Union[str, Path]) -> None:
-    """Writes a Runner's metrics dict (numbers, numpy scalars) to ``filepath`` as JSON, atomically."""
+    """Writes a Runner's metrics dict (numbers, numpy scalars) to ``filepath`` as JSON,
+    atomically."""
     plain = {k: float(v) if hasattr(v, '__float__') else v for k, v in metrics.items()}
     atomic_write_bytes(json.dumps(plain, indent=2).encode(), filepath)
 
@@ -112,7 +117,8 @@ class AtomicLocalBackend(LocalBackend):
 def use_atomic_local_writes() -> None:
     """Registers :class:`AtomicLocalBackend` as mmengine's ``local`` backend (idempotent).
 
-    Cached ``LocalBackend`` instances created before the call are dropped so later look-ups get the atomic one.
+    Cached ``LocalBackend`` instances created before the call are dropped so later look-ups get
+    the atomic one.
     """
     if file_backends.backends.get('local') is AtomicLocalBackend:
         return

@@ -68,7 +68,8 @@ class _Scalar(_Record):
 
 
 class _HistoryBuffer(_Record):
-    """``mmengine.logging.history_buffer.HistoryBuffer`` (NEWOBJ, then BUILD with its ``__dict__``)."""
+    """``mmengine.logging.history_buffer.HistoryBuffer``: NEWOBJ, then BUILD with its
+    ``__dict__``."""
 
 
 class _Attribute(_Record):
@@ -130,7 +131,8 @@ def _dtype(record: Any, where: str) -> np.dtype:
     state = record.state
     order = '|'
     if state is not None:
-        # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, alignment,
+        # flags)
         if (not isinstance(state, tuple) or len(state) < 5 or state[2] is not None
                 or state[3] is not None or state[4] is not None):
             raise UnsafeCheckpoint(f'{where}: a structured or sub-array numpy dtype ({code!r})')
