@@ -32,10 +32,12 @@ def test_variant_switch_leaves_weights_and_removes_layers():
             dict(type='PerturbResNetV1c', depth=18, base_channels=8, stem_channels=8))
     keys = set(backbone.state_dict())
     bench.set_variant(backbone, 'DSU', 0.5)
-    assert backbone.perturb_positions == ('stem', 0, 1, 2, 3) and set(backbone.state_dict()) == keys
+    assert backbone.perturb_positions == ('conv1', 'stem', 0, 1, 2, 3)
+    assert set(backbone.state_dict()) == keys
     assert backbone.perturb_stem.p == 0.5
     bench.set_variant(backbone, None, 1.0)
-    assert backbone.perturb_positions == () and not hasattr(backbone, 'perturb_stem')
+    assert backbone.perturb_positions == ()
+    assert not hasattr(backbone, 'perturb_stem') and not hasattr(backbone, 'perturb_conv1')
 
 
 def test_configured_p_is_reported_as_a_mean(tmp_path):

@@ -34,7 +34,7 @@ MODEL_CONFIG = 'configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-5
 VARIANTS = {
     'MixStyle': (dict(type='MixStyle', p=1.0), (0, 1, 2)),
     'EFDMix': (dict(type='EFDMix', p=1.0), (0, 1, 2)),
-    'DSU': (dict(type='DSU', p=1.0), ('stem', 0, 1, 2, 3)),
+    'DSU': (dict(type='DSU', p=1.0), ('conv1', 'stem', 0, 1, 2, 3)),
 }
 MODEL_GOAL = 1.05
 Shape = Tuple[int, int, int, int]
@@ -120,10 +120,11 @@ def run_model(names: List[str],
 
 
 def layer_shapes(batch: int, crop: int) -> Dict[str, Shape]:
-    """Shapes after the stem and each stage of ResNetV1c-50-D8 (stride 4, 4, 8, 8, 8) for a crop
-    x crop input."""
-    s4, s8 = crop // 4, crop // 8
+    """Shapes after the deep stem's first conv, the stem and each stage of ResNetV1c-50-D8 (stride
+    2, 4, 4, 8, 8, 8) for a crop x crop input."""
+    s2, s4, s8 = crop // 2, crop // 4, crop // 8
     return {
+        'conv1': (batch, 32, s2, s2),
         'stem': (batch, 64, s4, s4),
         'stage 1': (batch, 256, s4, s4),
         'stage 2': (batch, 512, s8, s8),
@@ -154,7 +155,7 @@ def run_layers(names: List[str], batch: int, crop: int, repeats: int, device: st
         bn = time_layer(nn.BatchNorm2d(shape[1]), shape, repeats, device)
         for name in names:
             positions = VARIANTS[name][1]
-            stage = 'stem' if where == 'stem' else int(where.split()[-1]) - 1
+            stage = where if where in ('conv1', 'stem') else int(where.split()[-1]) - 1
             if stage not in positions:
                 continue
             t = time_layer(MODELS.build(variant_cfg(name, 1.0)), shape, repeats, device)

@@ -5,4 +5,4 @@ model = dict(
     backbone=dict(
         type='PerturbResNetV1c',
         perturb=dict(type='DSU', p=0.5, factor=1.0),
-        after_stages=('stem', 0, 1, 2, 3)))
+        after_stages=('conv1', 'stem', 0, 1, 2, 3)))

@@ -9,4 +9,4 @@ model = dict(
         type='PerturbResNet',
         ibn=dict(type='a'),
         perturb=dict(type='DSU', p=0.5, factor=1.0),
-        after_stages=('stem', 0, 1, 2, 3)))
+        after_stages=('conv1', 'stem', 0, 1, 2, 3)))
