@@ -5,7 +5,6 @@ import os
 import os.path as osp
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
