@@ -192,6 +192,10 @@ def cell_moments(x: torch.Tensor, row_edges: Edges,
     """Per-cell element counts, means and sums of squared deviations of ``x`` ``(N, C, H, W)``
     pooled over the batch, in two passes (the mean, then the squared deviations from it).
 
+    The squares are summed in float64: a float32 square overflows from ``|x - mean| > 1.8e19``
+    (e.g. a 1e30 activation) where torch's BN keeps a finite output, and an Inf square times the
+    band matrices' zeros would spread NaN to every cell of the channel.
+
     Returns:
         tuple: ``counts (R * K,)``, ``mean (C, R * K)``, ``M2 (C, R * K)``, float64, cells
         row-major.
@@ -199,7 +203,7 @@ def cell_moments(x: torch.Tensor, row_edges: Edges,
     counts = cell_counts(x.shape[0], row_edges, col_edges, x.device)
     mean = band_sum(x, row_edges, col_edges) / counts
     deviation = x - expand(mean, row_edges, col_edges, x.dtype)
-    m2 = band_sum(deviation.square(), row_edges, col_edges)
+    m2 = band_sum(deviation.to(torch.float64).square(), row_edges, col_edges)
     return counts.flatten(), mean.flatten(1), m2.flatten(1)
 
 

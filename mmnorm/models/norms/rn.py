@@ -19,6 +19,19 @@ domain:
 6. EMA (``momentum``) of the compensated statistics into ``running_{mean,var}_{source,target}``;
 7. eval: batch norm with the *target* running statistics for any input.
 
+Bad values (a NaN, an Inf, or values whose variance overflows, e.g. 1e30 in float32): a
+super-channel of a domain whose batch mean or variance is non-finite is excluded from the
+compensation. It lends nothing (the other domain's softmax rows skip it) and borrows nothing (its
+compensated statistics are its own batch statistics; a channel with a non-finite statistic is
+normalised with its own mean and variance, as BN does, so an overflowed variance gives the bias as
+BN's output does). The running statistics of a channel whose compensated mean or variance is
+non-finite keep their previous values (the update is masked; torch's BN writes the NaN / Inf into
+its buffers). Every other channel is normalised and tracked exactly as if the bad statistics were
+absent: only the affected channels' outputs can be non-finite, as with BN, and the running
+statistics stay finite. The softmax and the mixing run in float64 (a (K, K) graph), so finite but
+large means (``(m_s - m_t)^2`` beyond float32) cannot turn a row into NaN. An empty batch (no
+values) gives an empty output and changes no statistic.
+
 The training forward is one differentiable formulation (:func:`reciprocal_norm`): the per-domain
 moments of :func:`mmnorm.stats.channel_moments`, the (C,)-sized compensation graph, and one affine
 map per domain part; autograd derives the backward and ``torch.compile`` fuses the passes.
@@ -60,8 +73,11 @@ def rn_groups(num_features: int, group_channels: int = 512) -> int:
     return groups
 
 
-def reciprocal_compensation(stat_source: torch.Tensor, stat_target: torch.Tensor,
-                            groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def reciprocal_compensation(
+        stat_source: torch.Tensor,
+        stat_target: torch.Tensor,
+        groups: int,
+        valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Compensatory statistics of each domain, borrowed from the other one (step 3).
 
     Args:
@@ -69,17 +85,33 @@ def reciprocal_compensation(stat_source: torch.Tensor, stat_target: torch.Tensor
         stat_target (Tensor): The same statistic of the target part, shape (C,).
         groups (int): ``G``, channels per super-channel; the (C,) vector is viewed as ``K x G``,
             super-channel ``k`` holding channels ``k*G ... k*G + G - 1``.
+        valid (Tensor, optional): (2, C) bool, rows ``[source, target]``: False where a domain's
+            batch statistics of a channel are non-finite. A super-channel with an invalid channel
+            neither lends (its column is left out of the other domain's softmax) nor borrows (its
+            compensation is its own statistic). Defaults to None: ``stat`` is finite.
 
     Returns:
-        tuple[Tensor, Tensor]: ``(source <- target, target <- source)``, each (C,).
+        tuple[Tensor, Tensor]: ``(source <- target, target <- source)``, each (C,), in the dtype
+        of the statistics; the softmax and the mixing run in float64.
     """
-    m_source = stat_source.reshape(-1, groups)  # K x G
-    m_target = stat_target.reshape(-1, groups)
-    mean_source, mean_target = m_source.mean(1), m_target.mean(1)  # K
-    # P_st[k, k'] = softmax_k'(-(m_s[k] - m_t[k'])^2); P_ts is the same with the roles swapped.
-    p_st = torch.softmax(-(mean_source[:, None] - mean_target[None, :]).square(), dim=1)
-    p_ts = torch.softmax(-(mean_target[:, None] - mean_source[None, :]).square(), dim=1)
-    return (p_st @ m_target).reshape(-1), (p_ts @ m_source).reshape(-1)
+    stats = torch.stack([stat_source, stat_target])
+    if valid is None:
+        valid = torch.isfinite(stats)
+    ok = valid.reshape(2, -1, groups).all(2)  # (2, K): super-channels that take part
+    rows = torch.where(ok[..., None], stats.reshape(2, -1, groups), 0).to(torch.float64)
+    means = rows.mean(2)  # (2, K), finite
+    compensated = []
+    for own, other in ((0, 1), (1, 0)):
+        # P[k, k'] = softmax_k'(-(m_own[k] - m_other[k'])^2) over the valid k' of the other domain;
+        # a row that borrows nothing gets finite dummy logits (its result is replaced below).
+        logits = -(means[own][:, None] - means[other][None, :]).square()
+        logits = torch.where(ok[other][None, :], logits, float('-inf'))
+        borrows = ok[own] & ok[other].any()  # (K,)
+        logits = torch.where(borrows[:, None], logits, 0.0)
+        mixed = (torch.softmax(logits, dim=1) @ rows[other]).to(stats.dtype)  # (K, G)
+        own_rows = stats[own].reshape(-1, groups)
+        compensated.append(torch.where(borrows[:, None], mixed, own_rows).reshape(-1))
+    return compensated[0], compensated[1]
 
 
 def reciprocal_statistics(mean: torch.Tensor, var: torch.Tensor, gate_mean: torch.Tensor,
@@ -96,10 +128,12 @@ def reciprocal_statistics(mean: torch.Tensor, var: torch.Tensor, gate_mean: torc
     Returns:
         tuple[Tensor, Tensor]: ``mean~`` and ``var~``, each (2, C) with rows ``[source, target]``.
     """
-    comp_mean = torch.stack(reciprocal_compensation(mean[0], mean[1], groups))
-    comp_var = torch.stack(reciprocal_compensation(var[0], var[1], groups))
-    return (gate_mean * mean + (1 - gate_mean) * comp_mean,
-            gate_var * var + (1 - gate_var) * comp_var)
+    valid = torch.isfinite(mean) & torch.isfinite(var)  # (2, C): bad statistics are left out
+    comp_mean = torch.stack(reciprocal_compensation(mean[0], mean[1], groups, valid))
+    comp_var = torch.stack(reciprocal_compensation(var[0], var[1], groups, valid))
+    # A channel with a non-finite statistic keeps its own mean and variance (no 0 * Inf of a gate).
+    return (torch.where(valid, gate_mean * mean + (1 - gate_mean) * comp_mean,
+                        mean), torch.where(valid, gate_var * var + (1 - gate_var) * comp_var, var))
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
@@ -130,8 +164,9 @@ def reciprocal_norm(x: torch.Tensor,
     """Train-mode RN of a [source | target] batch (steps 1-5), differentiable in ``x``, affine and
     gates.
 
-    Statistics, compensation and softmax run in float32 (float64 inputs stay float64) with autocast
-    disabled; the output has the input's dtype.
+    Statistics run in float32 (float64 inputs stay float64), the compensation's softmax and mixing
+    in float64, with autocast disabled; the output has the input's dtype. Non-finite statistics are
+    left out of the compensation (module docstring).
 
     Args:
         x (Tensor): ``(N, C, *)``; the first ``num_source`` samples are source, the rest target.
@@ -302,7 +337,7 @@ class RN(DomainAwareMixin, nn.Module):
                                  f'{batch_size}')
             return batch_size // 2, batch_size // 2
         check_domain_split(split, batch_size, self)
-        if 0 in split and not self.allow_single_domain:
+        if 0 in split and batch_size > 0 and not self.allow_single_domain:
             empty = 'source' if split[0] == 0 else 'target'
             raise ValueError(f'RN({self.num_features}): the {empty} part of the batch is empty '
                              f'(declared split {tuple(split)}); RN needs source and target '
@@ -318,8 +353,11 @@ class RN(DomainAwareMixin, nn.Module):
         with torch.no_grad():
             running_mean = getattr(self, f'running_mean_{domain}')
             running_var = getattr(self, f'running_var_{domain}')
-            running_mean.lerp_(mean.to(running_mean.dtype), factor)
-            running_var.lerp_(var.to(running_var.dtype), factor)
+            mean, var = mean.to(running_mean.dtype), var.to(running_var.dtype)
+            # Channels with a non-finite statistic keep their running statistics (module doc).
+            finite = torch.isfinite(mean) & torch.isfinite(var)
+            running_mean.copy_(torch.where(finite, running_mean.lerp(mean, factor), running_mean))
+            running_var.copy_(torch.where(finite, running_var.lerp(var, factor), running_var))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
@@ -330,6 +368,9 @@ class RN(DomainAwareMixin, nn.Module):
             return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight,
                                 self.bias, False, 0.0, self.eps)
         num_source, num_target = self._resolve_split(x.shape[0])
+        if x.numel() == 0:  # an empty batch: an empty output, no statistic changes (as BN)
+            return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight,
+                                self.bias, False, 0.0, self.eps)
         check_batch_statistics(self, x, (num_source, num_target))
         self._project_gates()
         self.num_batches_tracked.add_(1)
