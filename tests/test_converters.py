@@ -113,7 +113,7 @@ def test_gta5_converter_cli_clean_dataset_exits_zero(root, tmp_path):
     gta = fresh_copy(f'{root}/gta5', tmp_path / 'gta5')
     proc = run_tool(['tools/dataset_converters/gta5.py', gta, '--nproc', '2'])
     # progress bar
-    assert '6 frames: 6 converted, 0 resized' in proc.stdout and '6/6' in proc.stdout
+    assert '6 frames: 6 converted, 0 resized' in proc.stdout  # the report's counts
     for i in range(1, 7):
         raw = np.array(Image.open(f'{gta}/labels/{i:05d}.png'))
         np.testing.assert_array_equal(out(gta, f'{i:05d}'), apply(GTA5_EXPECTED, raw))
