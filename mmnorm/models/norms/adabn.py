@@ -251,6 +251,8 @@ class AdaBN(DomainAwareMixin, nn.Module):
             for part, domain in zip(torch.split(x, list(split)), self.split_domains)
             if part.shape[0] > 0
         ]
+        if not parts:  # an empty batch: the first part's BN returns an empty output, as BN does
+            return self._normalise(x, self.split_domains[0])
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     # -- checkpoints -------------------------------------------------------------------------------

@@ -147,7 +147,8 @@ class IBN(nn.Module):
         """``(x - x) * w + b``: the IN bias in the shape of ``x_in``, with a zero gradient to
         ``x_in`` and to the IN weight (both kept in the graph)."""
         shape = (1, -1, 1, 1)
-        return (x_in - x_in) * self.IN.weight.view(shape) + self.IN.bias.view(shape)
+        y = (x_in - x_in) * self.IN.weight.view(shape) + self.IN.bias.view(shape)
+        return y.to(x_in.dtype)  # as IN returns it (a bf16 map stays bf16)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -129,11 +129,14 @@ def reciprocal_statistics(mean: torch.Tensor, var: torch.Tensor, gate_mean: torc
         tuple[Tensor, Tensor]: ``mean~`` and ``var~``, each (2, C) with rows ``[source, target]``.
     """
     valid = torch.isfinite(mean) & torch.isfinite(var)  # (2, C): bad statistics are left out
-    comp_mean = torch.stack(reciprocal_compensation(mean[0], mean[1], groups, valid))
-    comp_var = torch.stack(reciprocal_compensation(var[0], var[1], groups, valid))
-    # A channel with a non-finite statistic keeps its own mean and variance (no 0 * Inf of a gate).
-    return (torch.where(valid, gate_mean * mean + (1 - gate_mean) * comp_mean,
-                        mean), torch.where(valid, gate_var * var + (1 - gate_var) * comp_var, var))
+    # Zeros in place of the bad statistics, so that no NaN enters the gates' graph (forward or
+    # backward); a channel with a non-finite statistic keeps its own mean and variance.
+    mean_ok, var_ok = torch.where(valid, mean, 0), torch.where(valid, var, 0)
+    comp_mean = torch.stack(reciprocal_compensation(mean_ok[0], mean_ok[1], groups, valid))
+    comp_var = torch.stack(reciprocal_compensation(var_ok[0], var_ok[1], groups, valid))
+    mean_c = torch.where(valid, gate_mean * mean_ok + (1 - gate_mean) * comp_mean, mean)
+    var_c = torch.where(valid, gate_var * var_ok + (1 - gate_var) * comp_var, var)
+    return mean_c, var_c
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
