@@ -100,18 +100,19 @@ def det_setup(tmp_path_factory):
 def test_faster_rcnn_trains_and_tests(det_setup, tmp_path):
     root, config = det_setup
     work_dir = tmp_path / 'work'
-    proc = run_tool(['tools/train.py', config, '--work-dir', work_dir])
-    log = proc.stdout + proc.stderr
-    assert 'Iter(train) [3/3]' in log
+    run_tool(['tools/train.py', config, '--work-dir', work_dir])
+    scalars = next(work_dir.glob('*/vis_data/scalars.json')).read_text().splitlines()
+    rows = [row for row in map(json.loads, scalars) if 'loss' in row]  # logger interval 1
+    assert [row['iter'] for row in rows] == [1, 2, 3]
     for name in ('loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'):
-        assert name in log  # both stages of the two-stage detector trained
+        assert all(name in row for row in rows)  # both stages of the two-stage detector trained
     metrics_file, out_file = tmp_path / 'metrics.json', tmp_path / 'results.pkl'
     run_tool([
         'tools/test.py', config, work_dir / 'iter_3.pth', '--work-dir', work_dir, '--metrics-out',
         metrics_file, '--out', out_file
     ])
     metrics = json.loads(metrics_file.read_text())
-    assert 'coco/bbox_mAP_50' in metrics and -1.0 <= metrics['coco/bbox_mAP_50'] <= 1.0
+    assert metrics['coco/bbox_mAP_50'] >= 0.0  # COCO gives -1 when it finds no ground truth
     with open(out_file, 'rb') as f:
         results = pickle.load(f)
     assert len(results) == 4 and 'pred_instances' in results[0]
@@ -124,4 +125,4 @@ def test_mmdet_out_must_be_pickle(det_setup, tmp_path):
     proc = run_tool(['tools/test.py', config, dummy, '--out', tmp_path / 'results.json'],
                     check=False)
     assert proc.returncode != 0
-    assert "--out for an mmdet config must be a .pkl file, got" in proc.stderr
+    assert '--out' in proc.stderr and repr(str(tmp_path / 'results.json')) in proc.stderr

@@ -1,11 +1,21 @@
 """A 2-process CPU launch trains, checkpoints, resumes and tests a real mmseg EncoderDecoder through
 the tools."""
 import json
+import math
 import os.path as osp
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import DEMO_CONFIG, run_tool, tiny_seg_options
+
+
+def trained_iters(work_dir, run: int = -1) -> list:
+    """The iterations for which a run (by default the last one) in ``work_dir`` logged a training
+    loss (``<timestamp>/vis_data/scalars.json``, logger interval 1)."""
+    runs = sorted(Path(work_dir).glob('*/vis_data/scalars.json'))
+    rows = [json.loads(line) for line in runs[run].read_text().splitlines()]
+    return [r['iter'] for r in rows if 'loss' in r]
 
 
 @pytest.fixture(scope='module')
@@ -24,13 +34,13 @@ def dist_run(tiny_demo_data, tmp_path_factory):
 
 def test_dist_train_writes_checkpoint(dist_run):
     work_dir, log = dist_run
-    assert 'Distributed training: True' in log
     # the environment log names what runs: gloo CPU processes, not the GPU config's nccl
     env_block = log.split('Runtime environment:')[1].split('-' * 60)[0]
     assert "'backend': 'gloo'" in env_block and 'nccl' not in env_block, env_block
     assert 'device: cpu' in env_block and 'processes: 2' in env_block, env_block
     ckpt = torch.load(osp.join(work_dir, 'iter_2.pth'), weights_only=True)
-    assert ckpt['meta']['iter'] == 2
+    assert ckpt['meta']['iter'] == 2 and ckpt['meta']['world_size'] == 2
+    assert trained_iters(work_dir) == [1, 2]
     assert any(k.startswith('backbone.') for k in ckpt['state_dict'])
     assert not any(k.startswith('module.')
                    for k in ckpt['state_dict'])  # DDP wrapper unwrapped on save
@@ -46,8 +56,8 @@ def test_test_py_reports_miou(dist_run, tiny_demo_data, tmp_path):
         *tiny_seg_options(tiny_demo_data)
     ])
     metrics = json.loads(metrics_file.read_text())
-    assert 0.0 <= metrics['mIoU'] <= 100.0
     assert set(metrics) >= {'aAcc', 'mIoU', 'mAcc'}
+    assert math.isfinite(metrics['mIoU'])  # NaN: no labelled pixel reached the metric
 
 
 def test_resume_continues_training(dist_run, tiny_demo_data, tmp_path):
@@ -62,9 +72,8 @@ def test_resume_continues_training(dist_run, tiny_demo_data, tmp_path):
         *tiny_seg_options(tiny_demo_data, iters=4)
     ],
                     PORT=free_port())
-    log = proc.stdout + proc.stderr
-    assert 'resumed epoch: 0, iter: 2' in log
-    assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
+    assert proc.returncode == 0
+    assert trained_iters(resumed) == [3, 4]  # iterations 1 and 2 came from the checkpoint
     second = torch.load(osp.join(resumed, 'iter_4.pth'), weights_only=True)
     assert second['meta']['iter'] == 4
     # Training really continued from the first run's weights and optimizer state.
@@ -80,9 +89,12 @@ def test_load_from_initialises_from_checkpoint(dist_run, tiny_demo_data, tmp_pat
         str(tmp_path), '--cfg-options', f'load_from={osp.join(work_dir, "iter_2.pth")}',
         *tiny_seg_options(tiny_demo_data, iters=1)
     ])
-    log = proc.stdout + proc.stderr
-    assert 'Load checkpoint from' in log
-    assert 'Iter(train) [1/1]' in log
+    assert proc.returncode == 0 and trained_iters(tmp_path) == [1]
+    # the BN counters go on from the checkpoint's 2 iterations: the weights were loaded
+    first = torch.load(osp.join(work_dir, 'iter_2.pth'), weights_only=True)['state_dict']
+    second = torch.load(tmp_path / 'iter_1.pth', weights_only=True)['state_dict']
+    key = next(k for k in first if k.startswith('backbone.') and k.endswith('num_batches_tracked'))
+    assert (int(first[key]), int(second[key])) == (2, 3)
 
 
 def test_slurm_launcher_on_cpu(tiny_demo_data, tmp_path):
@@ -101,8 +113,10 @@ def test_slurm_launcher_on_cpu(tiny_demo_data, tmp_path):
     proc = run_tool(
         args + tiny_seg_options(tiny_demo_data, iters=1), MASTER_PORT=free_port(), **slurm)
     log = proc.stdout + proc.stderr
-    assert 'Distributed training: True' in log and 'Iter(train) [1/1]' in log
-    assert (tmp_path / 'iter_1.pth').is_file()
+    # a 1-task job has a world size of 1 either way: mmengine's environment log is the trace that
+    # the launcher set up a process group
+    assert 'Distributed training: True' in log and trained_iters(tmp_path) == [1]
+    assert torch.load(tmp_path / 'iter_1.pth', weights_only=True)['meta']['iter'] == 1
 
 
 KILL_AT_SAVE = '''"""sitecustomize of the test's processes: SIGTERM to this process while the Runner
@@ -150,5 +164,5 @@ def test_sigterm_while_saving_leaves_the_checkpoints_loadable(tiny_demo_data, tm
         *options
     ],
                        PORT=free_port())
-    assert 'resumed' in (resumed.stdout + resumed.stderr).lower()
+    assert resumed.returncode == 0 and trained_iters(work_dir) == [2, 3]  # on from iter_1.pth
     assert torch.load(work_dir / 'iter_3.pth', weights_only=True)['meta']['iter'] == 3

@@ -121,8 +121,7 @@ def test_hook_in_runner_adapts_every_batch_and_restores(tiny_demo_data, tmp_path
         ])
     runner = Runner.from_cfg(cfg)
     before = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
-    metrics = runner.test()
-    assert 0 <= metrics['mIoU'] <= 100
+    runner.test()
     hook = next(h for h in runner.hooks if type(h).__name__ == 'TestTimeAdaptHook')
     assert hook.summary == dict(
         method='tent', steps=len(runner.test_dataloader), resets=hook.summary['resets'])
