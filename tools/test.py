@@ -9,8 +9,10 @@
 ``--tta``: test-time augmentation as mmseg / mmdet's own ``tools/test.py`` do it: the config's ``tta_model`` wraps
 the model and ``tta_pipeline`` replaces the test pipeline (mmdet: flip TTA by default when the config has neither).
 
-Bad input (a missing or unreadable config or checkpoint, an unknown norm type) ends with a one-line message and
-exit status 2, not a traceback.
+Bad input (a missing or unreadable config or checkpoint, an unknown norm / perturbation / IBN
+type, an out-of-range argument of an mmnorm layer or hook, a work dir that cannot be written) ends
+with a one-line message naming the value (and the config key) and exit status 2, not a traceback;
+arguments are checked before any weights load.
 """
 import argparse
 import os
@@ -27,7 +29,8 @@ from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_tool
                             write_metrics_json)
 from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import add_strict_load_argument, use_safe_checkpoint_hook
-from mmnorm_tools.config import check_norm_types
+from mmnorm_tools.config import (check_hook_arguments, check_layer_types, check_norm_types,
+                                 describe_argument_error)
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
 
@@ -134,11 +137,15 @@ def main(argv=None):
     try:
         cfg = build_cfg(args)
         check_norm_types(cfg)
+        check_layer_types(cfg)
+        check_hook_arguments(cfg)  # e.g. TestTimeAdaptHook's method, before the model is built
         check_checkpoint_file(args.checkpoint)
     except (FileNotFoundError, ValueError, CheckpointFileError) as err:
         print(f'tools/test.py: error: {err}', file=sys.stderr)
         sys.exit(2)
-    with user_errors('tools/test.py'):  # a work dir that cannot be written, weights that do not fit
+    # a work dir that cannot be written, weights that do not fit, and the argument checks of the
+    # mmnorm layers and hooks, which run when the Runner builds them (before any weights load)
+    with user_errors('tools/test.py', describe=lambda err: describe_argument_error(err, cfg)):
         os.makedirs(osp.abspath(cfg.work_dir), exist_ok=True)
         setup_launcher(cfg, args.launcher)
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

@@ -9,8 +9,10 @@
 are tested in the same process with the config's ``test_dataloader`` / ``test_evaluator`` (as ``tools/test.py``
 would test the last checkpoint, without a second start-up); ``--metrics-out`` writes that test's metrics as JSON.
 
-Bad input (a missing or unreadable config or checkpoint, an unknown norm type) ends with a one-line message and
-exit status 2, not a traceback.
+Bad input (a missing or unreadable config or checkpoint, an unknown norm / perturbation / IBN
+type, an out-of-range argument of an mmnorm layer or hook, a work dir that cannot be written) ends
+with a one-line message naming the value (and the config key) and exit status 2, not a traceback;
+arguments are checked before any weights load.
 """
 import argparse
 import os
@@ -29,7 +31,8 @@ from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_tool
 from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import (add_strict_load_argument, resolve_auto_resume,
                                       use_safe_checkpoint_hook)
-from mmnorm_tools.config import check_norm_types
+from mmnorm_tools.config import (check_hook_arguments, check_layer_types, check_norm_types,
+                                 describe_argument_error)
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
 
@@ -91,8 +94,11 @@ def build_cfg(args) -> Config:
 
 
 def check_inputs(cfg: Config, args) -> None:
-    """Norm types and the checkpoints to load, checked before anything is built."""
+    """Norm / perturbation / IBN types, mmnorm hook arguments and the checkpoints to load,
+    checked before anything is built."""
     check_norm_types(cfg)
+    check_layer_types(cfg)
+    check_hook_arguments(cfg)
     if args.resume not in (None, 'auto'):
         check_checkpoint_file(args.resume, '--resume checkpoint')
     elif cfg.get('load_from') and not cfg.get('resume') and '://' not in str(cfg.load_from):
@@ -108,7 +114,9 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, CheckpointFileError) as err:
         print(f'tools/train.py: error: {err}', file=sys.stderr)
         sys.exit(2)
-    with user_errors('tools/train.py'):  # a work dir that cannot be written, weights that do not fit
+    # a work dir that cannot be written, weights that do not fit, and the argument checks of the
+    # mmnorm layers and hooks, which run when the Runner builds them (before any weights load)
+    with user_errors('tools/train.py', describe=lambda err: describe_argument_error(err, cfg)):
         os.makedirs(osp.abspath(cfg.work_dir), exist_ok=True)
         setup_launcher(cfg, args.launcher)
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

@@ -2,6 +2,9 @@
 import errno
 import sys
 from contextlib import contextmanager
+from typing import Callable, Optional
+
+from ..validation import ArgumentError
 
 __all__ = ['UserError', 'user_errors', 'describe_os_error']
 
@@ -15,6 +18,7 @@ def describe_os_error(err: OSError) -> str:
     path = err.filename or '?'
     advice = {
         errno.EACCES: 'the path is not writable: choose another --work-dir or fix its permissions',
+        errno.EPERM: 'the path is not writable: choose another --work-dir',
         errno.EROFS: 'the file system is read-only: choose another --work-dir',
         errno.ENOSPC: 'the disk is full: free space or choose another --work-dir',
         errno.EDQUOT: 'the disk quota is exceeded: free space or choose another --work-dir',
@@ -25,20 +29,27 @@ def describe_os_error(err: OSError) -> str:
 
 
 @contextmanager
-def user_errors(tool: str, extra: tuple = ()):
+def user_errors(tool: str,
+                extra: tuple = (),
+                describe: Optional[Callable[[ArgumentError], str]] = None):
     """Turns user errors raised inside the block into ``tool: error: <one line>`` and exit 2.
 
-    Caught: :class:`UserError`, ``CheckpointFileError``, I/O errors with a path
-    (``PermissionError``, full disk, read-only file system, a file in the way) and ``extra``.
+    Caught: :class:`UserError`, ``CheckpointFileError``, the argument checks of mmnorm's layers,
+    hooks and functions (:class:`~mmnorm.validation.ArgumentError`, described by ``describe``
+    when given, e.g. with the config key), I/O errors with a path (``PermissionError``, full disk,
+    read-only file system, a file in the way) and ``extra``. Any other exception keeps its
+    traceback.
     """
     from .checkpoint import CheckpointFileError
     try:
         yield
+    except ArgumentError as err:
+        message = ' '.join((describe(err) if describe else str(err)).split())
     except (UserError, CheckpointFileError, *extra) as err:
         message = ' '.join(str(err).split())
     except OSError as err:
-        io_errors = (errno.EACCES, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-                     errno.EEXIST)
+        io_errors = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                     errno.ENOTDIR, errno.EEXIST)
         if err.errno not in io_errors:
             raise
         message = describe_os_error(err)

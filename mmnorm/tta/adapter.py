@@ -30,6 +30,7 @@ from .distributed import sum_gradients_over_ranks, sum_over_ranks
 from .norm_modes import affine_parameters, statistics_leaves, statistics_mode
 from .objectives import check_class_logits, entropy_terms, marginal_entropy, valid_pixel_mask
 from .safeguards import RESET_SIGNALS, CollapseMonitor, check_fraction, entropy_margin
+from ..validation import ArgumentError
 from .validation import check_method_arguments
 
 __all__ = ['TestTimeAdapter', 'METHODS', 'DEFAULT_OPTIMIZER']
@@ -114,7 +115,8 @@ class TestTimeAdapter:
         self.predict_after_update = bool(predict_after_update)
         self.reliable = check_fraction(reliable, 'reliable', closed_right=True)
         if reset_signal not in RESET_SIGNALS:
-            raise ValueError(f'reset_signal must be one of {RESET_SIGNALS}, got {reset_signal!r}')
+            raise ArgumentError(
+                f'reset_signal must be one of {RESET_SIGNALS}, got {reset_signal!r}')
         self.reset_signal = reset_signal
         self.monitor = CollapseMonitor(reset_threshold, reset_momentum, reset_every)
         self.logger = logger

@@ -21,7 +21,7 @@ Distributed, the monitor is fed sums reduced over the ranks, so every rank takes
 import math
 from typing import Optional
 
-from ..validation import check_positive_int
+from ..validation import ArgumentError, check_positive_int
 
 __all__ = ['entropy_margin', 'check_fraction', 'CollapseMonitor', 'RESET_SIGNALS']
 
@@ -41,7 +41,7 @@ def check_fraction(value,
         value, (int, float)) and 0 < value and (value <= 1 if closed_right else value < 1)
     if not ok:
         interval = '(0, 1]' if closed_right else '(0, 1)'
-        raise ValueError(
+        raise ArgumentError(
             f'{name} must be a number in {interval}{" or None" if optional else ""}, got {value!r}')
     return float(value)
 

@@ -1,66 +1,187 @@
-"""Config checks of the tools, run before anything is built."""
+"""Config checks of the tools, run before anything is built, and the config key of an argument
+error raised while the Runner builds the model and hooks (before any weights load)."""
+import difflib
+from typing import Iterator, List, Tuple
+
 from mmengine.config import Config
 
-from mmnorm.runtime import get_toolbox
+from mmnorm.runtime import UserError, get_toolbox
+from mmnorm.validation import ArgumentError
 
-__all__ = ['available_norms', 'check_norm_types']
+__all__ = [
+    'available_norms', 'is_norm_layer', 'check_norm_types', 'check_layer_types',
+    'check_hook_arguments', 'describe_argument_error'
+]
+
+
+def is_norm_layer(cls) -> bool:
+    """Whether the class ``cls`` is a norm layer a ``norm_cfg`` can name (torch's BN / IN / GN /
+    LN and their subclasses, or a layer with ``_abbr_`` 'bn', 'in', 'gn' or 'ln', as mmnorm's)."""
+    import torch.nn as nn
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.instancenorm import _InstanceNorm
+    if not isinstance(cls, type):
+        return False
+    torch_norm = issubclass(cls, (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm))
+    return torch_norm or getattr(cls, '_abbr_', None) in ('bn', 'in', 'gn', 'ln')
 
 
 def available_norms(registry=None) -> list:
     """Names of the norm layers a ``norm_cfg`` can name (mmcv's and mmnorm's), sorted."""
-    import torch.nn as nn
     from mmengine.registry import MODELS
-    from torch.nn.modules.batchnorm import _BatchNorm
-    from torch.nn.modules.instancenorm import _InstanceNorm
     registry = registry or MODELS
-    names = []
-    for name, cls in registry.module_dict.items():
-        if not isinstance(cls, type):
-            continue
-        torch_norm = issubclass(cls, (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm))
-        if torch_norm or getattr(cls, '_abbr_', None) in ('bn', 'in', 'gn', 'ln'):
-            names.append(name)
-    return sorted(set(names))
+    return sorted({name for name, cls in registry.module_dict.items() if is_norm_layer(cls)})
+
+
+def _walk(node, path: str) -> Iterator[Tuple[str, str, object]]:
+    """``(path of the dict, key, value)`` of every entry of the nested dicts / lists ``node``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from _walk(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield path, i, value
+            yield from _walk(value, f'{path}.{i}')
+
+
+def _unknown(key: str,
+             value,
+             what: str,
+             names: List[str],
+             tail: str = '',
+             label: str = 'valid') -> UserError:
+    """``key=value`` is not ``what``, with the nearest of ``names`` and all of them."""
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    return UserError(f'{key}={value!r} is not {what}{hint}; {label}: {", ".join(names)}{tail}')
 
 
 def check_norm_types(cfg: Config) -> int:
-    """Checks that every ``*norm_cfg`` ``type`` under ``cfg.model`` names a registered layer.
+    """Checks that every ``*norm_cfg`` ``type`` under ``cfg.model`` names a registered norm layer.
 
     Returns:
         int: How many norm configs were checked.
 
     Raises:
-        ValueError: Naming the config key, the bad value, the available norms and the nearest name.
+        UserError: Naming the config key, the bad value (unknown, or registered but not a norm
+        layer, e.g. ``'Conv2d'``), the nearest norm name and the available norms.
     """
-    import difflib
     import importlib
 
     import mmcv.cnn  # noqa: F401  (registers BN, SyncBN, GN, LN, IN in the root registry)
     scope = get_toolbox(cfg)
     registry = importlib.import_module(f'{scope}.registry').MODELS
-    found = []
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                is_norm_cfg = isinstance(key, str) and key.endswith('norm_cfg')
-                if is_norm_cfg and isinstance(value, dict) and 'type' in value:
-                    found.append((f'{path}{key}.type', value['type']))
-                walk(value, f'{path}{key}.')
-        elif isinstance(node, (list, tuple)):
-            for i, value in enumerate(node):
-                walk(value, f'{path}{i}.')
-
-    walk(cfg.get('model'), 'model.')
+    found = [(f'{path}.{key}.type', value['type'])
+             for path, key, value in _walk(cfg.get('model'), 'model') if isinstance(key, str)
+             and key.endswith('norm_cfg') and isinstance(value, dict) and 'type' in value]
     for key, norm_type in found:
         if not isinstance(norm_type, str):
             continue  # a class given directly
-        if registry.get(norm_type) is None:
-            names = available_norms()
-            close = difflib.get_close_matches(norm_type, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ''
-            raise ValueError(
-                f'{key}={norm_type!r} is not a registered norm layer{hint}; available '
-                f'norms: {", ".join(names)}. mmnorm layers need '
-                'custom_imports=dict(imports=["mmnorm"]) in the config (or import mmnorm)')
+        cls = registry.get(norm_type)
+        if cls is None:
+            raise _unknown(
+                key,
+                norm_type,
+                'a registered norm layer',
+                available_norms(),
+                '. mmnorm layers need custom_imports=dict(imports=["mmnorm"]) in the config (or '
+                'import mmnorm)',
+                label='available norms')
+        if isinstance(cls, type) and not is_norm_layer(cls):
+            raise _unknown(
+                key,
+                norm_type,
+                f'a norm layer (it names {cls.__module__}.{cls.__name__})',
+                available_norms(),
+                label='available norms')
     return len(found)
+
+
+def check_layer_types(cfg: Config) -> int:
+    """Checks the layer types of the mmnorm backbones' ``perturb=dict(type=...)`` (a registered
+    perturbation layer: MixStyle, EFDMix, DSU) and ``ibn=dict(type=...)`` ('a' or 'b'), and the
+    perturbation layer's arguments (it is built once, it has no weights).
+
+    Returns:
+        int: How many ``perturb`` / ``ibn`` configs were checked.
+
+    Raises:
+        UserError: Naming the config key, the bad value, the nearest valid name and the valid names.
+    """
+    from mmengine.registry import MODELS
+
+    from mmnorm.models.backbones.ibn_resnet import DEFAULT_STAGES
+    from mmnorm.models.perturb import StatPerturbation
+    perturbations = sorted(name for name, cls in MODELS.module_dict.items()
+                           if isinstance(cls, type) and issubclass(cls, StatPerturbation))
+    count = 0
+    for path, key, value in _walk(cfg.get('model'), 'model'):
+        if key not in ('perturb', 'ibn') or not isinstance(value, dict):
+            continue
+        count += 1
+        if key == 'ibn':
+            ibn_type = value.get('type', 'a')
+            if ibn_type not in DEFAULT_STAGES:
+                raise _unknown(f'{path}.ibn.type', ibn_type, 'an IBN-Net type',
+                               list(DEFAULT_STAGES))
+            continue
+        layer_type = value.get('type')
+        if not isinstance(layer_type, str):
+            continue  # a class given directly, or no type (the backbone names that)
+        if layer_type not in perturbations:
+            raise _unknown(f'{path}.perturb.type', layer_type, 'a perturbation layer',
+                           perturbations)
+        try:
+            MODELS.build(dict(value))
+        except ArgumentError as err:
+            raise UserError(f'{path}.perturb ({layer_type}): {err}') from None
+    return count
+
+
+def check_hook_arguments(cfg: Config) -> int:
+    """Builds the mmnorm hooks of ``cfg.custom_hooks`` (AdaBNHook, TestTimeAdaptHook: their
+    ``__init__`` checks every argument that needs no model) so a bad option is refused before the
+    Runner builds the model or loads a checkpoint.
+
+    Returns:
+        int: How many mmnorm hooks were checked.
+
+    Raises:
+        UserError: ``custom_hooks.<i> (<type>): <the hook's message>``.
+    """
+    from mmengine.registry import HOOKS
+    count = 0
+    for i, hook in enumerate(cfg.get('custom_hooks') or ()):
+        hook_type = hook.get('type') if isinstance(hook, dict) else None
+        cls = HOOKS.get(hook_type) if isinstance(hook_type, str) else None
+        if not (isinstance(cls, type) and cls.__module__.startswith('mmnorm.')):
+            continue
+        count += 1
+        try:
+            HOOKS.build(dict(hook))
+        except ArgumentError as err:
+            raise UserError(f'custom_hooks.{i} ({hook_type}): {err}') from None
+    return count
+
+
+def describe_argument_error(err: ArgumentError, cfg: Config) -> str:
+    """``err``'s message prefixed with the config keys of the mmnorm module that raised it (the
+    innermost ``__init__`` of an mmnorm class on the traceback, e.g. ``model.backbone.norm_cfg
+    (IBN): ...``); the bare message when no key is found."""
+    names = []
+    tb = err.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get('self')
+        cls = type(owner)
+        if tb.tb_frame.f_code.co_name == '__init__' and cls.__module__.startswith('mmnorm.'):
+            names.insert(0, cls.__name__)  # innermost first
+        tb = tb.tb_next
+    for name in names:
+        keys = []
+        for path, key, value in _walk(dict(cfg.items()), 'cfg'):
+            if isinstance(value, dict) and value.get('type') == name:
+                keys.append(f'{path}.{key}'[len('cfg.'):])
+        if keys:
+            return f'{", ".join(keys)} ({name}): {err}'
+    return str(err)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from ...models.norms.adabn import (TEST_MODES, AdaBN, adabn_selection, restore_adabn_selection,
                                    set_adabn_domain)
 from ...recalibration import MODES, recalibrate_bn
-from ...validation import check_positive_int
+from ...validation import ArgumentError, ArgumentTypeError, check_positive_int
 
 __all__ = ['AdaBNHook']
 
@@ -86,24 +86,24 @@ class AdaBNHook(Hook):
                  progress: bool = True) -> None:
         if isinstance(dataloader, str):
             if dataloader not in LOOPS:
-                raise ValueError(
+                raise ArgumentError(
                     f'dataloader must be "test", "val", a dataloader config or a DataLoader, '
                     f'got {dataloader!r}')
         elif not isinstance(dataloader, (dict, DataLoader)):
-            raise TypeError(
+            raise ArgumentTypeError(
                 'dataloader must be "test", "val", a dataloader config (dict) or a DataLoader, '
                 f'got {type(dataloader).__name__} {dataloader!r}')
         check_positive_int(num_samples, 'num_samples', optional=True)
         check_positive_int(num_iters, 'num_iters', optional=True)
         before = (before, ) if isinstance(before, str) else tuple(before)
         if not before or any(b not in LOOPS for b in before):
-            raise ValueError(f'before must be "val", "test" or both, got {before!r}')
+            raise ArgumentError(f'before must be "val", "test" or both, got {before!r}')
         if mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+            raise ArgumentError(f'mode must be one of {MODES}, got {mode!r}')
         if domain is not None and not isinstance(domain, str):
-            raise ValueError(f'domain must be a domain name (str) or None, got {domain!r}')
+            raise ArgumentError(f'domain must be a domain name (str) or None, got {domain!r}')
         if test_mode is not None and test_mode not in TEST_MODES:
-            raise ValueError(f'test_mode must be one of {TEST_MODES} or None, got {test_mode!r}')
+            raise ArgumentError(f'test_mode must be one of {TEST_MODES} or None, got {test_mode!r}')
         self.dataloader = dataloader
         self.num_samples = num_samples
         self.num_iters = num_iters

@@ -11,6 +11,8 @@ from mmengine.runner.amp import autocast
 
 from ...tta import METHODS, TestTimeAdapter
 from ...tta.distributed import max_over_ranks
+from ...tta.validation import check_adapter_arguments
+from ...validation import ArgumentError
 
 __all__ = ['TestTimeAdaptHook']
 
@@ -50,14 +52,16 @@ class TestTimeAdaptHook(Hook):
         restore (bool): Back to the source state after the test epoch. Defaults to True.
         **adapter_args: Arguments of :class:`~mmnorm.tta.TestTimeAdapter` (``prior``,
             ``optimizer``, ``steps``, ``episodic``, ``predict_after_update``, ``reliable``,
-            ``reset_threshold``, ``reset_momentum``, ``reset_every``, ``num_classes``), checked when
-            the adapter is built.
+            ``reset_threshold``, ``reset_momentum``, ``reset_every``, ``num_classes``), checked here
+            (those that need no model) and when the adapter is built.
     """
     priority = 'BELOW_NORMAL'
 
     def __init__(self, method: str = 'tent', restore: bool = True, **adapter_args) -> None:
         if method not in METHODS:
-            raise ValueError(f'TestTimeAdaptHook method must be one of {METHODS}, got {method!r}')
+            raise ArgumentError(
+                f'TestTimeAdaptHook method must be one of {METHODS}, got {method!r}')
+        check_adapter_arguments(method, adapter_args)  # before any model or checkpoint is built
         self.method = method
         self.restore = restore
         self.adapter_args = adapter_args

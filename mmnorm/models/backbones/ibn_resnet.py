@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 
+from ...validation import ArgumentError, ArgumentTypeError
+
 __all__ = [
     'add_ibn', 'residual_sum', 'PostResidualIN', 'IBNResNetMixin', 'IBN_B_BLOCKS',
     'register_ibn_b_blocks'
@@ -120,7 +122,7 @@ def _check_stages(stages: Optional[Sequence[bool]], ibn_type: str, num_stages: i
         return DEFAULT_STAGES[ibn_type][:num_stages]
     if (not isinstance(stages, (tuple, list)) or len(stages) != num_stages
             or not all(isinstance(s, bool) for s in stages)):
-        raise ValueError(
+        raise ArgumentError(
             f'ibn stages must be {num_stages} bools (one per ResNet stage), got stages={stages!r}')
     return tuple(stages)
 
@@ -130,17 +132,19 @@ def _check_ibn(ibn: Optional[dict]) -> Optional[dict]:
     if ibn is None:
         return None
     if not isinstance(ibn, dict):
-        raise TypeError(f'ibn must be a dict like dict(type="a") or None, got {ibn!r}')
+        raise ArgumentTypeError(f'ibn must be a dict like dict(type="a") or None, got {ibn!r}')
     unknown = sorted(set(ibn) - {'type', 'stages', 'ratio', 'stem'})
     if unknown:
-        raise ValueError(f'unknown ibn keys {unknown}; allowed: type, stages, ratio (a), stem (b)')
+        raise ArgumentError(
+            f'unknown ibn keys {unknown}; allowed: type, stages, ratio (a), stem (b)')
     ibn_type = ibn.get('type', 'a')
     if ibn_type not in DEFAULT_STAGES:
-        raise ValueError(f"ibn type must be 'a' or 'b', got type={ibn_type!r}")
+        raise ArgumentError(f"ibn type must be 'a' or 'b', got type={ibn_type!r}")
     if ibn_type == 'a' and ibn.get('stem') is not None:
-        raise ValueError(f'ibn stem is an IBN-b option, got stem={ibn["stem"]!r} with type=a')
+        raise ArgumentError(f'ibn stem is an IBN-b option, got stem={ibn["stem"]!r} with type=a')
     if ibn_type == 'b' and ibn.get('ratio') is not None:
-        raise ValueError(f'ibn ratio is an IBN-a option, got ratio={ibn["ratio"]!r} with type=b')
+        raise ArgumentError(
+            f'ibn ratio is an IBN-a option, got ratio={ibn["ratio"]!r} with type=b')
     return dict(ibn)
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
 
+from ...validation import ArgumentError, ArgumentTypeError
 from ..perturb import StatPerturbation
 from .ibn_resnet import IBNResNetMixin
 
@@ -53,17 +54,18 @@ def perturb_positions(after_stages: Sequence[Position], num_stages: int) -> Tupl
     """
     if isinstance(after_stages,
                   (str, int)) or not isinstance(after_stages, Sequence) or not after_stages:
-        raise ValueError(
+        raise ArgumentError(
             "after_stages must be a non-empty list of positions ('conv1', 'stem' and/or stage "
             f'indices 0..{num_stages - 1}), got after_stages={after_stages!r}')
     for pos in after_stages:
         is_stage = isinstance(pos, int) and not isinstance(pos, bool) and 0 <= pos < num_stages
         if pos not in NAMED_POSITIONS and not is_stage:
-            raise ValueError(
+            raise ArgumentError(
                 f"after_stages: {pos!r} is not a position of this backbone; use 'conv1', 'stem' "
                 f'or a stage index 0..{num_stages - 1} (num_stages={num_stages})')
     if len(set(after_stages)) != len(after_stages):
-        raise ValueError(f'after_stages lists a position twice, got after_stages={after_stages!r}')
+        raise ArgumentError(
+            f'after_stages lists a position twice, got after_stages={after_stages!r}')
     named = tuple(p for p in NAMED_POSITIONS if p in after_stages)
     return named + tuple(sorted(p for p in after_stages if p not in NAMED_POSITIONS))
 
@@ -118,7 +120,7 @@ def add_perturbation(resnet: nn.Module, perturb: dict,
         nn.Module: ``resnet``, with ``perturb_positions`` recording the positions.
     """
     if not isinstance(perturb, dict) or 'type' not in perturb:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"perturb must be a layer config like dict(type='MixStyle'), got {perturb!r}")
     positions = perturb_positions(after_stages, len(resnet.res_layers))
     for pos in getattr(resnet, 'perturb_positions', ()):
@@ -127,8 +129,8 @@ def add_perturbation(resnet: nn.Module, perturb: dict,
     for pos in positions:
         layer = MODELS.build(dict(perturb))
         if not isinstance(layer, StatPerturbation):
-            raise TypeError(f"perturb type {perturb['type']!r} is not a perturbation layer "
-                            '(MixStyle, EFDMix, DSU)')
+            raise ArgumentTypeError(f"perturb type {perturb['type']!r} is not a perturbation "
+                                    'layer (MixStyle, EFDMix, DSU)')
         resnet.add_module(_position_name(pos), layer)
     hooked = set(getattr(resnet, 'perturbation_hooks', ()))
     for pos in positions:

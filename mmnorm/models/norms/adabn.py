@@ -25,6 +25,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...validation import ArgumentError, check_eps, check_momentum, check_positive_int
 from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
 from .test_time import normalize_with_test_statistics
@@ -82,9 +83,9 @@ class AdaBN(DomainAwareMixin, nn.Module):
 
     Args:
         num_features (int): Channels ``C``.
-        eps (float): Added to the variance. Defaults to 1e-5.
-        momentum (float | None): Running-statistics momentum (None: cumulative average). Defaults to
-            0.1.
+        eps (float): Added to the variance, > 0. Defaults to 1e-5.
+        momentum (float | None): Running-statistics momentum in [0, 1] (None: cumulative average).
+            Defaults to 0.1.
         affine (bool): Learn the shared γ, β. Defaults to True.
         track_running_stats (bool): Keep running statistics. Defaults to True.
         domains (Sequence[str]): Domain names (Python identifiers). Defaults to
@@ -122,9 +123,9 @@ class AdaBN(DomainAwareMixin, nn.Module):
                  dtype=None) -> None:
         super().__init__()
         if isinstance(domains, str) or not isinstance(domains, (list, tuple)) or not domains:
-            raise ValueError(f'domains must be a non-empty list of names, got {domains!r}')
+            raise ArgumentError(f'domains must be a non-empty list of names, got {domains!r}')
         if len(set(domains)) != len(domains):
-            raise ValueError(f'domains must be unique, got {tuple(domains)!r}')
+            raise ArgumentError(f'domains must be unique, got {tuple(domains)!r}')
         reserved = {
             'num_features', 'eps', 'momentum', 'affine', 'track_running_stats', 'domains',
             'eval_domain', 'train_domain', 'split_domains', 'test_mode', 'prior'
@@ -132,11 +133,13 @@ class AdaBN(DomainAwareMixin, nn.Module):
         for name in domains:
             if (not isinstance(name, str) or not name.isidentifier() or name.startswith('_')
                     or name in reserved or hasattr(type(self), name) or name in self.__dict__):
-                raise ValueError(
+                raise ArgumentError(
                     'domain names must be identifiers that do not start with "_" and are not '
                     f'module attributes, got {name!r}')
+        check_positive_int(num_features, 'AdaBN num_features')
         self.num_features = num_features
-        self.eps = eps
+        self.eps = eps = check_eps(eps, 'AdaBN')
+        momentum = check_momentum(momentum, 'AdaBN')
         self.affine = affine
         self.track_running_stats = track_running_stats
         self.domains = tuple(domains)
@@ -157,7 +160,7 @@ class AdaBN(DomainAwareMixin, nn.Module):
             split_domains = (self.domains +
                              self.domains)[:2] if len(self.domains) == 1 else self.domains[:2]
         if isinstance(split_domains, str) or len(split_domains) != 2:
-            raise ValueError(
+            raise ArgumentError(
                 f'split_domains must name the (source, target) domains, got {split_domains!r}')
         self.split_domains = tuple(self.check_domain(d, 'split_domains') for d in split_domains)
         self.test_mode = test_mode
@@ -169,7 +172,7 @@ class AdaBN(DomainAwareMixin, nn.Module):
         """Returns ``domain`` if this layer has it; otherwise ValueError naming ``arg``, the value
         and the domains."""
         if domain not in self.domains:
-            raise ValueError(
+            raise ArgumentError(
                 f'{arg}: unknown domain {domain!r}; this AdaBN layer has domains {self.domains}')
         return domain
 
@@ -181,10 +184,11 @@ class AdaBN(DomainAwareMixin, nn.Module):
         """Sets the eval-mode statistics: ``'running'``, ``'batch'`` or ``'blend'`` (with ``prior``
         N)."""
         if test_mode not in TEST_MODES:
-            raise ValueError(f'test_mode must be one of {TEST_MODES}, got {test_mode!r}')
+            raise ArgumentError(f'test_mode must be one of {TEST_MODES}, got {test_mode!r}')
         if prior is not None:
             if isinstance(prior, bool) or not isinstance(prior, (int, float)) or prior < 0:
-                raise ValueError(f'prior must be a number >= 0 (pseudo-samples), got {prior!r}')
+                raise ArgumentError(
+                    f'AdaBN prior must be a number >= 0 (pseudo-samples), got {prior!r}')
             self.prior = float(prior)
         self.test_mode = test_mode
 
@@ -302,7 +306,7 @@ def set_adabn_domain(model: nn.Module,
     """
     layers = [m for m in model.modules() if isinstance(m, AdaBN)]
     if test_mode is not None and test_mode not in TEST_MODES:
-        raise ValueError(f'test_mode must be one of {TEST_MODES}, got {test_mode!r}')
+        raise ArgumentError(f'test_mode must be one of {TEST_MODES}, got {test_mode!r}')
     for layer in layers:
         if domain is not None:
             layer.check_domain(domain, 'domain')

@@ -24,7 +24,8 @@ from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmengine.registry import MODELS
 
-from ...validation import check_positive_int
+from ...validation import (ArgumentError, ArgumentTypeError, check_eps, check_momentum,
+                           check_positive_int)
 from .layer_names import layer_label
 
 __all__ = ['IBN', 'num_instance_channels']
@@ -37,13 +38,14 @@ def num_instance_channels(num_features: int, ratio: float) -> int:
         ValueError: ``ratio`` outside (0, 1), or a split that leaves either half empty.
     """
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise ValueError(f'IBN ratio must be a number in (0, 1), got ratio={ratio!r} '
-                         f'(C={num_features})')
+        raise ArgumentError(f'IBN ratio must be a number in (0, 1), got ratio={ratio!r} '
+                            f'(C={num_features})')
     num_in = int(num_features * ratio)
     if num_in < 1 or num_in > num_features - 1:
-        raise ValueError(f'IBN ratio={ratio} leaves the instance-norm half with {num_in} and the '
-                         f'batch-norm half with {num_features - num_in} of C={num_features} '
-                         'channels; both need at least one')
+        raise ArgumentError(
+            f'IBN ratio={ratio} leaves the instance-norm half with {num_in} and the batch-norm '
+            f'half with {num_features - num_in} of C={num_features} channels; both need at least '
+            'one')
     return num_in
 
 
@@ -57,8 +59,9 @@ class IBN(nn.Module):
 
     Args:
         num_features (int): Number of channels ``C``.
-        eps (float): Added to the variance in both halves. Defaults to 1e-5.
-        momentum (float): Running-statistics momentum of the BN half. Defaults to 0.1.
+        eps (float): Added to the variance in both halves, > 0. Defaults to 1e-5.
+        momentum (float, optional): Running-statistics momentum of the BN half, in [0, 1]; None
+            for a cumulative average (as ``nn.BatchNorm2d``). Defaults to 0.1.
         ratio (float): Fraction of channels that are instance-normalised, in (0, 1).
             Defaults to 0.5.
         bn_cfg (dict): Config of the BN half (``type`` and options other than
@@ -90,16 +93,16 @@ class IBN(nn.Module):
         super().__init__()
         check_positive_int(num_features, 'IBN num_features', minimum=2)
         if not isinstance(bn_cfg, dict) or 'type' not in bn_cfg:
-            raise TypeError(f'IBN bn_cfg must be a dict with a "type", got {bn_cfg!r}')
+            raise ArgumentTypeError(f'IBN bn_cfg must be a dict with a "type", got {bn_cfg!r}')
         clash = sorted({'eps', 'momentum'} & set(bn_cfg))
         if clash:
-            raise ValueError(f'IBN bn_cfg must not set {clash}: pass them to IBN itself, '
-                             f'got bn_cfg={bn_cfg!r}')
+            raise ArgumentError(f'IBN bn_cfg must not set {clash}: pass them to IBN itself, '
+                                f'got bn_cfg={bn_cfg!r}')
         self.num_features = num_features
         self.ratio = ratio
         self.num_in = num_instance_channels(num_features, ratio)
-        self.eps = eps
-        self.momentum = momentum
+        self.eps = eps = check_eps(eps, 'IBN')
+        self.momentum = momentum = check_momentum(momentum, 'IBN')
         self.bn_cfg = dict(bn_cfg)
         factory = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
         self.IN = nn.InstanceNorm2d(self.num_in, eps=eps, affine=True, **factory)

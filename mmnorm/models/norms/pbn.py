@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from mmengine.registry import MODELS
 
 from ...stats import merge_moments
-from ...validation import check_positive_int
+from ...validation import ArgumentError, check_eps, check_momentum, check_positive_int
 from .degenerate import check_batch_statistics
 
 __all__ = [
@@ -382,7 +382,7 @@ def _flatten_bn_keys(module, state_dict, prefix, local_metadata):
 
 def _check_probability(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f'PBN {name} must be a number in [0, 1], got {name}={value!r}')
+        raise ArgumentError(f'PBN {name} must be a number in [0, 1], got {name}={value!r}')
     return float(value)
 
 
@@ -404,8 +404,9 @@ class PBN(nn.Module):
 
     Args:
         num_features (int): Number of channels ``C``.
-        eps (float): Added to the variance. Defaults to 1e-5.
-        momentum (float): EMA factor of each running-statistics update. Defaults to 0.1.
+        eps (float): Added to the variance, > 0. Defaults to 1e-5.
+        momentum (float): EMA factor of each running-statistics update, in [0, 1] (None, a
+            cumulative average, is refused). Defaults to 0.1.
         affine (bool): Learnable ``weight``/``bias``. Defaults to True.
         track_running_stats (bool): Must be True (PBN mixes in running statistics).
             Defaults to True.
@@ -443,13 +444,14 @@ class PBN(nn.Module):
         super().__init__()
         check_positive_int(num_features, 'PBN num_features')
         if mode not in ('random', 'fixed'):
-            raise ValueError(f"PBN mode must be 'random' or 'fixed', got mode={mode!r}")
-        momentum = _check_probability('momentum', momentum)
+            raise ArgumentError(f"PBN mode must be 'random' or 'fixed', got mode={mode!r}")
+        eps = check_eps(eps, 'PBN')
+        momentum = check_momentum(momentum, 'PBN', allow_none=False)  # its EMA needs a number
         if not track_running_stats:
-            raise ValueError('PBN needs running statistics, got track_running_stats=False')
+            raise ArgumentError('PBN needs running statistics, got track_running_stats=False')
         if not isinstance(grid, (tuple, list)) or len(grid) != 2:
-            raise ValueError('PBN grid must be a pair of positive ints (rows, cols), '
-                             f'got grid={grid!r}')
+            raise ArgumentError('PBN grid must be a pair of positive ints (rows, cols), '
+                                f'got grid={grid!r}')
         check_positive_int(grid[0], f'PBN grid rows (grid={grid!r})')
         check_positive_int(grid[1], f'PBN grid cols (grid={grid!r})')
         self.mode = mode

@@ -42,6 +42,7 @@ The source/target split is never guessed: the training wrapper declares it with
 mmengine's ``convert_sync_batchnorm`` / ``revert_sync_batchnorm`` leave it alone; see
 ``docs/rn_uda.md`` for what that means for ``norm_eval``.
 """
+from numbers import Real
 from typing import Optional, Tuple
 
 import torch
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from mmengine.registry import MODELS
 
 from ...stats import channel_moments, compute_dtype
-from ...validation import check_positive_int
+from ...validation import ArgumentError, check_eps, check_momentum, check_positive_int
 from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
 from .layer_names import layer_label
@@ -68,8 +69,9 @@ def rn_groups(num_features: int, group_channels: int = 512) -> int:
     """
     groups = 1 if num_features < group_channels else num_features // group_channels
     if num_features % groups:
-        raise ValueError(f'RN groups channels into super-channels of G = C // {group_channels} = '
-                         f'{groups} channels, but C={num_features} is not divisible by {groups}')
+        raise ArgumentError(
+            f'RN groups channels into super-channels of G = C // {group_channels} = {groups} '
+            f'channels, but C={num_features} is not divisible by {groups}')
     return groups
 
 
@@ -219,9 +221,9 @@ class RN(DomainAwareMixin, nn.Module):
 
     Args:
         num_features (int): Number of channels ``C``.
-        eps (float): Added to the compensated variances. Defaults to 1e-5.
-        momentum (float, optional): EMA momentum of the running statistics; None for a cumulative
-            average (as ``nn.BatchNorm2d``). Defaults to 0.1.
+        eps (float): Added to the compensated variances, > 0. Defaults to 1e-5.
+        momentum (float, optional): EMA momentum of the running statistics, in [0, 1]; None for a
+            cumulative average (as ``nn.BatchNorm2d``). Defaults to 0.1.
         gate_range (tuple[float, float]): The aggregation gates are projected into this interval
             before every training forward (the official training loop clamps them to [0.5, 1]
             after each optimizer step, so the forward sees the same values). Defaults to (0.5, 1.0).
@@ -264,12 +266,13 @@ class RN(DomainAwareMixin, nn.Module):
                  dtype=None):
         super().__init__()
         check_positive_int(num_features, 'RN num_features')
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(f'RN momentum must be in [0, 1] or None, got {momentum!r}')
+        eps = check_eps(eps, 'RN')
+        momentum = check_momentum(momentum, 'RN')
         if (not isinstance(gate_range, (tuple, list)) or len(gate_range) != 2
+                or not all(isinstance(g, Real) and not isinstance(g, bool) for g in gate_range)
                 or not 0 <= gate_range[0] <= gate_range[1] <= 1):
-            raise ValueError('RN gate_range must be (low, high) with 0 <= low <= high <= 1, '
-                             f'got {gate_range!r}')
+            raise ArgumentError('RN gate_range must be (low, high) with 0 <= low <= high <= 1, '
+                                f'got {gate_range!r}')
         check_positive_int(group_channels, 'RN group_channels')
         self.num_features = num_features
         self.eps = eps

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ...stats import channel_moments
+from ...validation import ArgumentError, ArgumentTypeError
 from ..norms.domain import DomainAwareMixin, check_domain_split
 
 __all__ = [
@@ -136,7 +137,7 @@ def crossdomain_split(batch_size: int, split: Optional[Tuple[int, int]]) -> Tupl
 
 def check_probability(p) -> float:
     if isinstance(p, bool) or not isinstance(p, Real) or not 0 <= p <= 1:
-        raise ValueError(
+        raise ArgumentError(
             f'p (probability of perturbing a training forward) must be in [0, 1], got p={p!r}')
     return float(p)
 
@@ -144,13 +145,13 @@ def check_probability(p) -> float:
 def check_positive(name: str, value) -> float:
     if isinstance(value,
                   bool) or not isinstance(value, Real) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f'{name} must be a finite number > 0, got {name}={value!r}')
+        raise ArgumentError(f'{name} must be a finite number > 0, got {name}={value!r}')
     return float(value)
 
 
 def check_mix(mix) -> str:
     if mix not in MIX_MODES:
-        raise ValueError(f"mix must be one of {MIX_MODES}, got mix={mix!r}")
+        raise ArgumentError(f"mix must be one of {MIX_MODES}, got mix={mix!r}")
     return mix
 
 
@@ -158,10 +159,10 @@ def check_generator(generator) -> Optional[torch.Generator]:
     if generator is None:
         return None
     if not isinstance(generator, torch.Generator):
-        raise TypeError(
+        raise ArgumentTypeError(
             f'generator must be a torch.Generator or None, got {type(generator).__name__}')
     if generator.device.type != 'cpu':
-        raise ValueError(
+        raise ArgumentError(
             'generator must be a CPU torch.Generator (the layer draws its few random numbers on '
             f'the CPU and moves them to the input device), got one on {generator.device}')
     return generator

@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 from mmengine.registry import MODELS
 
+from ...validation import ArgumentError, check_eps
 from .base import StatPerturbation, instance_stats
 
 __all__ = ['DSU', 'dsu']
@@ -60,7 +61,7 @@ class DSU(StatPerturbation):
     Args:
         p (float): Probability of perturbing a training forward, in [0, 1]. Defaults to 0.5.
         factor (float): Scale of the resampling noise, >= 0. Defaults to 1.0.
-        eps (float): Added to the variances. Defaults to 1e-6.
+        eps (float): Added to the variances, > 0. Defaults to 1e-6.
         generator (torch.Generator, optional): CPU generator of the noise. Defaults to None (torch's
             default CPU generator).
 
@@ -77,11 +78,9 @@ class DSU(StatPerturbation):
         super().__init__(p=p, generator=generator)
         if isinstance(factor,
                       bool) or not isinstance(factor, Real) or not 0 <= factor < float('inf'):
-            raise ValueError(f'factor must be a finite number >= 0, got factor={factor!r}')
-        if not eps >= 0:
-            raise ValueError(f'eps must be >= 0, got eps={eps!r}')
+            raise ArgumentError(f'factor must be a finite number >= 0, got factor={factor!r}')
         self.factor = float(factor)
-        self.eps = float(eps)
+        self.eps = check_eps(eps, 'DSU')
 
     def perturb(self, x: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from mmengine.registry import MODELS
 
+from ...validation import check_eps
 from .base import StatMixing, instance_stats
 
 __all__ = ['MixStyle', 'mixstyle']
@@ -56,7 +57,7 @@ class MixStyle(StatMixing):
     Args:
         p (float): Probability of perturbing a training forward, in [0, 1]. Defaults to 0.5.
         alpha (float): ``lam ~ Beta(alpha, alpha)``, > 0. Defaults to 0.1.
-        eps (float): Added to the per-instance variance. Defaults to 1e-6.
+        eps (float): Added to the per-instance variance, > 0. Defaults to 1e-6.
         mix (str): ``'random'`` or ``'crossdomain'``. Defaults to ``'random'``.
         generator (torch.Generator, optional): CPU generator of the draws. Defaults to None (torch's
             default CPU generator).
@@ -73,9 +74,7 @@ class MixStyle(StatMixing):
                  mix: str = 'random',
                  generator: Optional[torch.Generator] = None):
         super().__init__(p=p, alpha=alpha, mix=mix, generator=generator)
-        if not eps >= 0:
-            raise ValueError(f'eps must be >= 0, got eps={eps!r}')
-        self.eps = float(eps)
+        self.eps = check_eps(eps, 'MixStyle')
 
     def perturb(self, x: torch.Tensor) -> torch.Tensor:
         lam, partners = self.draw_mixing(x)
