@@ -235,8 +235,8 @@ def test_config_trains_and_tests_one_iteration(path, fixture_root, tmp_path, pla
     if adabn:
         assert not torch.equal(first_bn.running_mean, trained_mean), 'AdaBNHook did not recalibrate'
     if raw.default_scope == 'mmseg':
-        assert 0 <= metrics['mIoU'] <= 100
+        assert math.isfinite(metrics['mIoU'])  # NaN: no labelled pixel reached the metric
         if raw.test_evaluator.get('type') == 'SubsetIoUMetric':
             assert {'mIoU16', 'mIoU13'} <= set(metrics)
     else:
-        assert 0 <= metrics['coco/bbox_mAP_50'] <= 1
+        assert metrics['coco/bbox_mAP_50'] >= 0  # COCO gives -1 when it finds no ground truth
