@@ -21,13 +21,15 @@ setup(
     'layers (AdaBN, IBN, RN, PBN) for mmsegmentation and mmdetection',
     long_description=open('README.md').read() if osp.exists('README.md') else '',
     long_description_content_type='text/markdown',
-    # mmnorm_tools: the helpers of the tools/ scripts (launcher, config checks, benchmark timing, ...),
-    # installed beside the library so that every tool imports it without touching sys.path.
-    packages=find_packages(exclude=('configs', 'tools', 'tools.*', 'tests', 'docs')) + ['mmnorm_tools'],
+    # mmnorm_tools: the helpers of the tools/ scripts (launcher, config checks, benchmark timing,
+    # ...), installed beside the library so that every tool imports it without touching sys.path.
+    packages=find_packages(exclude=('configs', 'tools', 'tools.*', 'tests', 'docs')) +
+    ['mmnorm_tools'],
     package_dir={'mmnorm_tools': 'tools/mmnorm_tools'},
     python_requires='>=3.8',
-    # The core (norm layers, hooks, recalibration) needs mmengine + mmcv; each toolbox's datasets, backbones and
-    # UDA wrappers register when that toolbox is installed: pip install mmnorm[seg], mmnorm[det] or mmnorm[all].
+    # The core (norm layers, hooks, recalibration) needs mmengine + mmcv; each toolbox's datasets,
+    # backbones and UDA wrappers register when that toolbox is installed: pip install mmnorm[seg],
+    # mmnorm[det] or mmnorm[all].
     install_requires=[
         'mmengine>=0.10.0,<1.0.0',
         'mmcv>=2.0.0,<2.2.0',

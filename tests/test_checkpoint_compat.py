@@ -1,6 +1,7 @@
 """Runner checkpoints load under torch >= 2.6 weights-only unpickling through mmengine's loader once
-:func:`mmnorm.runtime.setup` ran (mmnorm's tools, or ``mmnorm.runtime.enable`` in a config's custom_imports),
-without any numpy global on torch's allow-list; ``import mmnorm`` alone changes nothing of torch or mmengine."""
+:func:`mmnorm.runtime.setup` ran (mmnorm's tools, or ``mmnorm.runtime.enable`` in a config's
+custom_imports), without any numpy global on torch's allow-list; ``import mmnorm`` alone changes
+nothing of torch or mmengine."""
 import io
 import os.path as osp
 import pickle
@@ -47,10 +48,15 @@ class _Data(Dataset):
 def runner_checkpoint(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('ckpt')
     runner = Runner(
-        model=_Toy(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=_Data(), sampler=dict(type='DefaultSampler', shuffle=False), batch_size=4,
-                              collate_fn=dict(type='default_collate')),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)), train_cfg=dict(by_epoch=False, max_iters=2),
+        model=_Toy(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=_Data(),
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=4,
+            collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=False, max_iters=2),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)))
     runner.train()
     return str(work_dir / 'iter_2.pth')
@@ -63,7 +69,8 @@ def test_runner_checkpoint_loads_weights_only(runner_checkpoint):
     assert isinstance(buffers['train/loss'], HistoryBuffer)
     assert len(buffers['train/loss'].data[0]) == 2  # both iterations' losses survived
     model = _Toy()
-    load_checkpoint(model, runner_checkpoint, strict=True)  # mmengine's own loader (plain torch.load inside)
+    load_checkpoint(
+        model, runner_checkpoint, strict=True)  # mmengine's own loader (plain torch.load inside)
     assert torch.equal(model.fc.weight, ckpt['state_dict']['fc.weight'])
 
 
@@ -76,8 +83,8 @@ class _Evil:
         return getattr, (self.target, self.name)
 
 
-@pytest.mark.parametrize('target,name', [(HistoryBuffer, '_statistics_methods'), (HistoryBuffer, '__init__'),
-                                         (torch.Tensor, 'add_')])
+@pytest.mark.parametrize('target,name', [(HistoryBuffer, '_statistics_methods'),
+                                         (HistoryBuffer, '__init__'), (torch.Tensor, 'add_')])
 def test_getattr_is_never_resolved(tmp_path, target, name):
     path = tmp_path / 'getattr.pth'
     torch.save({'x': _Evil(target, name)}, path)
@@ -135,18 +142,23 @@ print('ok')
 
 
 def test_import_mmnorm_changes_nothing_setup_fixes_loading(runner_checkpoint):
-    """A fresh interpreter: torch refuses the Runner checkpoint; ``import mmnorm`` leaves torch's weights-only
-    allow-list and mmengine's file backends as they were (only torch's own entries may appear) and does not
-    import the demo generator; ``mmnorm.runtime.setup()`` then makes the checkpoint load."""
-    proc = subprocess.run([sys.executable, '-c', FRESH_INTERPRETER, runner_checkpoint], env=tool_env(),
-                          capture_output=True, text=True, timeout=300)
+    """A fresh interpreter: torch refuses the Runner checkpoint; ``import mmnorm`` leaves torch's
+    weights-only allow-list and mmengine's file backends as they were (only torch's own entries
+    may appear) and does not import the demo generator; ``mmnorm.runtime.setup()`` then makes the
+    checkpoint load."""
+    proc = subprocess.run([sys.executable, '-c', FRESH_INTERPRETER, runner_checkpoint],
+                          env=tool_env(),
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-3000:]
 
 
 def test_toolbox_train_py_resumes_with_the_config_opt_in(tiny_demo_data, tmp_path):
-    """The plugin path: mmseg's own tools/train.py, the config opting in with ``mmnorm.runtime.enable`` in
-    custom_imports, resumes the checkpoint its Runner wrote (torch >= 2.6 refuses it without the allow-list);
-    then mmnorm's tools/train.py (in-process) resumes that run's checkpoint."""
+    """The plugin path: mmseg's own tools/train.py, the config opting in with
+    ``mmnorm.runtime.enable`` in custom_imports, resumes the checkpoint its Runner wrote (torch
+    >= 2.6 refuses it without the allow-list); then mmnorm's tools/train.py (in-process) resumes
+    that run's checkpoint."""
     import mmseg
     toolbox_train = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
     config = tmp_path / 'plugin.py'
@@ -156,17 +168,21 @@ def test_toolbox_train_py_resumes_with_the_config_opt_in(tiny_demo_data, tmp_pat
     work_dir = tmp_path / 'work'
     logs = []
     for iters, resume in ((1, []), (2, ['--resume'])):
-        cmd = [sys.executable, toolbox_train, str(config), '--work-dir', str(work_dir), *resume,
-               '--cfg-options', *tiny_seg_options(tiny_demo_data, iters=iters)]
-        proc = subprocess.run(cmd, cwd=str(tmp_path), env=tool_env(), capture_output=True, text=True,
-                              timeout=600)
+        cmd = [
+            sys.executable, toolbox_train,
+            str(config), '--work-dir',
+            str(work_dir), *resume, '--cfg-options', *tiny_seg_options(tiny_demo_data, iters=iters)
+        ]
+        proc = subprocess.run(
+            cmd, cwd=str(tmp_path), env=tool_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-5000:]
         logs.append(proc.stdout + proc.stderr)
     assert 'resumed epoch: 0, iter: 1' in logs[1]
     assert load_checkpoint_file(str(work_dir / 'iter_2.pth'))['meta']['iter'] == 2
     from tool_loader import load_tool
     load_tool('train').main([
-        osp.join(REPO, DEMO_CONFIG), '--work-dir', str(tmp_path / 'tools'), '--resume',
+        osp.join(REPO, DEMO_CONFIG), '--work-dir',
+        str(tmp_path / 'tools'), '--resume',
         str(work_dir / 'iter_2.pth'), '--cfg-options', *tiny_seg_options(tiny_demo_data, iters=3)
     ])
     assert torch.load(tmp_path / 'tools' / 'iter_3.pth', weights_only=True)['meta']['iter'] == 3

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
-from test_uda import (  # noqa: F401
-    build, det_data, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg)
+from test_uda import det_data  # noqa: F401  (a pytest fixture)
+from test_uda import build, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg
 from torch.nn.modules.batchnorm import _BatchNorm
 
 import mmnorm  # noqa: F401

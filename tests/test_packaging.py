@@ -1,5 +1,5 @@
-"""``import mmnorm`` works with only one toolbox installed; the lint configuration exists and
-names 120 columns."""
+"""``import mmnorm`` works with only one toolbox installed; the lint configuration names 100
+columns and the library keeps to it."""
 import configparser
 import os.path as osp
 import subprocess
@@ -59,9 +59,16 @@ def test_hiding_a_toolbox_is_seen_by_the_probe():
     assert proc.stdout.split() == ['False', 'True'], proc.stderr[-2000:]
 
 
-def test_lint_settings_at_120_columns():
+def test_lint_settings_and_library_at_100_columns():
     cfg = configparser.ConfigParser()
     cfg.read(osp.join(REPO, 'setup.cfg'))
-    assert cfg['flake8']['max-line-length'] == cfg['isort']['line_length'] == cfg['yapf'][
-        'column_limit'] == '120'
+    limits = (cfg['flake8']['max-line-length'], cfg['isort']['line_length'],
+              cfg['yapf']['column_limit'])
+    assert limits == ('100', '100', '100')
     assert osp.exists(osp.join(REPO, '.pre-commit-config.yaml'))
+    import glob
+    long_lines = [
+        f'{path}:{i}' for path in glob.glob(osp.join(REPO, 'mmnorm', '**', '*.py'), recursive=True)
+        for i, line in enumerate(open(path, encoding='utf-8'), 1) if len(line.rstrip('\n')) > 100
+    ]
+    assert long_lines == []

@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import DEMO_CONFIG, REPO, run_tool
 from mmengine.config import Config
+from mmnorm_tools.launcher import setup_launcher
 from tool_loader import load_tool
 
 from mmnorm.runtime import get_toolbox
-from mmnorm_tools.launcher import setup_launcher
 
 
 @pytest.fixture(scope='module')
@@ -41,19 +41,23 @@ def test_config_with_foreign_scope(tmp_path):
 
 
 def test_missing_checkpoint(test_tool):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: 'work_dirs/nope/iter_9.pth'"):
-        test_tool.build_cfg(test_tool.parse_args([osp.join(REPO, DEMO_CONFIG), 'work_dirs/nope/iter_9.pth']))
+    with pytest.raises(
+            FileNotFoundError, match="checkpoint not found: 'work_dirs/nope/iter_9.pth'"):
+        test_tool.build_cfg(
+            test_tool.parse_args([osp.join(REPO, DEMO_CONFIG), 'work_dirs/nope/iter_9.pth']))
 
 
 def test_missing_resume_checkpoint_and_config(train_tool):
     with pytest.raises(FileNotFoundError, match="--resume checkpoint not found: 'missing.pth'"):
-        train_tool.build_cfg(train_tool.parse_args([osp.join(REPO, DEMO_CONFIG), '--resume', 'missing.pth']))
+        train_tool.build_cfg(
+            train_tool.parse_args([osp.join(REPO, DEMO_CONFIG), '--resume', 'missing.pth']))
     with pytest.raises(FileNotFoundError, match="config file not found: 'configs/none.py'"):
         train_tool.build_cfg(train_tool.parse_args(['configs/none.py']))
 
 
 def test_unknown_launcher_named():
-    """The one subprocess of tools/train.py in this file: the script starts and argparse names the value."""
+    """The one subprocess of tools/train.py in this file: the script starts and argparse names
+    the value."""
     proc = run_tool(['tools/train.py', DEMO_CONFIG, '--launcher', 'mpi'], check=False)
     assert proc.returncode == 2
     assert '--launcher' in proc.stderr and "'mpi'" in proc.stderr
@@ -63,14 +67,16 @@ def test_unknown_launcher_named():
 
 def test_train_cfg_plumbing(train_tool):
     args = train_tool.parse_args([
-        osp.join(REPO, DEMO_CONFIG), '--amp', '--resume', '--work-dir', 'wd', '--cfg-options', 'model.backbone.depth=34'
+        osp.join(REPO, DEMO_CONFIG), '--amp', '--resume', '--work-dir', 'wd', '--cfg-options',
+        'model.backbone.depth=34'
     ])
     cfg = train_tool.build_cfg(args)
     if torch.cuda.is_available():  # mmengine's GradScaler AMP on a GPU, bfloat16 autocast on CPU
         assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
     else:
         assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper' and cfg.optim_wrapper.dtype == 'bfloat16'
-    assert cfg.resume is True and cfg.load_from is None and cfg.work_dir == 'wd'
+    # --resume without a path in a work dir holding no checkpoint: training starts from scratch
+    assert cfg.resume is False and cfg.load_from is None and cfg.work_dir == 'wd'
     assert cfg.model.backbone.depth == 34
     default = train_tool.build_cfg(train_tool.parse_args([osp.join(REPO, DEMO_CONFIG)]))
     assert default.work_dir == osp.join('./work_dirs', osp.splitext(osp.basename(DEMO_CONFIG))[0])
@@ -88,8 +94,9 @@ def test_test_cfg_plumbing(test_tool, tmp_path):
     ckpt = tmp_path / 'c.pth'
     ckpt.write_bytes(b'')
     cfg = test_tool.build_cfg(
-        test_tool.parse_args([osp.join(REPO, DEMO_CONFIG),
-                              str(ckpt), '--out', 'preds', '--show-dir', 'vis']))
+        test_tool.parse_args(
+            [osp.join(REPO, DEMO_CONFIG),
+             str(ckpt), '--out', 'preds', '--show-dir', 'vis']))
     assert cfg.load_from == str(ckpt) and cfg.resume is False
     assert cfg.test_evaluator['output_dir'] == 'preds' and cfg.test_evaluator['keep_results'] is True
     assert cfg.default_hooks.visualization.draw is True and cfg.visualizer.save_dir == 'vis'
@@ -104,7 +111,8 @@ def test_setup_launcher_none_keeps_config():
 def test_dist_scripts_use_torchrun_env():
     for name in ('dist_train.sh', 'dist_test.sh'):
         text = open(osp.join(REPO, 'tools', name)).read()
-        for var in ('NNODES', 'NODE_RANK', 'PORT', 'MASTER_ADDR', 'torch.distributed.run', '--launcher pytorch'):
+        for var in ('NNODES', 'NODE_RANK', 'PORT', 'MASTER_ADDR', 'torch.distributed.run',
+                    '--launcher pytorch'):
             assert var in text, (name, var)
     for name in ('slurm_train.sh', 'slurm_test.sh'):
         text = open(osp.join(REPO, 'tools', name)).read()

@@ -7,8 +7,8 @@ import pytest
 import torch
 from mmengine.config import ConfigDict
 from mmengine.registry import DefaultScope
-from test_uda import (  # noqa: F401
-    build, det_data, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg)
+from test_uda import det_data  # noqa: F401  (a pytest fixture)
+from test_uda import build, det_datasets, det_model_cfg, losses_of, seg_datasets, seg_model_cfg
 
 import mmnorm  # noqa: F401
 from mmnorm.models.norms import DomainAwareMixin

@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import DEMO_CONFIG, REPO, run_tool, tiny_seg_options
 from mmengine.config import Config
+from mmnorm_tools.config import check_norm_types
 from tool_loader import load_tool
 
 from mmnorm.runtime import (AtomicLocalBackend, CheckpointFileError, atomic_write_bytes,
                             check_checkpoint_file, setup)
-from mmnorm_tools.config import check_norm_types
 
 
 def real_checkpoint(path):

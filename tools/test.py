@@ -1,13 +1,17 @@
-"""Test an mmseg or mmdet checkpoint (the toolbox follows from the config's ``default_scope``) with mmnorm loaded.
+"""Test an mmseg or mmdet checkpoint (the toolbox follows from the config's ``default_scope``) with
+mmnorm loaded.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out OUT] [--show-dir DIR [--show-interval N]]
-                         [--show] [--tta] [--cfg-options k=v ...] [--launcher none|pytorch|slurm] [--metrics-out FILE]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out OUT] [--show-dir DIR
+    [--show-interval N]]
+                         [--show] [--tta] [--cfg-options k=v ...] [--launcher none|pytorch|slurm]
+                         [--metrics-out FILE]
 
-``--out``: mmseg writes the predicted label maps into the directory OUT; mmdet dumps its results into OUT (.pkl).
-``--metrics-out``: the metrics dict as JSON (rank 0), for scripts such as ``tools/demo.py``.
-``--show-dir`` / ``--show``: every ``--show-interval``-th test batch is painted (default: every batch).
-``--tta``: test-time augmentation as mmseg / mmdet's own ``tools/test.py`` do it: the config's ``tta_model`` wraps
-the model and ``tta_pipeline`` replaces the test pipeline (mmdet: flip TTA by default when the config has neither).
+``--out``: mmseg writes the predicted label maps into the directory OUT; mmdet dumps its results
+into OUT (.pkl). ``--metrics-out``: the metrics dict as JSON (rank 0), for scripts such as
+``tools/demo.py``. ``--show-dir`` / ``--show``: every ``--show-interval``-th test batch is painted
+(default: every batch). ``--tta``: test-time augmentation as mmseg / mmdet's own ``tools/test.py``
+do it: the config's ``tta_model`` wraps the model and ``tta_pipeline`` replaces the test pipeline
+(mmdet: flip TTA by default when the config has neither).
 
 Bad input (a missing or unreadable config or checkpoint, an unknown norm / perturbation / IBN
 type, an out-of-range argument of an mmnorm layer or hook, a work dir that cannot be written) ends
@@ -23,15 +27,15 @@ from mmengine.config import Config, DictAction
 from mmengine.dist import get_rank
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-
-import mmnorm  # noqa: F401  (registers the mmnorm modules)
-from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_toolbox, user_errors,
-                            write_metrics_json)
 from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import add_strict_load_argument, use_safe_checkpoint_hook
 from mmnorm_tools.config import (check_hook_arguments, check_layer_types, check_norm_types,
                                  describe_argument_error)
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
+
+import mmnorm  # noqa: F401  (registers the mmnorm modules)
+from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_toolbox, user_errors,
+                            write_metrics_json)
 
 
 def parse_args(argv=None):
@@ -39,15 +43,21 @@ def parse_args(argv=None):
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
-    parser.add_argument('--out', help='mmseg: dir for predicted label maps; mmdet: .pkl file of results')
+    parser.add_argument(
+        '--out', help='mmseg: dir for predicted label maps; mmdet: .pkl file of results')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='dir to save painted predictions')
-    parser.add_argument('--show-interval', type=int, default=1,
-                        help='with --show/--show-dir, paint every N-th test batch. Defaults to 1 (every batch)')
+    parser.add_argument(
+        '--show-interval',
+        type=int,
+        default=1,
+        help='with --show/--show-dir, paint every N-th test batch. Defaults to 1 (every batch)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument('--tta', action='store_true', help='test-time augmentation (tta_model, tta_pipeline)')
+    parser.add_argument(
+        '--tta', action='store_true', help='test-time augmentation (tta_model, tta_pipeline)')
     parser.add_argument('--metrics-out', help='write the metrics dict to this JSON file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     add_strict_load_argument(parser)
@@ -61,8 +71,9 @@ def parse_args(argv=None):
 def trigger_visualization_hook(cfg: Config, args, scope: str) -> None:
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
-        raise RuntimeError('--show/--show-dir need default_hooks.visualization (a SegVisualizationHook or '
-                           'DetVisualizationHook) in the config')
+        raise RuntimeError(
+            '--show/--show-dir need default_hooks.visualization (a SegVisualizationHook or '
+            'DetVisualizationHook) in the config')
     hook = hooks['visualization']
     hook['draw'] = True
     hook['interval'] = args.show_interval
@@ -77,22 +88,30 @@ def trigger_visualization_hook(cfg: Config, args, scope: str) -> None:
 
 
 def apply_tta(cfg: Config, scope: str) -> None:
-    """Wraps the model in ``cfg.tta_model`` and gives the test dataset ``cfg.tta_pipeline`` (as mmseg/mmdet do)."""
+    """Wraps the model in ``cfg.tta_model`` and gives the test dataset ``cfg.tta_pipeline`` (as
+    mmseg/mmdet do)."""
     if scope == 'mmdet':
         if 'tta_model' not in cfg:
-            cfg.tta_model = dict(type='DetTTAModel',
-                                 tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+            cfg.tta_model = dict(
+                type='DetTTAModel',
+                tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
         if 'tta_pipeline' not in cfg:
-            test_pipeline = list(cfg.test_dataloader.dataset.get('pipeline', cfg.get('test_pipeline', [])))
+            test_pipeline = list(
+                cfg.test_dataloader.dataset.get('pipeline', cfg.get('test_pipeline', [])))
             if len(test_pipeline) < 2:
-                raise ValueError('--tta: the mmdet config has no tta_pipeline and its test pipeline has fewer '
-                                 'than two steps to build a flip TTA from; add tta_pipeline to the config')
+                raise ValueError(
+                    '--tta: the mmdet config has no tta_pipeline and its test pipeline has fewer '
+                    'than two steps to build a flip TTA from; add tta_pipeline to the config')
             flip = [[dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)]]
-            cfg.tta_pipeline = [*test_pipeline[:-1], dict(type='TestTimeAug', transforms=[*flip, [test_pipeline[-1]]])]
+            cfg.tta_pipeline = [
+                *test_pipeline[:-1],
+                dict(type='TestTimeAug', transforms=[*flip, [test_pipeline[-1]]])
+            ]
     missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
     if missing:
-        raise ValueError(f'--tta needs {" and ".join(missing)} in the config {cfg.filename!r} (mmseg configs '
-                         "define them next to the test pipeline, e.g. tta_model = dict(type='SegTTAModel'))")
+        raise ValueError(
+            f'--tta needs {" and ".join(missing)} in the config {cfg.filename!r} (mmseg configs '
+            "define them next to the test pipeline, e.g. tta_model = dict(type='SegTTAModel'))")
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
     dataset = cfg.test_dataloader.dataset
@@ -155,7 +174,8 @@ def main(argv=None):
         metrics = runner.test()
     if args.metrics_out and get_rank() == 0:
         write_metrics_json(metrics, args.metrics_out)
-    teardown_launcher()  # only after success: a failed rank must not wait in a barrier for the others
+    teardown_launcher(
+    )  # only after success: a failed rank must not wait in a barrier for the others
     return metrics
 
 

@@ -1,13 +1,15 @@
-"""Train an mmseg or mmdet model (the toolbox follows from the config's ``default_scope``) with mmnorm loaded.
+"""Train an mmseg or mmdet model (the toolbox follows from the config's ``default_scope``) with
+mmnorm loaded.
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
                           [--launcher none|pytorch|slurm] [--test-last [--metrics-out FILE]]
 
-``--amp``: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scale) on a GPU, mmnorm's ``CPUAmpOptimWrapper``
-(bfloat16 autocast) without one. ``--cfg-options compile=True`` (or ``compile.backend=...``) is mmengine's
-``torch.compile`` switch (the model's ``train_step`` is compiled). ``--test-last``: after training, the final weights
-are tested in the same process with the config's ``test_dataloader`` / ``test_evaluator`` (as ``tools/test.py``
-would test the last checkpoint, without a second start-up); ``--metrics-out`` writes that test's metrics as JSON.
+``--amp``: mmengine's ``AmpOptimWrapper`` (float16, dynamic loss scale) on a GPU, mmnorm's
+``CPUAmpOptimWrapper`` (bfloat16 autocast) without one. ``--cfg-options compile=True`` (or
+``compile.backend=...``) is mmengine's ``torch.compile`` switch (the model's ``train_step`` is
+compiled). ``--test-last``: after training, the final weights are tested in the same process with
+the config's ``test_dataloader`` / ``test_evaluator`` (as ``tools/test.py`` would test the last
+checkpoint, without a second start-up); ``--metrics-out`` writes that test's metrics as JSON.
 
 Bad input (a missing or unreadable config or checkpoint, an unknown norm / perturbation / IBN
 type, an out-of-range argument of an mmnorm layer or hook, a work dir that cannot be written) ends
@@ -24,10 +26,6 @@ from mmengine.config import Config, DictAction
 from mmengine.dist import get_rank
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
-
-import mmnorm  # noqa: F401  (registers the mmnorm modules)
-from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_toolbox, user_errors,
-                            write_metrics_json)
 from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import (add_strict_load_argument, resolve_auto_resume,
                                       use_safe_checkpoint_hook)
@@ -35,20 +33,34 @@ from mmnorm_tools.config import (check_hook_arguments, check_layer_types, check_
                                  describe_argument_error)
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
+import mmnorm  # noqa: F401  (registers the mmnorm modules)
+from mmnorm.runtime import (CheckpointFileError, check_checkpoint_file, get_toolbox, user_errors,
+                            write_metrics_json)
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a segmentor or detector with mmnorm')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and checkpoints')
-    parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from CKPT; without a value, from the latest checkpoint in the work dir')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from CKPT; without a value, from the latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, key=value (e.g. model.backbone.norm_cfg.type=IBN)')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value (e.g. model.backbone.norm_cfg.type=IBN)')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
-    parser.add_argument('--test-last', action='store_true',
-                        help="after training, test the final weights with the config's test_dataloader")
-    parser.add_argument('--metrics-out', help='with --test-last: write the test metrics dict to this JSON file')
+    parser.add_argument(
+        '--test-last',
+        action='store_true',
+        help="after training, test the final weights with the config's test_dataloader")
+    parser.add_argument(
+        '--metrics-out', help='with --test-last: write the test metrics dict to this JSON file')
     add_strict_load_argument(parser)
     # torch.distributed.launch passes --local-rank; torchrun sets LOCAL_RANK.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
@@ -75,11 +87,13 @@ def build_cfg(args) -> Config:
         if optim_type == 'OptimWrapper' and torch.cuda.is_available():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
-        elif optim_type == 'OptimWrapper':  # mmengine's AmpOptimWrapper needs a GPU: bfloat16 autocast on CPU
+        # mmengine's AmpOptimWrapper needs a GPU: bfloat16 autocast on CPU
+        elif optim_type == 'OptimWrapper':
             cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
             cfg.optim_wrapper.dtype = 'bfloat16'
         elif optim_type not in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got {optim_type!r}')
+            raise ValueError('--amp needs optim_wrapper.type OptimWrapper or AmpOptimWrapper, got '
+                             f'{optim_type!r}')
     use_safe_checkpoint_hook(cfg, args.strict_load)
     if args.resume == 'auto':
         resolve_auto_resume(cfg)
@@ -121,11 +135,13 @@ def main(argv=None):
         setup_launcher(cfg, args.launcher)
         runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.train()
-    if args.test_last:  # the weights in memory are the last checkpoint's; Runner.test does not load them again
+    # the weights in memory are the last checkpoint's; Runner.test does not load them again
+    if args.test_last:
         metrics = runner.test()
         if args.metrics_out and get_rank() == 0:
             write_metrics_json(metrics, args.metrics_out)
-    teardown_launcher()  # only after success: a failed rank must not wait in a barrier for the others
+    teardown_launcher(
+    )  # only after success: a failed rank must not wait in a barrier for the others
 
 
 if __name__ == '__main__':

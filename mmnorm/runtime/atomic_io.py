@@ -17,10 +17,10 @@ signal end the process as it would have.
 """
 import json
 import os
-import signal
-import threading
 import os.path as osp
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Mapping, Union
 

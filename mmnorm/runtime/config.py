@@ -8,7 +8,8 @@ TOOLBOXES = {'mmseg': 'mmsegmentation', 'mmdet': 'mmdetection'}
 
 
 def get_toolbox(cfg: Config) -> str:
-    """Returns the config's ``default_scope`` (``'mmseg'`` or ``'mmdet'``); raises ValueError otherwise."""
+    """Returns the config's ``default_scope`` (``'mmseg'`` or ``'mmdet'``); raises ValueError
+    otherwise."""
     scope = cfg.get('default_scope', None)
     if scope is None:
         raise ValueError(f'config {cfg.filename!r} has no default_scope; mmnorm tools need '

@@ -26,11 +26,11 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModel, is_model_wrapper
 
 from ..batches import forward_batch
+from ..validation import ArgumentError
 from .distributed import sum_gradients_over_ranks, sum_over_ranks
 from .norm_modes import affine_parameters, statistics_leaves, statistics_mode
 from .objectives import check_class_logits, entropy_terms, marginal_entropy, valid_pixel_mask
 from .safeguards import RESET_SIGNALS, CollapseMonitor, check_fraction, entropy_margin
-from ..validation import ArgumentError
 from .validation import check_method_arguments
 
 __all__ = ['TestTimeAdapter', 'METHODS', 'DEFAULT_OPTIMIZER']

@@ -3,34 +3,35 @@
     python tools/analysis/bn_shift.py CONFIG CHECKPOINT --source val --target test [--num-batches N]
         [--out-dir DIR] [--cfg-options k=v ...]
 
-``--source`` / ``--target`` name a dataloader of the config (``train``, ``val`` or ``test``); point them at other
-data with ``--cfg-options`` (e.g. ``test_dataloader.dataset.data_root=...``). Samplers are replaced by an ordered
-``DefaultSampler`` so each pass is finite and repeatable. Works on mmseg and mmdet models and every BN-like mmnorm
-layer. Writes ``bn_shift.md`` (table), ``bn_shift.csv`` and ``bn_shift.png`` (distances by depth) to ``--out-dir``.
+``--source`` / ``--target`` name a dataloader of the config (``train``, ``val`` or ``test``); point
+them at other data with ``--cfg-options`` (e.g. ``test_dataloader.dataset.data_root=...``). Samplers
+are replaced by an ordered ``DefaultSampler`` so each pass is finite and repeatable. Works on mmseg
+and mmdet models and every BN-like mmnorm layer. Writes ``bn_shift.md`` (table), ``bn_shift.csv``
+and ``bn_shift.png`` (distances by depth) to ``--out-dir``.
 
-Columns: for every BN-like layer in execution order, the symmetric KL and mean shift |Δμ|/σ between the statistics
-of its input on source and on target data (source-trained model), then the symmetric KL between the statistics
-the layer normalises with in eval mode and those of its actual target input, before and after
-``recalibrate_bn`` on the target data. The plot has one log-scale panel per measure, with the stage / head
-boundaries and the layer names on the x axis; a progress bar counts the four passes over the data.
+Columns: for every BN-like layer in execution order, the symmetric KL and mean shift |Δμ|/σ between
+the statistics of its input on source and on target data (source-trained model), then the symmetric
+KL between the statistics the layer normalises with in eval mode and those of its actual target
+input, before and after ``recalibrate_bn`` on the target data. The plot has one log-scale panel per
+measure, with the stage / head boundaries and the layer names on the x axis; a progress bar counts
+the four passes over the data.
 """
 import argparse
 import copy
 import csv
 import os
 import os.path as osp
-import sys
 
 from mmengine.config import Config, DictAction
 from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import Runner
+from mmnorm_tools import setup_runtime
+from mmnorm_tools.checkpoints import add_strict_load_argument, load_weights
 
 import mmnorm  # noqa: F401
 from mmnorm.analysis import compare_moments, input_moments, running_moments
 from mmnorm.recalibration import find_bn_layers, recalibrate_bn
 from mmnorm.runtime import check_checkpoint_file, get_toolbox, user_errors
-from mmnorm_tools import setup_runtime
-from mmnorm_tools.checkpoints import add_strict_load_argument, load_weights
 
 LOADERS = ('train', 'val', 'test')
 
@@ -39,9 +40,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='BN statistics shift between two domains')
     parser.add_argument('config')
     parser.add_argument('checkpoint')
-    parser.add_argument('--source', choices=LOADERS, default='train', help='dataloader holding source data')
-    parser.add_argument('--target', choices=LOADERS, default='test', help='dataloader holding target data')
-    parser.add_argument('--num-batches', type=int, default=None, help='batches per domain (default: all)')
+    parser.add_argument(
+        '--source', choices=LOADERS, default='train', help='dataloader holding source data')
+    parser.add_argument(
+        '--target', choices=LOADERS, default='test', help='dataloader holding target data')
+    parser.add_argument(
+        '--num-batches', type=int, default=None, help='batches per domain (default: all)')
     parser.add_argument('--batch-size', type=int, default=None)
     parser.add_argument('--out-dir', default='work_dirs/bn_shift')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
@@ -61,9 +65,15 @@ def build_loader(cfg: Config, which: str, batch_size=None):
     return Runner.build_dataloader(loader_cfg)
 
 
-def analyse(cfg: Config, checkpoint: str, source: str, target: str, num_batches=None, batch_size=None,
+def analyse(cfg: Config,
+            checkpoint: str,
+            source: str,
+            target: str,
+            num_batches=None,
+            batch_size=None,
             strict_load=True):
-    """Returns the table rows (one dict per BN-like layer, in execution order of the first forward)."""
+    """Returns the table rows (one dict per BN-like layer, in execution order of the first
+    forward)."""
     init_default_scope(get_toolbox(cfg))
     from mmengine.model import revert_sync_batchnorm
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
@@ -88,9 +98,14 @@ def analyse(cfg: Config, checkpoint: str, source: str, target: str, num_batches=
     rows = []
     for depth, name in enumerate(n for n in layers if n in src_tgt):
         rows.append(
-            dict(depth=depth, layer=name, channels=int(src[name][1].numel()), kl_source_target=src_tgt[name][0],
-                 shift_source_target=src_tgt[name][1], kl_running_target_before=before[name][0],
-                 kl_running_target_after=after[name][0]))
+            dict(
+                depth=depth,
+                layer=name,
+                channels=int(src[name][1].numel()),
+                kl_source_target=src_tgt[name][0],
+                shift_source_target=src_tgt[name][1],
+                kl_running_target_before=before[name][0],
+                kl_running_target_after=after[name][0]))
     return rows
 
 
@@ -102,20 +117,22 @@ def write_outputs(rows, out_dir: str, title: str) -> None:
         writer.writerows(rows)
     lines = [
         f'# BN statistics shift: {title}', '',
-        '| # | layer | C | sym. KL src↔tgt | \\|Δμ\\|/σ src↔tgt | sym. KL running↔tgt before AdaBN | after |',
-        '|---:|---|---:|---:|---:|---:|---:|'
+        '| # | layer | C | sym. KL src↔tgt | \\|Δμ\\|/σ src↔tgt | sym. KL running↔tgt before '
+        'AdaBN | after |', '|---:|---|---:|---:|---:|---:|---:|'
     ]
     for r in rows:
-        lines.append(f"| {r['depth']} | {r['layer']} | {r['channels']} | {r['kl_source_target']:.4f} | "
-                     f"{r['shift_source_target']:.4f} | {r['kl_running_target_before']:.4f} | "
-                     f"{r['kl_running_target_after']:.4f} |")
+        lines.append(
+            f"| {r['depth']} | {r['layer']} | {r['channels']} | {r['kl_source_target']:.4f} | "
+            f"{r['shift_source_target']:.4f} | {r['kl_running_target_before']:.4f} | "
+            f"{r['kl_running_target_after']:.4f} |")
     with open(osp.join(out_dir, 'bn_shift.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     plot(rows, osp.join(out_dir, 'bn_shift.png'), title)
 
 
 def layer_group(name: str) -> str:
-    """The stage / head a layer belongs to: ``backbone.layer2.0.bn1`` -> ``backbone.layer2``, ``decode_head``."""
+    """The stage / head a layer belongs to: ``backbone.layer2.0.bn1`` -> ``backbone.layer2``,
+    ``decode_head``."""
     parts = name.split('.')
     if parts[0] == 'backbone' and len(parts) > 2 and parts[1].startswith(('layer', 'stage', 'res')):
         return '.'.join(parts[:2])
@@ -127,7 +144,8 @@ def layer_group(name: str) -> str:
 def plot(rows, out_file: str, title: str) -> None:
     """One panel per measure, log scale, stage / head boundaries and layer names on the x axis.
 
-    Exact zeros (log scale cannot show them) are not drawn; each panel's legend says how many there are.
+    Exact zeros (log scale cannot show them) are not drawn; each panel's legend says how many there
+    are.
     """
     import matplotlib
     matplotlib.use('Agg')
@@ -135,10 +153,13 @@ def plot(rows, out_file: str, title: str) -> None:
     import numpy as np
     depth = np.array([r['depth'] for r in rows])
     names = [r['layer'] for r in rows]
-    panels = [('sym. KL, input statistics: source vs target', [('kl_source_target', 'source vs target', 'o-')]),
-              ('|Δμ|/σ, input statistics: source vs target', [('shift_source_target', 'source vs target', 's-')]),
-              ('sym. KL, eval statistics vs target input', [('kl_running_target_before', 'before AdaBN', 'o-'),
-                                                            ('kl_running_target_after', 'after AdaBN', 's-')])]
+    panels = [('sym. KL, input statistics: source vs target', [('kl_source_target',
+                                                                'source vs target', 'o-')]),
+              ('|Δμ|/σ, input statistics: source vs target', [('shift_source_target',
+                                                               'source vs target', 's-')]),
+              ('sym. KL, eval statistics vs target input',
+               [('kl_running_target_before', 'before AdaBN', 'o-'),
+                ('kl_running_target_after', 'after AdaBN', 's-')])]
     width = max(8.0, 0.16 * len(rows) + 2)
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.0 * len(panels) + 1.5), sharex=True)
     groups = [layer_group(n) for n in names]
@@ -158,8 +179,14 @@ def plot(rows, out_file: str, title: str) -> None:
     starts = [0] + bounds
     ends = bounds + [len(groups)]
     for start, end in zip(starts, ends):
-        axes[0].annotate(groups[start], xy=((start + end - 1) / 2, 1.0), xycoords=('data', 'axes fraction'),
-                         ha='center', va='bottom', fontsize=7, color='dimgrey')
+        axes[0].annotate(
+            groups[start],
+            xy=((start + end - 1) / 2, 1.0),
+            xycoords=('data', 'axes fraction'),
+            ha='center',
+            va='bottom',
+            fontsize=7,
+            color='dimgrey')
     axes[-1].set_xticks(depth)
     axes[-1].set_xticklabels(names, rotation=90, fontsize=5 if len(rows) > 40 else 7)
     axes[-1].set_xlabel('BN-like layer, in execution order')
@@ -180,9 +207,10 @@ def main(argv=None):
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
         get_toolbox(cfg)
-    with user_errors('tools/analysis/bn_shift.py'):  # weights that do not fit, an unwritable --out-dir
-        rows = analyse(cfg, args.checkpoint, args.source, args.target, args.num_batches, args.batch_size,
-                       args.strict_load)
+    with user_errors(
+            'tools/analysis/bn_shift.py'):  # weights that do not fit, an unwritable --out-dir
+        rows = analyse(cfg, args.checkpoint, args.source, args.target, args.num_batches,
+                       args.batch_size, args.strict_load)
     title = f'{osp.basename(args.config)}: {args.source} -> {args.target}'
     with user_errors('tools/analysis/bn_shift.py'):
         write_outputs(rows, args.out_dir, title)

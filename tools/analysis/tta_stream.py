@@ -1,23 +1,26 @@
-"""Continual test-time adaptation on a drifting stream (the continual-stream experiment of ``make demo``).
+"""Continual test-time adaptation on a drifting stream (the continual-stream experiment of ``make
+demo``).
 
-    python tools/analysis/tta_stream.py CONFIG CHECKPOINT [--stream-root DIR] [--frames 240] [--batch-size 8]
+    python tools/analysis/tta_stream.py CONFIG CHECKPOINT [--stream-root DIR] [--frames 240]
+    [--batch-size 8]
                                         [--lr 1e-3] [--window 3] [--out-dir DIR]
 
-Renders the drifting stream of :mod:`mmnorm.datasets.synthetic_stream` (clear -> increasing fog -> colour shift ->
-clear; skipped when present), then tests the trained BN checkpoint on it in stream order, the same batches for
-every method:
+Renders the drifting stream of :mod:`mmnorm.datasets.synthetic_stream` (clear -> increasing fog ->
+colour shift -> clear; skipped when present), then tests the trained BN checkpoint on it in stream
+order, the same batches for every method:
 
 1. ``BN``: the source model;
 2. ``BN + test-batch stats``: ``TestTimeAdapter(method='bn')``;
-3. ``AdaBN (offline)``: :func:`mmnorm.recalibrate_bn` on the *whole* stream first (transductive, needs the stream in
-   advance), then the source model with those statistics;
+3. ``AdaBN (offline)``: :func:`mmnorm.recalibrate_bn` on the *whole* stream first (transductive,
+   needs the stream in advance), then the source model with those statistics;
 4. ``TENT continual``: ``method='tent'`` (Adam, ``--lr``), never reset;
-5. ``TENT continual + safeguards``: the same with reliable-pixel selection (``reliable=0.05``: entropy below
-   0.05 ln K) and the reset rule on the mean entropy (``reset_signal='entropy'``, ``reset_threshold=0.6``,
-   ``reset_momentum=0.2``).
+5. ``TENT continual + safeguards``: the same with reliable-pixel selection (``reliable=0.05``:
+   entropy below 0.05 ln K) and the reset rule on the mean entropy (``reset_signal='entropy'``,
+   ``reset_threshold=0.6``, ``reset_momentum=0.2``).
 
-Writes ``stream_results.md`` (mIoU per phase and over the stream, TENT resets), ``stream_results.json`` and
-``stream_miou.png`` (mIoU over a sliding window of ``--window`` batches along the stream) to ``--out-dir``.
+Writes ``stream_results.md`` (mIoU per phase and over the stream, TENT resets),
+``stream_results.json`` and ``stream_miou.png`` (mIoU over a sliding window of ``--window`` batches
+along the stream) to ``--out-dir``.
 """
 import argparse
 import copy
@@ -33,8 +36,9 @@ import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-# Tuned for the over-confident demo model (mean pixel entropy ~0.15 nats of ln 19 = 2.9): a tight reliable margin
-# (0.05 ln K; EATA's 0.4 ln K keeps ~99 % of the pixels here) and the over-confidence reset signal.
+# Tuned for the over-confident demo model (mean pixel entropy ~0.15 nats of ln 19 = 2.9): a tight
+# reliable margin (0.05 ln K; EATA's 0.4 ln K keeps ~99 % of the pixels here) and the
+# over-confidence reset signal.
 SAFEGUARDS = dict(reliable=0.05, reset_signal='entropy', reset_threshold=0.6, reset_momentum=0.2)
 
 
@@ -43,10 +47,14 @@ def parse_args(argv=None):
     parser.add_argument('config', help='the BN demo config the checkpoint was trained with')
     parser.add_argument('checkpoint')
     parser.add_argument('--stream-root', default='data/demo_stream')
-    parser.add_argument('--frames', type=int, default=240, help='stream length (default 240 = 30 batches of 8)')
+    parser.add_argument(
+        '--frames', type=int, default=240, help='stream length (default 240 = 30 batches of 8)')
     parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--lr', type=float, default=3e-2,
-                        help='TENT Adam learning rate (default 3e-2: 30 batches at TENT\'s 1e-3 barely move)')
+    parser.add_argument(
+        '--lr',
+        type=float,
+        default=3e-2,
+        help='TENT Adam learning rate (default 3e-2: 30 batches at TENT\'s 1e-3 barely move)')
     parser.add_argument('--window', type=int, default=3, help='batches per point of the mIoU curve')
     parser.add_argument('--seed', type=int, default=0, help='stream seed')
     parser.add_argument('--out-dir', default='work_dirs/demo/stream')
@@ -78,9 +86,14 @@ def stream_batches(cfg, root: str, batch_size: int) -> List[dict]:
     from mmengine.runner import Runner
     loader = Runner.build_dataloader(
         dict(
-            batch_size=batch_size, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=False, round_up=False),
-            dataset=dict(type='CityscapesDataset', data_root=root, pipeline=cfg.test_pipeline,
-                         data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'))))
+            batch_size=batch_size,
+            num_workers=0,
+            sampler=dict(type='DefaultSampler', shuffle=False, round_up=False),
+            dataset=dict(
+                type='CityscapesDataset',
+                data_root=root,
+                pipeline=cfg.test_pipeline,
+                data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'))))
     return list(loader)
 
 
@@ -91,7 +104,8 @@ def confusion(outputs, num_classes: int) -> np.ndarray:
         pred = sample.pred_sem_seg.data.squeeze(0).cpu().numpy().ravel()
         gt = sample.gt_sem_seg.data.squeeze(0).cpu().numpy().ravel()
         keep = gt != 255
-        mat += np.bincount(gt[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(mat.shape)
+        mat += np.bincount(
+            gt[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(mat.shape)
     return mat
 
 
@@ -116,9 +130,15 @@ def run_methods(model, batches: List[dict], lr: float, num_classes: int) -> Dict
         t0 = time.time()
         with torch.no_grad() if adapter is None else torch.enable_grad():
             mats = [confusion(predict(batch), num_classes) for batch in batches]
-        runs[name] = dict(mats=mats, seconds=time.time() - t0, resets=None if adapter is None else adapter.num_resets,
-                          reset_steps=[] if adapter is None else [r['step'] for r in adapter.history if r['reset']])
-        print(f'{name}: mIoU {miou(sum(mats)):.1f} over the stream ({runs[name]["seconds"]:.0f} s)', flush=True)
+        runs[name] = dict(
+            mats=mats,
+            seconds=time.time() - t0,
+            resets=None if adapter is None else adapter.num_resets,
+            reset_steps=[]
+            if adapter is None else [r['step'] for r in adapter.history if r['reset']])
+        print(
+            f'{name}: mIoU {miou(sum(mats)):.1f} over the stream ({runs[name]["seconds"]:.0f} s)',
+            flush=True)
 
     evaluate('BN', source(model))
     evaluate('BN + test-batch stats', TestTimeAdapter(model, 'bn').adapt)
@@ -141,8 +161,12 @@ def summarise(runs: Dict[str, dict], phases: List[str], window: int) -> Dict[str
         per_phase = {p: miou(sum(m for m, q in zip(mats, phases) if q == p)) for p in names}
         curve = [miou(sum(mats[max(0, i - window + 1):i + 1])) for i in range(len(mats))]
         rows[name] = dict(
-            stream=miou(sum(mats)), phases=per_phase, curve=curve, resets=run['resets'],
-            reset_batches=run['reset_steps'], seconds=run['seconds'])
+            stream=miou(sum(mats)),
+            phases=per_phase,
+            curve=curve,
+            resets=run['resets'],
+            reset_batches=run['reset_steps'],
+            seconds=run['seconds'])
     return rows
 
 
@@ -165,9 +189,20 @@ def plot(rows: Dict[str, dict], phases: List[str], batch_size: int, out_file: st
     start = 0
     for i in range(1, len(phases) + 1):
         if i == len(phases) or phases[i] != phases[start]:
-            ax.axvspan(start * batch_size, i * batch_size, alpha=0.08 * (1 + start % 2), color='grey', lw=0)
-            ax.text((start + i) / 2 * batch_size, 1.0, phases[start], ha='center', va='bottom',
-                    transform=ax.get_xaxis_transform(), fontsize=8)
+            ax.axvspan(
+                start * batch_size,
+                i * batch_size,
+                alpha=0.08 * (1 + start % 2),
+                color='grey',
+                lw=0)
+            ax.text(
+                (start + i) / 2 * batch_size,
+                1.0,
+                phases[start],
+                ha='center',
+                va='bottom',
+                transform=ax.get_xaxis_transform(),
+                fontsize=8)
             start = i
     for name, row in rows.items():
         line, = ax.plot(frames, row['curve'], label=name, lw=1.5)
@@ -193,8 +228,8 @@ def main(argv=None):
     try:
         schedule = generate_drifting_stream(args.stream_root, args.frames, seed=args.seed)
     except FileExistsError as err:  # a stream of another length / seed is there: never overwrite it
-        sys.exit(f'tta_stream.py: {err}. Pass --stream-root with a new folder for --frames {args.frames} '
-                 f'--seed {args.seed}.')
+        sys.exit(f'tta_stream.py: {err}. Pass --stream-root with a new folder for --frames '
+                 f'{args.frames} --seed {args.seed}.')
     cfg, model = load_model(args.config, args.checkpoint)
     batches = stream_batches(cfg, args.stream_root, args.batch_size)
     phases = [schedule[i * args.batch_size]['phase'] for i in range(len(batches))]
@@ -206,7 +241,10 @@ def main(argv=None):
     with open(osp.join(args.out_dir, 'stream_results.md'), 'w') as f:
         f.write(table)
     with open(osp.join(args.out_dir, 'stream_results.json'), 'w') as f:
-        json.dump(dict(rows=rows, phases=phases, lr=args.lr, safeguards=SAFEGUARDS, frames=args.frames), f, indent=1)
+        json.dump(
+            dict(rows=rows, phases=phases, lr=args.lr, safeguards=SAFEGUARDS, frames=args.frames),
+            f,
+            indent=1)
     plot(rows, phases, args.batch_size, osp.join(args.out_dir, 'stream_miou.png'))
     print(table + f'written to {args.out_dir} in {time.time() - t0:.0f} s')
 

@@ -143,8 +143,7 @@ def _check_ibn(ibn: Optional[dict]) -> Optional[dict]:
     if ibn_type == 'a' and ibn.get('stem') is not None:
         raise ArgumentError(f'ibn stem is an IBN-b option, got stem={ibn["stem"]!r} with type=a')
     if ibn_type == 'b' and ibn.get('ratio') is not None:
-        raise ArgumentError(
-            f'ibn ratio is an IBN-a option, got ratio={ibn["ratio"]!r} with type=b')
+        raise ArgumentError(f'ibn ratio is an IBN-a option, got ratio={ibn["ratio"]!r} with type=b')
     return dict(ibn)
 
 
