@@ -18,10 +18,10 @@ a process pool with a progress bar and applies one policy everywhere:
   reason per file.
 """
 import json
+import multiprocessing
 import os
 import os.path as osp
 from functools import partial
-from multiprocessing import Pool
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -193,7 +193,11 @@ def convert_frames(frames: Sequence[Frame],
             if bar is not None:
                 bar.update()
     else:
-        with Pool(nproc) as pool:
+        # forkserver (spawn where unavailable): a fork of a multi-threaded caller (a test runner, an
+        # application with a thread pool) can copy a held lock and hang its workers
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context('forkserver' if 'forkserver' in methods else 'spawn')
+        with context.Pool(nproc) as pool:
             for r in pool.imap_unordered(work, frames, chunksize=4):
                 results.append(r)
                 if bar is not None:
