@@ -38,9 +38,9 @@ tools = {
     'test': lambda p: load_tool('test').main([config, p, '--work-dir', folder + '/w',
                                               '--cfg-options', *opts]),
     'train_load_from': lambda p: load_tool('train').main(
-        [config, '--work-dir', folder + '/w', '--cfg-options', f'load_from={p}']),
+        [config, '--work-dir', folder + '/w', '--cfg-options', f'load_from={p}', *opts]),
     'train_resume': lambda p: load_tool('train').main([config, '--work-dir', folder + '/w',
-                                                       '--resume', p]),
+                                                       '--resume', p, '--cfg-options', *opts]),
     'bn_shift': lambda p: load_tool('analysis/bn_shift').main([config, p]),
     'fold_norms': lambda p: load_tool('model_converters/fold_norms').main(
         [config, p, '--out-dir', folder + '/f']),
@@ -49,8 +49,6 @@ tools = {
 }
 for tool, run in tools.items():
     for name, path in paths.items():
-        if name == 'wrong_model' and tool not in ('test', 'fold_norms', 'pytorch2onnx'):
-            continue
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             try:
@@ -91,7 +89,7 @@ def test_crafted_checkpoints_refused_by_every_entry_point(tiny_demo_data, tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith('ROW ')]
     tool_rows = [r for r in rows if r[0] not in ('torch.load', 'mmengine')]
-    assert len(tool_rows) == 6 * 9 + 3, proc.stdout
+    assert len(tool_rows) == 6 * 10, proc.stdout  # 9 crafted files and a wrong model per tool
     for tool, name, code, lines, named in tool_rows:  # exit 2, one error line naming the file
         assert (code, lines, named) == ('2', '1', 'True'), (tool, name, proc.stderr[-3000:])
     assert [r[2] for r in rows if r[0] == 'torch.load' and r[1] != 'wrong_model'] == ['refused'] * 9
