@@ -322,12 +322,21 @@ def test_tools_test_and_dist_test_equal_in_process_run(seg_root, tmp_path):
     initial = save_initial_checkpoint(cfg, tmp_path / 'init.pth')
     single, dist = tmp_path / 'single', tmp_path / 'dist'
     run_tool(['tools/test.py', config, tmp_path / 'init.pth', '--work-dir', single])
-    proc = run_tool(['tools/dist_test.sh', config, tmp_path / 'init.pth', 2, '--work-dir', dist],
-                    PORT=free_port())
-    assert '7 samples' in proc.stdout + proc.stderr  # the padded repeat on rank 1 is not counted
+    run_tool(['tools/dist_test.sh', config, tmp_path / 'init.pth', 2, '--work-dir', dist],
+             PORT=free_port())
     one = torch.load(single / 'adabn.pth', weights_only=True)['state_dict']
     two = torch.load(dist / 'adabn.pth', weights_only=True)['state_dict']
     names = bn_names(initial)
+    # the padded repeat on rank 1 (DefaultSampler round_up: image 0 again) is not counted: the
+    # statistics are those of the 7 images, not of the 8 the two ranks forwarded
+    inputs = preprocessed_batches(initial, Runner.from_cfg(cfg).test_dataloader)
+    assert len(inputs) == 7
+    seven = float64_reference(initial, inputs, names[:1], bn_train=True)[names[0]]
+    eight = float64_reference(initial, inputs + inputs[:1], names[:1], bn_train=True)[names[0]]
+    stem = [two[f'{names[0]}.{buf}'].double() for buf in ('running_mean', 'running_var')]
+    for got, want, padded in zip(stem, seven, eight):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got, padded, rtol=1e-5, atol=1e-6)
     for n in names:
         for buf in ('running_mean', 'running_var'):
             torch.testing.assert_close(two[f'{n}.{buf}'], one[f'{n}.{buf}'], rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from conftest import PYTHON, REPO, run_tool, tiny_seg_options, tool_env
 from test_tta import K, batches, make_net
+from test_tta_models import probed_config
 
 WORKER = textwrap.dedent('''
     import sys
@@ -107,13 +108,22 @@ def test_dist_test_sh_with_unequal_batches(tiny_demo_data, tmp_path, port):
         'test_dataloader.dataset.indices=3', 'test_dataloader.sampler.round_up=False',
         'custom_hooks.0.episodic=False', 'custom_hooks.0.steps=1'
     ]
-    proc = run_tool(
+    probed, pythonpath = probed_config(tmp_path, config)
+    run_tool(
         [
-            'tools/dist_test.sh', config, ckpt, 2, '--work-dir', tmp_path / 'test', '--metrics-out',
+            'tools/dist_test.sh', probed, ckpt, 2, '--work-dir', tmp_path / 'test', '--metrics-out',
             tmp_path / 'metrics.json', '--cfg-options'
         ] + options,
         timeout=600,
-        PORT=port)
-    log = proc.stdout + proc.stderr
-    assert 'TestTimeAdaptHook: tent done; 2 optimizer steps' in log, log[-3000:]
+        PORT=port,
+        PYTHONPATH=pythonpath)
+    ranks = [torch.load(tmp_path / f'probe_rank{r}.pt') for r in (0, 1)]
+    assert [len(r['logits']) for r in ranks] == [2, 1]  # rank 1 tested one batch ...
+    assert [r['steps'] for r in ranks] == [2, 2]  # ... and took the missing step idle
+    assert len(ranks[0]['history']) == 2 and ranks[0]['history'] == ranks[1]['history']
+    source = torch.load(ckpt)['state_dict']
+    assert ranks[0]['params'].keys() == ranks[1]['params'].keys()
+    for name, param in ranks[0]['params'].items():
+        assert torch.equal(param, ranks[1]['params'][name]), name  # one model on both ranks
+    assert any(not torch.equal(p, source[n]) for n, p in ranks[0]['params'].items())
     assert (tmp_path / 'metrics.json').exists()

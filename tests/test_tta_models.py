@@ -3,6 +3,8 @@ copy whose BN layers are torch BNs in train mode without running statistics), th
 TestTimeAdaptHook in a real Runner and through tools/test.py, and an mmdet Faster R-CNN with the
 statistics methods."""
 import copy
+import json
+import os
 import os.path as osp
 
 import pytest
@@ -180,25 +182,90 @@ def test_hook_rejects_unknown_method():
         TestTimeAdaptHook(method='adapt')
 
 
+PROBE = '''
+import os
+import torch
+from mmengine.dist import get_rank
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class TTAProbeHook(Hook):
+    """Saves, per rank, the test loop's logits of every batch and the TestTimeAdaptHook's adapter
+    after the last batch (before it restores the source state)."""
+    priority = 'NORMAL'  # before TestTimeAdaptHook (BELOW_NORMAL) at every hook point
+
+    def before_test_epoch(self, runner):
+        self.logits = []
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.logits.append(torch.stack([o.seg_logits.data for o in outputs]))
+
+    def after_test_epoch(self, runner, metrics=None):
+        hook = next(h for h in runner.hooks if type(h).__name__ == 'TestTimeAdaptHook')
+        adapter = hook.adapter
+        state = dict(logits=self.logits, steps=adapter.num_steps, history=adapter.history,
+                     params={{n: p.detach().clone()
+                             for n, p in zip(adapter.param_names, adapter.params)}})
+        torch.save(state, os.path.join({out!r}, f'probe_rank{{get_rank()}}.pt'))
+'''
+
+
+def probed_config(tmp_path, config: str):
+    """``config`` (a TTA config under configs/) with TTAProbeHook added, and the environment that
+    imports it: ``(config path, PYTHONPATH)``; the probe writes ``tmp_path/probe_rank{r}.pt``."""
+    (tmp_path / 'tta_probe.py').write_text(PROBE.format(out=str(tmp_path)))
+    hooks = Config.fromfile(osp.join(REPO, config)).custom_hooks + [dict(type='TTAProbeHook')]
+    path = tmp_path / 'probed.py'
+    path.write_text(f"_base_ = [{osp.join(REPO, config)!r}]\n"
+                    "custom_imports = dict(imports=['mmnorm', 'tta_probe'], "
+                    "allow_failed_imports=False)\n"
+                    f'custom_hooks = {hooks!r}\n')
+    return path, f'{REPO}{os.pathsep}{tmp_path}'
+
+
 # ~20 s; the default run covers the hook in a real Runner (what tools/test.py builds)
 @pytest.mark.slow
 @pytest.mark.parametrize('method', ['bn', 'prior', 'tent'])
 def test_tools_test_py_with_demo_tta_config(method, tiny_demo_data, tmp_path):
+    """tools/test.py predicts what ``TestTimeAdapter.adapt`` with the config's hook arguments
+    predicts on the same batches, not what the source model predicts."""
     cfg = seg_cfg(tiny_demo_data, tmp_path)
     model = Runner.from_cfg(cfg).model
+    torch.manual_seed(0)
+    with torch.no_grad():  # source statistics far from the test batches' (as after training)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
     ckpt = tmp_path / 'bn.pth'
     torch.save(dict(meta=dict(), state_dict=model.state_dict()), ckpt)
     out = tmp_path / 'metrics.json'
     options = [o for o in tiny_seg_options(tiny_demo_data) if o.startswith('test_dataloader')]
-    proc = run_tool(
+    config, pythonpath = probed_config(tmp_path, TTA_CONFIG.format(method))
+    run_tool(
         [
-            'tools/test.py',
-            TTA_CONFIG.format(method), ckpt, '--work-dir', tmp_path / 'test', '--metrics-out', out,
+            'tools/test.py', config, ckpt, '--work-dir', tmp_path / 'test', '--metrics-out', out,
             '--cfg-options'
         ] + options,
-        timeout=600)
-    assert f'TestTimeAdaptHook: {method} on' in proc.stdout + proc.stderr
-    assert out.exists()
+        timeout=600,
+        PYTHONPATH=pythonpath)
+    got = torch.load(tmp_path / 'probe_rank0.pt')['logits']
+    hook_cfg = seg_cfg(tiny_demo_data, tmp_path / 'ref', TTA_CONFIG.format(method)).custom_hooks[0]
+    args = {k: v for k, v in hook_cfg.items() if k not in ('type', 'method', 'restore')}
+    adapter = tta.TestTimeAdapter(copy.deepcopy(model), method, logger=None, **args)
+    loader = Runner.from_cfg(seg_cfg(tiny_demo_data, tmp_path / 'ref')).test_dataloader
+    batches = list(loader)
+    expected = [torch.stack([o.seg_logits.data for o in adapter.adapt(b)]) for b in batches]
+    model.eval()
+    with torch.no_grad():
+        plain = [torch.stack([o.seg_logits.data for o in model.test_step(b)]) for b in batches]
+    assert len(got) == len(expected) > 0
+    for g, want, source in zip(got, expected, plain):
+        torch.testing.assert_close(g, want, rtol=1e-3, atol=1e-3)  # Adam: float noise grows
+        assert not torch.allclose(g, source, atol=1e-3)  # the hook adapted the model
+    assert 'mIoU' in json.loads(out.read_text())
 
 
 DET_MODEL = dict(
