@@ -12,7 +12,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn as nn
-from references import pbn_patch_loop
+from mmnorm_tools.pbn_loop import pbn_patch_loop
 
 from mmnorm import domain_split
 from mmnorm.models.norms import IBN, PBN, RN, AdaBN

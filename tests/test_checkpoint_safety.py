@@ -9,12 +9,10 @@ import time
 
 import pytest
 import torch
-import torch.nn as nn
 from conftest import DEMO_CONFIG, PYTHON, REPO, free_port, tiny_seg_options, tool_env
 from mmengine.logging import HistoryBuffer
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
-from torch.utils.data import Dataset
+from test_checkpoint_compat import _Data, _Toy
 
 from mmnorm.runtime import (CheckpointFileError, check_weights_fit, find_resumable_checkpoint,
                             load_checkpoint_file, setup)
@@ -95,27 +93,6 @@ def test_crafted_checkpoints_refused_by_every_entry_point(tiny_demo_data, tmp_pa
     assert [r[2] for r in rows if r[0] == 'torch.load' and r[1] != 'wrong_model'] == ['refused'] * 9
     assert [r[2:] for r in rows
             if r[0] == 'mmengine' and r[1] != 'wrong_model'] == [['refused', 'True']] * 9
-
-
-class _Toy(BaseModel):
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(3, 1)
-        self.bn = nn.BatchNorm1d(1)
-
-    def forward(self, x, mode='tensor'):
-        out = self.bn(self.fc(torch.stack(x) if isinstance(x, list) else x))
-        return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
-
-
-class _Data(Dataset):
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        return dict(x=torch.full((3, ), float(i)))
 
 
 def toy_runner(work_dir, iters, hook='SafeCheckpointHook', batch_size=4, **kwargs):

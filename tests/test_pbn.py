@@ -11,7 +11,7 @@ from conftest import REPO
 from mmcv.cnn import build_norm_layer
 from mmengine.model import convert_sync_batchnorm, revert_sync_batchnorm
 from mmengine.registry import DefaultScope
-from references import pbn_patch_loop  # the per-patch Python loop (released structure)
+from mmnorm_tools.pbn_loop import pbn_patch_loop  # the per-patch loop (released structure)
 
 from mmnorm.models.norms import PBN
 from mmnorm.models.norms.pbn import (PatchView, PBNPlan, grid_edges, pbn_fixed, pbn_train,

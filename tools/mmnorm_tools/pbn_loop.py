@@ -1,5 +1,5 @@
 """The ``PBN-loop`` case of ``tools/benchmark_norms.py``: PBN's training forward as the released
-code computes it, patch by patch (tests/references.py holds the same loop as the tests' oracle)."""
+code computes it, patch by patch (the tests use it as their oracle too)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
