@@ -8,16 +8,33 @@ SLURM environment parsing included) with ``torch.cuda.set_device`` skipped and a
 Runner then skips ``init_dist``), and asks for a CPU DDP wrapper (``device_ids=None``). On CPU the
 config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the Runner's
 environment log says ``backend: gloo`` and ``device: cpu`` instead of the GPU config's ``nccl``.
+
+SyncBN (torch ``SyncBatchNorm``, mmcv ``MMSyncBN``) needs GPUs, and the toolboxes' configs use it.
+mmengine reverts it to BN on single-process runs; on a CPU process group the model is wrapped in
+:class:`CPUDistributedDataParallel`, which applies the same revert (mmengine's
+``revert_sync_batchnorm``: every SyncBN, also the children of mmnorm's composite layers and those of
+``cfg.sync_bn``, becomes the BN it wraps, same parameters, buffers and state-dict keys) before DDP
+wraps the model, and logs how many layers it reverted. Checkpoints of such runs load into the
+SyncBN models of GPU runs, and the other way round.
 """
 import os
 from unittest import mock
 
 import torch
 import torch.distributed as torch_dist
+import torch.nn as nn
 from mmengine.config import Config
 from mmengine.dist import init_dist
+from mmengine.logging import print_log
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.registry import MODEL_WRAPPERS
 
-__all__ = ['LAUNCHERS', 'setup_launcher', 'init_cpu_process_group', 'teardown_launcher']
+from mmnorm.bn_layers import MMSyncBN
+
+__all__ = [
+    'LAUNCHERS', 'setup_launcher', 'init_cpu_process_group', 'teardown_launcher',
+    'revert_sync_bn_layers', 'CPUDistributedDataParallel'
+]
 
 LAUNCHERS = ('none', 'pytorch', 'slurm')
 
@@ -55,12 +72,56 @@ def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> No
         init_dist(launcher, backend=backend, **kwargs)
 
 
+SYNC_BN_TYPES = (nn.SyncBatchNorm, ) + ((MMSyncBN, ) if MMSyncBN is not None else ())
+
+
+def revert_sync_bn_layers(model: nn.Module) -> tuple:
+    """``model`` with every SyncBN layer (torch ``SyncBatchNorm``, mmcv ``MMSyncBN``) reverted to
+    BN by mmengine's ``revert_sync_batchnorm`` (as mmengine does on single-process runs).
+
+    Returns:
+        tuple[nn.Module, int]: The model (``model`` itself unless it is a SyncBN) and the number of
+        layers reverted.
+
+    Raises:
+        RuntimeError: A SyncBN layer could not be replaced (mmengine only warns), naming it.
+    """
+    count = sum(isinstance(m, SYNC_BN_TYPES) for m in model.modules())
+    model = revert_sync_batchnorm(model)
+    left = [name for name, m in model.named_modules() if isinstance(m, SYNC_BN_TYPES)]
+    if left:
+        raise RuntimeError(f'SyncBN layer {left[0]!r} could not be reverted to BN, and SyncBN '
+                           'needs GPUs: use a BN norm_cfg for CPU runs')
+    return model, count
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's ``MMDistributedDataParallel`` for CPU process groups (gloo): the SyncBN layers of
+    ``module`` are reverted to BN first (:func:`revert_sync_bn_layers`, one log line with the
+    count), since DDP refuses SyncBN on CPU modules. :func:`setup_launcher` selects it without CUDA.
+
+    Args:
+        module (nn.Module): The model.
+        **kwargs: Passed to ``MMDistributedDataParallel`` (``device_ids`` must be None on CPU).
+    """
+
+    def __init__(self, module: nn.Module, **kwargs) -> None:
+        module, count = revert_sync_bn_layers(module)
+        print_log(
+            f'CPU process group: {count} SyncBN layers reverted to BN (SyncBN needs GPUs; the '
+            'state-dict keys are the same)',
+            logger='current')
+        super().__init__(module=module, **kwargs)
+
+
 def setup_launcher(cfg: Config, launcher: str) -> Config:
     """Prepares ``cfg`` (in place) for ``launcher`` and, on CPU, starts the gloo process group.
 
     Args:
         cfg (Config): The experiment config; ``cfg.launcher`` and, on CPU,
-        ``cfg.model_wrapper_cfg`` are set.
+        ``cfg.model_wrapper_cfg`` are set (mmengine's default wrapper becomes
+        :class:`CPUDistributedDataParallel`, which reverts SyncBN).
         launcher (str): One of ``'none'``, ``'pytorch'``, ``'slurm'``.
 
     Returns:
@@ -86,6 +147,8 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
     cfg.env_cfg = env_cfg
     wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
     wrapper.setdefault('type', 'MMDistributedDataParallel')
+    if wrapper['type'] in ('MMDistributedDataParallel', MMDistributedDataParallel):
+        wrapper['type'] = 'CPUDistributedDataParallel'  # reverts SyncBN, which needs GPUs
     if 'DistributedDataParallel' in str(wrapper['type']):
         if cfg.get('model_wrapper_cfg') is None:  # mmengine's defaults for its own wrapper
             wrapper.setdefault('broadcast_buffers', False)
