@@ -242,6 +242,77 @@ def write_mapillary(root):
             save_palette(osp.join(ldir, name + '.png'), id_map(MAPILLARY_EXPECTED, SEG_HW, 300 + i))
 
 
+def write_mapillary_research_edition(root):
+    """Mapillary Vistas v1.2 research edition: ``config.json`` (the 66 classes) at the root,
+    ``{split}/images/*.jpg``, ``{split}/labels/*.png`` (palette index = v1.2 class ID) and
+    ``{split}/instances/*.png`` (16-bit, class ID * 256 + instance) — no ``v1.2/`` level, which the
+    v2.0 archive (:func:`write_mapillary`) adds. Frames in portrait and landscape, as in the
+    dataset."""
+    labels = [dict(name=f'class{i}', readable=f'Class {i}') for i in range(66)]
+    os.makedirs(root)
+    with open(osp.join(root, 'config.json'), 'w') as f:
+        json.dump(dict(labels=labels, version=1.2), f)
+    for split, sizes in (('validation', [(36, 48), (48, 36)]), ('training', [(36, 48)])):
+        for sub in ('images', 'labels', 'instances'):
+            os.makedirs(osp.join(root, split, sub))
+        for i, hw in enumerate(sizes):
+            name = f'r{split[0]}{i:02d}Qx'
+            ids = id_map(MAPILLARY_EXPECTED, hw, 500 + i)
+            cv2.imwrite(osp.join(root, split, 'images', name + '.jpg'), image(hw, 500 + i))
+            save_palette(osp.join(root, split, 'labels', name + '.png'), ids)
+            cv2.imwrite(
+                osp.join(root, split, 'instances', name + '.png'),
+                ids.astype(np.uint16) * 256)
+
+
+GTA5_HW = (1052, 1914)  # the resolution of GTA5's frames (height, width)
+
+
+def write_gta5_mismatched(root):
+    """GTA5 at its real resolution, 3 frames: 00001 image and label 1914x1052; 00002 and 00003 with
+    a label of another size than the image (GTA5 has a few such frames; their sizes vary).
+
+    Returns:
+        dict: frame name -> ((image h, w), (label h, w)).
+    """
+    sizes = {
+        '00001': (GTA5_HW, GTA5_HW),
+        '00002': (GTA5_HW, (1046, 1914)),
+        '00003': ((720, 1280), GTA5_HW)
+    }
+    os.makedirs(osp.join(root, 'images'))
+    os.makedirs(osp.join(root, 'labels'))
+    for k, (name, (img_hw, label_hw)) in enumerate(sizes.items()):
+        # smooth images compress fast; labels: 4x4 blocks holding every fixture label ID
+        ramp = np.linspace(0, 255, img_hw[1], dtype=np.uint8)
+        img = np.broadcast_to(ramp[None, :, None], (*img_hw, 3)).copy()
+        img[..., k] = 60 * k
+        Image.fromarray(img).save(osp.join(root, 'images', name + '.png'))
+        h, w = label_hw
+        cells = id_map(GTA5_EXPECTED, (16, 16), 600 + k)[::4, ::4]  # (4, 4), every label ID
+        ids = np.kron(cells, np.ones((-(-h // 4), -(-w // 4)), np.uint8))[:h, :w]
+        save_palette(osp.join(root, 'labels', name + '.png'), ids)
+    savemat(osp.join(root, 'split.mat'), {'trainIds': np.array([[1], [2], [3]], np.float64)})
+    return sizes
+
+
+def write_bdd100k_older_release(root):
+    """The older BDD100K segmentation release (``bdd100k_seg.zip``):
+    ``seg/images/{train,val}/*.jpg`` and ``seg/labels/{train,val}/*_train_id.png`` (train IDs, 255
+    ignored), 1280x720 frames."""
+    for split, count in (('val', 2), ('train', 1)):
+        idir = osp.join(root, 'seg', 'images', split)
+        ldir = osp.join(root, 'seg', 'labels', split)
+        os.makedirs(idir)
+        os.makedirs(ldir)
+        for i in range(count):
+            name = f'{split[0]}{i}a2b3c4d-5e6f7a8b'
+            seed = 700 + i + (10 if split == 'train' else 0)
+            cv2.imwrite(osp.join(idir, name + '.jpg'), np.full((720, 1280, 3), 40 * i, np.uint8))
+            Image.fromarray(id_map(list(range(19)) + [255], (720, 1280),
+                                   seed)).save(osp.join(ldir, name + '_train_id.png'))
+
+
 SIM10K_OBJECTS = {
     '3384645': [('car', 5, 10, 40, 30), ('person', 50, 5, 60, 30), ('car', 70, 20, 110, 50)],
     '3384646': [('motorbike', 10, 10, 30, 30)],  # no car: dropped by filter_empty_gt when training

@@ -6,18 +6,25 @@ decoded with PIL (mmseg's default ``imdecode_backend='pillow'`` in ``LoadAnnotat
 cv2, which would return the palette colours. The dataset maps label IDs to the 19 Cityscapes train
 IDs through mmseg's ``label_map`` mechanism, so the stock pipeline works unchanged. Files converted
 by ``tools/dataset_converters/gta5.py`` (``*_labelTrainIds.png``) are read as they are with
-``seg_map_suffix``; the converter also resolves the frames whose image and label sizes differ.
+``seg_map_suffix``; the converter also resolves the frames whose image and label sizes differ. With
+raw labels such a frame would be silently misaligned (mmcv's ``Resize`` scales image and label
+independently), so the dataset compares the sizes from the file headers (no decoding) and refuses a
+mismatch, naming the frame and the converter command.
 """
 import os.path as osp
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset, CityscapesDataset
 from mmseg.registry import DATASETS
 
+from ..runtime import UserError
 from .labels import CITYSCAPES_ID_TO_TRAINID
 
-__all__ = ['GTA5Dataset', 'CITYSCAPES_ID_TO_TRAINID', 'GTA5_SPLITS', 'read_gta5_split']
+__all__ = [
+    'GTA5Dataset', 'CITYSCAPES_ID_TO_TRAINID', 'GTA5_SPLITS', 'read_gta5_split',
+    'find_size_mismatches'
+]
 
 # Cityscapes label ID -> train ID (19 classes); every other ID is ignored (255).
 # Cityscapes label IDs are 0..33 (-1 'license plate' is stored as 255 already).
@@ -51,6 +58,25 @@ def read_gta5_split(split_file: str, split: str) -> List[str]:
     return [f'{int(i):05d}' for i in sorted(mat[key].ravel())]
 
 
+def find_size_mismatches(data_list: List[dict]) -> List[Tuple[str, tuple, tuple]]:
+    """The frames whose image and label differ in size, read from the file headers (PIL decodes no
+    pixels for ``.size``; about 0.1 ms per file).
+
+    Args:
+        data_list (list[dict]): Frames with ``img_path`` and ``seg_map_path``.
+
+    Returns:
+        list[tuple[str, tuple, tuple]]: ``(img_path, (w, h) of the image, (w, h) of the label)``.
+    """
+    from PIL import Image
+    mismatches = []
+    for d in data_list:
+        with Image.open(d['img_path']) as img, Image.open(d['seg_map_path']) as label:
+            if img.size != label.size:
+                mismatches.append((d['img_path'], img.size, label.size))
+    return mismatches
+
+
 @DATASETS.register_module()
 class GTA5Dataset(BaseSegDataset):
     """GTA5 with the 19 Cityscapes classes.
@@ -70,7 +96,9 @@ class GTA5Dataset(BaseSegDataset):
 
     With converted labels, frames the converter skipped (corrupt files, or size mismatches under
     ``--mismatch skip``) have no ``_labelTrainIds.png``; they are left out with a warning that
-    counts them.
+    counts them. With raw labels, a frame whose image and label sizes differ raises a
+    :class:`~mmnorm.runtime.UserError` naming it and the converter command (one header read per
+    file when the dataset is built: :func:`find_size_mismatches`).
     """
 
     METAINFO = CityscapesDataset.METAINFO
@@ -123,11 +151,27 @@ class GTA5Dataset(BaseSegDataset):
                     logger='current',
                     level=30)
             data_list = kept
+        elif data_list:
+            self._refuse_size_mismatches(data_list)
         if not data_list:
             raise ValueError(
                 f'GTA5Dataset found no frames under {self.data_prefix.get("img_path")!r} '
                 f'(split={self.split!r})')
         return data_list
+
+    def _refuse_size_mismatches(self, data_list: List[dict]) -> None:
+        mismatches = find_size_mismatches(data_list)
+        if not mismatches:
+            return
+        path, img_size, label_size = mismatches[0]
+        more = f' (and {len(mismatches) - 1} more frames)' if len(mismatches) > 1 else ''
+        root = self.data_root or osp.dirname(osp.dirname(path))
+        raise UserError(
+            f'GTA5Dataset: frame {_frame_name(path, self.img_suffix)} has a '
+            f'{img_size[0]}x{img_size[1]} image and a {label_size[0]}x{label_size[1]} label{more}; '
+            'raw labels would be misaligned by the pipeline: run python '
+            f'tools/dataset_converters/gta5.py {root} and read its output with '
+            "seg_map_suffix='_labelTrainIds.png'")
 
 
 def _frame_name(img_path: str, img_suffix: str) -> str:

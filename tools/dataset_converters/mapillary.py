@@ -4,10 +4,11 @@
     [--nproc 8]
                                                  [--mismatch resize|skip] [--overwrite]
 
-Writes ``{split}/v1.2/labels/NAME_labelTrainIds.png`` next to the raw labels (read by
-Mapillary19Dataset with ``seg_map_suffix='_labelTrainIds.png'``). Report:
+Both release layouts are recognised, per split: the v2.0 archive (labels in ``{split}/v1.2/labels``)
+and the v1.2 research edition (``{split}/labels``). Writes ``NAME_labelTrainIds.png`` next to the
+raw labels (read by Mapillary19Dataset with ``seg_map_suffix='_labelTrainIds.png'``). Report:
 ``<root>/mapillary_conversion_report.json``. Re-runs keep existing outputs unless ``--overwrite``.
-Exit code 1 when a frame was skipped.
+Exit code 1 when a frame was skipped, 2 when a split has images but no label folder.
 """
 import argparse
 import os.path as osp
@@ -16,13 +17,15 @@ import sys
 from mmnorm_tools.converters import add_converter_args, run_converter
 
 from mmnorm.datasets.conversion import Frame, pair_frames, read_index_label
-from mmnorm.datasets.mapillary import MAPILLARY_V12_TO_TRAINID
+from mmnorm.datasets.mapillary import MAPILLARY_LABEL_DIRS, MAPILLARY_V12_TO_TRAINID, find_label_dir
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        'root', help='Mapillary Vistas root holding {training,validation}/images and v1.2/labels')
+        'root',
+        help='Mapillary Vistas root holding {training,validation}/images and the labels in '
+        '{split}/v1.2/labels (v2.0 archive) or {split}/labels (v1.2 research edition)')
     parser.add_argument(
         '--splits',
         nargs='+',
@@ -33,10 +36,18 @@ def main(argv=None) -> int:
     frames = []
     for split in args.splits:
         img_dir = osp.join(args.root, split, 'images')
-        label_dir = osp.join(args.root, split, 'v1.2', 'labels')
         if not osp.isdir(img_dir):
             print(f'{split}: no {img_dir}, not converted')
             continue
+        label_dir = find_label_dir(args.root, split)
+        if label_dir is None:
+            looked = ' or '.join(
+                repr(osp.join(args.root, split, d)) for d in MAPILLARY_LABEL_DIRS.values())
+            print(
+                f'tools/dataset_converters/mapillary.py: error: {split} has images but no label '
+                f'folder: looked for {looked} (v2.0 archive / v1.2 research edition layout)',
+                file=sys.stderr)
+            return 2
         # Frame names carry the split so that the report is unambiguous.
         frames += [
             Frame(f'{split}/{f.name}', *f[1:])
