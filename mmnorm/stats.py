@@ -12,10 +12,11 @@ batch sizes.
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.distributed as dist
 
 __all__ = [
     'compute_dtype', 'channel_moments', 'batch_moments', 'chan_merge', 'merge_moments',
-    'MomentAccumulator'
+    'in_process_group', 'all_reduce_moments', 'MomentAccumulator'
 ]
 
 Summary = Tuple[float, torch.Tensor, torch.Tensor]
@@ -133,6 +134,64 @@ def merge_moments(
     spread = m2 + counts * (
         mean - group_mean @ members.t()).square()  # each summary against its group's mean
     return group_counts, group_mean, spread @ members
+
+
+def in_process_group() -> bool:
+    """Whether a process group of more than one rank is initialised (where
+    :func:`all_reduce_moments` reduces)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) of a tensor every rank then uses: the backward sums the gradients over the
+    ranks too (SyncBN's rule for its reduced sums)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total
+
+
+def all_reduce_moments(counts: torch.Tensor, mean: torch.Tensor,
+                       m2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each of ``K`` summaries merged with the same summary of every other rank: ONE all-reduce of
+    ``[counts, sums, sums of squares]`` in float64, differentiable (the backward sums the gradients
+    over the ranks, as SyncBN's does). A no-op without a process group of more than one rank.
+
+    The merged ``M2 = sum of squares - count * mean^2`` loses about ``log10(E[x^2] / var)`` of
+    float64's 16 digits. A summary with ``count = 0`` on a rank contributes nothing (its NaN mean is
+    ignored); one with ``count = 0`` on every rank comes back with a NaN mean and ``M2``.
+
+    Args:
+        counts (Tensor): ``(K,)`` elements of each summary on this rank.
+        mean (Tensor): ``(..., K)`` means.
+        m2 (Tensor): ``(..., K)`` sums of squared deviations.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``counts (K,)``, ``mean (..., K)``, ``M2 (..., K)`` over all
+        ranks; float64 counts, the statistics in the dtype of ``mean``.
+    """
+    if not in_process_group():
+        return counts.to(torch.float64), mean, m2
+    counts64 = counts.to(torch.float64)
+    present = counts64 > 0
+    mean64 = torch.where(present, mean.to(torch.float64), 0)
+    sums = mean64 * counts64
+    squares = torch.where(present, m2.to(torch.float64), 0) + sums * mean64
+    shape = sums.shape
+    total = _SumOverRanks.apply(torch.cat([counts64, sums.flatten(), squares.flatten()]))
+    k, size = counts64.numel(), sums.numel()
+    counts64 = total[:k]
+    merged_mean = total[k:k + size].view(shape) / counts64
+    merged_m2 = total[k + size:].view(shape) - merged_mean * total[k:k + size].view(shape)
+    return counts64, merged_mean.to(mean.dtype), merged_m2.clamp(min=0).to(m2.dtype)
 
 
 class MomentAccumulator:

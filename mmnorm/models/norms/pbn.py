@@ -30,6 +30,14 @@ matrices; two passes: the mean, then the squared deviations), patch statistics a
 cell moments (:func:`mmnorm.stats.merge_moments`), and the output is ``x * scale + shift`` with
 per-cell coefficients expanded by band matrices. All of it is plain differentiable tensor code:
 autograd derives the backward, and ``torch.compile`` traces the same code.
+
+Multi-process training (``sync_stats``): the per-patch counts, sums and sums of squares of both
+views are added up over the ranks by one all-reduce (:func:`mmnorm.stats.all_reduce_moments`,
+differentiable) and every rank draws the plan of rank 0 (one broadcast of a seed), so ``R``
+processes normalise as one process with all ``R`` batches. By default PBN syncs exactly when its BN
+child is a SyncBN (mmengine's ``sync_bn`` / ``convert_sync_batchnorm``), per process otherwise (the
+released code, like BN). The ranks' maps must be cut into the same number of patches (an axis
+shorter than 4 on some ranks only is not supported).
 """
 import bisect
 from dataclasses import dataclass
@@ -38,15 +46,18 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.dist import broadcast
 from mmengine.registry import MODELS
 
-from ...stats import merge_moments
-from ...validation import ArgumentError, check_eps, check_momentum, check_positive_int
+from ...bn_layers import MMSyncBN
+from ...stats import all_reduce_moments, in_process_group, merge_moments
+from ...validation import (ArgumentError, ArgumentTypeError, check_eps, check_momentum,
+                           check_positive_int)
 from .degenerate import check_batch_statistics
 
 __all__ = [
-    'PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'pbn_train',
-    'pbn_fixed', 'pbn_random_train'
+    'PBN', 'PatchView', 'PBNPlan', 'sample_pbn_plan', 'view_cuts', 'grid_edges', 'patch_moments',
+    'pbn_train', 'pbn_fixed', 'pbn_random_train'
 ]
 
 Edges = Tuple[int, ...]  # (0, ..., L), strictly increasing: band k is [edges[k], edges[k + 1])
@@ -216,13 +227,32 @@ def cell_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, row_e
             expand(shift.view(shape), row_edges, col_edges, x.dtype))
 
 
-def _merge(counts: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, group: torch.Tensor,
-           num_groups: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cell moments merged into groups (``group``: ``(cells,)`` long, cell -> group):
-    ``counts (G,)``, ``mean (C, G)``, biased ``var (C, G)``."""
-    members = F.one_hot(group, num_groups)  # (cells, G)
-    g_counts, g_mean, g_m2 = merge_moments(counts, mean, m2, members)
-    return g_counts, g_mean, g_m2 / g_counts
+def patch_moments(counts: torch.Tensor,
+                  mean: torch.Tensor,
+                  m2: torch.Tensor,
+                  groupings: Sequence[Tuple[torch.Tensor, int]],
+                  sync: bool = False) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Cell moments merged into the patches of each grouping (a view), optionally pooled over the
+    ranks with ONE all-reduce for all of them.
+
+    Args:
+        counts, mean, m2: Cell moments from :func:`cell_moments`: ``(cells,)``, ``(C, cells)``.
+        groupings (list[tuple[Tensor, int]]): Per view ``(index, P)``: ``index`` ``(cells,)`` long,
+            the patch of each cell, and the number of patches ``P``.
+        sync (bool): Add every rank's patch sums (:func:`mmnorm.stats.all_reduce_moments`).
+
+    Returns:
+        list[tuple]: Per view ``counts (P,)``, ``mean (C, P)``, biased ``var (C, P)``.
+    """
+    merged = [merge_moments(counts, mean, m2, F.one_hot(index, size)) for index, size in groupings]
+    sizes = [size for _, size in groupings]
+    p_counts, p_mean, p_m2 = (torch.cat(parts, -1) for parts in zip(*merged))
+    if sync:
+        p_counts, p_mean, p_m2 = all_reduce_moments(p_counts, p_mean, p_m2)
+    return [
+        (c, mu, m / c)
+        for c, mu, m in zip(p_counts.split(sizes), p_mean.split(sizes, -1), p_m2.split(sizes, -1))
+    ]
 
 
 def _patch_index(view: PatchView, row_edges: Edges, col_edges: Edges, device) -> torch.Tensor:
@@ -258,9 +288,15 @@ def _ema(old: torch.Tensor, new: torch.Tensor, momentum: float) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------------
 # Training forwards
 # -------------------------------------------------------------------------------------------------
-def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-              running_mean: torch.Tensor, running_var: torch.Tensor, plan: PBNPlan, momentum: float,
-              eps: float) -> torch.Tensor:
+def pbn_train(x: torch.Tensor,
+              weight: Optional[torch.Tensor],
+              bias: Optional[torch.Tensor],
+              running_mean: torch.Tensor,
+              running_var: torch.Tensor,
+              plan: PBNPlan,
+              momentum: float,
+              eps: float,
+              sync: bool = False) -> torch.Tensor:
     """The released PBN training forward for a given plan; updates ``running_mean/var`` in place.
 
     Args:
@@ -271,6 +307,8 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
         plan (PBNPlan): The random choices (:func:`sample_pbn_plan`).
         momentum (float): EMA factor of each patch update.
         eps (float): Added to the variance.
+        sync (bool): Patch statistics over the ranks of the process group (the plan must be the
+            same on every rank). Defaults to False.
 
     Returns:
         Tensor: ``(N, C, H, W)``.
@@ -282,8 +320,8 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
     index_a = _patch_index(view_a, row_edges, col_edges, x.device)  # overlay cell -> patch
     index_b = _patch_index(view_b, row_edges, col_edges, x.device)
     counts, mean, m2 = cell_moments(x, row_edges, col_edges)
-    n_a, mean_a, var_a = _merge(counts, mean, m2, index_a, view_a.num_patches)
-    _, mean_b, var_b = _merge(counts, mean, m2, index_b, view_b.num_patches)
+    groupings = [(index_a, view_a.num_patches), (index_b, view_b.num_patches)]
+    (n_a, mean_a, var_a), (_, mean_b, var_b) = patch_moments(counts, mean, m2, groupings, sync)
     # Running statistics as each patch of view a is reached (released sequential EMA, <= 4 small
     # updates); view b sees them after all updates.
     rm = running_mean.detach().clone().to(mean.dtype)  # the buffers are written at the end
@@ -314,19 +352,33 @@ def pbn_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
 
 
 @torch.compiler.disable
-def pbn_random_train(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                     running_mean: torch.Tensor, running_var: torch.Tensor, p: float,
-                     momentum: float, eps: float) -> torch.Tensor:
+def pbn_random_train(x: torch.Tensor,
+                     weight: Optional[torch.Tensor],
+                     bias: Optional[torch.Tensor],
+                     running_mean: torch.Tensor,
+                     running_var: torch.Tensor,
+                     p: float,
+                     momentum: float,
+                     eps: float,
+                     sync: bool = False) -> torch.Tensor:
     """Draws a plan (:func:`sample_pbn_plan`, patch-statistics probability ``p``) and runs
     :func:`pbn_train`.
+
+    With ``sync`` every rank draws its plan from a generator seeded by rank 0 (a seed drawn from
+    rank 0's default generator, one broadcast), so the patches agree across the ranks.
 
     The plan's cut positions are drawn on the host every forward and shape the computation, so
     ``torch.compile`` runs this eagerly: one graph break at the layer instead of a recompilation per
     plan.
     """
     _, c, h, w = x.shape
-    plan = sample_pbn_plan(c, h, w, p)
-    return pbn_train(x, weight, bias, running_mean, running_var, plan, momentum, eps)
+    generator = None
+    if sync:
+        seed = torch.randint(2**62, (1, ))  # every rank draws one, rank 0's is used
+        broadcast(seed, src=0)
+        generator = torch.Generator().manual_seed(int(seed))
+    plan = sample_pbn_plan(c, h, w, p, generator)
+    return pbn_train(x, weight, bias, running_mean, running_var, plan, momentum, eps, sync)
 
 
 def grid_edges(length: int, parts: int) -> Edges:
@@ -337,9 +389,16 @@ def grid_edges(length: int, parts: int) -> Edges:
     return tuple(sorted({i * length // parts for i in range(min(parts, length) + 1)}))
 
 
-def pbn_fixed(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-              running_mean: torch.Tensor, running_var: torch.Tensor, grid: Tuple[int, int],
-              lam: float, momentum: float, eps: float) -> torch.Tensor:
+def pbn_fixed(x: torch.Tensor,
+              weight: Optional[torch.Tensor],
+              bias: Optional[torch.Tensor],
+              running_mean: torch.Tensor,
+              running_var: torch.Tensor,
+              grid: Tuple[int, int],
+              lam: float,
+              momentum: float,
+              eps: float,
+              sync: bool = False) -> torch.Tensor:
     """Deterministic PBN: every patch of a fixed grid is normalised with
     ``lam * running + (1 - lam) * patch`` mean and variance; the running statistics get BN's update
     from the whole-map batch statistics.
@@ -353,6 +412,8 @@ def pbn_fixed(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[to
     h, w = x.shape[2:]
     row_edges, col_edges = grid_edges(h, grid[0]), grid_edges(w, grid[1])
     counts, mean, m2 = cell_moments(x, row_edges, col_edges)
+    if sync:  # the patches are the cells
+        counts, mean, m2 = all_reduce_moments(counts, mean, m2)
     rm = running_mean.detach().clone().to(mean.dtype)  # the buffers are written at the end
     rv = running_var.detach().clone().to(mean.dtype)
     total, whole_mean, whole_m2 = merge_moments(counts, mean.detach(), m2.detach())
@@ -416,6 +477,11 @@ class PBN(nn.Module):
             Defaults to 0.5.
         grid (tuple[int, int]): ``'fixed'``: patch rows and columns. Defaults to (2, 2).
         lam (float): ``'fixed'``: weight of the running statistics. Defaults to 0.5.
+        sync_stats (bool, optional): In a process group of several ranks, pool the patch
+            statistics over the ranks (one all-reduce per forward, plus a seed broadcast in
+            ``'random'`` mode) so that the ranks normalise as one batch; a no-op in one process.
+            Defaults to None: sync exactly when the BN child is a SyncBN (the config's
+            ``sync_bn``), per process otherwise (the released code).
         device, dtype: Factory arguments of the parameters and buffers.
 
     Shape:
@@ -439,6 +505,7 @@ class PBN(nn.Module):
                  p: float = 0.5,
                  grid: Tuple[int, int] = (2, 2),
                  lam: float = 0.5,
+                 sync_stats: Optional[bool] = None,
                  device=None,
                  dtype=None):
         super().__init__()
@@ -458,6 +525,11 @@ class PBN(nn.Module):
         self.p = _check_probability('p', p)
         self.grid = (int(grid[0]), int(grid[1]))
         self.lam = _check_probability('lam', lam)
+        if sync_stats is not None and not isinstance(sync_stats, bool):
+            raise ArgumentTypeError(
+                f'PBN sync_stats must be True, False or None (follow the BN child), got '
+                f'{sync_stats!r}')
+        self.sync_stats = sync_stats
         self.bn = nn.BatchNorm2d(
             num_features, eps=eps, momentum=momentum, affine=affine, device=device, dtype=dtype)
         self.register_state_dict_post_hook(_flatten_bn_keys)
@@ -478,6 +550,16 @@ class PBN(nn.Module):
         into."""
         return self.bn.running_mean, self.bn.running_var
 
+    def synchronises(self) -> bool:
+        """Whether a training forward pools the patch statistics over the ranks now
+        (``sync_stats``, or by default a SyncBN child, in a process group of several ranks)."""
+        if self.sync_stats is None:
+            wanted = isinstance(self.bn, nn.SyncBatchNorm) or (MMSyncBN is not None
+                                                               and isinstance(self.bn, MMSyncBN))
+        else:
+            wanted = self.sync_stats
+        return wanted and in_process_group()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() in (2, 3):  # (N, C) / (N, C, L), BN1d positions (EncNet's encoding): (L, 1) maps
             return self.forward(x.reshape(*x.shape, *(1, ) * (4 - x.dim()))).reshape(x.shape)
@@ -490,7 +572,9 @@ class PBN(nn.Module):
         if c != self.num_features:
             raise ValueError(f'PBN over {self.num_features} channels got an input with {c}: '
                              f'shape {tuple(x.shape)}')
-        check_batch_statistics(self, x)  # one value per channel: mmnorm's message (degenerate.py)
+        sync = self.synchronises()
+        if not sync:  # one value per channel: mmnorm's message (degenerate.py)
+            check_batch_statistics(self, x)
         if n * h * w == 0:
             return self.bn(x)  # an empty batch: torch BN's empty output
         momentum = self.momentum
@@ -500,10 +584,10 @@ class PBN(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.mode == 'random':
                 y = pbn_random_train(compute, self.weight, self.bias, self.running_mean,
-                                     self.running_var, self.p, momentum, self.eps)
+                                     self.running_var, self.p, momentum, self.eps, sync)
             else:
                 y = pbn_fixed(compute, self.weight, self.bias, self.running_mean, self.running_var,
-                              self.grid, self.lam, momentum, self.eps)
+                              self.grid, self.lam, momentum, self.eps, sync)
         self.bn.num_batches_tracked.add_(1)
         return y.to(x.dtype)
 
@@ -518,7 +602,7 @@ class PBN(nn.Module):
 
     def extra_repr(self) -> str:
         common = (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
-                  f'affine={self.affine}')
+                  f'affine={self.affine}, sync_stats={self.sync_stats}')
         if self.mode == 'random':
             return f'{common}, mode=random, p={self.p}'
         return f'{common}, mode=fixed, grid={self.grid}, lam={self.lam}'

@@ -36,6 +36,12 @@ The training forward is one differentiable formulation (:func:`reciprocal_norm`)
 moments of :func:`mmnorm.stats.channel_moments`, the (C,)-sized compensation graph, and one affine
 map per domain part; autograd derives the backward and ``torch.compile`` fuses the passes.
 
+Multi-process training: with ``sync_stats=True`` the per-domain sums, sums of squares and counts
+of every rank are added up by one all-reduce (:func:`mmnorm.stats.all_reduce_moments`,
+differentiable) before the compensation, so ``R`` processes of ``n_s + n_t`` samples normalise as
+one process with the ``R n_s + R n_t`` samples ``[all sources | all targets]``. The default is per
+process (the official code trains on one GPU); mmengine's ``sync_bn`` does not reach RN (below).
+
 The source/target split is never guessed: the training wrapper declares it with
 :func:`mmnorm.models.norms.domain.domain_split` (``implicit_split=True`` restores the official
 "first half is source" rule). The layer is a plain ``nn.Module`` (not a ``_BatchNorm``), so
@@ -50,8 +56,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 
-from ...stats import channel_moments, compute_dtype
-from ...validation import ArgumentError, check_eps, check_momentum, check_positive_int
+from ...stats import all_reduce_moments, channel_moments, compute_dtype, in_process_group
+from ...validation import (ArgumentError, ArgumentTypeError, check_eps, check_momentum,
+                           check_positive_int)
 from .degenerate import check_batch_statistics
 from .domain import DomainAwareMixin, check_domain_split
 from .layer_names import layer_label
@@ -165,7 +172,8 @@ def reciprocal_norm(x: torch.Tensor,
                     bias: torch.Tensor,
                     gates: torch.Tensor,
                     eps: float = 1e-5,
-                    groups: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    groups: int = 1,
+                    sync: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train-mode RN of a [source | target] batch (steps 1-5), differentiable in ``x``, affine and
     gates.
 
@@ -181,17 +189,20 @@ def reciprocal_norm(x: torch.Tensor,
         gates (Tensor): Shape (4, C), rows ``[mean_source, var_source, mean_target, var_target]``.
         eps (float): Added to the compensated variance. Defaults to 1e-5.
         groups (int): ``G`` from :func:`rn_groups`. Defaults to 1.
+        sync (bool): Pool each domain's statistics over the ranks of the process group
+            (:func:`synced_domain_moments`); a domain part may then be empty on this rank. Defaults
+            to False.
 
     Returns:
         tuple: ``y`` (same shape/dtype as ``x``), ``mean~`` and ``var~`` ((2, C), rows
         ``[source, target]``, detached; what the running statistics average).
     """
     n = x.shape[0]
-    if not 0 < num_source < n:
+    if not (0 <= num_source <= n if sync else 0 < num_source < n):
         raise ValueError(f'RN needs source and target samples, got num_source={num_source} of a '
                          f'batch of {n}')
     per_channel = x[0, 0].numel()
-    for name, count in (('source', num_source), ('target', n - num_source)):
+    for name, count in () if sync else (('source', num_source), ('target', n - num_source)):
         if count * per_channel < 2:
             raise ValueError(f'RN needs more than one value per channel in each domain part to '
                              f'estimate an unbiased variance; the {name} part of input '
@@ -199,9 +210,12 @@ def reciprocal_norm(x: torch.Tensor,
     dtype = compute_dtype(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         parts = x.to(dtype).split([num_source, n - num_source])
-        moments = [channel_moments(part, correction=1) for part in parts]
-        mean = torch.stack([m for m, _ in moments])  # (2, C), rows [source, target]
-        var = torch.stack([v for _, v in moments])
+        if sync:
+            mean, var = synced_domain_moments(parts)
+        else:
+            moments = [channel_moments(part, correction=1) for part in parts]
+            mean = torch.stack([m for m, _ in moments])  # (2, C), rows [source, target]
+            var = torch.stack([v for _, v in moments])
         gates = gates.to(dtype)  # rows as GATE_NAMES: means at 0 and 2, variances at 1 and 3
         mean_c, var_c = reciprocal_statistics(mean, var, gates[0::2], gates[1::2], groups)
         weight, bias = weight.to(dtype), bias.to(dtype)
@@ -209,6 +223,34 @@ def reciprocal_norm(x: torch.Tensor,
             _normalize(part, mean_c[d], var_c[d], weight, bias, eps) for d, part in enumerate(parts)
         ])
     return _like_input(y, x), mean_c.detach(), var_c.detach()
+
+
+def synced_domain_moments(
+        parts: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-domain mean and unbiased variance of the ``[source, target]`` parts pooled over the
+    ranks (one :func:`mmnorm.stats.all_reduce_moments`), differentiable.
+
+    A part may be empty on this rank. A domain empty on every rank (or with one value per channel)
+    gets NaN statistics, which :func:`reciprocal_statistics` leaves out of the compensation (the
+    other domain is normalised with its own statistics) and the running update skips.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``mean``, ``var``, each (2, C), rows ``[source, target]``.
+    """
+    num_channels = parts[0].shape[1]
+    counts, means, m2s = [], [], []
+    for part in parts:
+        count = part.numel() // num_channels
+        if count:
+            mean, var = channel_moments(part)
+        else:
+            mean = var = part.new_full((num_channels, ), float('nan'))
+        counts.append(count)
+        means.append(mean)
+        m2s.append(var * count)
+    counts_t = torch.tensor(counts, dtype=torch.float64, device=parts[0].device)
+    counts_t, mean, m2 = all_reduce_moments(counts_t, torch.stack(means, 1), torch.stack(m2s, 1))
+    return mean.t(), (m2 / (counts_t - 1).to(m2.dtype)).t()
 
 
 @MODELS.register_module()
@@ -236,6 +278,10 @@ class RN(DomainAwareMixin, nn.Module):
             pure target batch) in training: that domain is normalised with its own batch
             statistics (plain BN, nothing to borrow) and only its running statistics are updated.
             Defaults to False: an empty part is an error.
+        sync_stats (bool): In a process group of several ranks, pool each domain's batch
+            statistics over the ranks (one all-reduce per forward, differentiable) so that the
+            ranks normalise as one batch; a no-op in one process. Defaults to False: per process,
+            as the official single-GPU code (mmengine's ``sync_bn`` does not convert RN).
         device, dtype: Factory arguments of the parameters and buffers.
 
     Shape:
@@ -262,6 +308,7 @@ class RN(DomainAwareMixin, nn.Module):
                  group_channels: int = 512,
                  implicit_split: bool = False,
                  allow_single_domain: bool = False,
+                 sync_stats: bool = False,
                  device=None,
                  dtype=None):
         super().__init__()
@@ -274,6 +321,8 @@ class RN(DomainAwareMixin, nn.Module):
             raise ArgumentError('RN gate_range must be (low, high) with 0 <= low <= high <= 1, '
                                 f'got {gate_range!r}')
         check_positive_int(group_channels, 'RN group_channels')
+        if not isinstance(sync_stats, bool):
+            raise ArgumentTypeError(f'RN sync_stats must be True or False, got {sync_stats!r}')
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -282,6 +331,7 @@ class RN(DomainAwareMixin, nn.Module):
         self.groups = rn_groups(num_features, group_channels)
         self.implicit_split = implicit_split
         self.allow_single_domain = allow_single_domain
+        self.sync_stats = sync_stats
         factory = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(num_features, **factory))
         self.bias = nn.Parameter(torch.empty(num_features, **factory))
@@ -377,13 +427,15 @@ class RN(DomainAwareMixin, nn.Module):
         if x.numel() == 0:  # an empty batch: an empty output, no statistic changes (as BN)
             return F.batch_norm(x, self.running_mean_target, self.running_var_target, self.weight,
                                 self.bias, False, 0.0, self.eps)
-        check_batch_statistics(self, x, (num_source, num_target))
+        sync = self.sync_stats and in_process_group()
+        if not sync:  # synchronised statistics pool every rank's values
+            check_batch_statistics(self, x, (num_source, num_target))
         self._project_gates()
         self.num_batches_tracked.add_(1)
-        if num_source == 0 or num_target == 0:
+        if (num_source == 0 or num_target == 0) and not sync:
             return self._single_domain_forward(x, 'source' if num_target == 0 else 'target')
         y, mean_c, var_c = reciprocal_norm(x, num_source, self.weight, self.bias, self.gates,
-                                           self.eps, self.groups)
+                                           self.eps, self.groups, sync)
         self._update_running('source', mean_c[0], var_c[0])
         self._update_running('target', mean_c[1], var_c[1])
         return y
@@ -424,4 +476,4 @@ class RN(DomainAwareMixin, nn.Module):
         return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
                 f'gate_range={self.gate_range}, group_channels={self.group_channels} '
                 f'(G={self.groups}), implicit_split={self.implicit_split}, '
-                f'allow_single_domain={self.allow_single_domain}')
+                f'allow_single_domain={self.allow_single_domain}, sync_stats={self.sync_stats}')
