@@ -242,6 +242,37 @@ def write_mapillary(root):
             save_palette(osp.join(ldir, name + '.png'), id_map(MAPILLARY_EXPECTED, SEG_HW, 300 + i))
 
 
+# ACDC fixture: the official layout at 1/30 of the 1920x1080 frames (same 16:9 aspect; full-size
+# PNGs would cost seconds per session for nothing the tests check). Frames per split and condition;
+# the val frames sit in two sequence folders (ACDC names them GOPR* and GP01*), the test split has
+# no labels (as in the download).
+ACDC_HW = (36, 64)
+ACDC_FRAMES = dict(
+    train=[('GOPR0475', 41)], val=[('GOPR0476', 7), ('GP010476', 3)], test=[('GOPR0477', 12)])
+ACDC_CONDITIONS = ('fog', 'night', 'rain', 'snow')
+
+
+def acdc_seed(condition, split, k):
+    return 500 + 40 * ACDC_CONDITIONS.index(condition) + 10 * list(ACDC_FRAMES).index(split) + k
+
+
+def write_acdc(root):
+    for condition in ACDC_CONDITIONS:
+        for split, frames in ACDC_FRAMES.items():
+            for k, (seq, n) in enumerate(frames):
+                stem = f'{seq}_frame_{n:06d}'
+                seed = acdc_seed(condition, split, k)
+                idir = osp.join(root, 'rgb_anon', condition, split, seq)
+                os.makedirs(idir, exist_ok=True)
+                Image.fromarray(image(ACDC_HW, seed)).save(osp.join(idir, stem + '_rgb_anon.png'))
+                if split == 'test':
+                    continue
+                gdir = osp.join(root, 'gt', condition, split, seq)
+                os.makedirs(gdir, exist_ok=True)
+                Image.fromarray(id_map(list(range(19)) + [255], ACDC_HW,
+                                       seed)).save(osp.join(gdir, stem + '_gt_labelTrainIds.png'))
+
+
 def write_mapillary_research_edition(root):
     """Mapillary Vistas v1.2 research edition: ``config.json`` (the 66 classes) at the root,
     ``{split}/images/*.jpg``, ``{split}/labels/*.png`` (palette index = v1.2 class ID) and
@@ -355,6 +386,7 @@ def build_fixture_data(root):
     write_bdd100k(osp.join(root, 'bdd100k'))
     write_mapillary(osp.join(root, 'mapillary'))
     write_sim10k(osp.join(root, 'sim10k'))
+    write_acdc(osp.join(root, 'acdc'))
     from mmnorm.datasets import generate_demo_data
     generate_demo_data(
         osp.join(root, 'demo'),

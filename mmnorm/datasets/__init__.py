@@ -6,12 +6,16 @@ registers nothing and is imported on first use: ``from mmnorm.datasets import ge
 still works.
 """
 from ..toolboxes import toolbox_installed
+from .continual import ContinualDataset
 from .domain_pair import DomainPairDataset
 from .labels import CITYSCAPES_ID_TO_TRAINID
 
-__all__ = ['CITYSCAPES_ID_TO_TRAINID', 'DomainPairDataset', 'generate_demo_data']
+__all__ = [
+    'CITYSCAPES_ID_TO_TRAINID', 'ContinualDataset', 'DomainPairDataset', 'generate_demo_data'
+]
 
 if toolbox_installed('mmseg'):
+    from .acdc import ACDC_CONDITIONS, ACDCDataset
     from .gta5 import GTA5Dataset, read_gta5_split
     from .mapillary import MAPILLARY_V12_TO_TRAINID, Mapillary19Dataset
     from .synthia import SYNTHIA_CLASS_SUBSETS, SYNTHIA_ID_TO_TRAINID, SynthiaDataset
@@ -19,6 +23,7 @@ if toolbox_installed('mmseg'):
         'GTA5Dataset', 'read_gta5_split', 'SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID',
         'SYNTHIA_CLASS_SUBSETS', 'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID'
     ]
+    __all__ += ['ACDCDataset', 'ACDC_CONDITIONS']
 
 if toolbox_installed('mmdet'):
     from .foggy_cityscapes import FOG_BETAS, FoggyCityscapesDataset

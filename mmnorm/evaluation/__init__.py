@@ -5,7 +5,9 @@ from ..toolboxes import toolbox_installed
 __all__ = []
 
 if toolbox_installed('mmseg'):
+    from .continual_iou import ContinualIoUMetric, continual_iou_metrics
     from .grouped_iou import GroupedIoUMetric, area_summary, grouped_iou_metrics, sum_areas_by_group
     from .subset_iou import SubsetIoUMetric, subset_miou
     __all__ += ['SubsetIoUMetric', 'subset_miou']
     __all__ += ['GroupedIoUMetric', 'area_summary', 'grouped_iou_metrics', 'sum_areas_by_group']
+    __all__ += ['ContinualIoUMetric', 'continual_iou_metrics']
