@@ -257,7 +257,10 @@ def test_config_trains_and_tests_one_iteration(path, fixture_root, tmp_path, pla
     metrics = runner.test()
     if adabn:
         assert not torch.equal(first_bn.running_mean, trained_mean), 'AdaBNHook did not recalibrate'
-    if raw.default_scope == 'mmseg':
+    if raw.default_scope == 'mmseg' and raw.test_evaluator.get('type') == 'MultiTargetIoUMetric':
+        names = list(raw.test_dataloader.dataset.datasets)  # one mIoU per target and their mean
+        assert all(math.isfinite(metrics[f'{n}/mIoU']) for n in names + ['mean']), metrics
+    elif raw.default_scope == 'mmseg':
         assert math.isfinite(metrics['mIoU'])  # NaN: no labelled pixel reached the metric
         if raw.test_evaluator.get('type') == 'SubsetIoUMetric':
             assert {'mIoU16', 'mIoU13'} <= set(metrics)

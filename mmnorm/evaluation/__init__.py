@@ -7,7 +7,9 @@ __all__ = []
 if toolbox_installed('mmseg'):
     from .continual_iou import ContinualIoUMetric, continual_iou_metrics
     from .grouped_iou import GroupedIoUMetric, area_summary, grouped_iou_metrics, sum_areas_by_group
+    from .multi_target_iou import MultiTargetIoUMetric
     from .subset_iou import SubsetIoUMetric, subset_miou
     __all__ += ['SubsetIoUMetric', 'subset_miou']
     __all__ += ['GroupedIoUMetric', 'area_summary', 'grouped_iou_metrics', 'sum_areas_by_group']
+    __all__ += ['MultiTargetIoUMetric']
     __all__ += ['ContinualIoUMetric', 'continual_iou_metrics']
