@@ -99,7 +99,8 @@ def revert_sync_bn_layers(model: nn.Module) -> tuple:
 class CPUDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's ``MMDistributedDataParallel`` for CPU process groups (gloo): the SyncBN layers of
     ``module`` are reverted to BN first (:func:`revert_sync_bn_layers`, one log line with the
-    count), since DDP refuses SyncBN on CPU modules. :func:`setup_launcher` selects it without CUDA.
+    count), since DDP refuses SyncBN on CPU modules. :func:`setup_launcher` selects it without CUDA;
+    a module on a GPU is wrapped unchanged.
 
     Args:
         module (nn.Module): The model.
@@ -107,11 +108,13 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
     """
 
     def __init__(self, module: nn.Module, **kwargs) -> None:
-        module, count = revert_sync_bn_layers(module)
-        print_log(
-            f'CPU process group: {count} SyncBN layers reverted to BN (SyncBN needs GPUs; the '
-            'state-dict keys are the same)',
-            logger='current')
+        # a config dumped by a CPU run may name this wrapper on GPUs: a CUDA module keeps SyncBN
+        if all(p.device.type == 'cpu' for p in module.parameters()):
+            module, count = revert_sync_bn_layers(module)
+            print_log(
+                f'CPU process group: {count} SyncBN layers reverted to BN (SyncBN needs GPUs; '
+                'the state-dict keys are the same)',
+                logger='current')
         super().__init__(module=module, **kwargs)
 
 
