@@ -377,7 +377,8 @@ def test_reliable_selection_limits_the_loss():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(method='adabn'), "method must be one of \\('bn', 'prior', 'tent'\\), got 'adabn'"),
+    (dict(method='adabn'),
+     "method must be one of \\('bn', 'prior', 'tent', 'sar', 'eata', 'cotta'\\), got 'adabn'"),
     (dict(optimizer=dict(type='SGD', lr=0)), 'optimizer lr must be a number > 0, got lr=0'),
     (dict(optimizer=dict(type='Adam', lr=-1e-3)), 'lr=-0.001'),
     (dict(optimizer=dict(type='Adagrad2', lr=1e-3)),

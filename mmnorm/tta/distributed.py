@@ -9,12 +9,15 @@ statistics) and averaging over all their selected elements; every rank then appl
 A rank without a batch takes part with zeros (:meth:`mmnorm.tta.TestTimeAdapter.idle_step`), so none
 waits forever.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from mmengine.dist import all_reduce, all_reduce_params, get_world_size
 
-__all__ = ['is_distributed', 'sum_over_ranks', 'sum_gradients_over_ranks', 'max_over_ranks']
+__all__ = [
+    'is_distributed', 'sum_over_ranks', 'sum_gradients_over_ranks', 'max_over_ranks',
+    'backward_global_mean'
+]
 
 
 def is_distributed() -> bool:
@@ -46,3 +49,18 @@ def max_over_ranks(value: int, device: torch.device) -> int:
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
     all_reduce(t, op='max')  # a no-op in one process
     return int(t.item())
+
+
+def backward_global_mean(params: Sequence[torch.nn.Parameter], loss_sum: Optional[torch.Tensor],
+                         count: float) -> None:
+    """Gradients of ``Σ_ranks loss_sum / count`` (``count`` already summed over the ranks) in
+    every ``param.grad``, identical on every rank: this rank's share back-propagated (None: an idle
+    rank), then summed over the ranks; parameters the loss does not reach get zeros."""
+    for p in params:
+        p.grad = None
+    if loss_sum is not None and count > 0 and loss_sum.requires_grad:
+        (loss_sum / count).backward()
+    sum_gradients_over_ranks(params)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)

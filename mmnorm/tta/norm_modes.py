@@ -35,17 +35,16 @@ is discarded (one elementwise pass over the leaf's input).
 """
 from contextlib import contextmanager
 from functools import partial
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.instancenorm import _InstanceNorm
 
 from ..bn_layers import find_bn_layers, is_torch_bn, norm_buffers
 from ..models.norms.adabn import adabn_selection, restore_adabn_selection
 from ..models.norms.test_time import normalize_with_test_statistics
 
-__all__ = ['STAT_MODES', 'statistics_leaves', 'affine_parameters', 'statistics_mode']
+__all__ = ['STAT_MODES', 'statistics_leaves', 'statistics_mode']
 
 STAT_MODES = ('bn', 'prior')
 
@@ -78,30 +77,6 @@ def statistics_leaves(
     """
     layers, left_alone = find_bn_layers(model)
     return layers, {name: _leaf_of(name, layer) for name, layer in layers.items()}, left_alone
-
-
-def affine_parameters(model: nn.Module, layers: Dict[str,
-                                                     nn.Module]) -> List[Tuple[str, nn.Parameter]]:
-    """The affine parameters TENT tunes: ``weight`` / ``bias`` of every BN-like layer in ``layers``
-    (AdaBN: the shared affine; RN: not its gates, unused in eval) and of every affine instance norm
-    (IBN's IN half).
-
-    Returns:
-        list: ``(qualified name, parameter)`` in registration order, each parameter once.
-    """
-    found: Dict[int, Tuple[str, nn.Parameter]] = {}
-    for name, layer in layers.items():
-        for attr in ('weight', 'bias'):
-            param = getattr(layer, attr, None)
-            if isinstance(param, nn.Parameter):
-                found.setdefault(id(param), (f'{name}.{attr}' if name else attr, param))
-    for name, module in model.named_modules():
-        if isinstance(module, _InstanceNorm) and module.affine:
-            for attr in ('weight', 'bias'):
-                found.setdefault(
-                    id(getattr(module, attr)), (f'{name}.{attr}', getattr(module, attr)))
-    order = {id(p): i for i, p in enumerate(model.parameters())}
-    return sorted(found.values(), key=lambda item: order.get(id(item[1]), len(order)))
 
 
 def _test_statistics_output(module: nn.Module, args: tuple, output: torch.Tensor, *,

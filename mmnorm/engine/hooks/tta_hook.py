@@ -31,15 +31,17 @@ class TestTimeAdaptHook(Hook):
       the statistics mode, eval mode, the tuned parameters) and runs
       :meth:`~mmnorm.tta.TestTimeAdapter.prepare` on the batch (``'tent'``: the steps, under the
       loop's ``fp16`` autocast; the last update waits, so the loop predicts with the parameters of
-      the last adaptation forward, as :meth:`~mmnorm.tta.TestTimeAdapter.adapt` does);
+      the last adaptation forward, as :meth:`~mmnorm.tta.TestTimeAdapter.adapt` does; ``'sar'``,
+      ``'eata'``, ``'cotta'``: all steps, and the session's forward hook returns the adapter's
+      prediction from the loop's ``test_step``, so the loop scores what ``adapt`` returns);
     * ``after_test_iter`` applies the waiting update (:meth:`~mmnorm.tta.TestTimeAdapter.finish`,
       episodic reset included) and closes the session;
     * ``after_test_epoch`` logs the steps and resets and (``restore=True``) puts the source
       parameters back.
 
-    The cost of predicting through ``test_step``: under ``'tent'`` without
+    The cost of predicting through ``test_step``: under the learning methods without
     ``predict_after_update`` one no-grad forward per batch more than
-    :meth:`~mmnorm.tta.TestTimeAdapter.adapt` (which reuses the last adaptation forward's logits).
+    :meth:`~mmnorm.tta.TestTimeAdapter.adapt` (which reuses the adaptation forward's logits).
 
     Distributed: every rank adapts on its own batches and all ranks keep one model; a rank with
     fewer batches (``DefaultSampler(round_up=False)``) takes the missing steps after its last batch
@@ -48,12 +50,16 @@ class TestTimeAdaptHook(Hook):
     recalibrated.
 
     Args:
-        method (str): ``'bn'``, ``'prior'`` or ``'tent'``. Defaults to ``'tent'``.
+        method (str): ``'bn'``, ``'prior'``, ``'tent'``, ``'sar'``, ``'eata'`` or ``'cotta'``.
+            Defaults to ``'tent'``.
         restore (bool): Back to the source state after the test epoch. Defaults to True.
-        **adapter_args: Arguments of :class:`~mmnorm.tta.TestTimeAdapter` (``prior``,
-            ``optimizer``, ``steps``, ``episodic``, ``predict_after_update``, ``reliable``,
-            ``reset_threshold``, ``reset_momentum``, ``reset_every``, ``num_classes``), checked here
-            (those that need no model) and when the adapter is built.
+        **adapter_args: Arguments of :class:`~mmnorm.tta.TestTimeAdapter` (``params``,
+            ``prior``, ``optimizer``, ``steps``, ``episodic``, ``predict_after_update``, the
+            safeguards, ``sar_*``, ``eata_*``, ``fisher_alpha``, ``cotta_*``, ``seed``,
+            ``num_classes``), checked here (those that need no model) and when the adapter is
+            built. ``fisher_loader`` (``'eata'``) may be a dataloader config dict (built with
+            ``Runner.build_dataloader`` before the test epoch, e.g. a few hundred source
+            images); without it the method is ETA.
     """
     priority = 'BELOW_NORMAL'
 
@@ -72,11 +78,14 @@ class TestTimeAdaptHook(Hook):
 
     def before_test_epoch(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        self.adapter = TestTimeAdapter(model, self.method, **self.adapter_args)
+        args = dict(self.adapter_args)
+        if isinstance(args.get('fisher_loader'), dict):  # EATA's Fisher loader, from its config
+            args['fisher_loader'] = runner.build_dataloader(args['fisher_loader'])
+        self.adapter = TestTimeAdapter(model, self.method, **args)
         own = len(runner.test_loop.dataloader)
-        tent = self.method == 'tent'
-        self._steps_to_take = max_over_ranks(own, self.adapter.device) if tent else own
-        tuning = f', tuning {len(self.adapter.params)} affine parameters' if tent else ''
+        learning = self.adapter.learning
+        self._steps_to_take = max_over_ranks(own, self.adapter.device) if learning else own
+        tuning = f', tuning {len(self.adapter.params)} parameters' if learning else ''
         print_log(
             f'TestTimeAdaptHook: {self.method} on {len(self.adapter.layers)} norm layers{tuning}',
             logger='current')
