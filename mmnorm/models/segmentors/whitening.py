@@ -1,0 +1,32 @@
+"""``WhiteningEncoderDecoder``: mmseg's ``EncoderDecoder`` that adds the backbone's whitening loss
+to its loss dict as ``loss_whitening``.
+
+The backbone is a whitening ResNet (``WhiteningResNetV1c`` ...): the segmentor runs mmseg's own
+``loss`` while :func:`~mmnorm.models.backbones.whitening_resnet.standardized_outputs` records the
+standardised maps, then adds ``backbone.whitening_loss(maps)``. Prediction is mmseg's unchanged.
+"""
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+
+from ...validation import ArgumentTypeError
+from ..backbones.whitening_resnet import WhiteningResNetMixin, standardized_outputs
+
+__all__ = ['WhiteningEncoderDecoder']
+
+
+@MODELS.register_module()
+class WhiteningEncoderDecoder(EncoderDecoder):
+    """``EncoderDecoder`` + ``loss_whitening`` (IW / IRW / ISW of a whitening ResNet backbone)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.backbone, WhiteningResNetMixin):
+            raise ArgumentTypeError(
+                'WhiteningEncoderDecoder needs a whitening backbone (WhiteningResNet, '
+                f"WhiteningResNetV1c, WhiteningResNetV1d), got {type(self.backbone).__name__}")
+
+    def loss(self, inputs, data_samples) -> dict:
+        with standardized_outputs(self.backbone) as maps:
+            losses = super().loss(inputs, data_samples)
+        losses['loss_whitening'] = self.backbone.whitening_loss(maps)
+        return losses
