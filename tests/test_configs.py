@@ -77,6 +77,10 @@ def override(node, data_root: str, key: str = ''):
         out[k] = v
     if str(out.get('type', '')).endswith('DataPreProcessor') and out.get('size') is not None:
         out['size'] = SIZE
+    if out.get('type') == 'ContinualDataset':  # one round of a continual stream (not 10)
+        out['rounds'] = 1
+    if out.get('type') == 'MixVisionTransformer':  # SegFormer-B5's 3+6+40+3 blocks: 1 per
+        out['num_layers'] = [1] * len(out['num_layers'])  # stage (same widths, same head)
     if out.get('mode') == 'slide':  # segmentor test_cfg
         out.update(crop_size=SIZE, stride=(SIZE[0] // 2, SIZE[1] // 2))
     if 'score_thr' in out and 'nms' in out:  # detector test_cfg: a 1-iteration single-stage
