@@ -7,7 +7,7 @@ or an mmengine data dict; mmengine models get it through their data preprocessor
 tensor mode is known not to run (mmseg's PointRend).
 """
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from mmengine.model import BaseModel
 
 __all__ = [
     'check_data_loader', 'forward_mode', 'tensor_mode_obstacle', 'prepare_batch', 'forward_batch',
-    'real_samples_on_rank'
+    'real_samples_on_rank', 'batches_by_size'
 ]
 
 
@@ -134,3 +134,79 @@ def real_samples_on_rank(data_loader: Any) -> Optional[int]:
     if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
         return len(range(sampler.rank, len(dataset), sampler.num_replicas))
     return None
+
+
+def _sample_shapes(batch: Any) -> Optional[List[tuple]]:
+    """The shapes of the samples of an mmengine data dict whose ``inputs`` is a list of tensors
+    (``pseudo_collate``), or None for any other batch (a stacked tensor, a tuple, ...)."""
+    if not isinstance(batch, dict) or not isinstance(batch.get('inputs'), (list, tuple)):
+        return None
+    inputs = batch['inputs']
+    if not all(isinstance(x, torch.Tensor) for x in inputs):
+        return None
+    return [tuple(x.shape) for x in inputs]
+
+
+def _split(batch: dict) -> List[dict]:
+    """The samples of the data dict ``batch``: every per-sample list indexed, other entries
+    shared."""
+    num = len(batch['inputs'])
+    per_sample = [k for k, v in batch.items() if isinstance(v, (list, tuple)) and len(v) == num]
+    return [{k: v[i] if k in per_sample else v for k, v in batch.items()} for i in range(num)]
+
+
+def _collate(samples: List[dict], like: dict) -> dict:
+    """The data dict of ``samples``, with the per-sample lists of the loader batch ``like``."""
+    num = len(like['inputs'])
+    return {
+        k: [s[k] for s in samples] if isinstance(v, (list, tuple)) and len(v) == num else v
+        for k, v in like.items()
+    }
+
+
+def batches_by_size(data_loader: Iterable, limit: Optional[int] = None) -> Iterator[Any]:
+    """``data_loader``'s batches regrouped so that every batch holds samples of one input size.
+
+    mmengine data dicts with a list of ``inputs`` (``pseudo_collate``) are split into samples,
+    which wait in one bucket per input shape (C, H, W); a bucket goes out when it holds as many
+    samples as the largest loader batch so far, the partly filled buckets at the end, in the order
+    their first sample came. So no data preprocessor pads one image to another's size (mmseg's
+    refuses mixed sizes in eval mode; mmdet's pads to the largest image of the batch): padded
+    pixels never reach a statistic, and a batch of one size is what a loader of that size alone
+    would give. Loaders of one image size give their own batches, unchanged. Samples wait in the
+    buckets: at most ``sizes x (batch size - 1)`` of them.
+
+    ``limit`` (real samples on this rank, see :func:`real_samples_on_rank`) cuts the stream of
+    samples before the regrouping, so the padding repeats after them are never forwarded. Other
+    batches (tensors, tuples, stacked inputs) pass through whole, without the cut.
+
+    Args:
+        data_loader (Iterable): Batches.
+        limit (int, optional): Samples of data dicts to yield at most. None: all.
+
+    Yields:
+        The regrouped data dicts (same keys, per-sample lists of one input size) and the other
+        batches as they are.
+    """
+    buckets: Dict[tuple, List[dict]] = {}  # input shape -> samples waiting
+    like: Dict[tuple, dict] = {}  # input shape -> a loader batch it came in
+    size = seen = 0
+    for batch in data_loader:
+        shapes = _sample_shapes(batch)
+        if shapes is None:
+            yield batch
+            continue
+        samples = _split(batch)
+        if limit is not None:
+            samples = samples[:max(limit - seen, 0)]
+        seen += len(samples)
+        size = max(size, len(shapes))
+        for shape, sample in zip(shapes, samples):
+            buckets.setdefault(shape, []).append(sample)
+            like.setdefault(shape, batch)
+            if len(buckets[shape]) == size:
+                yield _collate(buckets.pop(shape), like.pop(shape))
+        if limit is not None and seen >= limit:
+            break
+    for shape, samples in buckets.items():
+        yield _collate(samples, like[shape])

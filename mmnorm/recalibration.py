@@ -9,8 +9,11 @@ input over the *whole* target set (all samples x all spatial positions), compute
   collective, no momentum) feeds its input's moments to a float64
   :class:`~mmnorm.stats.MomentAccumulator` (the moments of ``torch.cat`` of all features, whatever
   the batch sizes); ``running_var`` gets the unbiased one;
+* batches of mixed image sizes are regrouped into batches of one size
+  (:func:`mmnorm.batches.batches_by_size`): nothing is padded, so padded pixels never enter a
+  statistic;
 * distributed: one all-gather of all ranks' accumulators per pass, merged in rank order (identical
-  buffers on every rank); padding repeats of the samplers are not measured
+  buffers on every rank); padding repeats of the samplers are neither forwarded nor measured
   (:func:`mmnorm.batches.real_samples_on_rank`).
 Two orders (``mode``):
 * ``'one_pass'`` (the paper; public tools): the hook also writes the batch's statistics into the
@@ -33,8 +36,8 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 
-from .batches import (check_data_loader, forward_mode, prepare_batch, real_samples_on_rank,
-                      tensor_mode_obstacle)
+from .batches import (batches_by_size, check_data_loader, forward_mode, prepare_batch,
+                      real_samples_on_rank, tensor_mode_obstacle)
 from .bn_layers import find_bn_layers, norm_buffers
 from .stats import MomentAccumulator, batch_moments
 from .validation import check_positive_int
@@ -191,7 +194,7 @@ def _run_pass(model: nn.Module, data_loader: Iterable, state: _Recalibrating, pl
     bar = plan.progress_bar(data_loader) if progress else None
     seen, batches, error = 0, 0, None
     try:
-        for data in data_loader:
+        for data in batches_by_size(data_loader, plan.limit):
             # e.g. a rank whose shard is all padding
             if plan.limit is not None and seen >= plan.limit:
                 break
@@ -255,8 +258,8 @@ def _execution_order(model: nn.Module, data_loader: Iterable, state: _Recalibrat
         state.hooks.append(module.register_forward_pre_hook(partial(first_call, name=name)))
     error = None
     try:
-        args, kwargs, _ = prepare_batch(model, next(iter(data_loader)), plan.device,
-                                        plan.forward_mode)
+        args, kwargs, _ = prepare_batch(model, next(batches_by_size(data_loader, plan.limit)),
+                                        plan.device, plan.forward_mode)
         model(*args, **kwargs)
     except StopIteration:  # no batch on this rank: the others decide the order
         pass
@@ -312,11 +315,12 @@ def recalibrate_bn(model: nn.Module,
             (its ``data_preprocessor`` runs, then ``forward(mode='tensor')``, or ``'predict'`` for
             the models :func:`mmnorm.batches.forward_mode` names, e.g. PointRend). Model wrappers
             (DDP) are unwrapped.
-        data_loader (Iterable): Batches: tensors, ``(inputs, ...)`` tuples, or mmengine data dicts.
-            ``'layerwise'`` iterates it once per layer, so it must be re-iterable (e.g. a
-            ``DataLoader``).
-        num_iters (int, optional): Batches per rank per pass; None: the whole loader. Fewer
-            available: warning.
+        data_loader (Iterable): Batches: tensors, ``(inputs, ...)`` tuples, or mmengine data dicts
+            (images of mixed sizes are regrouped into batches of one size, see
+            :func:`mmnorm.batches.batches_by_size`). ``'layerwise'`` iterates it once per layer, so
+            it must be re-iterable (e.g. a ``DataLoader``).
+        num_iters (int, optional): Batches per rank per pass (as forwarded, after the regrouping);
+            None: the whole loader. Fewer available: warning.
         num_samples (int, optional): Samples to use, summed over ranks (rank ``r`` measures at most
             ``len(range(r, num_samples, world_size))``: the first ``num_samples`` of a sharded
             global order). None: all. Fewer available: warning.
