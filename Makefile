@@ -4,9 +4,13 @@
 # and for contributors:
 #   make lint   flake8 + isort + yapf (settings in setup.cfg), as CI runs them
 #
-# Overridable: PYTHON, VENV, TORCH_SPEC (e.g. a CUDA build on a GPU box:
-#   make test TORCH_SPEC='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128'),
-#   PYTEST_ARGS (e.g. PYTEST_ARGS='-m "slow or not slow"' runs the slow cases too).
+#   make gpu-stack   a CUDA stack in ./.venv-gpu: CUDA torch + mmcv compiled with its CUDA ops
+#                    (tens of minutes; not part of make test or CI), then: make test VENV=.venv-gpu
+#   make gpu-wheels  what tools/gpu_check.py carries to a GPU machine without network (.gpu-wheels)
+#
+# Overridable: PYTHON, VENV, TORCH_SPEC, PYTEST_ARGS (e.g. PYTEST_ARGS='-m "slow or not slow"' runs the
+# slow cases too); for gpu-stack: GPU_VENV, TORCH_SPEC (default there: torch==2.14.1, a CUDA 13.0 build),
+# CUDA_HOME, TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS.
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -23,7 +27,7 @@ LINT_PATHS := mmnorm tools tests configs setup.py
 # not configs/: yapf reads mmengine's {{_base_.x}} placeholders as set literals and may split them
 YAPF_PATHS := mmnorm tools tests setup.py
 
-.PHONY: install test test-all demo lint clean-venv
+.PHONY: install test test-all demo lint clean-venv gpu-stack gpu-wheels
 
 install: $(STAMP)
 
@@ -72,3 +76,38 @@ demo: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# CUDA stack in a venv of its own (the CPU .venv stays as it is). tools/build_mmcv_cuda.sh decides the
+# C++ standard and the CUDA library include path from the torch and toolkit it finds, builds mmcv with
+# FORCE_CUDA=1 and checks that mmcv._ext imports and holds CUDA kernels. Built on 2026-12-05 with
+# torch 2.14.1+cu130, nvcc 13.0, gcc 12 (README, "GPU"). The stamp lets make test VENV=$(GPU_VENV) run.
+GPU_VENV             ?= .venv-gpu
+TORCH_CUDA_ARCH_LIST ?= 9.0
+gpu-stack: TORCH_SPEC = torch==2.14.1
+gpu-stack:
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install 'setuptools>=77.0.3,<80.9' wheel ninja
+	$(GPU_VENV)/bin/python -m pip install $(TORCH_SPEC)
+	$(GPU_VENV)/bin/python -m pip install mmengine==0.10.7
+	TORCH_CUDA_ARCH_LIST='$(TORCH_CUDA_ARCH_LIST)' MAX_JOBS=$${MAX_JOBS:-$(NPROC)} \
+	  tools/build_mmcv_cuda.sh $(GPU_VENV)/bin/python
+	$(GPU_VENV)/bin/python -m pip install -r requirements/stack.txt -r requirements/tests.txt
+	$(GPU_VENV)/bin/python -m pip install --no-build-isolation --no-deps -e .
+	$(GPU_VENV)/bin/python -c "import mmcv._ext, mmseg, mmdet, mmnorm, torch; \
+	  print('mmnorm', mmnorm.__version__, 'CUDA stack ready: torch', torch.__version__)"
+	touch $(GPU_VENV)/.mmnorm-installed
+
+# The wheels (Python 3.12, x86-64) and mmcv's source that tools/gpu_check.py --setup installs on
+# the GPU machine's image: see requirements/gpu_check.txt. About 10 MiB.
+GPU_WHEELS ?= .gpu-wheels
+# pip prepares the sdist's metadata: without build isolation, with a setuptools that still has
+# pkg_resources (mmcv's setup.py imports it).
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q 'setuptools>=77.0.3,<80.9' wheel
+	$(PIP) download --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --abi cp312 --abi abi3 --abi none --platform manylinux_2_28_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	  -d $(GPU_WHEELS) -r requirements/gpu_check.txt
+	$(PIP) download --no-deps --no-build-isolation --no-binary=:all: $(MMCV_SPEC) -d $(GPU_WHEELS)

@@ -229,9 +229,9 @@ MODEL_NORMS = {
 }
 
 
-def model_step(norm: str, input_shape: Shape, device: str) -> Callable[[], None]:
-    """One DeepLabV3+ R50-D8 training iteration (forward, loss, backward, SGD step) with ``norm``
-    in the backbone."""
+def build_model(norm: str, input_shape: Shape, device: str) -> Tuple[nn.Module, torch.Tensor, list]:
+    """The DeepLabV3+ R50-D8 segmentor with ``norm`` in the backbone (train mode, random weights),
+    a random ``input_shape`` batch and its random labels: ``(model, inputs, data_samples)``."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmengine.structures import PixelData
@@ -247,7 +247,6 @@ def model_step(norm: str, input_shape: Shape, device: str) -> Callable[[], None]
     cfg.model.data_preprocessor.size = input_shape[2:]
     torch.manual_seed(0)
     model = MODELS.build(cfg.model).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     n, _, h, w = input_shape
     inputs = torch.randn(*input_shape, device=device)
     samples = []
@@ -255,6 +254,15 @@ def model_step(norm: str, input_shape: Shape, device: str) -> Callable[[], None]
         sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)))
         sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, h, w), device=device))
         samples.append(sample)
+    return model, inputs, samples
+
+
+def model_step(norm: str, input_shape: Shape, device: str) -> Callable[[], None]:
+    """One DeepLabV3+ R50-D8 training iteration (forward, loss, backward, SGD step) with ``norm``
+    in the backbone."""
+    model, inputs, samples = build_model(norm, input_shape, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    n = input_shape[0]
     split = (n // 2, n - n // 2) if norm in ('RN', 'AdaBN') else None
 
     def step():
