@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.hooks import Hook
 
 import mmnorm  # noqa: F401
 from mmnorm.tta import TestTimeAdapter as Adapter
@@ -416,6 +417,29 @@ def test_reset_restores_the_source_state_exactly(method):
 
 
 @pytest.mark.parametrize('method', ['sar', 'eata', 'cotta'])
+def test_adapts_under_no_grad_as_the_test_loop_calls_it(method):
+    models = [TinyViT(), TinyViT()]
+    adapters = [
+        Adapter(
+            m,
+            method,
+            num_classes=K,
+            cotta_scales=[1.0],
+            optimizer=dict(type='SGD', lr=0.5),
+            logger=None) for m in models
+    ]
+    x = batches(1)[0]
+    adapters[0].adapt(x)
+    with torch.no_grad():
+        adapters[1].adapt(x)
+    changed = False
+    for a, b, s in zip(models[0].parameters(), models[1].parameters(), TinyViT().parameters()):
+        assert torch.equal(a, b)
+        changed = changed or not torch.equal(a, s)
+    assert changed
+
+
+@pytest.mark.parametrize('method', ['sar', 'eata', 'cotta'])
 def test_episodic_returns_to_the_source_after_every_batch(method):
     model = TinyViT()
     source = copy.deepcopy(model.state_dict())
@@ -453,3 +477,89 @@ def test_model_without_a_tunable_norm_layer_is_refused():
             Adapter(net, method, num_classes=K)
     with pytest.raises(ValueError, match='has no BN-like norm layer to adapt'):
         Adapter(TinyViT(), 'bn')  # LN only: nothing for the statistics methods
+
+
+# -- segmentors in the test loop ---------------------------------------------------------------------
+SEGFORMER_MINI = dict(
+    backbone=dict(
+        type='MixVisionTransformer',
+        in_channels=3,
+        embed_dims=8,
+        num_stages=4,
+        num_layers=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        patch_sizes=[7, 3, 3, 3],
+        sr_ratios=[8, 4, 2, 1],
+        out_indices=(0, 1, 2, 3),
+        mlp_ratio=2,
+        qkv_bias=True),
+    decode_head=dict(
+        type='SegformerHead',
+        in_channels=[8, 8, 8, 8],
+        in_index=[0, 1, 2, 3],
+        channels=16,
+        dropout_ratio=0.1,
+        num_classes=19,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)))
+
+
+class OutputsHook(Hook):
+    """Keeps what the test loop's ``test_step`` returned for every batch."""
+    priority = 'LOWEST'
+
+    def __init__(self):
+        self.outputs = []
+
+    def after_test_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.outputs.append(torch.stack([o.seg_logits.data for o in outputs]))
+
+
+@pytest.mark.parametrize('method, args', [
+    ('sar', dict(optimizer=dict(type='SGD', lr=0.5, momentum=0.9), sar_margin=1.0)),
+    ('eata', dict(optimizer=dict(type='SGD', lr=0.5), eata_margin=1.0, eata_redundancy=None)),
+    ('cotta', dict(optimizer=dict(type='Adam', lr=1e-2), cotta_threshold=0.9)),
+])
+def test_segformer_hook_predictions_and_updates_equal_the_adapter(method, args, tiny_demo_data,
+                                                                  tmp_path):
+    """A SegFormer (MixVisionTransformer: LN only; SegformerHead: BN) in the real test loop: the
+    hook's predictions (the adapter's, through the session's forward hook) and parameters equal
+    TestTimeAdapter.adapt on the same batches; the LN of the backbone moved."""
+    import os.path as osp
+
+    from conftest import DEMO_CONFIG, REPO
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG))
+    cfg.test_dataloader.dataset.data_root = osp.join(tiny_demo_data, 'cityscapes')
+    cfg.test_dataloader.update(batch_size=2, num_workers=0, persistent_workers=False)
+    cfg.work_dir = str(tmp_path)
+    cfg.model.backbone = copy.deepcopy(SEGFORMER_MINI['backbone'])  # replaced, not merged
+    cfg.model.decode_head = copy.deepcopy(SEGFORMER_MINI['decode_head'])
+    cfg.custom_hooks = [
+        dict(type='TestTimeAdaptHook', method=method, restore=False, logger=None, **args)
+    ]
+    torch.manual_seed(0)
+    runner = Runner.from_cfg(cfg)
+    model = copy.deepcopy(runner.model)
+    source = copy.deepcopy(model.state_dict())
+    captured = OutputsHook()
+    runner.register_hook(captured)
+    runner.test()
+    adapter = Adapter(model, method, logger=None, **args)
+    ln = [n for n in adapter.param_names if '.norm' in n or 'ln' in n]
+    assert ln and any(n.startswith('backbone.') for n in adapter.param_names)
+    expected = [
+        torch.stack([o.seg_logits.data for o in adapter.adapt(b)]) for b in runner.test_dataloader
+    ]
+    assert len(captured.outputs) == len(expected) == 2
+    for got, want in zip(captured.outputs, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    adapted = dict(runner.model.named_parameters())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(adapted[name], param, rtol=1e-5, atol=1e-6)
+    moved = [n for n in adapter.param_names if not torch.equal(adapted[n], source[n])]
+    assert any(n.startswith('backbone.') for n in moved)
+    if method == 'sar':  # the last stage is SAR's excluded top block
+        assert not any(n.startswith('backbone.layers.3.') for n in adapter.param_names)

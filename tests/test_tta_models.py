@@ -350,8 +350,9 @@ def test_detector_statistics_methods_and_tent_refusal():
     torch.testing.assert_close(
         out[0].pred_instances.scores, expected[0].pred_instances.scores, rtol=1e-4, atol=1e-4)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    with pytest.raises(
-            ValueError,
-            match="method='tent' .*FasterRCNN gives none; use the statistics methods 'bn' or "
-            "'prior'"):
-        tta.TestTimeAdapter(model, 'tent')
+    for method in ('tent', 'sar', 'eata', 'cotta'):
+        with pytest.raises(
+                ValueError,
+                match=f"method='{method}' .*FasterRCNN gives none; use the statistics methods "
+                "'bn' or 'prior'"):
+            tta.TestTimeAdapter(model, method)

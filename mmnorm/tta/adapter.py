@@ -250,7 +250,7 @@ class TestTimeAdapter:
                     'num_classes=K')
             fisher = None
             if fisher_loader is not None:
-                with self.session():
+                with self.session(), torch.enable_grad():
                     fisher = fisher_information(self.params, fisher_loader,
                                                 lambda batch: self._logits(batch)[:2])
             self.algorithm = EATAStep(self.params, self.optimizer, opts['eata_margin'],
@@ -360,7 +360,7 @@ class TestTimeAdapter:
             raise RuntimeError(
                 'TestTimeAdapter.idle_step before any batch: pass num_classes= so the reductions '
                 'have the same size on every rank')
-        with self.session():
+        with self.session(), torch.enable_grad():
             for _ in range(self.steps):
                 if self.method == 'tent':
                     self._reduce_and_backward(
@@ -453,18 +453,18 @@ class TestTimeAdapter:
 
         def forward():
             nonlocal finish
-            with torch.enable_grad():
-                logits, valid, finish = self._logits(batch, prepared)
+            logits, valid, finish = self._logits(batch, prepared)
             return logits, valid
 
         for _ in range(self.steps):
-            if self.method == 'cotta':
-                views = (forward, lambda x: self._class_logits(self.teacher, x, metas),
-                         lambda x: self._class_logits(self.anchor, x, metas), inputs)
-                probs, record = self.algorithm(views)
-                output = probs.clamp_min(1e-12).log()
-            else:
-                output, record = self.algorithm(forward)
+            with torch.enable_grad():  # the test loop runs its hooks under no_grad
+                if self.method == 'cotta':
+                    views = (forward, lambda x: self._class_logits(self.teacher, x, metas),
+                             lambda x: self._class_logits(self.anchor, x, metas), inputs)
+                    probs, record = self.algorithm(views)
+                    output = probs.clamp_min(1e-12).log()
+                else:
+                    output, record = self.algorithm(forward)
             self._record(record)
         return finish(output)
 
