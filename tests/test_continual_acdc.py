@@ -72,6 +72,35 @@ def test_acdc_sample_holds_the_train_ids_of_the_label_file(acdc_root):
     assert np.array_equal(on_disk, expected)
 
 
+def test_protocol_pipeline_resizes_full_frames_as_cotta(tmp_path):
+    """One frame at ACDC's real 1920x1080 through the protocol's pipeline
+    (configs/_base_/datasets/acdc_continual.py): the image at 960x540, the label kept at
+    1920x1080 for the metric."""
+    from mmengine.config import Config
+    base = Config.fromfile(osp.join(REPO, 'configs/_base_/datasets/acdc_continual.py'))
+    assert (base.acdc_split, base.acdc_rounds, base.acdc_scale) == ('train', 10, (960, 540))
+    assert base.acdc_conditions == ('fog', 'night', 'rain', 'snow')
+    stem = 'GOPR0400/GOPR0400_frame_000001'
+    img = np.zeros((1080, 1920, 3), np.uint8)
+    img[:, 960:] = 200  # right half bright: survives the resize at the same place
+    label = np.full((1080, 1920), 255, np.uint8)
+    label[:540] = 13  # car above, ignored below
+    for folder, array, suffix in (('rgb_anon', img, '_rgb_anon.png'), ('gt', label,
+                                                                       '_gt_labelTrainIds.png')):
+        path = tmp_path / folder / 'snow' / 'val' / (stem + suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path)
+    ds = ACDCDataset(
+        data_root=str(tmp_path), conditions='snow', split='val', pipeline=base.acdc_test_pipeline)
+    sample = ds[0]
+    assert tuple(sample['inputs'].shape) == (3, 540, 960)
+    assert sample['inputs'][:, :, :478].max() == 0 and sample['inputs'][:, :, 482:].min() == 200
+    seg = sample['data_samples'].gt_sem_seg.data[0]
+    assert tuple(seg.shape) == (1080, 1920)
+    assert (seg[:540] == 13).all() and (seg[540:] == 255).all()
+    assert sample['data_samples'].ori_shape == (1080, 1920)
+
+
 def test_acdc_bad_input(acdc_root, tmp_path):
     with pytest.raises(ArgumentError, match="'haze'"):
         ACDCDataset(data_root=acdc_root, conditions=['fog', 'haze'])
