@@ -10,9 +10,10 @@ Order under a distributed sampler: the test loader must not shuffle. mmengine's
 ``DefaultSampler(shuffle=False)`` deals the stream out round robin (rank ``r`` of ``W`` gets items
 ``r, r + W, r + 2W, ...``), and ``TestTimeAdaptHook`` keeps one model on all ranks, so step ``t``
 adapts on items ``tW .. tW + W - 1`` together: the continual order is that of one process taking
-batches of ``W`` consecutive items. With ``round_up=True`` (mmengine's default) the last step pads
-the ranks with the first items of the stream; the model adapts on them once more after the last
-round, and their predictions are dropped when the results are collected.
+batches of ``W`` consecutive items (``W b`` with ``b`` images per rank and batch). With
+``round_up=True`` (mmengine's default) the last step pads the ranks with the first items of the
+stream; the model adapts on them once more after the last round, and their predictions are dropped
+when the results are collected.
 """
 import bisect
 from typing import List, Optional, Sequence, Tuple, Union
