@@ -30,7 +30,7 @@ from mmengine.runner import Runner
 from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import add_strict_load_argument, use_safe_checkpoint_hook
 from mmnorm_tools.config import (check_hook_arguments, check_layer_types, check_norm_types,
-                                 describe_argument_error)
+                                 describe_argument_error, merge_cfg_options)
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules)
@@ -57,7 +57,11 @@ def parse_args(argv=None):
         '--tta', action='store_true', help='test-time augmentation (tta_model, tta_pipeline)')
     parser.add_argument('--metrics-out', help='write the metrics dict to this JSON file')
     parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction, help='override config entries, key=value')
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config entries, key=value; data_roots.<dataset>=PATH moves every path of '
+        'one dataset (docs/datasets.md)')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     add_strict_load_argument(parser)
@@ -128,8 +132,7 @@ def build_cfg(args) -> Config:
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint!r}')
     cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    merge_cfg_options(cfg, args.cfg_options)  # data_roots.<dataset>=PATH moves that dataset
     scope = get_toolbox(cfg)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

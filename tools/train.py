@@ -30,7 +30,7 @@ from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import (add_strict_load_argument, resolve_auto_resume,
                                       use_safe_checkpoint_hook)
 from mmnorm_tools.config import (check_hook_arguments, check_layer_types, check_norm_types,
-                                 describe_argument_error)
+                                 describe_argument_error, merge_cfg_options)
 from mmnorm_tools.launcher import LAUNCHERS, setup_launcher, teardown_launcher
 
 import mmnorm  # noqa: F401  (registers the mmnorm modules)
@@ -53,7 +53,8 @@ def parse_args(argv=None):
         '--cfg-options',
         nargs='+',
         action=DictAction,
-        help='override config entries, key=value (e.g. model.backbone.norm_cfg.type=IBN)')
+        help='override config entries, key=value (e.g. model.backbone.norm_cfg.type=IBN); '
+        'data_roots.<dataset>=PATH moves every path of one dataset (docs/datasets.md)')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
     parser.add_argument(
         '--test-last',
@@ -75,8 +76,7 @@ def build_cfg(args) -> Config:
     if not osp.isfile(args.config):
         raise FileNotFoundError(f'config file not found: {args.config!r}')
     cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    merge_cfg_options(cfg, args.cfg_options)  # data_roots.<dataset>=PATH moves that dataset
     get_toolbox(cfg)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

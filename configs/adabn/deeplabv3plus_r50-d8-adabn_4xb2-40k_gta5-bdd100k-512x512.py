@@ -15,7 +15,7 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 adabn_pool = dict(
     type='BDD100KDataset',
-    data_root='data/bdd100k/',
+    data_root=_base_.bdd100k_root,
     data_prefix=dict(img_path='images/10k/train', seg_map_path='labels/sem_seg/masks/train'),
     pipeline=_base_.adabn_pipeline)
 custom_hooks = [

@@ -16,7 +16,7 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 adabn_pool = dict(
     type='FoggyCityscapesDataset',
-    data_root='data/cityscapes/',
+    data_root=_base_.cityscapes_root,
     ann_file='annotations/instancesonly_filtered_gtFine_train.json',
     data_prefix=dict(img='leftImg8bit_foggy/train/'),
     betas={{_base_.foggy_betas}},

@@ -15,7 +15,7 @@ custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 adabn_pool = dict(
     type='CityscapesDataset',
     metainfo=dict(classes=('car', )),
-    data_root='data/cityscapes/',
+    data_root=_base_.cityscapes_root,
     ann_file='annotations/instancesonly_filtered_gtFine_train.json',
     data_prefix=dict(img='leftImg8bit/train/'),
     test_mode=True,

@@ -7,6 +7,7 @@ _base_ = './deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 bdd100k_root = 'data/bdd100k/'
+data_roots = dict(bdd100k=bdd100k_root)  # --cfg-options data_roots.bdd100k=PATH
 val_dataloader = dict(
     dataset=dict(
         _delete_=True,

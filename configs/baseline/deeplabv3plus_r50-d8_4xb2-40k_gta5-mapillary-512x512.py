@@ -8,6 +8,7 @@ _base_ = './deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
 
 mapillary_root = 'data/mapillary/'
+data_roots = dict(mapillary=mapillary_root)  # --cfg-options data_roots.mapillary=PATH
 val_dataloader = dict(
     dataset=dict(
         _delete_=True,

@@ -4,7 +4,9 @@
 # statistics of the domain it adapted to.
 _base_ = './deeplabv3plus_r50-d8-rn_4xb2-40k_gta5-cityscapes-512x512.py'
 custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
-bdd100k = dict(type='BDD100KDataset', data_root='data/bdd100k/')
+bdd100k_root = 'data/bdd100k/'
+data_roots = dict(bdd100k=bdd100k_root)  # --cfg-options data_roots.bdd100k=PATH
+bdd100k = dict(type='BDD100KDataset', data_root=bdd100k_root)
 bdd100k_train = dict(img_path='images/10k/train', seg_map_path='labels/sem_seg/masks/train')
 bdd100k_val = dict(img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val')
 train_dataloader = dict(

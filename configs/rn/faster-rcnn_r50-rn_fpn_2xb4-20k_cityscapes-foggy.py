@@ -25,7 +25,7 @@ train_dataloader = dict(
         source=_base_.train_dataloader.dataset,
         target=dict(
             type='FoggyCityscapesDataset',
-            data_root='data/cityscapes/',
+            data_root=_base_.cityscapes_root,
             ann_file='annotations/instancesonly_filtered_gtFine_train.json',
             data_prefix=dict(img='leftImg8bit_foggy/train/'),
             betas={{_base_.foggy_betas}},

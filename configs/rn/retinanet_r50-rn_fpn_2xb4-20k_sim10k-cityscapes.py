@@ -29,7 +29,7 @@ train_dataloader = dict(
         target=dict(
             type='CityscapesDataset',
             metainfo=dict(classes=('car', ), palette=[(0, 0, 142)]),
-            data_root='data/cityscapes/',
+            data_root=_base_.cityscapes_root,
             ann_file='annotations/instancesonly_filtered_gtFine_train.json',
             data_prefix=dict(img='leftImg8bit/train/'),
             pipeline=target_pipeline)))

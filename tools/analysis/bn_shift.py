@@ -27,6 +27,7 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import Runner
 from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import add_strict_load_argument, load_weights
+from mmnorm_tools.config import merge_cfg_options
 
 import mmnorm  # noqa: F401
 from mmnorm.analysis import compare_moments, input_moments, running_moments
@@ -204,8 +205,7 @@ def main(argv=None):
         if not osp.isfile(args.config):
             raise FileNotFoundError(f'config file not found: {args.config!r}')
         cfg = Config.fromfile(args.config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        merge_cfg_options(cfg, args.cfg_options)  # data_roots.<dataset>=PATH moves that dataset
         get_toolbox(cfg)
     with user_errors(
             'tools/analysis/bn_shift.py'):  # weights that do not fit, an unwritable --out-dir

@@ -16,7 +16,7 @@ adabn_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False))
 adabn_pool = dict(
     type='CityscapesDataset',
-    data_root='data/cityscapes/',
+    data_root='data/cityscapes/',  # data_roots.cityscapes of the dataset config moves it
     data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
     pipeline=adabn_pipeline)
 custom_hooks = [

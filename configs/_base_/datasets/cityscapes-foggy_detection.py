@@ -4,8 +4,11 @@
 # (instancesonly_filtered_gtFine_*.json); Foggy Cityscapes shares them (same frames, same boxes).
 # The fog density is a config choice: foggy_betas = (0.02,) (densest fog, the most common protocol)
 # or (0.005, 0.01, 0.02) (all three, 3x the frames).
+# Data root: Foggy Cityscapes lives in the Cityscapes tree (leftImg8bit_foggy/ next to leftImg8bit/,
+# the same annotation json), so --cfg-options data_roots.cityscapes=PATH moves both
+# (docs/datasets.md).
 cityscapes_root = 'data/cityscapes/'
-foggy_root = 'data/cityscapes/'  # leftImg8bit_foggy/ next to leftImg8bit/ by default
+data_roots = dict(cityscapes=cityscapes_root)
 foggy_betas = (0.02, )
 
 # Shorter side 600 px (Cityscapes 2048x1024 -> 1200x600), as in the cross-domain detection
@@ -51,7 +54,7 @@ val_dataloader = dict(
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         type='FoggyCityscapesDataset',
-        data_root=foggy_root,
+        data_root=cityscapes_root,
         ann_file='annotations/instancesonly_filtered_gtFine_val.json',
         data_prefix=dict(img='leftImg8bit_foggy/val/'),
         betas=foggy_betas,

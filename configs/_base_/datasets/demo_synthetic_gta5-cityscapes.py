@@ -2,8 +2,10 @@
 # (mmnorm.datasets.synthetic.generate_demo_data): source = GTA5 layout (palette label IDs), target =
 # Cityscapes layout (train IDs), 64x128 frames, 8 of the 19 Cityscapes classes present. Train on
 # source train (800 frames); val = source val (100); test = target val (200). The unlabelled target
-# train split (200) is the adaptation pool (AdaBN recalibration, UDA).
+# train split (200) is the adaptation pool (AdaBN recalibration, UDA). Data root: --cfg-options
+# data_roots.demo=PATH moves both domains (docs/datasets.md).
 demo_data_root = 'data/demo'
+data_roots = dict(demo=demo_data_root)
 source_root = demo_data_root + '/gta5'
 target_root = demo_data_root + '/cityscapes'
 

@@ -1,9 +1,10 @@
 # GTA5 (source, labelled, train) -> Cityscapes (target, val) semantic segmentation, 19 classes,
-# mmseg scope. Data roots: override with --cfg-options train_dataloader.dataset.data_root=... (the
-# variables below are resolved when this file is parsed, so overriding them alone does not move the
-# dataloaders).
+# mmseg scope. Data roots: one per dataset; every data path of a config lies under one of them, and
+# tools/train.py / test.py move all paths of a dataset with --cfg-options data_roots.gta5=PATH
+# (data_roots.cityscapes=PATH); see docs/datasets.md.
 gta5_root = 'data/gta5/'
 cityscapes_root = 'data/cityscapes/'
+data_roots = dict(gta5=gta5_root, cityscapes=cityscapes_root)
 
 crop_size = (512, 512)
 # GTA5 frames are 1914x1052: resized to 1280x720 (x0.5-2.0), then 512x512 crops.

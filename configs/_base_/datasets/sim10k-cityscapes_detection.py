@@ -1,8 +1,11 @@
 # Sim10k (source, all 10,000 GTA-V frames, VOC XML) -> Cityscapes (target, val) car detection, mmdet
 # scope. Only the 'car' class is used on both sides; Cityscapes uses the COCO json of mmdet's
 # converter, restricted to 'car' through metainfo. The reported number is car AP50 (bbox_mAP_50).
+# Data roots: --cfg-options data_roots.sim10k=PATH / data_roots.cityscapes=PATH moves every path of
+# that dataset, evaluator json included (docs/datasets.md).
 sim10k_root = 'data/sim10k/'
 cityscapes_root = 'data/cityscapes/'
+data_roots = dict(sim10k=sim10k_root, cityscapes=cityscapes_root)
 
 img_scale = (1200, 600)
 train_pipeline = [

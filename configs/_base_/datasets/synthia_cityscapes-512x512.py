@@ -1,8 +1,11 @@
 # SYNTHIA-RAND-CITYSCAPES (source, train) -> Cityscapes (target, val), trained on the 19 Cityscapes
 # classes, evaluated as mIoU over 19, 16 and 13 classes (SYNTHIA has no terrain/truck/train; the
-# 13-class set also drops wall/fence/pole). mmseg scope.
+# 13-class set also drops wall/fence/pole). mmseg scope. Data roots: --cfg-options
+# data_roots.synthia=PATH / data_roots.cityscapes=PATH moves every path of that dataset
+# (docs/datasets.md).
 synthia_root = 'data/synthia/'
 cityscapes_root = 'data/cityscapes/'
+data_roots = dict(synthia=synthia_root, cityscapes=cityscapes_root)
 
 crop_size = (512, 512)
 # SYNTHIA frames are 1280x760.

@@ -13,6 +13,6 @@ uda_target_pipeline = [
 ]
 uda_target = dict(
     type='CityscapesDataset',
-    data_root='data/cityscapes/',
+    data_root='data/cityscapes/',  # data_roots.cityscapes of the dataset config moves it
     data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
     pipeline=uda_target_pipeline)
