@@ -103,12 +103,11 @@ def check_norm_types(cfg: Config) -> int:
 
 def check_layer_types(cfg: Config) -> int:
     """Checks the layer types of the mmnorm backbones' ``perturb=dict(type=...)`` (a registered
-    perturbation layer: MixStyle, EFDMix, DSU), ``ibn=dict(type=...)`` ('a' or 'b') and
-    ``whitening=dict(type=...)`` (IW, IRW, ISW), and the arguments of the perturbation and
-    whitening layers (each is built once; they have no weights).
+    perturbation layer: MixStyle, EFDMix, DSU) and ``ibn=dict(type=...)`` ('a' or 'b'), and the
+    perturbation layer's arguments (it is built once, it has no weights).
 
     Returns:
-        int: How many ``perturb`` / ``ibn`` / ``whitening`` configs were checked.
+        int: How many ``perturb`` / ``ibn`` configs were checked.
 
     Raises:
         UserError: Naming the config key, the bad value, the nearest valid name and the valid names.
@@ -121,12 +120,9 @@ def check_layer_types(cfg: Config) -> int:
                            if isinstance(cls, type) and issubclass(cls, StatPerturbation))
     count = 0
     for path, key, value in _walk(cfg.get('model'), 'model'):
-        if key not in ('perturb', 'ibn', 'whitening') or not isinstance(value, dict):
+        if key not in ('perturb', 'ibn') or not isinstance(value, dict):
             continue
         count += 1
-        if key == 'whitening':
-            _check_whitening(path, value)
-            continue
         if key == 'ibn':
             ibn_type = value.get('type', 'a')
             if ibn_type not in DEFAULT_STAGES:
@@ -144,18 +140,6 @@ def check_layer_types(cfg: Config) -> int:
         except ArgumentError as err:
             raise UserError(f'{path}.perturb ({layer_type}): {err}') from None
     return count
-
-
-def _check_whitening(path: str, value: dict) -> None:
-    """``<path>.whitening``: an IW / IRW / ISW config whose arguments build."""
-    from mmengine.registry import MODELS
-    whitening = ['IW', 'IRW', 'ISW']
-    if value.get('type') not in whitening:
-        raise _unknown(f'{path}.whitening.type', value.get('type'), 'a whitening loss', whitening)
-    try:
-        MODELS.build(dict(value, num_features=2))
-    except ArgumentError as err:
-        raise UserError(f'{path}.whitening ({value["type"]}): {err}') from None
 
 
 def check_hook_arguments(cfg: Config) -> int:
