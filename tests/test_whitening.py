@@ -430,3 +430,16 @@ def test_isw_without_twin_is_refused():
         run_isw_selection(tiny_segmentor(dict(type='IW')), [batch], num_images=1, trials=1)
     with pytest.raises(ArgumentError, match='after_iter must be an int >= 0'):
         ISWStatisticsHook(after_iter=-1, dataloader=[])
+
+
+def test_tools_config_check_names_the_key():
+    from mmnorm_tools.config import UserError, check_layer_types
+    backbone = dict(TINY_BACKBONE, whitening=dict(type='ISX'))
+    cfg = Config(dict(model=dict(type='WhiteningEncoderDecoder', backbone=backbone)))
+    with pytest.raises(UserError, match=r"model.backbone.whitening.type='ISX' .*'ISW'"):
+        check_layer_types(cfg)
+    cfg.model.backbone.whitening = dict(type='IRW', relax_denom=-2)
+    with pytest.raises(UserError, match=r'model.backbone.whitening \(IRW\): .*relax_denom'):
+        check_layer_types(cfg)
+    cfg.model.backbone.whitening = dict(type='ISW', clusters=3)
+    assert check_layer_types(cfg) == 1
