@@ -1,7 +1,8 @@
-"""Config checks of the tools, run before anything is built, and the config key of an argument
-error raised while the Runner builds the model and hooks (before any weights load)."""
+"""Config checks of the tools, run before anything is built, the config key of an argument
+error raised while the Runner builds the model and hooks (before any weights load), and
+``--cfg-options``, where ``data_roots.<dataset>=PATH`` moves every path of one dataset."""
 import difflib
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from mmengine.config import Config
 
@@ -10,8 +11,10 @@ from mmnorm.validation import ArgumentError
 
 __all__ = [
     'available_norms', 'is_norm_layer', 'check_norm_types', 'check_layer_types',
-    'check_hook_arguments', 'describe_argument_error'
+    'check_hook_arguments', 'describe_argument_error', 'merge_cfg_options', 'move_data_roots'
 ]
+
+DATA_ROOTS = 'data_roots'
 
 
 def is_norm_layer(cls) -> bool:
@@ -201,3 +204,97 @@ def describe_argument_error(err: ArgumentError, cfg: Config) -> str:
         if keys:
             return f'{", ".join(keys)} ({name}): {err}'
     return str(err)
+
+
+def _under(path: str, root: str) -> bool:
+    """Whether ``path`` is the folder ``root`` or lies under it (``root`` with or without a
+    trailing slash)."""
+    root = root.rstrip('/')
+    return path == root or path.startswith(root + '/')
+
+
+def move_data_roots(cfg: Config, roots: Dict[str, str]) -> int:
+    """Moves datasets: for each ``name: new_root``, every string of ``cfg`` (dataloaders, hooks'
+    pool loaders, nested dataset wrappers, evaluators' ``ann_file``...) that is the folder
+    ``cfg.data_roots[name]`` or a path under it is rebased onto ``new_root``, and
+    ``cfg.data_roots[name]`` becomes ``new_root``.
+
+    The shipped configs declare one root per dataset, ``data_roots = dict(cityscapes=
+    'data/cityscapes/', ...)`` in their ``_base_`` data configs, and write every data path of that
+    dataset under it; the tools call this for ``--cfg-options data_roots.cityscapes=/ssd/cs``
+    (mmengine resolves ``{{_base_.x}}`` and variables when the file is parsed, so a variable set
+    after loading would move nothing by itself).
+
+    Returns:
+        int: How many strings were moved.
+
+    Raises:
+        UserError: A name that is not a key of ``cfg.data_roots`` (the error lists them), a root
+        that is not a string, or two datasets whose default roots lie one in the other (a path
+        under both could not be told apart).
+    """
+    if not roots:
+        return 0
+    defaults = dict(cfg.get(DATA_ROOTS) or {})
+    for name, new in roots.items():
+        if name not in defaults:
+            close = difflib.get_close_matches(name, list(defaults), n=1)
+            hint = f' (did you mean {DATA_ROOTS}.{close[0]}?)' if close else ''
+            known = ', '.join(f'{DATA_ROOTS}.{k}' for k in defaults) or 'none'
+            raise UserError(f'{DATA_ROOTS}.{name}={new!r}: this config reads no dataset {name!r}'
+                            f'{hint}; its data roots: {known}')
+        if not isinstance(new, str) or not new:
+            raise UserError(f'{DATA_ROOTS}.{name}={new!r}: give a folder path')
+        for other, default in defaults.items():
+            if other != name and (_under(default, defaults[name])
+                                  or _under(defaults[name], default)):
+                raise UserError(
+                    f'{DATA_ROOTS}.{name} ({defaults[name]!r}) and {DATA_ROOTS}.{other} '
+                    f'({default!r}) share a folder: give each dataset its own root in '
+                    'the config')
+    moves = [(defaults[name].rstrip('/'), new.rstrip('/')) for name, new in roots.items()]
+    moved = 0
+
+    def rebase(node):
+        nonlocal moved
+        if isinstance(node, str):
+            for old, new in moves:
+                if _under(node, old):
+                    moved += 1
+                    return (new + node[len(old):]) or '/'
+            return node
+        if isinstance(node, dict):
+            for key in list(node):
+                node[key] = rebase(node[key])
+            return node
+        if isinstance(node, list):
+            node[:] = [rebase(v) for v in node]
+            return node
+        if isinstance(node, tuple):
+            return type(node)(rebase(v) for v in node)
+        return node
+
+    for key in list(cfg.keys()):
+        if key != DATA_ROOTS:
+            cfg[key] = rebase(cfg[key])
+    for name, new in roots.items():
+        cfg[DATA_ROOTS][name] = new
+    return moved
+
+
+def merge_cfg_options(cfg: Config, options: Optional[dict]) -> int:
+    """Merges ``--cfg-options`` into ``cfg`` (mmengine's ``merge_from_dict``), then moves the
+    datasets named by ``data_roots.<name>=PATH`` options (:func:`move_data_roots`).
+
+    Returns:
+        int: How many data paths were moved.
+    """
+    options = dict(options or {})
+    prefix = DATA_ROOTS + '.'
+    roots = {k[len(prefix):]: options.pop(k) for k in list(options) if k.startswith(prefix)}
+    if DATA_ROOTS in options:
+        raise UserError(f'--cfg-options {DATA_ROOTS}={options[DATA_ROOTS]!r}: set one dataset at a '
+                        f'time, e.g. {DATA_ROOTS}.cityscapes=/path/to/cityscapes')
+    if options:
+        cfg.merge_from_dict(options)
+    return move_data_roots(cfg, roots)
