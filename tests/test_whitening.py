@@ -443,3 +443,22 @@ def test_tools_config_check_names_the_key():
         check_layer_types(cfg)
     cfg.model.backbone.whitening = dict(type='ISW', clusters=3)
     assert check_layer_types(cfg) == 1
+
+
+@pytest.mark.slow
+def test_benchmark_tool_tiny(tmp_path):
+    """tools/benchmark_whitening.py at a tiny size: every loss against the network without it."""
+    from tool_loader import load_tool
+    bench = load_tool('benchmark_whitening')
+    out = tmp_path / 'bench.md'
+    result = bench.main(
+        ['--input', '2x3x64x64', '--repeats', '1', '--stat-images', '1', '--out',
+         str(out)])
+    rows = result['rows']
+    assert [r['variant'] for r in rows] == ['none (ResNetV1c)', 'IW', 'IRW', 'ISW']
+    assert [r['cpu_ratio']
+            for r in rows] == [pytest.approx(r['cpu_s'] / rows[0]['cpu_s']) for r in rows]
+    assert result['stats'][0]['pair_s'] > 0
+    text = out.read_text()
+    for r in rows:
+        assert f"| {r['variant']} | 2x3x64x64 | {r['iter_s']:.3f} | {r['ratio']:.3f} |" in text
