@@ -14,6 +14,8 @@ from conftest import PYTHON, REPO, run_tool, tiny_seg_options, tool_env
 from test_tta import K, batches, make_net
 from test_tta_models import probed_config
 
+from mmnorm import tta
+
 WORKER = textwrap.dedent('''
     import sys
     import torch
@@ -127,3 +129,80 @@ def test_dist_test_sh_with_unequal_batches(tiny_demo_data, tmp_path, port):
         assert torch.equal(param, ranks[1]['params'][name]), name  # one model on both ranks
     assert any(not torch.equal(p, source[n]) for n, p in ranks[0]['params'].items())
     assert (tmp_path / 'metrics.json').exists()
+
+
+METHODS_WORKER = textwrap.dedent('''
+    import sys
+    import torch
+    import torch.distributed as dist
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    dist.init_process_group('gloo')
+    from mmnorm.tta import TestTimeAdapter
+    from test_tta_methods import K, TinyViT, batches
+    from test_tta_dist import METHOD_ARGS
+    rank = dist.get_rank()
+    state = {{}}
+    for method, args in METHOD_ARGS.items():
+        model = TinyViT()
+        adapter = TestTimeAdapter(model, method, num_classes=K, logger=None, **args)
+        mine = {{0: batches(3, size=3, seed=1), 1: batches(2, size=2, seed=2)}}[rank]
+        for x in mine:
+            adapter.adapt(x)
+        for _ in range(3 - len(mine)):
+            adapter.idle_step()  # rank 1 ran out of batches
+        state[method] = dict(params=[p.detach() for p in model.parameters()],
+                             history=adapter.history)
+    torch.save(state, {out!r} + f'/rank{{rank}}.pt')
+    dist.barrier()
+    dist.destroy_process_group()
+''')
+
+METHOD_ARGS = dict(
+    sar=dict(optimizer=dict(type='SGD', lr=0.5, momentum=0.9), sar_margin=0.8),
+    eata=dict(optimizer=dict(type='SGD', lr=0.5), eata_margin=0.8, eata_redundancy=0.999),
+    cotta=dict(
+        optimizer=dict(type='Adam', lr=1e-2),
+        cotta_scales=(0.5, 1.0),
+        cotta_threshold=0.9,
+        cotta_restore=0.2,
+        cotta_momentum=0.9))
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores; the default run covers the reductions with 'tent'
+def test_two_ranks_keep_one_model_under_sar_eata_cotta(tmp_path, port):
+    """Every rank one model, equal to one process adapting on both ranks' batches of each step
+    together (the LayerNorm model normalises per sample, so the concatenation changes nothing but
+    the grouping; CoTTA's restore draws come from one seed on every rank)."""
+    from test_tta_methods import K, TinyViT
+    from test_tta_methods import batches as ln_batches
+    worker = tmp_path / 'worker.py'
+    worker.write_text(
+        METHODS_WORKER.format(repo=REPO, tests=osp.join(REPO, 'tests'), out=str(tmp_path)))
+    cmd = [
+        PYTHON, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}',
+        str(worker)
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in (0, 1)]
+    joint = [
+        torch.cat([a, b])
+        for a, b in zip(ln_batches(3, size=3, seed=1), ln_batches(2, size=2, seed=2))
+    ] + ln_batches(
+        3, size=3, seed=1)[2:]
+    for method, args in METHOD_ARGS.items():
+        for a, b in zip(ranks[0][method]['params'], ranks[1][method]['params']):
+            assert torch.equal(a, b), method  # bit-identical on both ranks
+        assert ranks[0][method]['history'] == ranks[1][method]['history']
+        model = TinyViT()
+        adapter = tta.TestTimeAdapter(model, method, num_classes=K, logger=None, **args)
+        for x in joint:
+            adapter.adapt(x)
+        source = TinyViT()
+        moved = False
+        for got, want, src in zip(ranks[0][method]['params'], model.parameters(),
+                                  source.parameters()):
+            torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-6)
+            moved = moved or not torch.equal(got, src)
+        assert moved, method

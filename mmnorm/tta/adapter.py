@@ -367,7 +367,7 @@ class TestTimeAdapter:
                         None, torch.zeros(3 + self.num_classes, dtype=torch.float64))
                     self._apply_step()
                 else:
-                    self._record(self.algorithm(None))
+                    self._record(self.algorithm(None)[1])
         if self.episodic:
             self.reset()
 

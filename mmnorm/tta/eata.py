@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..stats import compute_dtype
 from .distributed import backward_global_mean, sum_over_ranks
 from .objectives import softmax_entropy
 
@@ -170,13 +171,13 @@ class EATAStep:
         self.running = None
 
     def __call__(self, forward) -> Tuple[Optional[torch.Tensor], dict]:
-        """Runs the step; ``forward()`` gives ``(logits (N, K, *), valid (N, *) or None)``, or None
-        on a rank without a batch (collective: every rank calls).
+        """Runs the step; ``forward()`` gives ``(logits (N, K, *), valid (N, *) or None)``;
+        ``forward`` None on a rank without a batch (collective: every rank calls).
 
         Returns:
             tuple: ``(logits (detached) or None, record)``.
         """
-        out = forward()
+        out = None if forward is None else forward()
         logits, loss_sum = None, None
         local = torch.zeros(6 + self.num_classes, dtype=torch.float64)
         if out is not None:
@@ -188,7 +189,7 @@ class EATAStep:
             valid = torch.ones_like(ent, dtype=torch.bool) if valid is None else valid
             margin = self.margin * math.log(self.num_classes)
             reliable = valid & (ent.detach() < margin)
-            probs = torch.softmax(logits.detach().float(), dim=1)
+            probs = torch.softmax(logits.detach().to(compute_dtype(logits)), dim=1)
             predictions, has_reliable = sample_predictions(probs, reliable)
             kept_samples = has_reliable & non_redundant(predictions, self.running, self.redundancy)
             kept = reliable & kept_samples.view((-1, ) + (1, ) * (reliable.dim() - 1))

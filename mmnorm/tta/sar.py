@@ -99,13 +99,14 @@ class SARStep:
 
     def __call__(self, forward: Forward) -> Tuple[Optional[torch.Tensor], dict]:
         """Runs the step; ``forward()`` gives ``(logits (N, K, *), valid (N, *) or None)`` with the
-        current parameters, or None on a rank without a batch (collective: every rank calls).
+        current parameters; ``forward`` None on a rank without a batch (collective: every rank
+        calls).
 
         Returns:
             tuple: ``(logits of the first forward (detached) or None, record)``; ``record['reset']``
             says whether the recovery rule fired (the caller resets).
         """
-        out = forward()
+        out = None if forward is None else forward()
         logits = ent = first = None
         local = torch.zeros(3, dtype=torch.float64)
         if out is not None:
