@@ -30,6 +30,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..stats import compute_dtype
 from .distributed import backward_global_mean, sum_over_ranks
 
 __all__ = [
@@ -42,7 +43,7 @@ DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
     """``−Σ_k q_k log softmax(logits)_k`` along dim 1: (N, K, *) -> (N, *)."""
-    return -(target_probs * torch.log_softmax(logits.float(), dim=1)).sum(1)
+    return -(target_probs * torch.log_softmax(logits.to(compute_dtype(logits)), dim=1)).sum(1)
 
 
 @torch.no_grad()
@@ -84,7 +85,8 @@ def augmented_probabilities(predict: Callable[[torch.Tensor], torch.Tensor],
         scaled = inputs if view == (height, width) else F.interpolate(
             inputs, size=view, mode='bilinear', align_corners=False)
         for flipped in ((False, True) if flip else (False, )):
-            logits = predict(scaled.flip(-1) if flipped else scaled).float()
+            logits = predict(scaled.flip(-1) if flipped else scaled)
+            logits = logits.to(compute_dtype(logits))
             if logits.dim() > 2:
                 if flipped:
                     logits = logits.flip(-1)
@@ -162,11 +164,14 @@ class CoTTAStep:
         if views is not None:
             student, teacher, anchor, inputs = views
             with torch.no_grad():
-                plain = teacher(inputs).float()
+                plain = teacher(inputs)
+                plain = plain.to(compute_dtype(plain))
                 q = torch.softmax(plain, dim=1)
                 low = torch.zeros_like(q[:, 0], dtype=torch.bool)
                 if self.augment:
-                    anchor_probs = torch.softmax(anchor(inputs).float(), dim=1)
+                    anchor_probs = anchor(inputs)
+                    anchor_probs = torch.softmax(
+                        anchor_probs.to(compute_dtype(anchor_probs)), dim=1)
                     augmented = augmented_probabilities(teacher, inputs, self.scales, self.flip,
                                                         plain.shape[2:])
                     low = anchor_probs.max(1).values < self.threshold

@@ -9,6 +9,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from ..stats import compute_dtype
+
 __all__ = [
     'softmax_entropy', 'valid_pixel_mask', 'EntropyTerms', 'entropy_terms', 'marginal_entropy',
     'check_class_logits'
@@ -88,7 +90,8 @@ def entropy_terms(logits: torch.Tensor,
     loss_sum = (ent * selected).sum()
     with torch.no_grad():
         k = logits.shape[1]
-        probs = torch.softmax(logits.detach().float(), dim=1).movedim(1, -1).reshape(-1, k)
+        probs = torch.softmax(logits.detach().to(compute_dtype(logits)), dim=1)
+        probs = probs.movedim(1, -1).reshape(-1, k)
         prob_sum = probs[valid.reshape(-1)].sum(0).double()
         entropy_sum = ent.detach()[valid].sum().double()
     return EntropyTerms(loss_sum,
