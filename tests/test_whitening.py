@@ -107,6 +107,16 @@ def test_gradcheck():
         assert torch.autograd.gradcheck(lambda t: module.loss(module(t)), (x, ))
 
 
+def test_loss_under_autocast_is_computed_in_float32():
+    x = correlated(b=2, c=8, h=16, w=16, seed=3).float() * 50
+    iw = IW(8)
+    ref = iw.loss(iw(x))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = iw.loss(iw(x.bfloat16()))
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=0)
+
+
 # ---------------------------------------------------------------- ISW selection
 def brute_force_sse(values, k):
     xs = np.sort(values)
@@ -428,6 +438,8 @@ def test_isw_without_twin_is_refused():
         run_isw_selection(model, [batch], num_images=1, trials=1)
     with pytest.raises(ArgumentError, match='need a segmentor whose backbone has ISW'):
         run_isw_selection(tiny_segmentor(dict(type='IW')), [batch], num_images=1, trials=1)
+    with pytest.raises(ArgumentError, match='yields no batch'):
+        run_isw_selection(model, [], num_images=1, trials=1)
     with pytest.raises(ArgumentError, match='after_iter must be an int >= 0'):
         ISWStatisticsHook(after_iter=-1, dataloader=[])
 

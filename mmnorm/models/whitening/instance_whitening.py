@@ -57,7 +57,8 @@ def instance_standardize(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 
 
 def instance_covariance(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """``X X^T / (HW - 1) + eps I`` of each instance: ``(B, C, H, W) -> (B, C, C)``.
+    """``X X^T / (HW - 1) + eps I`` of each instance: ``(B, C, H, W) -> (B, C, C)``, float32 for
+    half-precision inputs.
 
     ``x`` is the standardised map (zero mean per channel), so this is its covariance.
     """
@@ -67,7 +68,9 @@ def instance_covariance(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     flat = x.reshape(b, c, h * w)
     if flat.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()
-    cov = torch.bmm(flat, flat.transpose(1, 2)) / (h * w - 1)
+    # float32 or wider even under autocast: the sums run over H * W products
+    with torch.autocast(flat.device.type, enabled=False):
+        cov = torch.bmm(flat, flat.transpose(1, 2)) / (h * w - 1)
     return cov + eps * torch.eye(c, dtype=cov.dtype, device=cov.device)
 
 

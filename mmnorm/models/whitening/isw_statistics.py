@@ -118,7 +118,13 @@ def _cycle(loader: Iterable) -> Iterator[dict]:
         sampler = getattr(loader, 'sampler', None)
         if hasattr(sampler, 'set_epoch'):
             sampler.set_epoch(epoch)
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ArgumentError('the ISW statistics dataloader yields no batch on this rank; '
+                                'give it a non-empty dataset')
         epoch += 1
 
 
