@@ -56,6 +56,7 @@ def test_bad_arguments_are_usage_errors(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_cpu_dry_run(tmp_path):
     """Every stage on the CPU at tiny sizes, through the command line (torchrun for DDP): the CPU
     is both sides of the equality check (float32 exactly equal; CPU bf16 autocast within the bf16

@@ -8,7 +8,7 @@ and memory, one nccl DDP step, and one markdown section for docs/benchmarks.md.
 Stages (each timed; ``DIR/gpu_check.md`` and ``DIR/gpu_check.json`` rewritten after each):
 
 (a) ``--setup``: on an image with torch (CUDA) but no OpenMMLab stack and no network: a venv that
-    sees the image's packages (``--system-site-packages``), the wheels of
+    sees the image's packages after its own (:func:`make_venv`), the wheels of
     ``requirements/gpu_check.txt`` from ``--wheels`` (``make gpu-wheels`` fetches them), mmcv built
     from its source tarball in the same folder by ``tools/build_mmcv_cuda.sh``
     (``TORCH_CUDA_ARCH_LIST=9.0``, ``MAX_JOBS`` = cores), mmnorm installed editable; then the
@@ -40,6 +40,7 @@ import os
 import os.path as osp
 import platform
 import re
+import site
 import socket
 import subprocess
 import sys
@@ -58,7 +59,7 @@ VARIANTS = {
     'PBN-fixed': ('PBN', dict(mode='fixed')),
 }
 SECTION = ('<!-- gpu-check:start -->', '<!-- gpu-check:end -->')
-EQUALITY = ('equal layers', 'equal recalibration', 'equal tta')  # the stages of (b)
+EQUALITY = ('equal mmcv ops', 'equal layers', 'equal recalibration', 'equal tta')  # (b)
 Shape = Tuple[int, int, int, int]
 
 
@@ -95,13 +96,31 @@ def run_step(cmd: List[str], **env) -> None:
     subprocess.run(cmd, check=True, cwd=REPO, env=dict(os.environ, **env))
 
 
+def make_venv(venv: str) -> str:
+    """A venv that sees this interpreter's packages (torch) after its own; its python.
+
+    The image's python may itself be a venv, whose packages a new venv's ``--system-site-packages``
+    would not see (that is the base interpreter's): a ``.pth`` file in the new venv's site-packages
+    appends this interpreter's site-packages instead.
+    """
+    py = osp.join(venv, 'bin', 'python')
+    if not osp.exists(py):
+        run_step([sys.executable, '-m', 'venv', venv])
+        purelib = subprocess.run(
+            [py, '-c', "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True).stdout.strip()
+        with open(osp.join(purelib, 'image-site-packages.pth'), 'w') as f:
+            f.write('\n'.join(site.getsitepackages()) + '\n')
+    return py
+
+
 def setup(venv: str, wheels: str) -> Dict[str, float]:
     """Builds the stack in ``venv`` (see the module docstring); seconds per step."""
     files, sdist = required_wheels(wheels)
-    py = osp.join(venv, 'bin', 'python')
     seconds, start = {}, time.perf_counter()
-    if not osp.exists(py):
-        run_step([sys.executable, '-m', 'venv', '--system-site-packages', venv])
+    py = make_venv(venv)
     seconds['venv'] = time.perf_counter() - start
     start = time.perf_counter()
     run_step([py, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps'] + files)
@@ -115,9 +134,11 @@ def setup(venv: str, wheels: str) -> Dict[str, float]:
     built = osp.exists(stamp) and open(stamp).read() == torch_version and subprocess.run(
         [py, '-c', 'import mmcv._ext'], cwd='/', capture_output=True).returncode == 0
     if not built:
-        run_step(['bash', osp.join(REPO, 'tools', 'build_mmcv_cuda.sh'), py, sdist],
-                 TORCH_CUDA_ARCH_LIST=os.environ.get('TORCH_CUDA_ARCH_LIST', '9.0'),
-                 MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count())))
+        run_step(
+            ['bash', osp.join(REPO, 'tools', 'build_mmcv_cuda.sh'), py, sdist],
+            TORCH_CUDA_ARCH_LIST=os.environ.get('TORCH_CUDA_ARCH_LIST', '9.0'),
+            PATH=osp.dirname(sys.executable) + os.pathsep + os.environ['PATH'],  # ninja
+            MAX_JOBS=os.environ.get('MAX_JOBS', str(os.cpu_count())))
         with open(stamp, 'w') as f:
             f.write(torch_version)
     seconds['mmcv build' if not built else 'mmcv (reused)'] = time.perf_counter() - start
@@ -156,9 +177,10 @@ def layer_table() -> Dict[str, Callable[[int], nn.Module]]:
 
 
 def split_context(module: nn.Module, x: torch.Tensor):
-    """A [source | target] half split declared on domain-aware layers (RN, AdaBN), as UDA does."""
+    """A [source | target] half split declared on domain-aware layers (RN, AdaBN), as UDA does
+    (``module`` or a child: ``torch.compile`` wraps the layer)."""
     from mmnorm.models.norms import DomainAwareMixin, domain_split
-    if isinstance(module, DomainAwareMixin):
+    if any(isinstance(m, DomainAwareMixin) for m in module.modules()):
         return domain_split(module, (x.shape[0] // 2, x.shape[0] - x.shape[0] // 2))
     return contextlib.nullcontext()
 
@@ -243,20 +265,46 @@ def check_recalibration(device: str) -> List[dict]:
     ]
 
 
+def check_mmcv_ops(device: str) -> List[dict]:
+    """mmcv's compiled ops on the device (its CUDA kernels when built with them): ``nms`` kept
+    boxes and ``roi_align`` features against the CPU kernels."""
+    from mmcv.ops import nms, roi_align
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=g) * 30], 1)
+    scores = torch.rand(200, generator=g)
+    feats = torch.randn(2, 8, 32, 32, generator=g)
+    rois = torch.cat([torch.randint(2, (16, 1), generator=g).float(), boxes[:16] / 4], 1)
+
+    def run(dev):
+        _, keep = nms(boxes.to(dev), scores.to(dev), 0.5)
+        return {
+            'nms kept': keep.float(),
+            'roi_align': roi_align(feats.to(dev), rois.to(dev), (7, 7), 1.0, 2, 'avg', True)
+        }
+
+    ref, got = run('cpu'), run(device)
+    if got['nms kept'].shape != ref['nms kept'].shape:
+        return [row('mmcv op', 'nms, roi_align', 'kept boxes, features', False, float('inf'))]
+    return [
+        row('mmcv op', 'nms, roi_align', 'kept boxes, features', False, relative_error(got, ref))
+    ]
+
+
 def tta_methods() -> Tuple[str, ...]:
     from mmnorm.tta import METHODS
     return tuple(METHODS)
 
 
-def check_tta(device: str) -> List[dict]:
-    """Every TTA method on the demo segmentor (random weights), two batches of 4 64x128 images:
-    the second batch's logits (after the first batch's adaptation) and the model's parameters and
-    buffers after both."""
+def check_tta(device: str, batch_size: int = 4, size: Tuple[int, int] = (64, 128)) -> List[dict]:
+    """Every TTA method on the demo segmentor (random weights), two batches of ``batch_size``
+    images of ``size``: the second batch's logits (after the first batch's adaptation) and the
+    model's parameters and buffers after both."""
     import benchmark_tta as tta_bench
 
     from mmnorm import TestTimeAdapter
     model = tta_bench.build(tta_bench.DEMO, 'cpu')
-    batches = [tta_bench.make_batch(4, [64, 128], seed=s) for s in (0, 1)]
+    batches = [tta_bench.make_batch(batch_size, list(size), seed=s) for s in (0, 1)]
 
     def adapt(method, dev, bf16):
         m = copy.deepcopy(model).to(dev)
@@ -665,9 +713,10 @@ def main(argv=None) -> dict:
 
     small = (4, 8, 8, 8) if args.small else (4, 16, 16, 16)
     if 'equality' in args.stages:
+        stage('equal mmcv ops', 2, lambda: check_mmcv_ops(device))
         stage('equal layers', 10, lambda: check_layers(device, small))
         stage('equal recalibration', 5, lambda: check_recalibration(device))
-        stage('equal tta', 10, lambda: check_tta(device))
+        stage('equal tta', 10, lambda: check_tta(device, *((2, (32, 64)) if args.small else ())))
     if 'ddp' in args.stages:
         stage('ddp', 30, lambda: run_ddp(device, args.ddp_shape, args.ddp_ranks, args.out))
     if 'bench' in args.stages:
