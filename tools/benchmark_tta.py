@@ -1,23 +1,33 @@
 """Cost of online test-time adaptation against plain inference on the same model and batches.
 
-    python tools/benchmark_tta.py [--config CONFIG] [--batch-size 8] [--size 64 128] [--repeats 7]
-                                  [--threads 2] [--clock cpu|wall] [--out docs/tta.md]
+    python tools/benchmark_tta.py [--config CONFIG | --model segformer-b0] [--batch-size 8]
+                                  [--size 64 128] [--repeats 7] [--threads 2] [--device cpu|cuda]
+                                  [--methods bn prior tent sar eata cotta cotta-noaug]
+                                  [--clock cpu|wall] [--out docs/tta.md]
 
 Model: an mmseg segmentor built from ``--config`` (default: the embedded demo's DeepLabV3+ on a
 reduced ResNet-18, random weights; ``configs/baseline/deeplabv3plus_r50-d8_...`` works too, at a
-small ``--size``). Batches: random images of ``--size`` through the model's data preprocessor.
-Timed, median (and best) of ``--repeats`` after one warm-up call: ``model.test_step`` under
-``torch.no_grad`` (plain inference), the same with every BN layer of a copy of the model in train
-mode (``BN in train mode``: the floor of any test-batch-statistics method, torch's own kernel
-computing the batch statistics) and ``TestTimeAdapter.adapt`` for ``'bn'``, ``'prior'`` and
-``'tent'`` (1 step: forward, entropy, backward to the norm affine, Adam step), taking turns in every
-repeat (a loaded machine slows them alike); on CPU the clock is the process's CPU time by default,
-which other processes' load does not inflate. Peak memory of one call (CUDA:
-``max_memory_allocated``; CPU: the peak of the allocation curve recorded by ``torch.profiler``),
-beyond
-the model and the batch. Goals (issue): ``'bn'`` / ``'prior'`` <= 1.10x, ``'tent'`` <= 3.0x
-    inference.
-``--out`` replaces the section between ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``.
+small ``--size``), or ``--model segformer-b0``: mmseg's SegFormer-B0 architecture
+(MixVisionTransformer, embed dims 32, depths 2-2-2-2, + SegformerHead, 19 classes), random weights.
+Batches: random images of ``--size`` through the model's data preprocessor. Timed, median (and best)
+of ``--repeats`` after one warm-up call: ``model.test_step`` under ``torch.no_grad`` (plain
+inference), the same with every BN layer of a copy of the model in train mode (``BN in train
+mode``: the floor of any test-batch-statistics method, torch's own kernel computing the batch
+statistics; BN models only) and ``TestTimeAdapter.adapt`` (one continual step per call) for every
+method of ``--methods``: ``'bn'``, ``'prior'``, ``'tent'`` (forward, entropy, backward to the
+tuned parameters, optimizer step), ``'sar'`` (two forwards and backwards), ``'eata'``,
+``'cotta'`` (teacher on 14 views + anchor + student forward/backward) and ``cotta-noaug``
+(``cotta_augment=False``: teacher and student only). SAR's and EATA's entropy margins are set to
+``ln K`` and EATA's redundancy filter off, so every pixel of the random-weight model (near-uniform
+predictions) enters the loss: the worst case of their cost. The calls take turns in every repeat (a
+loaded machine slows them alike); on CPU the clock is the process's CPU time by default, which
+other processes' load does not inflate. Peak memory of one call (CUDA: ``max_memory_allocated``;
+CPU: the peak of the allocation curve recorded by ``torch.profiler``), beyond the model and the
+batch; CoTTA also keeps two copies of the model (teacher, anchor; one without augmentation).
+Goals (issue): ``'bn'`` / ``'prior'`` <= 1.10x, ``'tent'`` / ``'eata'`` <= 2.5x, ``'sar'`` <= 4.5x
+inference.
+``--out`` replaces the section between ``<!-- benchmark:start -->`` and ``<!-- benchmark:end -->``
+(``--section NAME``: between ``<!-- benchmark:NAME:start -->`` and ``<!-- benchmark:NAME:end -->``).
 """
 import argparse
 import copy
@@ -30,19 +40,65 @@ import torch
 from mmnorm_tools.timing import round_robin
 
 DEMO = 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-64x128.py'
-GOALS = {'bn': 1.10, 'prior': 1.10, 'tent': 3.0}
+GOALS = {'bn': 1.10, 'prior': 1.10, 'tent': 2.5, 'eata': 2.5, 'sar': 4.5}
+METHODS = ('bn', 'prior', 'tent', 'sar', 'eata', 'cotta', 'cotta-noaug')
+# every pixel enters SAR's / EATA's loss (random weights predict near-uniformly): their worst case
+METHOD_ARGS = {
+    'sar': dict(sar_margin=1.0),
+    'eata': dict(eata_margin=1.0, eata_redundancy=None),
+    'cotta-noaug': dict(cotta_augment=False),
+}
+SEGFORMER_B0 = dict(  # mmseg's SegFormer-B0 (configs/_base_/models/segformer_mit-b0.py), 19 classes
+    type='EncoderDecoder',
+    data_preprocessor=dict(
+        type='SegDataPreProcessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,
+        pad_val=0,
+        seg_pad_val=255),
+    backbone=dict(
+        type='MixVisionTransformer',
+        in_channels=3,
+        embed_dims=32,
+        num_stages=4,
+        num_layers=[2, 2, 2, 2],
+        num_heads=[1, 2, 5, 8],
+        patch_sizes=[7, 3, 3, 3],
+        sr_ratios=[8, 4, 2, 1],
+        out_indices=(0, 1, 2, 3),
+        mlp_ratio=4,
+        qkv_bias=True,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.1),
+    decode_head=dict(
+        type='SegformerHead',
+        in_channels=[32, 64, 160, 256],
+        in_index=[0, 1, 2, 3],
+        channels=256,
+        dropout_ratio=0.1,
+        num_classes=19,
+        norm_cfg=dict(type='BN', requires_grad=True),
+        align_corners=False,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
+    train_cfg=dict(),
+    test_cfg=dict(mode='whole'))
 
 
-def build(config: str, device: str):
+def build(config: str, device: str, model_name: str = 'config'):
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
     import mmnorm  # noqa: F401
-    cfg = Config.fromfile(config)
-    # random weights: no download (timing does not depend on the values)
-    cfg.model.pretrained = None
-    cfg.model.backbone.init_cfg = None
+    if model_name == 'segformer-b0':
+        cfg = Config(dict(model=SEGFORMER_B0, default_scope='mmseg'))
+    else:
+        cfg = Config.fromfile(config)
+        # random weights: no download (timing does not depend on the values)
+        cfg.model.pretrained = None
+        cfg.model.backbone.init_cfg = None
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -97,9 +153,11 @@ def run(config: str,
         size: List[int],
         repeats: int,
         device: str,
-        clock: str = 'wall') -> Dict[str, dict]:
+        clock: str = 'wall',
+        model_name: str = 'config',
+        methods=METHODS) -> Dict[str, dict]:
     from mmnorm import TestTimeAdapter
-    model = build(config, device)
+    model = build(config, device, model_name)
     batch = make_batch(batch_size, size)
 
     def inference():
@@ -115,8 +173,14 @@ def run(config: str,
         with torch.no_grad():
             return train_bn.test_step(batch)
 
-    calls = {'inference': inference, 'BN in train mode': inference_train_bn}
-    adapters = {m: TestTimeAdapter(model, m, logger=None) for m in ('bn', 'prior', 'tent')}
+    calls = {'inference': inference}
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn:
+        calls['BN in train mode'] = inference_train_bn
+    adapters = {
+        m: TestTimeAdapter(model, m.split('-')[0], logger=None, **METHOD_ARGS.get(m, {}))
+        for m in methods
+    }
     for method, adapter in adapters.items():
         calls[method] = (lambda a: (lambda: a.adapt(batch)))(adapter)
     seconds = median_seconds(calls, repeats, device, clock)
@@ -124,7 +188,8 @@ def run(config: str,
         name: dict(seconds=seconds[name][0], best=seconds[name][1], peak=peak_bytes(fn, device))
         for name, fn in calls.items()
     }
-    adapters['tent'].reset()
+    for adapter in adapters.values():
+        adapter.reset()
     base = rows['inference']
     for row in rows.values():
         row['ratio'] = row['seconds'] / base['seconds']
@@ -134,8 +199,9 @@ def run(config: str,
 
 
 def to_markdown(rows: Dict[str, dict], args, device: str) -> str:
+    model = ('--model segformer-b0' if args.model == 'segformer-b0' else f'--config {args.config}')
     lines = [
-        f'`python tools/benchmark_tta.py --config {args.config} --batch-size {args.batch_size} '
+        f'`python tools/benchmark_tta.py {model} --batch-size {args.batch_size} '
         f'--size {args.size[0]} {args.size[1]} --repeats {args.repeats} --threads {args.threads}` '
         f'on {device} ({platform.processor() or platform.machine()}, torch {torch.__version__}, '
         f'{args.threads} threads, {args.clock} time):', '',
@@ -153,13 +219,13 @@ def to_markdown(rows: Dict[str, dict], args, device: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_section(path: str, text: str) -> None:
+def write_section(path: str, text: str, section: str = '') -> None:
     with open(path) as f:
         doc = f.read()
-    pattern = re.compile(r'(<!-- benchmark:start -->\n).*?(<!-- benchmark:end -->)', re.S)
+    tag = f'benchmark:{section}:' if section else 'benchmark:'
+    pattern = re.compile(rf'(<!-- {tag}start -->\n).*?(<!-- {tag}end -->)', re.S)
     if not pattern.search(doc):
-        raise SystemExit(
-            f'{path} has no <!-- benchmark:start --> ... <!-- benchmark:end --> section')
+        raise SystemExit(f'{path} has no <!-- {tag}start --> ... <!-- {tag}end --> section')
     with open(path, 'w') as f:
         f.write(pattern.sub(lambda m: m.group(1) + text + m.group(2), doc))
 
@@ -167,6 +233,17 @@ def write_section(path: str, text: str) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--config', default=DEMO)
+    parser.add_argument(
+        '--model',
+        choices=('config', 'segformer-b0'),
+        default='config',
+        help="'segformer-b0': mmseg's SegFormer-B0 architecture instead of --config")
+    parser.add_argument(
+        '--methods',
+        nargs='+',
+        choices=METHODS,
+        default=list(METHODS),
+        help='adapter methods to time (default: all)')
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--size', type=int, nargs=2, default=[64, 128], metavar=('H', 'W'))
     parser.add_argument('--repeats', type=int, default=7)
@@ -178,17 +255,20 @@ def main(argv=None):
         help='process CPU time (default on CPU: other '
         "processes' load does not count) or wall time (default on CUDA)")
     parser.add_argument('--out', help='markdown file whose benchmark section is replaced')
+    parser.add_argument(
+        '--section', default='', help='name of the section in --out (default: the unnamed one)')
     args = parser.parse_args(argv)
     for name in ('batch_size', 'repeats', 'threads'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be >= 1, got {getattr(args, name)}')
     torch.set_num_threads(args.threads)
     args.clock = args.clock or ('wall' if args.device == 'cuda' else 'cpu')
-    rows = run(args.config, args.batch_size, args.size, args.repeats, args.device, args.clock)
+    rows = run(args.config, args.batch_size, args.size, args.repeats, args.device, args.clock,
+               args.model, args.methods)
     text = to_markdown(rows, args, args.device)
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, text, args.section)
     return rows
 
 
