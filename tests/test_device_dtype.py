@@ -39,12 +39,14 @@ from torch.utils._device import _device_constructors
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmnorm import tta
+from mmnorm.models import whitening
 from mmnorm.models.norms import AdaBN, domain_split
+from mmnorm.models.whitening import instance_covariance, instance_standardize, pair_variance
 from mmnorm.recalibration import recalibrate_bn
 
 MMNORM_DIR = osp.join(REPO, 'mmnorm') + os.sep
 TORCH_DIR = osp.dirname(torch.__file__) + os.sep
-FACTORIES = _device_constructors()
+FACTORIES = _device_constructors() | {torch.from_numpy}
 HOST_ACCEPTED = {torch.Tensor.copy_, torch.Tensor.__getitem__, torch.Tensor.__setitem__}
 LOW_PRECISION = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -185,6 +187,21 @@ def recalibration_case(mode):
     return Case(lambda: make_net('RN' if mode == 'one_pass' else 'PBN'), run, channels=3)
 
 
+def whitening_case(kind):
+    """A RobustNet instance-whitening position (IW / IRW / ISW after its selection): forward, loss
+    and backward."""
+
+    def run(module, x):
+        if kind == 'ISW':
+            cov = instance_covariance(instance_standardize(x))
+            module.select(pair_variance(cov, cov.flip(0)).mean(0))
+        x = x.clone().requires_grad_()
+        y = module(x)
+        (module.loss(y) + y.square().mean()).backward()
+
+    return Case(lambda: getattr(whitening, kind)(8), run)
+
+
 def uda_case():
     """UDAEncoderDecoder (mmseg) with RN in the backbone: one loss + backward on a [source |
     target] batch (the inputs' dtype / device replace the preprocessor's)."""
@@ -232,6 +249,10 @@ CASES: Dict[str, Case] = {
     },
     'recalibration-one_pass': recalibration_case('one_pass'),
     'recalibration-layerwise': recalibration_case('layerwise'),
+    **{
+        f'whitening-{kind}': whitening_case(kind)
+        for kind in ('IW', 'IRW', 'ISW')
+    },
     'uda-segmentor': uda_case(),
 }
 
