@@ -15,16 +15,13 @@ import sys
 import pytest
 from conftest import tool_env
 from mmengine.config import Config
+from mmnorm_tools.config import config_data_roots, merge_cfg_options, move_data_roots
 from tool_loader import load_tool
 
 import mmnorm  # noqa: F401
+from mmnorm.runtime import UserError
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools'))
-from mmnorm_tools.config import merge_cfg_options, move_data_roots  # noqa: E402
-
-from mmnorm.runtime import UserError  # noqa: E402
-
 CONFIGS = sorted(
     osp.relpath(p, REPO)
     for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'), recursive=True)
@@ -71,12 +68,13 @@ def test_every_config_is_found():
 
 
 @pytest.mark.parametrize(
-    'config', [c if c in DEFAULT_RUN else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS])
+    'config',
+    [c if c in DEFAULT_RUN else pytest.param(c, marks=pytest.mark.slow, id=c) for c in CONFIGS])
 def test_moving_every_data_root_leaves_no_default_path(config, tmp_path):
     cfg = Config.fromfile(osp.join(REPO, config))
-    defaults = dict(cfg.get('data_roots') or {})
+    defaults = config_data_roots(cfg)
     assert defaults, f'{config} declares no data_roots'
-    body = {k: v for k, v in cfg.items() if k != 'data_roots'}
+    body = {k: v for k, v in cfg.items() if not k.endswith('data_roots')}
     roots = data_roots_of(body)
     assert roots, f'{config} reads no data_root'
     # every path the config reads lies under one of its declared roots (so one key moves it)
@@ -88,7 +86,7 @@ def test_moving_every_data_root_leaves_no_default_path(config, tmp_path):
     new = {name: str(tmp_path / name) for name in defaults}
     moved = merge_cfg_options(cfg, {f'data_roots.{name}': root for name, root in new.items()})
     assert moved >= len(roots)
-    body = {k: v for k, v in cfg.items() if k != 'data_roots'}
+    body = {k: v for k, v in cfg.items() if not k.endswith('data_roots')}
     for path, value in strings(body):
         for default in defaults.values():
             assert not value.startswith(default.rstrip('/')), f'{config}: {path}={value!r}'
@@ -97,7 +95,7 @@ def test_moving_every_data_root_leaves_no_default_path(config, tmp_path):
     for path, value in strings(body):
         if path.split('.')[-1] in PATH_KEYS and osp.isabs(value):
             assert value.startswith(str(tmp_path)), f'{config}: {path}={value!r}'
-    assert dict(cfg.data_roots) == new
+    assert config_data_roots(cfg) == new
 
 
 def test_one_key_moves_one_dataset_and_explicit_paths_win(tmp_path):
@@ -116,6 +114,28 @@ def test_one_key_moves_one_dataset_and_explicit_paths_win(tmp_path):
     assert cfg.train_dataloader.dataset.data_root == 'data/gta5/'
 
 
+def test_roots_of_a_second_data_base_are_declared_beside():
+    """A base combined with another data base (mmengine refuses one key in two bases) declares
+    ``<prefix>_data_roots``; data_roots.<name> moves its paths too, and a dataset declared in both
+    (same root) moves once."""
+    cfg = Config(
+        dict(
+            data_roots=dict(gta5='data/gta5/', cityscapes='data/cityscapes/'),
+            dg_data_roots=dict(cityscapes='data/cityscapes', bdd100k='data/bdd100k/'),
+            train=dict(data_root='data/gta5/'),
+            test=[
+                dict(data_root='data/cityscapes/'),
+                dict(data_root='data/bdd100k/', ann_file='data/bdd100k/a.json')
+            ]))
+    assert config_data_roots(cfg) == dict(
+        gta5='data/gta5/', cityscapes='data/cityscapes/', bdd100k='data/bdd100k/')
+    merge_cfg_options(cfg, {'data_roots.bdd100k': '/ssd/bdd', 'data_roots.cityscapes': '/ssd/cs/'})
+    assert cfg.test[0].data_root == '/ssd/cs/'
+    assert (cfg.test[1].data_root, cfg.test[1].ann_file) == ('/ssd/bdd/', '/ssd/bdd/a.json')
+    assert cfg.train.data_root == 'data/gta5/'
+    assert cfg.dg_data_roots == dict(cityscapes='/ssd/cs/', bdd100k='/ssd/bdd')
+
+
 def test_bad_data_root_options_name_the_key(tmp_path):
     config = osp.join(REPO, 'configs/baseline/faster-rcnn_r50_fpn_2xb4-20k_sim10k-cityscapes.py')
     with pytest.raises(
@@ -125,6 +145,9 @@ def test_bad_data_root_options_name_the_key(tmp_path):
         merge_cfg_options(Config.fromfile(config), {'data_roots.cityscape': '/x'})
     with pytest.raises(UserError, match=r'data_roots=.*one dataset at a time'):
         merge_cfg_options(Config.fromfile(config), {'data_roots': '/x'})
+    two = Config(dict(data_roots=dict(a='data/a/'), extra_data_roots=dict(a='data/b/')))
+    with pytest.raises(UserError, match=r"data_roots.a='data/a/' and extra_data_roots.a='data/b/'"):
+        move_data_roots(two, {'a': '/y'})
     nested = Config(dict(data_roots=dict(a='data/a', b='data/a/b'), ann='data/a/b/x.json'))
     with pytest.raises(UserError, match=r'data_roots.a .* and data_roots.b .* share a folder'):
         move_data_roots(nested, {'a': '/y'})

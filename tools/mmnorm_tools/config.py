@@ -11,7 +11,8 @@ from mmnorm.validation import ArgumentError
 
 __all__ = [
     'available_norms', 'is_norm_layer', 'check_norm_types', 'check_layer_types',
-    'check_hook_arguments', 'describe_argument_error', 'merge_cfg_options', 'move_data_roots'
+    'check_hook_arguments', 'describe_argument_error', 'merge_cfg_options', 'move_data_roots',
+    'config_data_roots'
 ]
 
 DATA_ROOTS = 'data_roots'
@@ -213,11 +214,33 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + '/')
 
 
+def config_data_roots(cfg: Config) -> Dict[str, str]:
+    """``{dataset: default root}`` of ``cfg``: its ``data_roots`` dict merged with every top-level
+    dict named ``<something>_data_roots`` (a ``_base_`` file combined with another data base, e.g.
+    an extra test set, names its dict so: mmengine refuses one key in two bases).
+
+    Raises:
+        UserError: One dataset with two different roots.
+    """
+    roots: Dict[str, str] = {}
+    where: Dict[str, str] = {}
+    for key, value in cfg.items():
+        if not (key == DATA_ROOTS or key.endswith('_' + DATA_ROOTS)) or not isinstance(value, dict):
+            continue
+        for name, root in value.items():
+            if name in roots and roots[name].rstrip('/') != str(root).rstrip('/'):
+                raise UserError(f'{where[name]}.{name}={roots[name]!r} and {key}.{name}={root!r}: '
+                                'one dataset, two roots; give both the same root in the config')
+            roots.setdefault(name, root)
+            where.setdefault(name, key)
+    return roots
+
+
 def move_data_roots(cfg: Config, roots: Dict[str, str]) -> int:
     """Moves datasets: for each ``name: new_root``, every string of ``cfg`` (dataloaders, hooks'
     pool loaders, nested dataset wrappers, evaluators' ``ann_file``...) that is the folder
-    ``cfg.data_roots[name]`` or a path under it is rebased onto ``new_root``, and
-    ``cfg.data_roots[name]`` becomes ``new_root``.
+    ``config_data_roots(cfg)[name]`` or a path under it is rebased onto ``new_root``, and the
+    ``data_roots`` entries of ``name`` become ``new_root``.
 
     The shipped configs declare one root per dataset, ``data_roots = dict(cityscapes=
     'data/cityscapes/', ...)`` in their ``_base_`` data configs, and write every data path of that
@@ -229,13 +252,13 @@ def move_data_roots(cfg: Config, roots: Dict[str, str]) -> int:
         int: How many strings were moved.
 
     Raises:
-        UserError: A name that is not a key of ``cfg.data_roots`` (the error lists them), a root
-        that is not a string, or two datasets whose default roots lie one in the other (a path
-        under both could not be told apart).
+        UserError: A name that is not a dataset of :func:`config_data_roots` (the error lists
+        them), a root that is not a string, or two datasets whose default roots lie one in the
+        other (a path under both could not be told apart).
     """
     if not roots:
         return 0
-    defaults = dict(cfg.get(DATA_ROOTS) or {})
+    defaults = config_data_roots(cfg)
     for name, new in roots.items():
         if name not in defaults:
             close = difflib.get_close_matches(name, list(defaults), n=1)
@@ -275,10 +298,10 @@ def move_data_roots(cfg: Config, roots: Dict[str, str]) -> int:
         return node
 
     for key in list(cfg.keys()):
-        if key != DATA_ROOTS:
-            cfg[key] = rebase(cfg[key])
-    for name, new in roots.items():
-        cfg[DATA_ROOTS][name] = new
+        cfg[key] = rebase(cfg[key])
+    for key, value in cfg.items():  # the declarations: exactly the roots given
+        if key == DATA_ROOTS or key.endswith('_' + DATA_ROOTS):
+            value.update({name: new for name, new in roots.items() if name in value})
     return moved
 
 
