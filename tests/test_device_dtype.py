@@ -171,7 +171,8 @@ def adapter_case(method):
         return make_net('BN')
 
     def run(net, x):
-        adapter = tta.TestTimeAdapter(net, method, num_classes=K, logger=None)
+        options = dict(fisher_loader=[x[:2]]) if method == 'eata' else {}  # EATA's Fisher pass
+        adapter = tta.TestTimeAdapter(net, method, num_classes=K, logger=None, **options)
         for batch in (x, x.flip(0) * 0.5):
             adapter.adapt(batch)
 

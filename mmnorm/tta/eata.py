@@ -115,14 +115,14 @@ def fisher_information(
         target = logits.detach().argmax(1)
         if valid is not None:
             target = target.masked_fill(~valid, -1)
-        loss = F.cross_entropy(logits.float(), target, ignore_index=-1)
+        loss = F.cross_entropy(logits.to(compute_dtype(logits)), target, ignore_index=-1)
         grads = torch.autograd.grad(loss, list(params), allow_unused=True)
         for s, g in zip(sums, grads):
             if g is not None:
                 s += g.detach().double()**2
         count += 1
-    flat = torch.cat([s.reshape(-1)
-                      for s in sums] + [torch.tensor([float(count)]).double().to(sums[0].device)])
+    flat = torch.cat([s.reshape(-1) for s in sums] +
+                     [torch.tensor([float(count)], dtype=torch.float64, device=sums[0].device)])
     flat = sum_over_ranks(flat)
     total = float(flat[-1])
     if total <= 0:
