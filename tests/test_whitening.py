@@ -350,6 +350,9 @@ def test_statistics_hook_in_runner(tiny_demo_data, tmp_path):
     runner = Runner.from_cfg(cfg)
     runner.register_hook(recorder)
     runner.train()
+    late = ISWStatisticsHook(after_iter=3, dataloader=cfg.custom_hooks[0]['dataloader'])
+    with pytest.raises(ArgumentError, match='after_iter=3 is not before the end of training'):
+        late.before_train(runner)
     assert recorder.losses[:2] == [0.0, 0.0] and recorder.losses[2] > 0
     for module in runner.model.backbone.isw_modules().values():
         assert bool(module.is_selected) and 0 < int(module.selected_mask.sum())

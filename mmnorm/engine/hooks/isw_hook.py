@@ -76,6 +76,10 @@ class ISWStatisticsHook(Hook):
             raise ArgumentTypeError(
                 'ISWStatisticsHook needs a model whose backbone has ISW positions, e.g. '
                 "backbone=dict(type='WhiteningResNetV1c', whitening=dict(type='ISW'))")
+        if self.after_iter >= runner.max_iters:
+            raise ArgumentError(
+                f'ISWStatisticsHook after_iter={self.after_iter} is not before the end of '
+                f'training (max_iters={runner.max_iters}): ISW would never select its mask')
         unselected = any(not bool(m.is_selected) for m in backbone.isw_modules().values())
         if runner.iter >= self.after_iter and unselected:
             self.select(runner)
