@@ -11,6 +11,7 @@ import os.path as osp
 import subprocess
 import textwrap
 
+import pytest
 import torch
 import torch.nn as nn
 from conftest import PYTHON, REPO, tool_env
@@ -263,3 +264,14 @@ def test_one_process_sync_is_a_no_op():
             assert torch.equal(synced(x), plain(x))
         for a, b in zip(synced.buffers(), plain.buffers()):
             assert torch.equal(a, b)
+
+
+def test_sync_stats_must_be_a_bool():
+    from mmnorm.validation import ArgumentTypeError
+    for bad in ('yes', 1, None):
+        with pytest.raises(ArgumentTypeError, match='RN sync_stats must be True or False'):
+            RN(8, sync_stats=bad)
+    for bad in ('yes', 1):
+        with pytest.raises(ArgumentTypeError, match='PBN sync_stats must be True, False or None'):
+            PBN(8, sync_stats=bad)
+    assert 'sync_stats=None' in repr(PBN(8)) and 'sync_stats=True' in repr(RN(8, sync_stats=True))
