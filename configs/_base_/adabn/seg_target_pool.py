@@ -1,7 +1,8 @@
 # AdaBN before test: AdaBNHook re-estimates every BN layer's statistics on an unlabelled target pool
 # in one pass (exact statistics pooled over the whole pool), here the 2,975 Cityscapes *train*
 # images (not the test frames) at 1024x512, batches of 8 per GPU; every image counts (a last batch
-# of one image is measured too). Another pool:  custom_hooks = [dict(type='AdaBNHook',
+# of one image is measured too). Pools of mixed image sizes are regrouped into batches of one size
+# by recalibrate_bn (nothing padded; docs/adabn.md). Another pool:  custom_hooks = [dict(type='AdaBNHook',
 # before='test',
 #                                     dataloader=dict(_base_.adabn_dataloader, dataset=MY_POOL))]
 adabn_pipeline = [
