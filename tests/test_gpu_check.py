@@ -55,6 +55,17 @@ def test_bad_arguments_are_usage_errors(capsys):
         assert 'use --device cpu' in capsys.readouterr().err
 
 
+def test_section_from_a_brought_back_report(tmp_path):
+    doc, report = tmp_path / 'benchmarks.md', tmp_path / 'gpu_check.md'
+    doc.write_text('# B\n\n<!-- gpu-check:start -->\nNot run yet.\n<!-- gpu-check:end -->\n\nend\n')
+    report.write_text('### GPU check\n\n| a |\n')
+    gpu_check.main(['--device', 'cpu', '--section-from', str(report), '--doc', str(doc)])
+    assert doc.read_text() == ('# B\n\n<!-- gpu-check:start -->\n### GPU check\n\n| a |\n\n'
+                               '<!-- gpu-check:end -->\n\nend\n')
+    with pytest.raises(SystemExit, match='has no <!-- gpu-check:start -->'):
+        gpu_check.main(['--device', 'cpu', '--section-from', str(report), '--doc', str(report)])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_cpu_dry_run(tmp_path):

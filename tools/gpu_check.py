@@ -638,6 +638,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--out', default=os.environ.get('OUT') or osp.join(REPO, 'work_dirs', 'gpu_check'))
     parser.add_argument('--compile-layers', nargs='+', help='subset of the layers (default: all)')
     parser.add_argument('--doc', help='replace the gpu-check section of this markdown file')
+    parser.add_argument(
+        '--section-from',
+        help='only put this gpu_check.md (brought back from the GPU machine) into --doc')
     parser.add_argument('--ddp-worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     dev = torch.device(args.device)
@@ -656,6 +659,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.section_from:
+        if not args.doc:
+            raise SystemExit('--section-from needs --doc (the markdown file to write it into)')
+        with open(args.section_from) as f:
+            write_section(args.doc, f.read().rstrip('\n') + '\n')
+        return {}
     if args.ddp_worker:
         ddp_worker(args.ddp_worker, torch.device(args.device).type, args.ddp_shape)
         return {}
