@@ -5,21 +5,21 @@
 #
 # PYTHON      the interpreter of the target environment (torch with CUDA already installed there).
 # MMCV_SDIST  optional path to mmcv's source tarball (mmcv-2.1.0.tar.gz); downloaded with pip otherwise.
-# Environment: CUDA_HOME (default: torch's choice, else /usr/local/cuda), TORCH_CUDA_ARCH_LIST (default 9.0),
-# MAX_JOBS (default: number of cores), MMCV_VERSION (default 2.1.0), BUILD_DIR (default: a temp dir).
+# Environment: CUDA_HOME (default: the toolkit of the nvcc on PATH), TORCH_CUDA_ARCH_LIST (default 9.0),
+# MAX_JOBS (default: cores), MMCV_VERSION (default 2.1.0), BUILD_DIR (default: a temp dir).
 #
 # What it decides by probing, not by machine:
-# 1. the C++ standard: mmcv's setup.py hard-codes -std=c++14 / -std=c++17 for gcc and nvcc, and torch
+# 1. the C++ standard: mmcv's setup.py hard-codes -std=c++14 / c++17 for gcc and nvcc, and torch
 #    >= 2.10-ish headers stop with "#error C++20 or later compatible compiler is required to use ATen".
-#    The script preprocesses torch's ATen/ATen.h with c++17, then c++20, and takes the first that passes.
-#    gcc gets the standard from mmcv's extra_compile_args, placed after every flag an environment variable
-#    can add, so the standard in a copy of mmcv's setup.py is rewritten (the only change made to mmcv).
-# 2. the CUDA library headers: torch's ATen/cuda headers include cusparse.h, cublas_v2.h, ... A toolkit
-#    that ships only nvcc and the runtime lacks them; pip's nvidia-* packages (installed with torch) hold
-#    them under site-packages/nvidia/*/include. Their folders go on CPATH (searched after the toolkit's own
-#    -I, by gcc and by nvcc alike), only for the headers the toolkit lacks.
-# Then it checks the result: `import mmcv._ext`, the extension's CUDA fat binary (.nv_fatbin section) and
-# mmcv's CUDA kernel launchers (exported *CUDAKernelLauncher symbols).
+#    The script preprocesses torch's ATen/ATen.h with c++17, then c++20; the first that passes wins.
+#    gcc gets the standard from mmcv's extra_compile_args, after every flag an environment variable
+#    can add, so the standard is rewritten in a copy of mmcv's setup.py (the only change made to mmcv).
+# 2. the CUDA library headers: torch's ATen/cuda headers include cusparse.h, cublas_v2.h, ...; a
+#    toolkit with only nvcc and the runtime lacks them; pip's nvidia-* packages (torch's deps) hold
+#    them in site-packages/nvidia/*/include, which go on CPATH (searched after the toolkit's -I, by
+#    gcc and nvcc), only for the headers the toolkit lacks.
+# Then it checks: `import mmcv._ext`, the CUDA fat binary (.nv_fatbin) and the exported
+# *CUDAKernelLauncher symbols of mmcv.
 set -euo pipefail
 
 PY=${1:?usage: tools/build_mmcv_cuda.sh PYTHON [MMCV_SDIST]}
@@ -86,7 +86,9 @@ fi
 WORK=${BUILD_DIR:-$(mktemp -d -t mmcv-cuda-XXXXXX)}
 mkdir -p "$WORK"
 if [ -z "$SDIST" ]; then
-  "$PY" -m pip download --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$WORK"
+  # pip prepares the sdist's metadata: no isolation (mmcv's setup.py imports pkg_resources)
+  "$PY" -m pip download --no-deps --no-build-isolation --no-binary :all: "mmcv==$MMCV_VERSION" \
+    -d "$WORK"
   SDIST="$WORK/mmcv-$MMCV_VERSION.tar.gz"
 fi
 [ -f "$SDIST" ] || die "no mmcv source tarball at $SDIST"
