@@ -5,7 +5,7 @@
 #   make lint   flake8 + isort + yapf (settings in setup.cfg), as CI runs them
 #
 #   make gpu-stack   a CUDA stack in ./.venv-gpu: CUDA torch + mmcv compiled with its CUDA ops
-#                    (tens of minutes; not part of make test or CI), then: make test VENV=.venv-gpu
+#                    (tens of minutes; not part of make test or CI); make test-gpu runs the tests there
 #   make gpu-wheels  what tools/gpu_check.py carries to a GPU machine without network (.gpu-wheels)
 #
 # Overridable: PYTHON, VENV, TORCH_SPEC, PYTEST_ARGS (e.g. PYTEST_ARGS='-m "slow or not slow"' runs the
@@ -27,7 +27,7 @@ LINT_PATHS := mmnorm tools tests configs setup.py
 # not configs/: yapf reads mmengine's {{_base_.x}} placeholders as set literals and may split them
 YAPF_PATHS := mmnorm tools tests setup.py
 
-.PHONY: install test test-all demo lint clean-venv gpu-stack gpu-wheels
+.PHONY: install test test-all demo lint clean-venv gpu-stack gpu-wheels test-gpu
 
 install: $(STAMP)
 
@@ -80,7 +80,8 @@ clean-venv:
 # CUDA stack in a venv of its own (the CPU .venv stays as it is). tools/build_mmcv_cuda.sh decides the
 # C++ standard and the CUDA library include path from the torch and toolkit it finds, builds mmcv with
 # FORCE_CUDA=1 and checks that mmcv._ext imports and holds CUDA kernels. Tried on 2026-12-05 with
-# torch 2.14.1+cu130, nvcc 13.0, gcc 12 (README, "GPU"). The stamp lets make test VENV=$(GPU_VENV) run.
+# torch 2.14.1+cu130, nvcc 13.0, gcc 12 (README, "GPU"). Its own stamp: the CPU install recipe
+# (make test VENV=...) must never run over it (it would put back the CPU torch).
 GPU_VENV             ?= .venv-gpu
 TORCH_CUDA_ARCH_LIST ?= 9.0
 gpu-stack: TORCH_SPEC = torch==2.14.1
@@ -95,7 +96,12 @@ gpu-stack:
 	$(GPU_VENV)/bin/python -m pip install --no-build-isolation --no-deps -e .
 	$(GPU_VENV)/bin/python -c "import mmcv._ext, mmseg, mmdet, mmnorm, torch; \
 	  print('mmnorm', mmnorm.__version__, 'CUDA stack ready: torch', torch.__version__)"
-	touch $(GPU_VENV)/.mmnorm-installed
+	touch $(GPU_VENV)/.mmnorm-gpu-installed
+
+# The default test run against the CUDA stack (it runs on a CPU-only machine too).
+test-gpu:
+	@test -f $(GPU_VENV)/.mmnorm-gpu-installed || { echo "no CUDA stack in $(GPU_VENV): make gpu-stack"; exit 2; }
+	$(GPU_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The wheels (Python 3.12, x86-64) and mmcv's source that tools/gpu_check.py --setup installs on
 # the GPU machine's image: see requirements/gpu_check.txt. About 10 MiB.
