@@ -119,6 +119,7 @@ def make_venv(venv: str) -> str:
 def setup(venv: str, wheels: str) -> Dict[str, float]:
     """Builds the stack in ``venv`` (see the module docstring); seconds per step."""
     files, sdist = required_wheels(wheels)
+    os.environ.update(PIP_NO_INDEX='1', PIP_DISABLE_PIP_VERSION_CHECK='1')  # no network there
     seconds, start = {}, time.perf_counter()
     py = make_venv(venv)
     seconds['venv'] = time.perf_counter() - start
