@@ -537,6 +537,15 @@ def test_segformer_hook_predictions_and_updates_equal_the_adapter(method, args, 
     cfg.work_dir = str(tmp_path)
     cfg.model.backbone = copy.deepcopy(SEGFORMER_MINI['backbone'])  # replaced, not merged
     cfg.model.decode_head = copy.deepcopy(SEGFORMER_MINI['decode_head'])
+    if method == 'eata':  # the hook builds EATA's Fisher loader from its config
+        args = dict(
+            args,
+            fisher_alpha=100.0,
+            fisher_loader=dict(
+                batch_size=2,
+                num_workers=0,
+                sampler=dict(type='DefaultSampler', shuffle=False),
+                dataset=copy.deepcopy(cfg.test_dataloader.dataset)))
     cfg.custom_hooks = [
         dict(type='TestTimeAdaptHook', method=method, restore=False, logger=None, **args)
     ]
@@ -547,7 +556,10 @@ def test_segformer_hook_predictions_and_updates_equal_the_adapter(method, args, 
     captured = OutputsHook()
     runner.register_hook(captured)
     runner.test()
+    if method == 'eata':
+        args['fisher_loader'] = runner.build_dataloader(args['fisher_loader'])
     adapter = Adapter(model, method, logger=None, **args)
+    assert method != 'eata' or adapter.algorithm.fisher is not None
     ln = [n for n in adapter.param_names if '.norm' in n or 'ln' in n]
     assert ln and any(n.startswith('backbone.') for n in adapter.param_names)
     expected = [
