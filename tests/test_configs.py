@@ -115,6 +115,8 @@ def shrunk_config(path: str, data_root: str, work_dir: str, raw: Config = None) 
             hook[
                 # the fixture pool holds a few images, not the config's sample budget
                 'num_samples'] = None
+        if hook.get('type') == 'ISWStatisticsHook':  # the statistics pass inside the 1 iteration
+            hook.update(after_iter=0, num_images=2, trials=2)
     name = osp.splitext(osp.basename(path))[0]
     cfg.update(
         work_dir=work_dir, experiment_name=name, log_level='WARNING', randomness=dict(seed=0))

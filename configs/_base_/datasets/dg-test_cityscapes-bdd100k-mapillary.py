@@ -35,40 +35,34 @@ dg_mapillary_pipeline = [
     dict(type='PackSegInputs'),
 ]
 
-# The dataloaders and evaluators as variables: a config lists this file as its last _base_ and sets
-#   val_dataloader = {{_base_.dg_val_dataloader}}
-#   test_dataloader = {{_base_.dg_test_dataloader}}
-#   val_evaluator = {{_base_.dg_val_evaluator}}
-#   test_evaluator = {{_base_.dg_test_evaluator}}
-# (mmengine refuses one key defined by two _base_ files; _delete_ replaces the inherited dataset
-# and evaluator instead of merging into them. Merging pops _delete_ from the dict it reads, hence
-# one copy per use.)
-dg_val_dataloader = dict(
+# Variables only (mmengine refuses one key defined by two _base_ files). A config without
+# inherited val / test dataloaders (configs/whitening) lists this file as a _base_ and sets
+#   val_dataloader = {{_base_.dg_test_dataloader}}
+#   test_dataloader = val_dataloader
+#   val_evaluator = {{_base_.dg_test_evaluator}}
+#   test_evaluator = val_evaluator
+# A config that inherits them replaces the dataset and evaluator with _delete_ (see the baseline
+# example named above).
+dg_test_datasets = dict(
+    cityscapes=dict(
+        type='CityscapesDataset',
+        data_root=dg_cityscapes_root,
+        data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+        pipeline=dg_full_size_pipeline),
+    bdd100k=dict(
+        type='BDD100KDataset',
+        data_root=dg_bdd100k_root,
+        data_prefix=dict(img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val'),
+        pipeline=dg_full_size_pipeline),
+    mapillary=dict(
+        type='Mapillary19Dataset',
+        data_root=dg_mapillary_root,
+        data_prefix=dict(img_path='validation/images', seg_map_path='validation/v1.2/labels'),
+        pipeline=dg_mapillary_pipeline))
+dg_test_dataloader = dict(
     batch_size=1,
     num_workers=4,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        _delete_=True,
-        type='MultiTargetDataset',
-        datasets=dict(
-            cityscapes=dict(
-                type='CityscapesDataset',
-                data_root=dg_cityscapes_root,
-                data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-                pipeline=dg_full_size_pipeline),
-            bdd100k=dict(
-                type='BDD100KDataset',
-                data_root=dg_bdd100k_root,
-                data_prefix=dict(
-                    img_path='images/10k/val', seg_map_path='labels/sem_seg/masks/val'),
-                pipeline=dg_full_size_pipeline),
-            mapillary=dict(
-                type='Mapillary19Dataset',
-                data_root=dg_mapillary_root,
-                data_prefix=dict(
-                    img_path='validation/images', seg_map_path='validation/v1.2/labels'),
-                pipeline=dg_mapillary_pipeline))))
-dg_test_dataloader = dict(dg_val_dataloader, dataset=dict(dg_val_dataloader['dataset']))
-dg_val_evaluator = dict(_delete_=True, type='MultiTargetIoUMetric', iou_metrics=['mIoU'])
-dg_test_evaluator = dict(dg_val_evaluator)
+    dataset=dict(type='MultiTargetDataset', datasets=dg_test_datasets))
+dg_test_evaluator = dict(type='MultiTargetIoUMetric', iou_metrics=['mIoU'])

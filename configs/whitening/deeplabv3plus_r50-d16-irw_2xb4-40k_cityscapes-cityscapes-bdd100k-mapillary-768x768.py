@@ -1,0 +1,11 @@
+# DeepLabV3+ R50 OS16 with IRW (instance relaxed whitening: all but a margin of the off-diagonal
+# elements, relax_denom 64, loss weight 0.6), trained on Cityscapes, tested on Cityscapes, BDD100K
+# and Mapillary. Protocol as the BN config it inherits; instance standardisation and the whitening
+# loss after the stem and stages 1 and 2 (RobustNet --wt_layer 0 0 1 1 1 0 0), logged as
+# loss_whitening. See docs/whitening.md.
+_base_ = './deeplabv3plus_r50-d16-bn_2xb4-40k_cityscapes-cityscapes-bdd100k-mapillary-768x768.py'
+custom_imports = dict(imports=['mmnorm'], allow_failed_imports=False)
+model = dict(
+    type='WhiteningEncoderDecoder',
+    backbone=dict(
+        type='WhiteningResNetV1c', whitening=dict(type='IRW'), after_stages=('stem', 0, 1)))
