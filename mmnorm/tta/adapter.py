@@ -416,14 +416,11 @@ class TestTimeAdapter:
     def _class_logits(self, module: nn.Module, inputs: torch.Tensor,
                       metas: Optional[list]) -> torch.Tensor:
         """Class logits (N, K, *) of ``module`` (the model or a copy of it) on ``inputs``;
-        segmentors: ``inference`` (image-size logits), with ``metas`` sized to ``inputs``."""
+        segmentors: ``inference`` (image-size logits) with the images' ``metas``."""
         if metas is None:
             logits = module(inputs)
             check_class_logits(logits, f'{type(module).__name__}.forward')
             return logits
-        shape = tuple(inputs.shape[2:])
-        if any(tuple(m.get('img_shape', ())) != shape for m in metas):  # a rescaled view
-            metas = [dict(m, img_shape=shape, pad_shape=shape) for m in metas]
         logits = module.inference(inputs, metas)
         check_class_logits(logits, f'{type(module).__name__}.inference')
         return logits
@@ -456,11 +453,17 @@ class TestTimeAdapter:
             logits, valid, finish = self._logits(batch, prepared)
             return logits, valid
 
+        def view_metas(x):  # a rescaled view: metas of its own size (None: plain modules)
+            if metas is None or x.shape == inputs.shape:
+                return metas
+            shape = tuple(x.shape[2:])
+            return [dict(m, img_shape=shape, pad_shape=shape) for m in metas]
+
         for _ in range(self.steps):
             with torch.enable_grad():  # the test loop runs its hooks under no_grad
                 if self.method == 'cotta':
-                    views = (forward, lambda x: self._class_logits(self.teacher, x, metas),
-                             lambda x: self._class_logits(self.anchor, x, metas), inputs)
+                    views = (forward, lambda x: self._class_logits(self.teacher, x, view_metas(x)),
+                             lambda x: self._class_logits(self.anchor, x, view_metas(x)), inputs)
                     probs, record = self.algorithm(views)
                     output = probs.clamp_min(1e-12).log()
                 else:
