@@ -42,7 +42,9 @@ class AdaBNHook(Hook):
 
     * Data: the runner's test or val loader (transductive AdaBN, as in the paper), or any dataloader
       config / a ``DataLoader`` (e.g. an unlabeled target split). Padded repeats of the distributed
-      samplers are not counted (see :func:`mmnorm.batches.real_samples_on_rank`).
+      samplers are not counted (see :func:`mmnorm.batches.real_samples_on_rank`); images of mixed
+      sizes are regrouped into batches of one size, nothing padded
+      (:func:`mmnorm.batches.batches_by_size`).
     * Priority ``BELOW_NORMAL``: runs after ``EMAHook`` (``NORMAL``) has swapped the EMA weights in,
       so the statistics are those of the weights being evaluated.
     * Validation during training: the model's buffers (and the AdaBN domain selection) are
