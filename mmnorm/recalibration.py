@@ -13,8 +13,8 @@ input over the *whole* target set (all samples x all spatial positions), compute
   (:func:`mmnorm.batches.batches_by_size`): nothing is padded, so padded pixels never enter a
   statistic;
 * distributed: one all-gather of all ranks' accumulators per pass, merged in rank order (identical
-  buffers on every rank); padding repeats of the samplers are neither forwarded nor measured
-  (:func:`mmnorm.batches.real_samples_on_rank`).
+  buffers on every rank); padding repeats of the samplers are not measured (nor forwarded, in
+  mmengine data dicts; :func:`mmnorm.batches.real_samples_on_rank`).
 Two orders (``mode``):
 * ``'one_pass'`` (the paper; public tools): the hook also writes the batch's statistics into the
   layer's buffers just before it normalises, so every layer normalises as in train mode (one value
