@@ -155,3 +155,18 @@ def test_demo_keeps_user_omp_num_threads(monkeypatch):
     monkeypatch.delenv('OMP_NUM_THREADS')
     import os
     assert demo.thread_count(jobs=1) == max(1, os.cpu_count() or 2)
+
+
+def test_demo_rows_and_isw_schedule_scaling():
+    """The default rows (EFDMix and PBN + MixStyle only on request), the SegFormer trained on the
+    first seed only for the stream, and ISW's statistics phase moved with --iters."""
+    demo = load_tool('demo')
+    assert 'IW' in demo.DEFAULT_METHODS and 'ISW' in demo.DEFAULT_METHODS
+    assert 'EFDMix' not in demo.DEFAULT_METHODS and 'PBN + MixStyle' not in demo.DEFAULT_METHODS
+    assert [n for n, _ in demo.STREAM_MODELS] == ['BN', 'SegFormer (mini MiT)']
+    assert demo.METHODS['SegFormer (mini MiT)']['first_seed_only']
+    isw = demo.METHODS['ISW']['config']
+    for iters, after in ((200, 23), (100, 12), (1000, 116), (2, 0)):
+        opts = demo.schedule_options(isw, iters)
+        assert f'custom_hooks.0.after_iter={after}' in opts and f'train_cfg.max_iters={iters}' in opts
+    assert not any('after_iter' in o for o in demo.schedule_options(METHODS['IW']['config'], 200))

@@ -78,28 +78,40 @@ def test_benchmark_tta_tiny(tmp_path):
     assert list(rows) == ['inference', 'BN in train mode', 'tent']  # SegformerHead has a BN
 
 
-def test_tta_stream_tiny(tmp_path):
+SEGFORMER_DEMO = 'configs/demo/segformer_mit-mini_1xb8-1k_demo-gta5-cityscapes-64x128.py'
+STREAM_ROWS = ('source', 'bn (test-batch stats)', 'AdaBN (offline)', 'tent', 'tent + safeguards',
+               'sar', 'eata', 'cotta')
+
+
+def test_tta_stream_tiny(tmp_path, tiny_demo_data):
+    """Both demo models (BN DeepLabV3+, LayerNorm SegFormer) through every method of the stream."""
     from mmengine.config import Config
     from mmengine.runner import Runner
-    cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG))
-    cfg.work_dir = str(tmp_path / 'init')
-    torch.manual_seed(0)
-    ckpt = tmp_path / 'bn.pth'
-    torch.save(dict(meta=dict(), state_dict=Runner.from_cfg(cfg).model.state_dict()), ckpt)
+    ckpts = []
+    for i, config in enumerate((DEMO_CONFIG, SEGFORMER_DEMO)):
+        cfg = Config.fromfile(osp.join(REPO, config))
+        cfg.work_dir = str(tmp_path / f'init{i}')
+        torch.manual_seed(0)
+        ckpts.append(tmp_path / f'model{i}.pth')
+        torch.save(dict(meta=dict(), state_dict=Runner.from_cfg(cfg).model.state_dict()), ckpts[-1])
+    ckpt = ckpts[0]
     out = tmp_path / 'out'
     proc = run_tool([
-        'tools/analysis/tta_stream.py', DEMO_CONFIG, ckpt, '--stream-root', tmp_path / 'stream',
-        '--frames', 8, '--batch-size', 2, '--window', 1, '--out-dir', out
+        'tools/analysis/tta_stream.py', DEMO_CONFIG, ckpts[0], SEGFORMER_DEMO, ckpts[1], '--labels',
+        'BN', 'SegFormer', '--stream-root', tmp_path / 'stream', '--frames', 8, '--batch-size', 2,
+        '--window', 1, '--out-dir', out, '--fisher-root',
+        osp.join(tiny_demo_data, 'gta5'), '--fisher-frames', 4
     ],
                     timeout=600)
     table = (out / 'stream_results.md').read_text()
-    for name in ('BN', 'BN + test-batch stats', 'AdaBN (offline)', 'TENT continual',
-                 'TENT continual + safeguards'):
-        assert f'| {name} |' in table
+    assert table.index('BN:') < table.index('SegFormer:')
+    for name in STREAM_ROWS:
+        assert table.count(f'| {name} |') == 2
     assert '| clear | fog | colour | back | whole stream | resets |' in table
     result = json.loads((out / 'stream_results.json').read_text())
-    assert result['phases'] == ['clear', 'fog', 'colour', 'back'] and len(
-        result['rows']['BN']['curve']) == 4
+    assert result['phases'] == ['clear', 'fog', 'colour', 'back']
+    for rows in result['models'].values():
+        assert list(rows) == list(STREAM_ROWS) and len(rows['source']['curve']) == 4
     assert (out / 'stream_miou.png').stat().st_size > 0
     assert proc.returncode == 0
     # the same root asked for a stream of another length: a message naming the folder, the stream kept
