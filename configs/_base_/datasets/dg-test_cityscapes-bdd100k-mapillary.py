@@ -19,6 +19,10 @@
 dg_cityscapes_root = 'data/cityscapes/'
 dg_bdd100k_root = 'data/bdd100k/'
 dg_mapillary_root = 'data/mapillary/'
+# Declared beside the config's own data_roots (mmengine refuses one key in two bases): the tools
+# read both, so --cfg-options data_roots.bdd100k=PATH moves the BDD100K test set (docs/datasets.md).
+dg_data_roots = dict(
+    cityscapes=dg_cityscapes_root, bdd100k=dg_bdd100k_root, mapillary=dg_mapillary_root)
 
 dg_full_size_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -9,6 +9,8 @@
 #            as a stand-in for RobustNet's ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.5 + Gaussian blur
 #   batch    4 images per GPU (the authors' Cityscapes scripts use 2 GPUs: 8)
 cityscapes_root = 'data/cityscapes/'
+# --cfg-options data_roots.cityscapes=PATH moves every cityscapes path (docs/datasets.md)
+data_roots = dict(cityscapes=cityscapes_root)
 crop_size = (768, 768)
 source_size = (2048, 1024)
 

@@ -12,6 +12,8 @@
 #            as a stand-in for RobustNet's ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.5 + Gaussian blur
 #   batch    4 images per GPU (4 GPUs in the configs: 16)
 gta5_root = 'data/gta5/'
+# --cfg-options data_roots.gta5=PATH moves every gta5 path (docs/datasets.md)
+data_roots = dict(gta5=gta5_root)
 crop_size = (768, 768)
 source_size = (1914, 1052)
 

@@ -12,6 +12,8 @@
 #            as a stand-in for RobustNet's ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.5 + Gaussian blur
 #   batch    4 images per GPU (4 GPUs in the configs: 16)
 synthia_root = 'data/synthia/'
+# --cfg-options data_roots.synthia=PATH moves every synthia path (docs/datasets.md)
+data_roots = dict(synthia=synthia_root)
 crop_size = (768, 768)
 source_size = (1280, 760)
 
