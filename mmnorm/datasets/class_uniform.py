@@ -67,15 +67,23 @@ def class_centroids(label: np.ndarray, num_classes: int,
         dict[int, list[tuple[int, int]]]: class -> ``(x, y)`` per tile holding it: the class
         pixels' mean column and row in the tile, truncated to int, plus the tile's origin.
     """
+    rows, cols = label.shape[0] // tile_size, label.shape[1] // tile_size
+    inside = label[:rows * tile_size, :cols * tile_size].astype(np.int64)
+    ys, xs = np.indices(inside.shape)
+    valid = (inside >= 0) & (inside < num_classes)
+    # one bin per (tile, class): pixel count and the sums of columns and rows
+    tile = (ys // tile_size) * cols + xs // tile_size
+    key = (tile * num_classes + inside)[valid]
+    size = rows * cols * num_classes
+    count = np.bincount(key, minlength=size)
+    sum_x = np.bincount(key, weights=xs[valid], minlength=size)
+    sum_y = np.bincount(key, weights=ys[valid], minlength=size)
     out = {}
-    height, width = label.shape[:2]
-    for x0, y0 in tile_origins(height, width, tile_size):
-        patch = label[y0:y0 + tile_size, x0:x0 + tile_size]
-        for c in np.unique(patch):
-            if not 0 <= c < num_classes:
-                continue
-            ys, xs = np.nonzero(patch == c)
-            out.setdefault(int(c), []).append((int(xs.mean()) + x0, int(ys.mean()) + y0))
+    for k in np.flatnonzero(count):  # tile-major, as the tiles are listed
+        # integer sums are exact in float64; the mean is truncated as the authors' int() (in tile
+        # coordinates, the same as truncating in image coordinates: the origin is an integer)
+        point = (int(sum_x[k] / count[k]), int(sum_y[k] / count[k]))
+        out.setdefault(int(k) % num_classes, []).append(point)
     return out
 
 
