@@ -3,8 +3,11 @@
 # (dg-test_cityscapes-bdd100k-mapillary.py). Protocol:
 #   frames   GTA5 official train split (split.mat trainIds, 12,403 frames; RobustNet's README
 #            takes its split from the same official read_mapping.zip and lists 12,388 frames in
-#            split_data/gtav_split_train.txt), labels converted to train IDs
-#            (tools/dataset_converters/gta5.py)
+#            split_data/gtav_split_train.txt; to train on that list:
+#            sed 's/[.]png$//' gtav_split_train.txt > data/gta5/robustnet_train.txt and
+#            --cfg-options train_dataloader.dataset.dataset.split=None
+#            train_dataloader.dataset.dataset.ann_file=robustnet_train.txt), labels converted to
+#            train IDs (tools/dataset_converters/gta5.py)
 #   sampling class-uniform (ClassUniformDataset): half the samples are crops around a pixel of a
 #            class drawn uniformly (centroids over 1024x1024 label tiles), half plain
 #   aug      random rescale x[0.5, 2.0] of the 1914x1052 frame, 768x768 crop (around the drawn
