@@ -21,12 +21,14 @@ if toolbox_installed('mmseg'):
     from .mapillary import MAPILLARY_V12_TO_TRAINID, Mapillary19Dataset
     from .multi_target import MultiTargetDataset, ResetOriShape
     from .photometric_twin import PhotometricTwin
+    from .robustnet_photometric import RobustNetPhotometric
     from .synthia import SYNTHIA_CLASS_SUBSETS, SYNTHIA_ID_TO_TRAINID, SynthiaDataset
     __all__ += [
         'GTA5Dataset', 'read_gta5_split', 'SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID',
         'SYNTHIA_CLASS_SUBSETS', 'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID'
     ]
     __all__ += ['ClassUniformDataset', 'ClassUniformCrop', 'MultiTargetDataset', 'ResetOriShape']
+    __all__ += ['RobustNetPhotometric']
     __all__ += ['PhotometricTwin']
     __all__ += ['ACDCDataset', 'ACDC_CONDITIONS']
 

@@ -11,8 +11,8 @@
 #   sampling class-uniform (ClassUniformDataset): half the samples are crops around a pixel of a
 #            class drawn uniformly (centroids over 1024x1024 label tiles), half plain
 #   aug      random rescale x[0.5, 2.0] of the 1914x1052 frame, 768x768 crop (around the drawn
-#            centroid for class-uniform samples), flip; photometric: mmseg's PhotoMetricDistortion
-#            as a stand-in for RobustNet's ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.5 + Gaussian blur
+#            centroid for class-uniform samples), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with
+#            p=0.5 and Gaussian blur sigma U[0.15, 1.3] (RobustNetPhotometric)
 #   batch    4 images per GPU (4 GPUs in the configs: 16)
 gta5_root = 'data/gta5/'
 # --cfg-options data_roots.gta5=PATH moves every gta5 path (docs/datasets.md)
@@ -43,7 +43,7 @@ train_pipeline = [
     dict(type='RandomResize', scale=source_size, ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='ClassUniformCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
+    dict(type='RobustNetPhotometric'),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(

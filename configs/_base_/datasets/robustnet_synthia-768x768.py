@@ -8,8 +8,8 @@
 #            train_dataloader.dataset.dataset.ann_file; by default all 9,400 frames are used
 #   sampling class-uniform (ClassUniformDataset), 50% of the samples, 1024x1024 label tiles
 #   aug      random rescale x[0.5, 2.0] of the 1280x760 frame, 768x768 crop (around the drawn
-#            centroid for class-uniform samples), flip; photometric: mmseg's PhotoMetricDistortion
-#            as a stand-in for RobustNet's ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.5 + Gaussian blur
+#            centroid for class-uniform samples), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with
+#            p=0.5 and Gaussian blur sigma U[0.15, 1.3] (RobustNetPhotometric)
 #   batch    4 images per GPU (4 GPUs in the configs: 16)
 synthia_root = 'data/synthia/'
 # --cfg-options data_roots.synthia=PATH moves every synthia path (docs/datasets.md)
@@ -37,7 +37,7 @@ train_pipeline = [
     dict(type='RandomResize', scale=source_size, ratio_range=(0.5, 2.0), keep_ratio=True),
     dict(type='ClassUniformCrop', crop_size=crop_size),
     dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
+    dict(type='RobustNetPhotometric'),
     dict(type='PackSegInputs'),
 ]
 train_dataloader = dict(
