@@ -699,10 +699,7 @@ def main(argv=None) -> dict:
     sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # benchmark_* and mmnorm_tools
     budget, device = Budget(args.budget_s), args.device
     res = dict(
-        args={
-            k: v
-            for k, v in vars(args).items()
-        },
+        args=dict(vars(args)),
         skipped=[],
         date=datetime.date.today().isoformat(),
         machine=machine(device),
@@ -753,10 +750,10 @@ def main(argv=None) -> dict:
                                  res['skipped'])
 
         stage('compile', 45, compile_rows)
-    save()
     failed = [r for key in EQUALITY for r in res.get(key) or [] if not r['ok']]
     broken = [s for s in res['skipped'] if ' failed: ' in s]
     res['failures'] = len(failed) + len(broken)
+    save()
     log(f'done in {time.perf_counter() - started:.0f} s; {len(failed)} equality failure(s), '
         f'{len(broken)} failed part(s), {len(res["skipped"]) - len(broken)} skipped; '
         f'{osp.join(args.out, "gpu_check.md")}')
