@@ -660,7 +660,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     dev = torch.device(args.device)
     if dev.type not in ('cpu', 'cuda'):
         parser.error(f'--device must be cuda, cuda:N or cpu, got {args.device!r}')
-    if dev.type == 'cuda' and not args.setup and not torch.cuda.is_available():
+    needs_cuda = dev.type == 'cuda' and not (args.setup or args.section_from)
+    if needs_cuda and not torch.cuda.is_available():
         parser.error(f'--device {args.device}: CUDA is not available (torch {torch.__version__}); '
                      'use --device cpu for the dry run')
     if args.ddp_ranks < 1:
