@@ -583,13 +583,13 @@ def main(argv=None):
     trained = [n for n in args.methods if 'weights_from' not in METHODS[n]]
     iters = args.iters or 1000
     # Until a job of a kind has finished, the ETA uses times measured on 2 CPU cores (200 iterations
-    # and the target test ~ 35 s).
+    # and the target test ~ 35 s, the stream of both models ~100 s).
     with_stream = not args.no_stream and any(n in args.methods for n, _ in STREAM_MODELS)
     num_train = sum(1 if METHODS[n].get('first_seed_only') else len(args.seeds) for n in trained)
     progress = Progress(
         num_train, (len(args.methods) - len(trained)) * len(args.seeds),
         args.jobs,
-        prior_s=dict(train=8 + 0.14 * iters, test=7.0, stream=20.0),
+        prior_s=dict(train=8 + 0.14 * iters, test=7.0, stream=100.0),
         num_stream=int(with_stream))
     print(
         f'{progress.total} jobs ({len(trained)} trainings, each tested on the target, and '
