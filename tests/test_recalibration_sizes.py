@@ -321,3 +321,18 @@ def test_mapillary_adabn_config_with_mixed_sizes_under_tools_test(tmp_path):
     after = torch.load(tmp_path / 'work' / 'adabn.pth', weights_only=True)['state_dict']
     changed = [k for k in before if not torch.allclose(after[k], before[k])]
     assert len(changed) > 50  # every BN the tensor-mode forward reaches
+
+
+def test_bn_shift_input_moments_of_mixed_sizes_equal_batch_size_one(seg_pool):
+    """bn_shift's input moments regroup a mixed-size pool as the recalibration does: the eval-mode
+    moments over batches of 3 equal those over batches of 1 (mmseg refuses the raw batches)."""
+    from mmnorm.analysis import input_moments
+    model = seg_model()
+    got = input_moments(model, build_loader(pool_loader_cfg(seg_pool, BATCH), 'mmseg'))
+    want = input_moments(model, build_loader(pool_loader_cfg(seg_pool, 1), 'mmseg'))
+    assert sorted(got) == sorted(want) and len(got) > 0
+    for name, (count, mean, var) in want.items():
+        assert got[name][0] == count
+        # float32 features: a conv over 3 images rounds slightly differently from one over 1
+        torch.testing.assert_close(got[name][1], mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[name][2], var, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..batches import forward_batch
+from ..batches import batches_by_size, forward_batch
 from ..bn_layers import norm_buffers
 from ..recalibration import find_bn_layers
 from ..stats import MomentAccumulator
@@ -37,8 +37,9 @@ def input_moments(model: nn.Module,
     Args:
         model (nn.Module): An mmengine model (fed data dicts through its preprocessor) or a plain
             module (fed tensors). Its train/eval modes are restored afterwards.
-        data (Iterable): Batches.
-        num_batches (int, optional): Stop after this many batches. Defaults to all.
+        data (Iterable): Batches; data dicts of mixed image sizes are regrouped into batches of one
+            size (:func:`~mmnorm.batches.batches_by_size`: nothing padded enters a moment).
+        num_batches (int, optional): Stop after this many (regrouped) batches. Defaults to all.
         layers (dict, optional): ``{name: module}``; defaults to :func:`find_bn_layers`.
 
     Returns:
@@ -57,7 +58,7 @@ def input_moments(model: nn.Module,
     ]
     try:
         model.eval()
-        for i, batch in enumerate(data):
+        for i, batch in enumerate(batches_by_size(data)):
             if num_batches is not None and i >= num_batches:
                 break
             forward_batch(model, batch, device)
