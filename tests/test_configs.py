@@ -84,6 +84,8 @@ def override(node, data_root: str, key: str = ''):
         # and no spatial reduction: its stride-8 conv needs >= 32 pixels a side at stage 1,
         # which CoTTA's 0.5 scale of a 64-pixel test image does not have
         out['sr_ratios'] = [1] * len(out['num_layers'])
+    if out.get('type') == 'ClassUniformDataset':  # tiles that fit the fixture frames (32x48)
+        out['tile_size'] = 16
     if out.get('mode') == 'slide':  # segmentor test_cfg
         out.update(crop_size=SIZE, stride=(SIZE[0] // 2, SIZE[1] // 2))
     if 'score_thr' in out and 'nms' in out:  # detector test_cfg: a 1-iteration single-stage
