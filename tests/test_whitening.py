@@ -216,6 +216,23 @@ def test_composes_with_ibn_a_and_norm_cfg():
         assert [out.shape[1] for _, out in maps] == [16, 16, 32]
 
 
+def test_every_position_survives_the_sync_bn_revert():
+    """mmengine reverts SyncBN to new BN modules on one process (and mmnorm's CPU launcher on a
+    CPU process group): the three positions still standardise, the stem one included."""
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(build(dict(TINY_BACKBONE, norm_cfg=dict(type='SyncBN'))))
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with standardized_outputs(model) as maps:
+        model(x)
+    assert [pos for pos in model.whitening_modules()] == ['stem', 0, 1]
+    assert [out.shape[1] for _, out in maps] == [16, 16, 32]
+    with torch.no_grad():
+        stem_norm = model.stem[:-1](x)
+    torch.testing.assert_close(maps[0][1], torch.nn.functional.instance_norm(stem_norm))
+
+
 def tiny_segmentor(whitening):
     cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG)).model
     cfg.type = 'WhiteningEncoderDecoder'
@@ -299,7 +316,8 @@ def test_statistics_match_direct_computation():
         for b in batches:
             pair = [b['inputs'][0], b['data_samples'][0].twin_inputs]
             x = model.data_preprocessor(dict(inputs=pair), False)['inputs']
-            f = model.backbone.stem[:-1](x).double()  # the stem norm's output, standardised
+            # the stem norm's output, standardised
+            f = torch.nn.functional.instance_norm(model.backbone.stem[:-1](x)).double()
             f = f.flatten(2)
             cov = f @ f.transpose(1, 2) / (f.shape[-1] - 1)
             ref = ref + torch.var(cov, dim=0).triu(1)

@@ -15,7 +15,9 @@ Positions, in forward order:
 - stage index ``i`` (as in ``out_indices``): the residual sum of stage ``i``'s last block, before
   its final ReLU (the authors' place; IBN-Net-b puts its IN there).
 
-The stem position is a forward hook on that norm; a stage position is built into the stage's
+The stem position is a forward pre-hook on the ReLU that follows that norm (not a hook on the
+norm: mmengine's SyncBN -> BN revert replaces norm modules, and their hooks with them); a stage
+position is built into the stage's
 last block when the backbone is constructed (the toolbox block applies its final ReLU with the
 same module as its inner ReLUs, so no hook can reach between the sum and that ReLU; see
 :class:`~mmnorm.models.backbones.ibn_resnet.PostResidualIN`). The standardisation modules are
@@ -132,13 +134,14 @@ class _LastBlockWhitening:
 
 
 class _StemWhiteningHook:
-    """Forward hook on the stem's last norm: its output through ``resnet.whitening_stem``."""
+    """Forward pre-hook on the stem's last ReLU: its input (the stem's last norm output) through
+    ``resnet.whitening_stem``."""
 
     def __init__(self, resnet: nn.Module):
         self.resnet = resnet
 
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return self.resnet.whitening_stem(output)
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (self.resnet.whitening_stem(args[0]), ) + tuple(args[1:])
 
 
 @contextmanager
@@ -196,20 +199,17 @@ class WhiteningResNetMixin(IBNResNetMixin):
         self.whitening_after = positions
         if 'stem' in positions:
             self.whitening_stem = build_whitening(self.whitening_cfg, self.stem_channels)
-            self._stem_last_norm().register_forward_hook(_StemWhiteningHook(self))
-            # the ReLU after it must not overwrite the standardised map the loss reads (the
-            # authors' stem ReLU is not in place either)
-            self._stem_relu().inplace = False
-
-    def _stem_last_norm(self) -> nn.Module:
-        if self.deep_stem:
-            # conv-norm-ReLU x3: the stem's last norm sits right before its last ReLU.
-            assert isinstance(self.stem[-1], nn.ReLU), self.stem
-            return self.stem[-2]
-        return getattr(self, self.norm1_name)
+            stem_relu = self._stem_relu()
+            stem_relu.register_forward_pre_hook(_StemWhiteningHook(self))
+            # the ReLU must not overwrite the standardised map the loss reads (the authors' stem
+            # ReLU is not in place either)
+            stem_relu.inplace = False
 
     def _stem_relu(self) -> nn.ReLU:
-        return self.stem[-1] if self.deep_stem else self.relu
+        """The ReLU right after the stem's last norm (deep stem: conv-norm-ReLU x3)."""
+        relu = self.stem[-1] if self.deep_stem else self.relu
+        assert isinstance(relu, nn.ReLU), relu
+        return relu
 
     def make_res_layer(self, **kwargs) -> nn.Module:
         """The toolbox's ``make_res_layer``; in a whitening stage the last block is the whitening
