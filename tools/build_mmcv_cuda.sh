@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
-# Build mmcv (default 2.1.0) with its CUDA ops against the torch installed in a Python environment.
+# Builds mmcv (default 2.1.0) with its CUDA ops against a Python environment's torch.
 #
 #   tools/build_mmcv_cuda.sh PYTHON [MMCV_SDIST]
 #
-# PYTHON      the interpreter of the target environment (torch with CUDA already installed there).
-# MMCV_SDIST  optional path to mmcv's source tarball (mmcv-2.1.0.tar.gz); downloaded with pip otherwise.
+# PYTHON      the target environment's python (a CUDA torch installed there).
+# MMCV_SDIST  optional: mmcv's source tarball (mmcv-2.1.0.tar.gz); else pip fetches it.
 # Environment: CUDA_HOME (default: the toolkit of the nvcc on PATH), TORCH_CUDA_ARCH_LIST (default 9.0),
-# MAX_JOBS (default: cores), MMCV_VERSION (default 2.1.0), BUILD_DIR (default: a temp dir).
+# MAX_JOBS (default: cores), MMCV_VERSION (default 2.1.0), BUILD_DIR (default: temp dir).
 #
 # What it decides by probing, not by machine:
 # 1. the C++ standard: mmcv's setup.py hard-codes -std=c++14 / c++17 for gcc and nvcc, and torch
 #    >= 2.10-ish headers stop with "#error C++20 or later compatible compiler is required to use ATen".
-#    The script preprocesses torch's ATen/ATen.h with c++17, then c++20; the first that passes wins.
+#    It preprocesses torch's ATen/ATen.h with c++17, then c++20; the first that passes wins.
 #    gcc gets the standard from mmcv's extra_compile_args, after every flag an environment variable
-#    can add, so the standard is rewritten in a copy of mmcv's setup.py (the only change made to mmcv).
-# 2. the CUDA library headers: torch's ATen/cuda headers include cusparse.h, cublas_v2.h, ...; a
+#    can add, so the standard is rewritten in a copy of mmcv's setup.py (mmcv's only change).
+# 2. the CUDA library headers: torch's ATen/cuda headers include cusparse.h, cublas_v2.h...; a
 #    toolkit with only nvcc and the runtime lacks them; pip's nvidia-* packages (torch's deps) hold
 #    them in site-packages/nvidia/*/include, which go on CPATH (searched after the toolkit's -I, by
 #    gcc and nvcc), only for the headers the toolkit lacks.
 # Then it checks: `import mmcv._ext`, the CUDA fat binary (.nv_fatbin) and the exported
-# *CUDAKernelLauncher symbols of mmcv.
+# *CUDAKernelLauncher symbols.
 set -euo pipefail
 
 PY=${1:?usage: tools/build_mmcv_cuda.sh PYTHON [MMCV_SDIST]}
+[ -x "$PY" ] || { echo "[build_mmcv_cuda] error: no python at $PY" >&2; exit 1; }
 PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, without resolving the venv's link
 SDIST=${2:+$(cd "$(dirname "$2")" && pwd)/$(basename "$2")}
 MMCV_VERSION=${MMCV_VERSION:-2.1.0}
