@@ -168,7 +168,7 @@ METHOD_ARGS = dict(
         cotta_momentum=0.9))
 
 
-@pytest.mark.slow  # ~40 s on 2 shared cores; the default run covers the reductions with 'tent'
+@pytest.mark.slow  # ~15 s idle, ~40 s on loaded cores; the default run covers the reductions (tent)
 def test_two_ranks_keep_one_model_under_sar_eata_cotta(tmp_path, port):
     """Every rank one model, equal to one process adapting on both ranks' batches of each step
     together (the LayerNorm model normalises per sample, so the concatenation changes nothing but
