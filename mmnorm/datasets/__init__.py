@@ -24,13 +24,11 @@ if toolbox_installed('mmseg'):
     from .robustnet_photometric import RobustNetPhotometric
     from .synthia import SYNTHIA_CLASS_SUBSETS, SYNTHIA_ID_TO_TRAINID, SynthiaDataset
     __all__ += [
-        'GTA5Dataset', 'read_gta5_split', 'SynthiaDataset', 'SYNTHIA_ID_TO_TRAINID',
-        'SYNTHIA_CLASS_SUBSETS', 'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID'
+        'ACDCDataset', 'ACDC_CONDITIONS', 'ClassUniformCrop', 'ClassUniformDataset', 'GTA5Dataset',
+        'read_gta5_split', 'Mapillary19Dataset', 'MAPILLARY_V12_TO_TRAINID', 'MultiTargetDataset',
+        'ResetOriShape', 'PhotometricTwin', 'RobustNetPhotometric', 'SynthiaDataset',
+        'SYNTHIA_ID_TO_TRAINID', 'SYNTHIA_CLASS_SUBSETS'
     ]
-    __all__ += ['ClassUniformDataset', 'ClassUniformCrop', 'MultiTargetDataset', 'ResetOriShape']
-    __all__ += ['RobustNetPhotometric']
-    __all__ += ['PhotometricTwin']
-    __all__ += ['ACDCDataset', 'ACDC_CONDITIONS']
 
 if toolbox_installed('mmdet'):
     from .foggy_cityscapes import FOG_BETAS, FoggyCityscapesDataset

@@ -9,7 +9,8 @@ if toolbox_installed('mmseg'):
     from .grouped_iou import GroupedIoUMetric, area_summary, grouped_iou_metrics, sum_areas_by_group
     from .multi_target_iou import MultiTargetIoUMetric
     from .subset_iou import SubsetIoUMetric, subset_miou
-    __all__ += ['SubsetIoUMetric', 'subset_miou']
-    __all__ += ['GroupedIoUMetric', 'area_summary', 'grouped_iou_metrics', 'sum_areas_by_group']
-    __all__ += ['MultiTargetIoUMetric']
-    __all__ += ['ContinualIoUMetric', 'continual_iou_metrics']
+    __all__ += [
+        'ContinualIoUMetric', 'continual_iou_metrics', 'GroupedIoUMetric', 'area_summary',
+        'grouped_iou_metrics', 'sum_areas_by_group', 'MultiTargetIoUMetric', 'SubsetIoUMetric',
+        'subset_miou'
+    ]
