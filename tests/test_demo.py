@@ -106,8 +106,10 @@ def test_demo_pipeline_tiny_one_method_of_each_kind(tiny_demo_data, tmp_path, ca
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 17 trainings / tests and the two-model stream (332 s under load)
 def test_demo_pipeline_tiny_every_method(tiny_demo_data, tmp_path):
-    proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo')
+    # every method, also those the default run leaves out (EFDMix, PBN + MixStyle)
+    proc = run_tiny_demo(tiny_demo_data, tmp_path / 'demo', list(METHODS))
     check_demo_outputs(proc, tmp_path / 'demo', list(METHODS))
 
 
