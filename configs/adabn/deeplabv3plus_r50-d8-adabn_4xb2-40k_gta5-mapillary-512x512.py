@@ -4,9 +4,9 @@
 #   train    identical to the BN baseline (GTA5 -> Cityscapes config); reuse its checkpoint:
 #              python tools/test.py THIS_CONFIG work_dirs/<bn run>/iter_40000.pth
 #   adapt    AdaBNHook before test: the first 3,000 Mapillary *training* images (unlabelled; of
-#            18,000) at 1024x512 (keep ratio: many sizes), batches of 8 images of one size per GPU
-#            (recalibrate_bn regroups them, nothing is padded), one pass, pooled statistics over every
-#            image
+#            18,000) at 1024x512 (keep ratio: many sizes), batches of 8 images of one size per
+#            GPU (recalibrate_bn regroups them, nothing is padded), one pass, pooled statistics over
+#            every image
 #   test     Mapillary v1.2 val (2,000) at 1024x512 (keep ratio), whole image, single scale, mIoU
 #            over 19 classes
 _base_ = [

@@ -2,9 +2,9 @@
 # in one pass (exact statistics pooled over the whole pool), here the 2,975 Cityscapes *train*
 # images (not the test frames) at 1024x512, batches of 8 per GPU; every image counts (a last batch
 # of one image is measured too). Pools of mixed image sizes are regrouped into batches of one size
-# by recalibrate_bn (nothing padded; docs/adabn.md). Another pool:  custom_hooks = [dict(type='AdaBNHook',
-# before='test',
-#                                     dataloader=dict(_base_.adabn_dataloader, dataset=MY_POOL))]
+# by recalibrate_bn (nothing padded; docs/adabn.md). Another pool:
+#   custom_hooks = [dict(type='AdaBNHook', before='test',
+#                        dataloader=dict(_base_.adabn_dataloader, dataset=MY_POOL))]
 adabn_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(1024, 512), keep_ratio=True),
