@@ -177,8 +177,8 @@ def main(argv=None):
         metrics = runner.test()
     if args.metrics_out and get_rank() == 0:
         write_metrics_json(metrics, args.metrics_out)
-    teardown_launcher(
-    )  # only after success: a failed rank must not wait in a barrier for the others
+    # only after success: a failed rank must not wait in a barrier for the others
+    teardown_launcher()
     return metrics
 
 
