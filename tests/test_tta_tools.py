@@ -83,6 +83,9 @@ STREAM_ROWS = ('source', 'bn (test-batch stats)', 'AdaBN (offline)', 'tent', 'te
                'sar', 'eata', 'cotta')
 
 
+# The default run covers the stream through the demo (tests/test_demo.py: both models, every method,
+# its table); this adds the JSON layout and the stream-root mismatch message.
+@pytest.mark.slow
 def test_tta_stream_tiny(tmp_path, tiny_demo_data):
     """Both demo models (BN DeepLabV3+, LayerNorm SegFormer) through every method of the stream."""
     from mmengine.config import Config
