@@ -170,16 +170,26 @@ def main(argv=None):
     with user_errors('tools/test.py', describe=lambda err: describe_argument_error(err, cfg)):
         os.makedirs(osp.abspath(cfg.work_dir), exist_ok=True)
         setup_launcher(cfg, args.launcher)
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        if args.out is not None and cfg.default_scope == 'mmdet':
-            from mmdet.evaluation import DumpDetResults
-            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-        metrics = runner.test()
+        metrics = run_test(cfg, args.out)
     if args.metrics_out and get_rank() == 0:
         write_metrics_json(metrics, args.metrics_out)
     # only after success: a failed rank must not wait in a barrier for the others
     teardown_launcher()
     return metrics
+
+
+def run_test(cfg: Config, out):
+    """Builds the Runner and tests; returns the metrics. With ``out`` an mmdet run also dumps its
+    detections there (a .pkl file).
+
+    The Runner lives only in here: its DDP wrapper holds the process group, and it must be freed
+    before ``teardown_launcher`` destroys the group.
+    """
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if out is not None and cfg.default_scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
+    return runner.test()
 
 
 if __name__ == '__main__':

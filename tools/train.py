@@ -133,15 +133,23 @@ def main(argv=None):
     with user_errors('tools/train.py', describe=lambda err: describe_argument_error(err, cfg)):
         os.makedirs(osp.abspath(cfg.work_dir), exist_ok=True)
         setup_launcher(cfg, args.launcher)
-        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-        runner.train()
-    # the weights in memory are the last checkpoint's; Runner.test does not load them again
-    if args.test_last:
-        metrics = runner.test()
-        if args.metrics_out and get_rank() == 0:
-            write_metrics_json(metrics, args.metrics_out)
+        metrics = train_and_test(cfg, args.test_last)
+    if metrics is not None and args.metrics_out and get_rank() == 0:
+        write_metrics_json(metrics, args.metrics_out)
     # only after success: a failed rank must not wait in a barrier for the others
     teardown_launcher()
+
+
+def train_and_test(cfg: Config, test_last: bool):
+    """Trains; with ``test_last`` tests the weights in memory (the last checkpoint's: Runner.test
+    does not load them again). Returns the test metrics or None.
+
+    The Runner lives only in here: its DDP wrapper holds the process group, and it must be freed
+    before ``teardown_launcher`` destroys the group.
+    """
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.train()
+    return runner.test() if test_last else None
 
 
 if __name__ == '__main__':

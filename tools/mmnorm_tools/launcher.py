@@ -17,6 +17,7 @@ mmengine reverts it to BN on single-process runs; on a CPU process group the mod
 wraps the model, and logs how many layers it reverted. Checkpoints of such runs load into the
 SyncBN models of GPU runs, and the other way round.
 """
+import gc
 import os
 from unittest import mock
 
@@ -162,12 +163,16 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
 
 
 def teardown_launcher() -> None:
-    """Waits for every rank and destroys the process group.
+    """Frees what still holds the process group, waits for every rank and destroys the group.
 
     Without it, a rank of a gloo job can abort at interpreter exit ("terminate called without an
     active exception") while the other ranks still talk to it, failing a run whose training
-    finished.
+    finished. Call it after the Runner is out of scope: a Runner keeps itself alive through
+    reference cycles (hooks, loops), and so its DDP wrapper and that wrapper's process group, until
+    the collection here; left to the interpreter's finalization, gloo's worker threads can release
+    tensors when Python can no longer take them, and the process aborts.
     """
+    gc.collect()
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.barrier()
         torch_dist.destroy_process_group()
