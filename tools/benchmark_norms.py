@@ -17,7 +17,6 @@ training iteration per norm the same way; ``--compile`` times each layer under `
 import argparse
 import contextlib
 import copy
-import os.path as osp
 import platform
 import statistics
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tup
 import torch
 import torch.nn as nn
 from mmnorm_tools.pbn_loop import pbn_patch_loop
+from mmnorm_tools.segmentor import MODEL_CONFIG, build_segmentor, random_batch, training_step
 from mmnorm_tools.timing import paired_seconds, timed
 
 from mmnorm.models.norms import IBN
@@ -218,7 +218,6 @@ def to_markdown(rows: List[dict], device: str, repeats: int) -> str:
 # Model level: DeepLabV3+ R50-D8 of the GTA5 -> Cityscapes baseline with each norm swapped into the
 # backbone (IBN with the IBN-Net-a placement; RN and AdaBN on a declared [source | target] batch, as
 # in UDA training).
-MODEL_CONFIG = 'configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
 MODEL_NORMS = {
     'BN': dict(norm_cfg=dict(type='BN', requires_grad=True)),
     'AdaBN': dict(norm_cfg=dict(type='AdaBN', requires_grad=True)),
@@ -232,49 +231,18 @@ MODEL_NORMS = {
 def build_model(norm: str, input_shape: Shape, device: str) -> Tuple[nn.Module, torch.Tensor, list]:
     """The DeepLabV3+ R50-D8 segmentor with ``norm`` in the backbone (train mode, random weights),
     a random ``input_shape`` batch and its random labels: ``(model, inputs, data_samples)``."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmengine.structures import PixelData
-    from mmseg.registry import MODELS
-    from mmseg.structures import SegDataSample
-    init_default_scope('mmseg')
-    cfg = Config.fromfile(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), MODEL_CONFIG))
-    cfg.model.pretrained = None
-    cfg.model.backbone.init_cfg = None
-    cfg.model.backbone.update(MODEL_NORMS[norm])
-    for head in ('decode_head', 'auxiliary_head'):
-        cfg.model[head].norm_cfg = dict(type='BN', requires_grad=True)
-    cfg.model.data_preprocessor.size = input_shape[2:]
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model).to(device).train()
-    n, _, h, w = input_shape
-    inputs = torch.randn(*input_shape, device=device)
-    samples = []
-    for _ in range(n):
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, h, w), device=device))
-        samples.append(sample)
-    return model, inputs, samples
+    model = build_segmentor(input_shape, device, dict(backbone=MODEL_NORMS[norm]))
+    return (model, *random_batch(input_shape, device))
 
 
 def model_step(norm: str, input_shape: Shape, device: str) -> Callable[[], None]:
     """One DeepLabV3+ R50-D8 training iteration (forward, loss, backward, SGD step) with ``norm``
     in the backbone."""
     model, inputs, samples = build_model(norm, input_shape, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     n = input_shape[0]
     split = (n // 2, n - n // 2) if norm in ('RN', 'AdaBN') else None
-
-    def step():
-        ctx = domain_split(model, split) if split else contextlib.nullcontext()
-        with ctx:
-            losses = model(inputs, samples, mode='loss')
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
+    context = (lambda: domain_split(model, split)) if split else contextlib.nullcontext
+    return training_step(model, inputs, samples, lr=1e-3, context=context)
 
 
 def run_model(norms: List[str], input_shape: Shape, repeats: int, device: str) -> List[dict]:

@@ -18,18 +18,16 @@ Two tables:
   the same shape.
 """
 import argparse
-import os.path as osp
 import platform
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from mmnorm_tools.segmentor import MODEL_CONFIG, build_segmentor, random_batch, training_step
 from mmnorm_tools.timing import timed
 
 from mmnorm.models.backbones.perturb_resnet import add_perturbation
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-MODEL_CONFIG = 'configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
 #: name -> (layer config, positions), as in configs/perturb/.
 VARIANTS = {
     'MixStyle': (dict(type='MixStyle', p=1.0), (0, 1, 2)),
@@ -56,22 +54,6 @@ def set_variant(backbone: nn.Module, name: Optional[str], p: float) -> None:
         add_perturbation(backbone, variant_cfg(name, p), VARIANTS[name][1])
 
 
-def build_model(input_shape: Shape, device: str) -> nn.Module:
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    init_default_scope('mmseg')
-    cfg = Config.fromfile(osp.join(REPO, MODEL_CONFIG))
-    cfg.model.pretrained = None
-    cfg.model.backbone.update(
-        type='PerturbResNetV1c', init_cfg=None, norm_cfg=dict(type='BN', requires_grad=True))
-    for head in ('decode_head', 'auxiliary_head'):
-        cfg.model[head].norm_cfg = dict(type='BN', requires_grad=True)
-    cfg.model.data_preprocessor.size = input_shape[2:]
-    torch.manual_seed(0)
-    return MODELS.build(cfg.model).to(device).train()
-
-
 def run_model(names: List[str],
               input_shape: Shape,
               repeats: int,
@@ -79,25 +61,8 @@ def run_model(names: List[str],
               p: float = 1.0) -> List[dict]:
     """Seconds per training iteration (median; mean when ``p < 1``) for no perturbation and each
     variant, timed round-robin."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    model = build_model(input_shape, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    n, _, h, w = input_shape
-    inputs = torch.randn(*input_shape, device=device)
-    samples = []
-    for _ in range(n):
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, h, w), device=device))
-        samples.append(sample)
-
-    def step():
-        losses = model(inputs, samples, mode='loss')
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
+    model = build_segmentor(input_shape, device, dict(backbone=dict(type='PerturbResNetV1c')))
+    step = training_step(model, *random_batch(input_shape, device))
     variants = [None] + names
     times: Dict[Optional[str], List[float]] = {v: [] for v in variants}
     for round_ in range(repeats + 1):  # round 0 warms up every variant

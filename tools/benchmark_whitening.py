@@ -16,7 +16,6 @@ Two tables:
   authors' full pass (10 trials x 500 pairs) in units of training iterations.
 """
 import argparse
-import os.path as osp
 import platform
 import statistics
 from typing import Dict, List, Optional, Tuple
@@ -24,10 +23,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
+from mmnorm_tools.segmentor import build_segmentor, random_batch, training_step
 from mmnorm_tools.timing import round_robin, timed
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-MODEL_CONFIG = 'configs/baseline/deeplabv3plus_r50-d8_4xb2-40k_gta5-cityscapes-512x512.py'
 #: name -> whitening config (the authors' weights and options)
 VARIANTS = {
     'IW': dict(type='IW', loss_weight=0.8),
@@ -41,26 +39,15 @@ Shape = Tuple[int, int, int, int]
 
 
 def build_model(whitening: Optional[dict], input_shape: Shape, device: str) -> nn.Module:
-    """DeepLabV3+ R50-V1c at output stride 16; with ``whitening`` a WhiteningResNetV1c and
-    WhiteningEncoderDecoder."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-    from mmseg.registry import MODELS
-    init_default_scope('mmseg')
-    cfg = Config.fromfile(osp.join(REPO, MODEL_CONFIG))
-    cfg.model.pretrained = None
-    bn = dict(type='BN', requires_grad=True)
-    cfg.model.backbone.update(
-        init_cfg=None, norm_cfg=bn, strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2))
-    for head in ('decode_head', 'auxiliary_head'):
-        cfg.model[head].norm_cfg = bn
-    cfg.model.decode_head.dilations = (1, 6, 12, 18)  # RobustNet's ASPP rates at stride 16
+    """DeepLabV3+ R50-V1c at output stride 16 (RobustNet's model); with ``whitening`` a
+    WhiteningResNetV1c and WhiteningEncoderDecoder."""
+    updates = dict(
+        backbone=dict(strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)),
+        decode_head=dict(dilations=(1, 6, 12, 18)))  # RobustNet's ASPP rates at stride 16
     if whitening is not None:
-        cfg.model.type = 'WhiteningEncoderDecoder'
-        cfg.model.backbone.update(type='WhiteningResNetV1c', whitening=whitening)
-    cfg.model.data_preprocessor.size = input_shape[2:]
-    torch.manual_seed(0)
-    return MODELS.build(cfg.model).to(device).train()
+        updates['type'] = 'WhiteningEncoderDecoder'
+        updates['backbone'].update(type='WhiteningResNetV1c', whitening=whitening)
+    return build_segmentor(input_shape, device, updates)
 
 
 def select_random_masks(model: nn.Module) -> None:
@@ -72,28 +59,6 @@ def select_random_masks(model: nn.Module) -> None:
         module.select(torch.rand(c, c, generator=g, dtype=torch.float64).triu(1))
 
 
-def training_step(model: nn.Module, input_shape: Shape, device: str):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    n, _, h, w = input_shape
-    inputs = torch.randn(*input_shape, device=device)
-    samples = []
-    for _ in range(n):
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 19, (1, h, w), device=device))
-        samples.append(sample)
-
-    def step():
-        losses = model(inputs, samples, mode='loss')
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
 def run_iterations(names: List[str], input_shape: Shape, repeats: int, device: str) -> List[dict]:
     """Median seconds per training iteration without whitening and with each variant."""
     models = {None: build_model(None, input_shape, device)}
@@ -101,7 +66,8 @@ def run_iterations(names: List[str], input_shape: Shape, repeats: int, device: s
         models[name] = build_model(VARIANTS[name], input_shape, device)
         if name == 'ISW':
             select_random_masks(models[name])
-    steps = {name: training_step(m, input_shape, device) for name, m in models.items()}
+    batch = random_batch(input_shape, device)
+    steps = {name: training_step(m, *batch) for name, m in models.items()}
     times = round_robin(steps, repeats, device=device, clocks=('wall', 'cpu'))
     wall = {name: statistics.median(t[0] for t in ts) for name, ts in times.items()}
     cpu = {name: statistics.median(t[1] for t in ts) for name, ts in times.items()}
