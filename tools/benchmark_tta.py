@@ -48,57 +48,28 @@ METHOD_ARGS = {
     'eata': dict(eata_margin=1.0, eata_redundancy=None),
     'cotta-noaug': dict(cotta_augment=False),
 }
-SEGFORMER_B0 = dict(  # mmseg's SegFormer-B0 (configs/_base_/models/segformer_mit-b0.py), 19 classes
-    type='EncoderDecoder',
-    data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        pad_val=0,
-        seg_pad_val=255),
-    backbone=dict(
-        type='MixVisionTransformer',
-        in_channels=3,
-        embed_dims=32,
-        num_stages=4,
-        num_layers=[2, 2, 2, 2],
-        num_heads=[1, 2, 5, 8],
-        patch_sizes=[7, 3, 3, 3],
-        sr_ratios=[8, 4, 2, 1],
-        out_indices=(0, 1, 2, 3),
-        mlp_ratio=4,
-        qkv_bias=True,
-        drop_rate=0.0,
-        attn_drop_rate=0.0,
-        drop_path_rate=0.1),
-    decode_head=dict(
-        type='SegformerHead',
-        in_channels=[32, 64, 160, 256],
-        in_index=[0, 1, 2, 3],
-        channels=256,
-        dropout_ratio=0.1,
-        num_classes=19,
-        norm_cfg=dict(type='BN', requires_grad=True),
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+# mmseg's own Cityscapes SegFormer-B0 config (19 classes); random weights, BN head, whole image
+SEGFORMER_B0 = 'mmseg::segformer/segformer_mit-b0_8xb1-160k_cityscapes-1024x1024.py'
 
 
 def build(config: str, device: str, model_name: str = 'config'):
     from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
 
     import mmnorm  # noqa: F401
     if model_name == 'segformer-b0':
-        cfg = Config(dict(model=SEGFORMER_B0, default_scope='mmseg'))
+        cfg = get_config(SEGFORMER_B0)
+        # BN, not SyncBN, in the head (one process); whole-image inference, no padding
+        cfg.model.decode_head.norm_cfg = dict(type='BN', requires_grad=True)
+        cfg.model.data_preprocessor.size = None
+        cfg.model.test_cfg = dict(mode='whole')
     else:
         cfg = Config.fromfile(config)
-        # random weights: no download (timing does not depend on the values)
-        cfg.model.pretrained = None
-        cfg.model.backbone.init_cfg = None
+    # random weights: no download (timing does not depend on the values)
+    cfg.model.pretrained = None
+    cfg.model.backbone.init_cfg = None
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
