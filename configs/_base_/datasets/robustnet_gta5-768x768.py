@@ -16,6 +16,7 @@
 #   batch    4 images per GPU (4 GPUs in the configs: 16)
 gta5_root = 'data/gta5/'
 # --cfg-options data_roots.gta5=PATH moves every gta5 path (docs/datasets.md)
+_base_ = ['./robustnet_class-uniform-768x768.py']
 data_roots = dict(gta5=gta5_root)
 crop_size = (768, 768)
 source_size = (1914, 1052)
@@ -29,13 +30,7 @@ robustnet_source = dict(
 # ISW's statistics pass (ISWStatisticsHook): whole frames, each with its photometric twin; run
 # after 6 epochs of 12,403 / 16 iterations (the authors' cov_stat_epoch 5, 0-based).
 isw_after_iter = 4650
-isw_statistics_dataset = dict(
-    robustnet_source,
-    pipeline=[
-        dict(type='LoadImageFromFile'),
-        dict(type='PackSegInputs'),
-        dict(type='PhotometricTwin'),
-    ])
+isw_statistics_dataset = dict(robustnet_source, pipeline={{_base_.isw_statistics_pipeline}})
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -46,13 +41,4 @@ train_pipeline = [
     dict(type='RobustNetPhotometric'),
     dict(type='PackSegInputs'),
 ]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type='ClassUniformDataset',
-        class_uniform_pct=0.5,
-        tile_size=1024,
-        dataset=dict(robustnet_source, pipeline=train_pipeline)))
+train_dataloader = dict(dataset=dict(dataset=dict(robustnet_source, pipeline=train_pipeline)))

@@ -11,6 +11,7 @@
 #            centroid for class-uniform samples), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) with
 #            p=0.5 and Gaussian blur sigma U[0.15, 1.3] (RobustNetPhotometric)
 #   batch    4 images per GPU (4 GPUs in the configs: 16)
+_base_ = ['./robustnet_class-uniform-768x768.py']
 synthia_root = 'data/synthia/'
 # --cfg-options data_roots.synthia=PATH moves every synthia path (docs/datasets.md)
 data_roots = dict(synthia=synthia_root)
@@ -23,13 +24,7 @@ robustnet_source = dict(
     data_prefix=dict(img_path='RGB', seg_map_path='GT/LABELS'))
 # ISW's statistics pass after 6 epochs (cov_stat_epoch 5, 0-based) of 6,580 / 16 iterations.
 isw_after_iter = 2470
-isw_statistics_dataset = dict(
-    robustnet_source,
-    pipeline=[
-        dict(type='LoadImageFromFile'),
-        dict(type='PackSegInputs'),
-        dict(type='PhotometricTwin'),
-    ])
+isw_statistics_dataset = dict(robustnet_source, pipeline={{_base_.isw_statistics_pipeline}})
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -40,13 +35,4 @@ train_pipeline = [
     dict(type='RobustNetPhotometric'),
     dict(type='PackSegInputs'),
 ]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=4,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type='ClassUniformDataset',
-        class_uniform_pct=0.5,
-        tile_size=1024,
-        dataset=dict(robustnet_source, pipeline=train_pipeline)))
+train_dataloader = dict(dataset=dict(dataset=dict(robustnet_source, pipeline=train_pipeline)))
