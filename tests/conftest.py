@@ -93,3 +93,32 @@ def tiny_seg_options(data_root: str, iters: int = 2, batch_size: int = 2) -> lis
             f'{loader}.persistent_workers=False'
         ]
     return opts
+
+
+def metrics_of_one_and_two_processes(config, tmp_path, port) -> dict:
+    """Saves ``config``'s model with random weights (seed 0) and tests it with ``tools/test.py`` (1
+    process) and ``tools/dist_test.sh`` (2 gloo processes): ``{1: metrics, 2: metrics}`` as written
+    by ``--metrics-out``."""
+    import json
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(tmp_path / 'init')
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'random.pth'
+    torch.save(dict(meta=dict(), state_dict=Runner.from_cfg(cfg).model.state_dict()), ckpt)
+    runs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f'metrics{nproc}.json'
+        if nproc == 1:
+            command = ['tools/test.py', config, ckpt]
+        else:
+            command = ['tools/dist_test.sh', config, ckpt, nproc]
+        run_tool(
+            command + ['--work-dir', tmp_path / f'w{nproc}', '--metrics-out', out],
+            timeout=600,
+            PORT=port)
+        runs[nproc] = json.loads(out.read_text())
+    return runs

@@ -1,13 +1,12 @@
 """The Cityscapes -> ACDC continual protocol: ACDCDataset on a fixture in the official layout,
 ContinualDataset's order and rounds, ContinualIoUMetric on hand-computed predictions, and (slow)
 the metric of a 2-process ``dist_test.sh`` run equal to the 1-process run."""
-import json
 import os.path as osp
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_tool
+from conftest import REPO, metrics_of_one_and_two_processes
 from dataset_fixtures import ACDC_CONDITIONS, ACDC_FRAMES, acdc_seed, build_fixture_data, id_map
 from mmengine.registry import DefaultScope
 from mmengine.structures import PixelData
@@ -258,26 +257,9 @@ def test_two_processes_report_the_one_process_table(acdc_root, tmp_path, port):
     with item 0; the collected results drop it, and every (round, condition) mIoU equals the
     1-process run's ('bn': each image normalised by its own statistics, independent of the
     ranks)."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
     config = tmp_path / 'continual_tiny.py'
     config.write_text(TINY_CONFIG.format(repo=REPO, root=acdc_root))
-    cfg = Config.fromfile(str(config))
-    cfg.work_dir = str(tmp_path / 'init')
-    torch.manual_seed(0)
-    model = Runner.from_cfg(cfg).model
-    ckpt = tmp_path / 'random.pth'
-    torch.save(dict(meta=dict(), state_dict=model.state_dict()), ckpt)
-    runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f'metrics{nproc}.json'
-        tool = ['tools/test.py', config, ckpt
-                ] if nproc == 1 else ['tools/dist_test.sh', config, ckpt, nproc]
-        run_tool(
-            tool + ['--work-dir', tmp_path / f'w{nproc}', '--metrics-out', out],
-            timeout=600,
-            PORT=port)
-        runs[nproc] = json.loads(out.read_text())
+    runs = metrics_of_one_and_two_processes(config, tmp_path, port)
     assert runs[2] == runs[1]
     keys = {f'round{r}/{c}/mIoU' for r in (1, 2, 3) for c in ('fog', 'night', 'rain')}
     assert keys <= set(runs[1]) and {'round3/mIoU', 'rain/mIoU', 'mIoU'} <= set(runs[1])

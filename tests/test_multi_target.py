@@ -1,13 +1,11 @@
 """One checkpoint, several targets: MultiTargetIoUMetric against separate mmseg IoUMetric runs and a
 hand-computed case, MultiTargetDataset's tags and per-dataset pipelines, ResetOriShape, bad input,
 and (slow) a 2-process dist_test.sh run of the GTA5 multi-target config equal to 1 process."""
-import json
-import os.path as osp
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_tool
+from conftest import REPO, metrics_of_one_and_two_processes
 from mmengine.registry import DefaultScope
 from mmseg.evaluation import IoUMetric
 from test_class_uniform import CLASSES, HW, write_data
@@ -170,30 +168,12 @@ def test_two_processes_report_the_one_process_table(tmp_path, port):
     with sample 0; the collected results drop it and every dataset's mIoU equals the 1-process
     run's."""
     from dataset_fixtures import build_fixture_data
-    from mmengine.config import Config
-    from mmengine.runner import Runner
     root = build_fixture_data(tmp_path / 'data')
     config = tmp_path / 'multi_target_tiny.py'
     config.write_text(TINY_CONFIG.format(repo=REPO, root=root))
-    cfg = Config.fromfile(str(config))
-    cfg.work_dir = str(tmp_path / 'init')
-    torch.manual_seed(0)
-    model = Runner.from_cfg(cfg).model
-    ckpt = tmp_path / 'random.pth'
-    torch.save(dict(meta=dict(), state_dict=model.state_dict()), ckpt)
-    runs = {}
-    for nproc in (1, 2):
-        out = tmp_path / f'metrics{nproc}.json'
-        tool = ['tools/test.py', config, ckpt
-                ] if nproc == 1 else ['tools/dist_test.sh', config, ckpt, nproc]
-        run_tool(
-            tool + ['--work-dir', tmp_path / f'w{nproc}', '--metrics-out', out],
-            timeout=600,
-            PORT=port)
-        runs[nproc] = json.loads(out.read_text())
+    runs = metrics_of_one_and_two_processes(config, tmp_path, port)
     assert runs[2] == runs[1]
     names = ('cityscapes', 'bdd100k', 'mapillary', 'mean')
     assert {f'{n}/{k}' for n in names for k in ('aAcc', 'mIoU', 'mAcc')} == set(runs[1])
     mean = np.mean([runs[1][f'{n}/mIoU'] for n in names[:3]])
     assert runs[1]['mean/mIoU'] == pytest.approx(mean, abs=0.01)
-    assert osp.isfile(out)
