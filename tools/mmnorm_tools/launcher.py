@@ -3,8 +3,8 @@
 mmengine 0.10.7 assumes GPUs for ``--launcher pytorch|slurm``: ``init_dist`` calls
 ``torch.cuda.set_device`` (an error on a CPU-only torch) and the Runner wraps DDP with
 ``device_ids=[LOCAL_RANK]``, which DDP rejects for CPU modules. :func:`setup_launcher` keeps
-mmengine's own path on GPUs (nccl) and, without CUDA, runs mmengine's ``init_dist`` (its torchrun /
-SLURM environment parsing included) with ``torch.cuda.set_device`` skipped and a gloo backend (the
+mmengine's own path on GPUs (nccl) and, without CUDA, starts a gloo process group from the torchrun
+/ SLURM environment as ``init_dist`` reads it, without the ``torch.cuda.set_device`` call (the
 Runner then skips ``init_dist``), and asks for a CPU DDP wrapper (``device_ids=None``). On CPU the
 config's ``env_cfg.dist_cfg.backend`` is rewritten to the backend in use, so the Runner's
 environment log says ``backend: gloo`` and ``device: cpu`` instead of the GPU config's ``nccl``.
@@ -17,15 +17,17 @@ mmengine reverts it to BN on single-process runs; on a CPU process group the mod
 wraps the model, and logs how many layers it reverted. Checkpoints of such runs load into the
 SyncBN models of GPU runs, and the other way round.
 """
+import datetime
 import gc
 import os
-from unittest import mock
+import subprocess
+from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
+import torch.multiprocessing as mp
 import torch.nn as nn
 from mmengine.config import Config
-from mmengine.dist import init_dist
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
@@ -39,38 +41,64 @@ __all__ = [
 
 LAUNCHERS = ('none', 'pytorch', 'slurm')
 
+#: what each launcher sets in every process's environment
+LAUNCHER_ENVIRONMENT = {
+    'pytorch': ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+    'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'),
+}
 
-def init_cpu_process_group(launcher: str, backend: str = 'gloo', **kwargs) -> None:
+
+def init_cpu_process_group(launcher: str,
+                           backend: str = 'gloo',
+                           timeout: Optional[float] = None,
+                           port: Optional[int] = None,
+                           **kwargs) -> None:
     """Initialises ``torch.distributed`` for CPU processes started by torchrun (``pytorch``) or
     srun (``slurm``).
 
-    mmengine's ``init_dist`` reads the environment (RANK / WORLD_SIZE / MASTER_* from torchrun;
-    SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST, SLURM_LOCALID from srun) and starts the process
-    group; only its ``torch.cuda.set_device`` call is skipped.
+    The environment is read as mmengine's ``init_dist`` reads it (RANK / WORLD_SIZE / MASTER_* from
+    torchrun; SLURM_PROCID, SLURM_NTASKS, SLURM_NODELIST, SLURM_LOCALID from srun, turned into the
+    torchrun variables), without its ``torch.cuda.set_device`` call.
 
     Args:
         launcher (str): ``'pytorch'`` or ``'slurm'``.
         backend (str): A CPU backend. Defaults to ``'gloo'``.
-        **kwargs: Passed to ``init_dist`` (e.g. ``timeout``, ``port`` for slurm).
+        timeout (float, optional): Seconds a collective may wait (the config's
+            ``env_cfg.dist_cfg.timeout``, as for mmengine).
+        port (int, optional): slurm: the master port (else MASTER_PORT, else 29500).
+        **kwargs: Passed to ``torch.distributed.init_process_group``.
     """
     if torch_dist.is_initialized():
         return
-    if launcher == 'pytorch':
-        missing = [
-            k for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ
-        ]
-    else:
-        missing = [
-            k for k in ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST') if k not in os.environ
-        ]
+    missing = [k for k in LAUNCHER_ENVIRONMENT[launcher] if k not in os.environ]
     if missing:
         raise RuntimeError(
             f'--launcher {launcher} needs the environment variables {missing}; start the '
             'script with tools/dist_train.sh / dist_test.sh (torchrun) or srun')
     if launcher == 'slurm':
-        os.environ.setdefault('SLURM_LOCALID', '0')  # mmengine divides by the GPU count without it
-    with mock.patch.object(torch.cuda, 'set_device', lambda device: None):
-        init_dist(launcher, backend=backend, **kwargs)
+        set_torchrun_environment_from_slurm(port)
+    if timeout is not None:
+        kwargs['timeout'] = datetime.timedelta(seconds=timeout)
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')  # as mmengine's init_dist
+    torch_dist.init_process_group(backend=backend, **kwargs)
+
+
+def set_torchrun_environment_from_slurm(port: Optional[int] = None) -> None:
+    """RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR (the first host of SLURM_NODELIST, unless set)
+    and MASTER_PORT (``port``, else MASTER_PORT, else 29500) from what srun sets."""
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
+    os.environ.setdefault('MASTER_PORT', '29500')
+    if 'MASTER_ADDR' not in os.environ:
+        hosts = subprocess.run(['scontrol', 'show', 'hostname', os.environ['SLURM_NODELIST']],
+                               capture_output=True,
+                               text=True,
+                               check=True).stdout.split()
+        os.environ['MASTER_ADDR'] = hosts[0]
+    os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
+    os.environ['RANK'] = os.environ['SLURM_PROCID']
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
 
 
 SYNC_BN_TYPES = (nn.SyncBatchNorm, ) + ((MMSyncBN, ) if MMSyncBN is not None else ())
