@@ -263,6 +263,35 @@ def test_test_tool_hook_arguments_before_the_model(hook, expected, tmp_path, cap
     assert re.search(expected, line), line
 
 
+# The analysis and deployment tools build the model themselves: a bad layer argument is named by
+# its config key there too, before any output is written (tta_stream: before the stream).
+TOOL_ARGS = {
+    'analysis/bn_shift':
+    lambda config, ckpt, out: [config, ckpt, '--out-dir', out],
+    'analysis/tta_stream':
+    lambda config, ckpt, out:
+    [config, ckpt, '--stream-root', out / 'stream', '--out-dir', out, '--frames', '8'],
+    'deployment/pytorch2onnx':
+    lambda config, ckpt, out: [config, ckpt, '--out', out / 'm.onnx'],
+}
+
+
+@pytest.mark.parametrize('tool', list(TOOL_ARGS))
+def test_analysis_and_deploy_tools_name_the_config_key(tool, tmp_path, capsys):
+    config = config_with(tmp_path, "model = dict(backbone=dict(norm_cfg=dict(type='IBN', "
+                         'ratio=1.5)))')
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit) as exc:
+        ckpt = real_checkpoint(tmp_path / 'c.pth')  # not loaded: the build stops first
+        load_tool(tool).main([str(a) for a in TOOL_ARGS[tool](config, ckpt, out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and 'Traceback' not in err, err[-2000:]
+    assert re.search(
+        r'error: model.backbone.norm_cfg \(IBN\): IBN ratio must be a number in '
+        r'\(0, 1\), got ratio=1.5', err), err[-2000:]
+    assert not out.exists()
+
+
 def test_internal_errors_keep_their_traceback(tmp_path, capsys):
     """Only mmnorm's argument checks become one-liners: a plain ValueError raised while the
     model is built propagates."""

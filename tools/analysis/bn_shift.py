@@ -27,7 +27,7 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import Runner
 from mmnorm_tools import setup_runtime
 from mmnorm_tools.checkpoints import add_strict_load_argument, load_weights
-from mmnorm_tools.config import merge_cfg_options
+from mmnorm_tools.config import describe_argument_error, merge_cfg_options
 
 import mmnorm  # noqa: F401
 from mmnorm.analysis import compare_moments, input_moments, running_moments
@@ -207,8 +207,9 @@ def main(argv=None):
         cfg = Config.fromfile(args.config)
         merge_cfg_options(cfg, args.cfg_options)  # data_roots.<dataset>=PATH moves that dataset
         get_toolbox(cfg)
+    # a bad mmnorm layer argument (named by its config key), weights that do not fit
     with user_errors(
-            'tools/analysis/bn_shift.py'):  # weights that do not fit, an unwritable --out-dir
+            'tools/analysis/bn_shift.py', describe=lambda err: describe_argument_error(err, cfg)):
         rows = analyse(cfg, args.checkpoint, args.source, args.target, args.num_batches,
                        args.batch_size, args.strict_load)
     title = f'{osp.basename(args.config)}: {args.source} -> {args.target}'

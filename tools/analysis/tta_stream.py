@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+TOOL = 'tools/analysis/tta_stream.py'
 
 # Tuned for the over-confident demo model (mean pixel entropy ~0.15 nats of ln 19 = 2.9): a tight
 # reliable margin (0.05 ln K; EATA's 0.4 ln K keeps ~99 % of the pixels here) and the
@@ -112,16 +113,22 @@ def parse_args(argv=None):
 
 
 def load_model(config: str, checkpoint: str):
+    """``(cfg, model)``: the config's segmentor with the checkpoint's weights, in eval mode. A bad
+    mmnorm layer argument or weights that do not fit end the tool with one line (the argument
+    named by its config key)."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
+    from mmnorm_tools.checkpoints import load_weights
+    from mmnorm_tools.config import describe_argument_error
     from mmseg.registry import MODELS
 
     import mmnorm  # noqa: F401
+    from mmnorm.runtime import user_errors
     cfg = Config.fromfile(config)
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(cfg.model)
-    from mmnorm_tools.checkpoints import load_weights
-    load_weights(model, checkpoint)  # refuses files that are unsafe or do not fit the model
+    with user_errors(TOOL, describe=lambda err: describe_argument_error(err, cfg)):
+        model = MODELS.build(cfg.model)
+        load_weights(model, checkpoint)  # refuses files that are unsafe or do not fit the model
     return cfg, model.eval()
 
 
@@ -298,9 +305,12 @@ def main(argv=None):
     from mmnorm_tools import setup_runtime
     setup_runtime()  # Runner checkpoints load with torch's weights-only unpickler
     from mmnorm.runtime import check_checkpoint_file, user_errors
-    with user_errors('tools/analysis/tta_stream.py'):
+    with user_errors(TOOL):
         for _, checkpoint in args.pairs:
             check_checkpoint_file(checkpoint)
+    # every model built and loaded before the stream is written: a bad config or checkpoint stops
+    # the tool before any work
+    loaded = [load_model(config, checkpoint) for config, checkpoint in args.pairs]
     from mmnorm.datasets.synthetic_stream import generate_drifting_stream
     t0 = time.time()
     try:
@@ -309,8 +319,7 @@ def main(argv=None):
         sys.exit(f'tta_stream.py: {err}. Pass --stream-root with a new folder for --frames '
                  f'{args.frames} --seed {args.seed}.')
     models, phases = {}, None
-    for label, (config, checkpoint) in zip(args.labels, args.pairs):
-        cfg, model = load_model(config, checkpoint)
+    for label, (cfg, model) in zip(args.labels, loaded):
         batches = stream_batches(cfg, args.stream_root, args.batch_size)
         fisher_root = args.fisher_root or cfg.train_dataloader.dataset.data_root
         fisher = fisher_batches(cfg, fisher_root, args.fisher_frames, args.batch_size)

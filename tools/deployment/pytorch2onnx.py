@@ -97,11 +97,12 @@ def main(argv=None):
     from mmengine.config import Config
     from mmnorm_tools import setup_runtime
     from mmnorm_tools.checkpoints import load_weights
-    from mmnorm_tools.config import check_norm_types
+    from mmnorm_tools.config import check_norm_types, describe_argument_error
 
     import mmnorm  # noqa: F401  (registers the mmnorm layers)
     from mmnorm.deploy import ExportWrapper, build_model, compare, export_onnx
     from mmnorm.runtime import CheckpointFileError, check_checkpoint_file, get_toolbox
+    from mmnorm.validation import ArgumentError
     setup_runtime()
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -112,6 +113,8 @@ def main(argv=None):
         check_checkpoint_file(args.checkpoint)
         model = build_model(cfg, None)
         load_weights(model, args.checkpoint, strict=args.strict_load)
+    except ArgumentError as err:  # an mmnorm layer's argument, named by its config key
+        parser.error(describe_argument_error(err, cfg))
     except (ValueError, CheckpointFileError) as err:
         parser.error(str(err))
     height, width = input_shape(cfg, args, parser)
