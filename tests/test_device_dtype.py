@@ -189,8 +189,8 @@ def recalibration_case(mode):
 
 
 def whitening_case(kind):
-    """A RobustNet instance-whitening position (IW / IRW / ISW after its selection): forward, loss
-    and backward."""
+    """An instance-whitening position (IW / IRW / ISW after its selection, SAW with its channel
+    groups and classifier): forward, loss and backward."""
 
     def run(module, x):
         if kind == 'ISW':
@@ -198,7 +198,10 @@ def whitening_case(kind):
             module.select(pair_variance(cov, cov.flip(0)).mean(0))
         x = x.clone().requires_grad_()
         y = module(x)
-        (module.loss(y) + y.square().mean()).backward()
+        loss = module.loss(y) + y.square().mean()
+        if kind == 'SAW':
+            loss = loss + module.classifier_logits(y).square().mean()
+        loss.backward()
 
     return Case(lambda: getattr(whitening, kind)(8), run)
 
@@ -252,7 +255,7 @@ CASES: Dict[str, Case] = {
     'recalibration-layerwise': recalibration_case('layerwise'),
     **{
         f'whitening-{kind}': whitening_case(kind)
-        for kind in ('IW', 'IRW', 'ISW')
+        for kind in ('IW', 'IRW', 'ISW', 'SAW')
     },
     'uda-segmentor': uda_case(),
 }

@@ -148,13 +148,16 @@ def check_layer_types(cfg: Config) -> int:
 
 
 def _check_whitening(path: str, value: dict) -> None:
-    """``<path>.whitening``: an IW / IRW / ISW config whose arguments build."""
+    """``<path>.whitening``: an IW / IRW / ISW / SAW config whose arguments build."""
     from mmengine.registry import MODELS
-    whitening = ['IW', 'IRW', 'ISW']
-    if value.get('type') not in whitening:
-        raise _unknown(f'{path}.whitening.type', value.get('type'), 'a whitening loss', whitening)
+
+    from mmnorm.models.whitening import WHITENING_TYPES
+    if value.get('type') not in WHITENING_TYPES:
+        raise _unknown(f'{path}.whitening.type', value.get('type'), 'a whitening loss',
+                       list(WHITENING_TYPES))
     try:
-        MODELS.build(dict(value, num_features=2))
+        # 64: the fewest channels of a ResNet position (its stem's)
+        MODELS.build(dict(value, num_features=64))
     except ArgumentError as err:
         raise UserError(f'{path}.whitening ({value["type"]}): {err}') from None
 

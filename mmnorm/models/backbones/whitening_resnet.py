@@ -167,8 +167,8 @@ class WhiteningResNetMixin(IBNResNetMixin):
     ``after_stages``.
 
     Args:
-        whitening (dict): ``dict(type='IW' | 'IRW' | 'ISW', loss_weight=..., ...)`` (see
-            :mod:`mmnorm.models.whitening.instance_whitening`).
+        whitening (dict): ``dict(type='IW' | 'IRW' | 'ISW' | 'SAW', loss_weight=..., ...)`` (see
+            :mod:`mmnorm.models.whitening.instance_whitening`, ``.semantic_whitening``).
         after_stages (Sequence): ``'stem'`` and/or stage indices. Defaults to RobustNet's
             ``('stem', 0, 1)``.
         ibn (dict, optional): IBN-Net-a placement (``dict(type='a')``); IBN-b is refused.
@@ -182,7 +182,9 @@ class WhiteningResNetMixin(IBNResNetMixin):
                  after_stages: Sequence[Position] = DEFAULT_POSITIONS,
                  ibn: Optional[dict] = None,
                  **kwargs):
-        build_whitening(whitening, 2)  # validates the config before the ResNet is built
+        # validates the config before the ResNet is built (64: the fewest channels a ResNet
+        # position has, its stem's)
+        build_whitening(whitening, 64)
         if isinstance(ibn, dict) and ibn.get('type') == 'b':
             raise ArgumentError(
                 "whitening and ibn=dict(type='b') use the same positions (IN after the residual "
@@ -238,9 +240,11 @@ class WhiteningResNetMixin(IBNResNetMixin):
 
     def whitening_loss(self, records: Sequence[Tuple[InstanceWhitening,
                                                      torch.Tensor]]) -> torch.Tensor:
-        """``loss_weight`` x the mean loss over the recorded positions (scalar)."""
+        """``loss_weight`` x the mean loss over the recorded positions (the sum for SAW, as its
+        authors) (scalar)."""
         if not records:
             raise RuntimeError('whitening_loss: no standardised map was recorded; run the '
                                'backbone inside standardized_outputs(backbone)')
-        losses = [module.loss(out) for module, out in records]
-        return torch.stack(losses).mean() * records[0][0].loss_weight
+        losses = torch.stack([module.loss(out) for module, out in records])
+        first = records[0][0]
+        return (losses.sum() if first.sum_positions else losses.mean()) * first.loss_weight

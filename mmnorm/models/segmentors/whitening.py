@@ -1,22 +1,26 @@
 """``WhiteningEncoderDecoder``: mmseg's ``EncoderDecoder`` that adds the backbone's whitening loss
-to its loss dict as ``loss_whitening``.
+to its loss dict as ``loss_whitening`` (and, for SAW, its classifiers' cross-entropy as
+``loss_saw_classifier``).
 
 The backbone is a whitening ResNet (``WhiteningResNetV1c`` ...): the segmentor runs mmseg's own
 ``loss`` while :func:`~mmnorm.models.backbones.whitening_resnet.standardized_outputs` records the
 standardised maps, then adds ``backbone.whitening_loss(maps)``. Prediction is mmseg's unchanged.
 """
+import torch
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 
 from ...validation import ArgumentTypeError
 from ..backbones.whitening_resnet import WhiteningResNetMixin, standardized_outputs
+from ..whitening.semantic_whitening import SAW, classifier_loss
 
 __all__ = ['WhiteningEncoderDecoder']
 
 
 @MODELS.register_module()
 class WhiteningEncoderDecoder(EncoderDecoder):
-    """``EncoderDecoder`` + ``loss_whitening`` (IW / IRW / ISW of a whitening ResNet backbone)."""
+    """``EncoderDecoder`` + ``loss_whitening`` (IW / IRW / ISW / SAW of a whitening ResNet
+    backbone) + ``loss_saw_classifier`` (SAW)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -29,4 +33,9 @@ class WhiteningEncoderDecoder(EncoderDecoder):
         with standardized_outputs(self.backbone) as maps:
             losses = super().loss(inputs, data_samples)
         losses['loss_whitening'] = self.backbone.whitening_loss(maps)
+        saw_maps = [(module, out) for module, out in maps if isinstance(module, SAW)]
+        if saw_maps:  # SAW's channel-ranking classifiers learn from the labels
+            labels = torch.cat([s.gt_sem_seg.data for s in data_samples]).long()
+            losses['loss_saw_classifier'] = classifier_loss(saw_maps, labels,
+                                                            self.decode_head.ignore_index)
         return losses

@@ -42,7 +42,7 @@ from .kmeans1d import kmeans_1d
 __all__ = [
     'instance_standardize', 'instance_covariance', 'whitening_loss', 'strict_upper_mask',
     'relaxed_margin', 'pair_variance', 'select_sensitive', 'InstanceWhitening', 'IW', 'IRW', 'ISW',
-    'build_whitening'
+    'build_whitening', 'WHITENING_TYPES'
 ]
 
 #: eps of the instance standardisation and of the covariance diagonal (the authors' values)
@@ -149,6 +149,9 @@ class InstanceWhitening(nn.Module):
     Shape:
         - Input: ``(B, C, H, W)``; output: same shape.
     """
+
+    #: the backbone sums the losses of its positions (True) or averages them (RobustNet's)
+    sum_positions = False
 
     def __init__(self, num_features: int, loss_weight: float = 0.6, eps: float = EPS):
         super().__init__()
@@ -275,10 +278,14 @@ class ISW(InstanceWhitening):
         return super().extra_repr() + f', clusters={self.clusters}'
 
 
+#: the whitening modules a backbone position can hold (SAW: semantic_whitening.py)
+WHITENING_TYPES = ('IW', 'IRW', 'ISW', 'SAW')
+
+
 def build_whitening(cfg: dict, num_features: int) -> InstanceWhitening:
-    """Builds an IW / IRW / ISW module from its config for ``num_features`` channels."""
-    if not isinstance(cfg, dict) or cfg.get('type') not in ('IW', 'IRW', 'ISW'):
+    """Builds an IW / IRW / ISW / SAW module from its config for ``num_features`` channels."""
+    if not isinstance(cfg, dict) or cfg.get('type') not in WHITENING_TYPES:
         raise ArgumentTypeError(
-            "whitening must be dict(type='IW' | 'IRW' | 'ISW', ...), got whitening="
+            "whitening must be dict(type='IW' | 'IRW' | 'ISW' | 'SAW', ...), got whitening="
             f'{cfg!r}')
     return MODELS.build(dict(cfg, num_features=num_features))
