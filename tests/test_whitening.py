@@ -488,7 +488,7 @@ def test_benchmark_tool_tiny(tmp_path):
         ['--input', '2x3x64x64', '--repeats', '1', '--stat-images', '1', '--out',
          str(out)])
     rows = result['rows']
-    assert [r['variant'] for r in rows] == ['none (ResNetV1c)', 'IW', 'IRW', 'ISW']
+    assert [r['variant'] for r in rows] == ['none (ResNetV1c)', 'IW', 'IRW', 'ISW', 'SAW']
     assert [r['cpu_ratio']
             for r in rows] == [pytest.approx(r['cpu_s'] / rows[0]['cpu_s']) for r in rows]
     assert result['stats'][0]['pair_s'] > 0

@@ -1,4 +1,4 @@
-"""Cost of the whitening losses (IW, IRW, ISW) in a DeepLabV3+ R50 training iteration.
+"""Cost of the whitening losses (IW, IRW, ISW, SAW) in a DeepLabV3+ R50 training iteration.
 
     python tools/benchmark_whitening.py [--input 2x3x256x256] [--repeats 5] [--stat-images 4]
                                         [--out docs/benchmarks_whitening.md]
@@ -7,8 +7,8 @@ Two tables:
 
 * iteration: one training iteration (forward, losses, backward, SGD step) of DeepLabV3+ on
   ResNet-50-V1c at output stride 16 (RobustNet's model) with the whitening loss at RobustNet's
-  positions (stem, stages 1-2), against the same network without it (``ResNetV1c`` +
-  ``EncoderDecoder``). ISW is timed with its mask selected (its cost after the statistics pass;
+  positions (stem, stages 1-2; SAW at stages 1-2, as SAN-SAW, with its classifiers), against the
+  same network without it (``ResNetV1c`` + ``EncoderDecoder``). ISW is timed with its mask selected (its cost after the statistics pass;
   before, its loss is zero). Variants are timed round-robin (``mmnorm_tools.timing.round_robin``),
   so drift of a shared machine hits all alike; medians.
 * statistics pass: ISW's one-off pass (``run_isw_selection``), seconds per image pair
@@ -31,8 +31,11 @@ VARIANTS = {
     'IW': dict(type='IW', loss_weight=0.8),
     'IRW': dict(type='IRW', loss_weight=0.6, relax_denom=64.0),
     'ISW': dict(type='ISW', loss_weight=0.6, clusters=3),
+    'SAW': dict(type='SAW', loss_weight=0.1, relax_denom=2.0),
 }
-GOALS = {'IW': 1.10, 'IRW': 1.10, 'ISW': 2.1}
+#: name -> positions, where not RobustNet's (SAN-SAW: stages 1 and 2)
+POSITIONS = {'SAW': (0, 1)}
+GOALS = {'IW': 1.10, 'IRW': 1.10, 'ISW': 2.1, 'SAW': 1.10}
 #: the authors' statistics pass: trials x images
 AUTHORS_PASS = (10, 500)
 Shape = Tuple[int, int, int, int]
@@ -46,7 +49,10 @@ def build_model(whitening: Optional[dict], input_shape: Shape, device: str) -> n
         decode_head=dict(dilations=(1, 6, 12, 18)))  # RobustNet's ASPP rates at stride 16
     if whitening is not None:
         updates['type'] = 'WhiteningEncoderDecoder'
-        updates['backbone'].update(type='WhiteningResNetV1c', whitening=whitening)
+        updates['backbone'].update(
+            type='WhiteningResNetV1c',
+            whitening=whitening,
+            after_stages=POSITIONS.get(whitening['type'], ('stem', 0, 1)))
     return build_segmentor(input_shape, device, updates)
 
 
@@ -112,7 +118,8 @@ def to_markdown(rows: List[dict], stats: Optional[dict], device: str, repeats: i
         f'Machine: {machine}.', '',
         'DeepLabV3+ R50-V1c output stride 16, one training iteration (forward, losses, backward, '
         f'SGD step), median of {repeats} round-robin rounds; whitening at the stem and stages 1-2 '
-        '(RobustNet), ISW with its mask selected.', '',
+        '(RobustNet), ISW with its mask selected; SAW at stages 1-2 (SAN-SAW) with its '
+        'classifiers\' loss.', '',
         'Wall-clock and this process\'s CPU seconds (all its threads); on a shared machine the '
         'CPU-time ratio is the one that measures the method, and the goal is read on it.', '',
         '| loss | input | wall s / iter | × without | CPU s / iter | × without (CPU) | goal |',
