@@ -8,9 +8,10 @@ Two tables:
 * iteration: one training iteration (forward, losses, backward, SGD step) of DeepLabV3+ on
   ResNet-50-V1c at output stride 16 (RobustNet's model) with the whitening loss at RobustNet's
   positions (stem, stages 1-2; SAW at stages 1-2, as SAN-SAW, with its classifiers), against the
-  same network without it (``ResNetV1c`` + ``EncoderDecoder``). ISW is timed with its mask selected (its cost after the statistics pass;
-  before, its loss is zero). Variants are timed round-robin (``mmnorm_tools.timing.round_robin``),
-  so drift of a shared machine hits all alike; medians.
+  same network without it (``ResNetV1c`` + ``EncoderDecoder``). ISW is timed with its mask
+  selected (its cost after the statistics pass; before, its loss is zero). Variants are timed
+  round-robin (``mmnorm_tools.timing.round_robin``), so drift of a shared machine hits all alike;
+  medians.
 * statistics pass: ISW's one-off pass (``run_isw_selection``), seconds per image pair
   (image + photometric twin, backbone only, no gradient) at the iteration's crop, and the
   authors' full pass (10 trials x 500 pairs) in units of training iterations.
