@@ -79,8 +79,8 @@ clean-venv:
 
 # CUDA stack in a venv of its own (the CPU .venv stays as it is). tools/build_mmcv_cuda.sh decides the
 # C++ standard and the CUDA library include path from the torch and toolkit it finds, builds mmcv with
-# FORCE_CUDA=1 and checks that mmcv._ext imports and holds CUDA kernels. Tried on 2026-12-05 with
-# torch 2.14.1+cu130, nvcc 13.0, gcc 12 (README, "GPU"). Its own stamp: the CPU install recipe
+# FORCE_CUDA=1 and checks that mmcv._ext imports and holds CUDA kernels. Built end to end on
+# 2026-12-06 with torch 2.14.1+cu130, nvcc 13.0, gcc 12 (README, "GPU"). Its own stamp: the CPU install recipe
 # (make test VENV=...) must never run over it (it would put back the CPU torch).
 GPU_VENV             ?= .venv-gpu
 TORCH_CUDA_ARCH_LIST ?= 9.0
