@@ -2,34 +2,20 @@
 classifier, the loss against a loop re-implementation of the authors' ``sort_with_idx`` and
 ``instance_whitening_loss``, the segmentor's ``loss_whitening`` (summed over positions) and
 ``loss_saw_classifier`` (which trains the classifiers only), the config check and bad input."""
-import copy
-import os.path as osp
-
 import pytest
 import torch
-from conftest import REPO
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
-from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from test_whitening import TINY_BACKBONE
+from test_whitening import tiny_segmentor as tiny_whitening_segmentor
 
 from mmnorm.models.backbones import standardized_outputs
 from mmnorm.models.whitening import SAW, saw_groups, saw_loss
 from mmnorm.validation import ArgumentError
 
-DEMO_CONFIG = 'configs/demo/deeplabv3plus_r18-mini-d8-bn_1xb8-1k_demo-gta5-cityscapes-64x128.py'
-TINY_BACKBONE = dict(
-    type='WhiteningResNetV1c',
-    depth=18,
-    base_channels=16,
-    stem_channels=16,
-    strides=(1, 2, 1, 1),
-    dilations=(1, 1, 2, 4),
-    contract_dilation=True,
-    after_stages=(0, 1),
-    # relax_denom 0: no margin, so random features give a non-zero loss
-    whitening=dict(type='SAW', selected_classes=(0, 10, 2, 1), relax_denom=0))
+# relax_denom 0: no margin, so random features give a non-zero loss; the authors' positions
+SAW_CFG = dict(type='SAW', selected_classes=(0, 10, 2, 1), relax_denom=0)
 
 
 def test_groups_rank_the_channels_of_each_class():
@@ -93,17 +79,8 @@ def test_loss_equals_the_authors_loop(relax_denom):
         module.loss(standardized), authors_loss(standardized, class_weights, selected, relax_denom))
 
 
-def build(cfg):
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    return MODELS.build(copy.deepcopy(cfg))
-
-
 def tiny_segmentor():
-    cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG)).model
-    cfg.type = 'WhiteningEncoderDecoder'
-    cfg.backbone = dict(TINY_BACKBONE, norm_cfg=cfg.backbone.norm_cfg)
-    return build(cfg.to_dict())
+    return tiny_whitening_segmentor(SAW_CFG, after_stages=(0, 1))
 
 
 def labelled_batch(seed=0, hw=(32, 32)):

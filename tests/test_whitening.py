@@ -233,10 +233,12 @@ def test_every_position_survives_the_sync_bn_revert():
     torch.testing.assert_close(maps[0][1], torch.nn.functional.instance_norm(stem_norm))
 
 
-def tiny_segmentor(whitening):
+def tiny_segmentor(whitening, **backbone):
+    """The demo's DeepLabV3+ with TINY_BACKBONE (``backbone`` overrides, e.g. ``after_stages``)."""
     cfg = Config.fromfile(osp.join(REPO, DEMO_CONFIG)).model
     cfg.type = 'WhiteningEncoderDecoder'
-    cfg.backbone = dict(TINY_BACKBONE, whitening=whitening, norm_cfg=cfg.backbone.norm_cfg)
+    cfg.backbone = dict(
+        TINY_BACKBONE, whitening=whitening, norm_cfg=cfg.backbone.norm_cfg, **backbone)
     return build(cfg.to_dict())
 
 
