@@ -117,3 +117,32 @@ def test_dist_scripts_use_torchrun_env():
     for name in ('slurm_train.sh', 'slurm_test.sh'):
         text = open(osp.join(REPO, 'tools', name)).read()
         assert 'srun' in text and '--launcher="slurm"' in text
+
+
+def test_runner_is_freed_before_the_process_group_is_destroyed(train_tool, test_tool, tmp_path,
+                                                               tiny_demo_data):
+    """train.py / test.py keep the Runner (and its DDP wrapper, which holds the process group)
+    inside one function: once it returns, a collection frees it, so teardown_launcher's
+    ``gc.collect()`` runs before the group is destroyed, not at interpreter exit."""
+    import gc
+
+    from conftest import tiny_seg_options
+    from mmengine.runner import Runner
+    from mmseg.models.segmentors import EncoderDecoder
+
+    def alive():
+        gc.collect()
+        return sum(isinstance(o, (Runner, EncoderDecoder)) for o in gc.get_objects())
+
+    before = alive()
+    options = ['--cfg-options', *tiny_seg_options(tiny_demo_data)]
+    cfg = train_tool.build_cfg(
+        train_tool.parse_args([DEMO_CONFIG, '--work-dir',
+                               str(tmp_path / 'train'), *options]))
+    metrics = train_tool.train_and_test(cfg, test_last=True)
+    assert 'mIoU' in metrics and alive() == before
+    ckpt = str(tmp_path / 'train' / 'iter_2.pth')
+    cfg = test_tool.build_cfg(
+        test_tool.parse_args([DEMO_CONFIG, ckpt, '--work-dir',
+                              str(tmp_path / 'test'), *options]))
+    assert 'mIoU' in test_tool.run_test(cfg, None) and alive() == before
