@@ -12,7 +12,7 @@ from mmseg.registry import MODELS
 
 from ...validation import ArgumentTypeError
 from ..backbones.whitening_resnet import WhiteningResNetMixin, standardized_outputs
-from ..whitening.semantic_whitening import SAW, classifier_loss
+from ..whitening.semantic_whitening import SAW, saw_classifier_loss
 
 __all__ = ['WhiteningEncoderDecoder']
 
@@ -36,6 +36,6 @@ class WhiteningEncoderDecoder(EncoderDecoder):
         saw_maps = [(module, out) for module, out in maps if isinstance(module, SAW)]
         if saw_maps:  # SAW's channel-ranking classifiers learn from the labels
             labels = torch.cat([s.gt_sem_seg.data for s in data_samples]).long()
-            losses['loss_saw_classifier'] = classifier_loss(saw_maps, labels,
-                                                            self.decode_head.ignore_index)
+            losses['loss_saw_classifier'] = saw_classifier_loss(saw_maps, labels,
+                                                                self.decode_head.ignore_index)
         return losses

@@ -37,7 +37,7 @@ from mmengine.registry import MODELS
 from ...validation import ArgumentError, check_positive_int
 from .instance_whitening import EPS, InstanceWhitening, instance_covariance, strict_upper_mask
 
-__all__ = ['saw_groups', 'saw_loss', 'SAW', 'classifier_loss']
+__all__ = ['saw_groups', 'saw_loss', 'SAW', 'saw_classifier_loss']
 
 #: road, sky, building, sidewalk, vegetation (Cityscapes train IDs): the authors' default
 DEFAULT_CLASSES = (0, 10, 2, 1, 8)
@@ -165,8 +165,8 @@ class SAW(InstanceWhitening):
                 f'{self.classifier_weight}')
 
 
-def classifier_loss(records: Sequence[Tuple[nn.Module, torch.Tensor]], labels: torch.Tensor,
-                    ignore_index: int) -> torch.Tensor:
+def saw_classifier_loss(records: Sequence[Tuple[nn.Module, torch.Tensor]], labels: torch.Tensor,
+                        ignore_index: int) -> torch.Tensor:
     """Sum over the SAW positions of ``classifier_weight`` x the cross-entropy of the classifier's
     logits, upsampled bilinearly (``align_corners=True``, the authors') to ``labels``
     ``(B, H, W)``; pixels at ``ignore_index`` are left out (scalar)."""
