@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG, run_tool, tiny_seg_options
+from conftest import DEMO_CONFIG, REPO, run_tool, tiny_seg_options
+from mmengine.config import Config
 
 
 def trained_iters(work_dir, run: int = -1) -> list:
@@ -34,9 +35,9 @@ def dist_run(tiny_demo_data, tmp_path_factory):
 
 def test_dist_train_writes_checkpoint(dist_run):
     work_dir, log = dist_run
-    # the environment log names what runs: gloo CPU processes, not the GPU config's nccl
+    # the environment log names what runs: gloo CPU processes (the GPU config's nccl kept aside)
     env_block = log.split('Runtime environment:')[1].split('-' * 60)[0]
-    assert "'backend': 'gloo'" in env_block and 'nccl' not in env_block, env_block
+    assert "'backend': 'gloo'" in env_block and 'config_backend: nccl' in env_block, env_block
     assert 'device: cpu' in env_block and 'processes: 2' in env_block, env_block
     ckpt = torch.load(osp.join(work_dir, 'iter_2.pth'), weights_only=True)
     assert ckpt['meta']['iter'] == 2 and ckpt['meta']['world_size'] == 2
@@ -44,6 +45,23 @@ def test_dist_train_writes_checkpoint(dist_run):
     assert any(k.startswith('backbone.') for k in ckpt['state_dict'])
     assert not any(k.startswith('module.')
                    for k in ckpt['state_dict'])  # DDP wrapper unwrapped on save
+
+
+def test_config_dumped_by_the_cpu_run_is_restored_for_gpus(dist_run):
+    """The run's dumped config names the CPU wrapper and gloo; restore_gpu_settings (what
+    setup_launcher applies when CUDA is present) gives back mmengine's wrapper, without the CPU
+    device ids, and the config's nccl; the original config is left as it is."""
+    from mmnorm_tools.launcher import restore_gpu_settings
+    work_dir, _ = dist_run
+    dumped = Config.fromfile(osp.join(work_dir, osp.basename(DEMO_CONFIG)))
+    assert dumped.model_wrapper_cfg.type == 'CPUDistributedDataParallel'
+    assert dumped.env_cfg.dist_cfg.backend == 'gloo' and dumped.env_cfg.device == 'cpu'
+    assert restore_gpu_settings(dumped)
+    assert dumped.model_wrapper_cfg == dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False, find_unused_parameters=False)
+    original = Config.fromfile(osp.join(REPO, DEMO_CONFIG))
+    assert dumped.env_cfg == original.env_cfg
+    assert not restore_gpu_settings(original) and 'model_wrapper_cfg' not in original
 
 
 def test_test_py_reports_miou(dist_run, tiny_demo_data, tmp_path):

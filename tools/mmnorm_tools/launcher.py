@@ -36,7 +36,7 @@ from mmnorm.bn_layers import MMSyncBN
 
 __all__ = [
     'LAUNCHERS', 'setup_launcher', 'init_cpu_process_group', 'teardown_launcher',
-    'revert_sync_bn_layers', 'CPUDistributedDataParallel'
+    'revert_sync_bn_layers', 'CPUDistributedDataParallel', 'restore_gpu_settings'
 ]
 
 LAUNCHERS = ('none', 'pytorch', 'slurm')
@@ -162,20 +162,23 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
     if launcher not in LAUNCHERS:
         raise ValueError(f'launcher must be one of {LAUNCHERS}, got {launcher!r}')
     cfg.launcher = launcher
+    if torch.cuda.is_available():
+        restore_gpu_settings(cfg)  # the config may be one a CPU run dumped
     if launcher == 'none' or torch.cuda.is_available():
         return cfg  # mmengine's own path: single process, or nccl on GPUs
     dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
-    backend = dist_cfg.pop('backend', 'gloo')
-    if backend == 'nccl':
-        backend = 'gloo'  # configs written for GPUs say nccl; CPU tensors need gloo
+    config_backend = dist_cfg.pop('backend', 'gloo')
+    # configs written for GPUs say nccl; CPU tensors need gloo
+    backend = 'gloo' if config_backend == 'nccl' else config_backend
     init_cpu_process_group(launcher, backend=backend, **dist_cfg)
     # What the Runner logs under "Runtime environment" (it prints env_cfg): the backend that really
     # runs, and that the processes are CPU processes (mmengine's own "GPU number" line there counts
-    # processes).
+    # processes); the config's own backend is kept for restore_gpu_settings.
     env_cfg = dict(cfg.get('env_cfg') or {})
     env_cfg['dist_cfg'] = dict(env_cfg.get('dist_cfg') or {}, backend=backend)
     env_cfg['device'] = 'cpu'
     env_cfg['processes'] = torch_dist.get_world_size()
+    env_cfg['config_backend'] = config_backend
     cfg.env_cfg = env_cfg
     wrapper = dict(cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel'))
     wrapper.setdefault('type', 'MMDistributedDataParallel')
@@ -188,6 +191,39 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
         wrapper['device_ids'] = None  # CPU module: DDP must not be given device ids
     cfg.model_wrapper_cfg = wrapper
     return cfg
+
+
+def restore_gpu_settings(cfg: Config) -> bool:
+    """Undoes, in place, what :func:`setup_launcher` writes into a config for a CPU process group,
+    for a config that a CPU run dumped (``work_dir/<name>.py``) and a GPU run reuses: the wrapper
+    becomes mmengine's ``MMDistributedDataParallel`` again (SyncBN kept, device ids from
+    LOCAL_RANK), and ``env_cfg`` loses its ``device`` / ``processes`` entries and gets the config's
+    own backend back. Without it a GPU run would revert SyncBN to per-GPU BN, silently.
+
+    Returns:
+        bool: Whether anything was restored (then logged).
+    """
+    restored = False
+    wrapper = cfg.get('model_wrapper_cfg')
+    if isinstance(wrapper, dict) and wrapper.get('type') in ('CPUDistributedDataParallel',
+                                                             CPUDistributedDataParallel):
+        kept = {k: v for k, v in wrapper.items() if k not in ('type', 'device_ids')}
+        cfg.model_wrapper_cfg = dict(kept, type='MMDistributedDataParallel')
+        restored = True
+    env_cfg = cfg.get('env_cfg')
+    if isinstance(env_cfg, dict) and env_cfg.get('device') == 'cpu':
+        env_cfg = {k: v for k, v in env_cfg.items() if k not in ('device', 'processes')}
+        dist_cfg = dict(env_cfg.get('dist_cfg') or {})
+        dist_cfg['backend'] = env_cfg.pop('config_backend', 'nccl')
+        env_cfg['dist_cfg'] = dist_cfg
+        cfg.env_cfg = env_cfg
+        restored = True
+    if restored:
+        print_log(
+            'this config was dumped by a CPU run: its CPU DDP wrapper and gloo backend are '
+            "replaced by mmengine's MMDistributedDataParallel and the config's own backend",
+            logger='current')
+    return restored
 
 
 def teardown_launcher() -> None:
