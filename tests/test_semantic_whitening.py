@@ -75,8 +75,24 @@ def test_loss_equals_the_authors_loop(relax_denom):
     module = SAW(23, selected_classes=selected, relax_denom=relax_denom).double()
     module.classifier.weight.data.copy_(class_weights.view(19, 23, 1, 1))
     standardized = module(x)
-    torch.testing.assert_close(
-        module.loss(standardized), authors_loss(standardized, class_weights, selected, relax_denom))
+    module_loss = module.loss(standardized)
+    assert float(module_loss) > 0
+    torch.testing.assert_close(module_loss,
+                               authors_loss(standardized, class_weights, selected, relax_denom))
+
+
+def test_default_margin_lets_the_loss_act_at_init():
+    """At the classifier's init (|w| ~ 0.01, sigmoid ~ 0.5) a group's covariance elements are
+    at most ~0.25 on standardised features: the authors' margin (relax_denom 2: 5 of 10) keeps the
+    loss at zero even for perfectly correlated channels; the default (no margin) does not."""
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(2, 1, 8, 8, generator=g)
+    x = shared + 0.01 * torch.randn(2, 64, 8, 8, generator=g)  # every channel nearly the same
+    torch.manual_seed(0)
+    default, authors = SAW(64), SAW(64, relax_denom=2)
+    authors.load_state_dict(default.state_dict())
+    assert float(default.loss(default(x))) > 0.1
+    assert float(authors.loss(authors(x))) == 0.0
 
 
 def tiny_segmentor():
@@ -148,8 +164,27 @@ def test_every_label_ignored_gives_zero_classifier_loss():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
         SAW(64, **kwargs)
-    with pytest.raises(ArgumentError, match='at least len\\(selected_classes\\)=5 channels'):
+
+
+def test_too_few_channels_and_mismatched_classes():
+    with pytest.raises(ArgumentError, match=r'at least len\(selected_classes\)=5 channels'):
         SAW(4)
+    with pytest.raises(
+            ArgumentError,
+            match=r"SAW at backbone position 0 has num_classes=21 but "
+            r"the decode head predicts 19: set whitening=dict\(type='SAW', "
+            r'num_classes=19\)'):
+        tiny_whitening_segmentor(dict(SAW_CFG, num_classes=21), after_stages=(0, 1))
+
+
+def test_classifier_init_survives_the_backbone_init():
+    """The ResNet's own init (Kaiming on every Conv2d when init_cfg is None) runs first; SAW's
+    init_weights then gives its classifiers the authors' N(0, 0.01), bias 0."""
+    model = tiny_segmentor()
+    model.init_weights()
+    for module in model.backbone.whitening_modules().values():
+        weight = module.classifier.weight
+        assert 0.005 < weight.std().item() < 0.015 and not module.classifier.bias.any()
 
 
 def test_tools_config_check_names_the_key():

@@ -146,3 +146,29 @@ def test_runner_is_freed_before_the_process_group_is_destroyed(train_tool, test_
         test_tool.parse_args([DEMO_CONFIG, ckpt, '--work-dir',
                               str(tmp_path / 'test'), *options]))
     assert 'mIoU' in test_tool.run_test(cfg, None) and alive() == before
+
+
+def test_launcher_environment_errors_are_one_line(train_tool, monkeypatch, capsys, tmp_path):
+    """--launcher pytorch outside torchrun, slurm without a resolvable first node, a GPU-only
+    init_backend: one line naming what to set, exit 2 (no traceback)."""
+    from mmnorm_tools.launcher import init_cpu_process_group
+
+    from mmnorm.runtime import UserError
+    for var in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as exc:
+        train_tool.main([DEMO_CONFIG, '--launcher', 'pytorch', '--work-dir', str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and 'Traceback' not in err
+    assert "tools/train.py: error: --launcher pytorch needs the environment variables ['RANK'" in err
+    monkeypatch.setenv('MASTER_PORT', '29500')  # restored after the test (the launcher sets it)
+    monkeypatch.setenv('SLURM_PROCID', '0')
+    monkeypatch.setenv('SLURM_NTASKS', '1')
+    monkeypatch.setenv('SLURM_NODELIST', 'node[01-02]')
+    monkeypatch.setenv('PATH', str(tmp_path))  # no scontrol here
+    with pytest.raises(
+            UserError, match=r"SLURM_NODELIST='node\[01-02\]' with scontrol; set "
+            'MASTER_ADDR'):
+        init_cpu_process_group('slurm')
+    with pytest.raises(UserError, match="init_backend='deepspeed' needs GPUs"):
+        init_cpu_process_group('slurm', init_backend='deepspeed')

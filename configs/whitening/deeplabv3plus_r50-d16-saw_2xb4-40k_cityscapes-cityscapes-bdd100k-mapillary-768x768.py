@@ -1,6 +1,7 @@
 # DeepLabV3+ R50 OS16 with SAW (semantic-aware whitening, SAN-SAW: channels grouped by the classes
-# they matter for, ranked by a 1x1 classifier at each position; each group of 5 whitened, margin 5,
-# loss weight 0.1 per position, summed; the classifiers learn from the labels, weight 0.1),
+# they matter for, ranked by a 1x1 classifier at each position; each group of 5 whitened, no margin
+# (the authors' margin of 5 holds the loss at zero on standardised features), loss weight 0.1 per
+# position, summed; the classifiers learn from the labels, weight 0.1),
 # trained on Cityscapes, tested on Cityscapes, BDD100K and Mapillary. Protocol as the BN config it
 # inherits; instance standardisation and SAW after stages 1 and 2 (the authors' positions), logged
 # as loss_whitening and loss_saw_classifier. SAW here follows instance standardisation, not the

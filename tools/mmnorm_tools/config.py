@@ -156,7 +156,7 @@ def _check_whitening(path: str, value: dict) -> None:
         raise _unknown(f'{path}.whitening.type', value.get('type'), 'a whitening loss',
                        list(WHITENING_TYPES))
     try:
-        # 64: the fewest channels of a ResNet position (its stem's)
+        # at a width of 64 channels; each position's own width is checked when the model builds
         MODELS.build(dict(value, num_features=64))
     except ArgumentError as err:
         raise UserError(f'{path}.whitening ({value["type"]}): {err}') from None

@@ -33,6 +33,7 @@ from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 
 from mmnorm.bn_layers import MMSyncBN
+from mmnorm.runtime import UserError
 
 __all__ = [
     'LAUNCHERS', 'setup_launcher', 'init_cpu_process_group', 'teardown_launcher',
@@ -72,9 +73,13 @@ def init_cpu_process_group(launcher: str,
         return
     missing = [k for k in LAUNCHER_ENVIRONMENT[launcher] if k not in os.environ]
     if missing:
-        raise RuntimeError(
+        raise UserError(
             f'--launcher {launcher} needs the environment variables {missing}; start the '
             'script with tools/dist_train.sh / dist_test.sh (torchrun) or srun')
+    init_backend = kwargs.pop('init_backend', 'torch')
+    if init_backend != 'torch':
+        raise UserError(f"env_cfg.dist_cfg.init_backend={init_backend!r} needs GPUs; CPU "
+                        "process groups start with init_backend='torch' (the default)")
     if launcher == 'slurm':
         set_torchrun_environment_from_slurm(port)
     if timeout is not None:
@@ -91,10 +96,18 @@ def set_torchrun_environment_from_slurm(port: Optional[int] = None) -> None:
         os.environ['MASTER_PORT'] = str(port)
     os.environ.setdefault('MASTER_PORT', '29500')
     if 'MASTER_ADDR' not in os.environ:
-        hosts = subprocess.run(['scontrol', 'show', 'hostname', os.environ['SLURM_NODELIST']],
-                               capture_output=True,
-                               text=True,
-                               check=True).stdout.split()
+        node_list = os.environ['SLURM_NODELIST']
+        advice = (f'could not find the first host of SLURM_NODELIST={node_list!r} with scontrol; '
+                  'set MASTER_ADDR to the address of the first node')
+        try:
+            hosts = subprocess.run(['scontrol', 'show', 'hostname', node_list],
+                                   capture_output=True,
+                                   text=True,
+                                   check=True).stdout.split()
+        except (OSError, subprocess.CalledProcessError) as err:
+            raise UserError(f'{advice} ({err})') from None
+        if not hosts:
+            raise UserError(advice)
         os.environ['MASTER_ADDR'] = hosts[0]
     os.environ['WORLD_SIZE'] = os.environ['SLURM_NTASKS']
     os.environ['RANK'] = os.environ['SLURM_PROCID']
@@ -167,7 +180,9 @@ def setup_launcher(cfg: Config, launcher: str) -> Config:
     if launcher == 'none' or torch.cuda.is_available():
         return cfg  # mmengine's own path: single process, or nccl on GPUs
     dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
-    config_backend = dist_cfg.pop('backend', 'gloo')
+    # a config an earlier CPU run dumped keeps the original backend aside
+    config_backend = cfg.get('env_cfg', {}).get('config_backend') or dist_cfg.get('backend', 'gloo')
+    dist_cfg.pop('backend', None)
     # configs written for GPUs say nccl; CPU tensors need gloo
     backend = 'gloo' if config_backend == 'nccl' else config_backend
     init_cpu_process_group(launcher, backend=backend, **dist_cfg)

@@ -17,19 +17,20 @@ Positions, in forward order:
 
 The stem position is a forward pre-hook on the ReLU that follows that norm (not a hook on the
 norm: mmengine's SyncBN -> BN revert replaces norm modules, and their hooks with them); a stage
-position is built into the stage's
-last block when the backbone is constructed (the toolbox block applies its final ReLU with the
-same module as its inner ReLUs, so no hook can reach between the sum and that ReLU; see
-:class:`~mmnorm.models.backbones.ibn_resnet.PostResidualIN`). The standardisation modules are
-named ``whitening_stem`` (a child of the ResNet) and ``layer{i+1}.{last}.whitening``. They have no
-parameters, so plain ResNet checkpoints load strictly; ISW adds a mask buffer that such
-checkpoints may lack. ``norm_cfg`` and IBN-Net-a (``ibn=dict(type='a')``) compose; IBN-b occupies
-the same positions and is refused.
+position is built into the stage's last block when the backbone is constructed (the toolbox block
+applies its final ReLU with the same module as its inner ReLUs, so no hook can reach between the
+sum and that ReLU; see :class:`~mmnorm.models.backbones.ibn_resnet.PostResidualIN`). The
+standardisation modules are named ``whitening_stem`` (a child of the ResNet) and
+``layer{i+1}.{last}.whitening``. IW / IRW / ISW have no parameters, so plain ResNet checkpoints
+load strictly; ISW adds a mask buffer that such checkpoints may lack; SAW adds its classifiers
+(parameters: pretrained backbones load through mmengine's non-strict ``Pretrained`` init).
+``norm_cfg`` and IBN-Net-a (``ibn=dict(type='a')``) compose; IBN-b occupies the same positions and
+is refused.
 
 The loss: :func:`standardized_outputs` records the standardised maps of a forward;
-:meth:`WhiteningResNetMixin.whitening_loss` is ``loss_weight`` times their mean loss (the
-segmentor ``WhiteningEncoderDecoder`` adds it as ``loss_whitening``). This module imports no
-toolbox; the registered classes live in ``mmseg_whitening_resnet``.
+:meth:`WhiteningResNetMixin.whitening_loss` is ``loss_weight`` times their mean loss (their sum
+for SAW; the segmentor ``WhiteningEncoderDecoder`` adds it as ``loss_whitening``). This module
+imports no toolbox; the registered classes live in ``mmseg_whitening_resnet``.
 """
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -182,8 +183,8 @@ class WhiteningResNetMixin(IBNResNetMixin):
                  after_stages: Sequence[Position] = DEFAULT_POSITIONS,
                  ibn: Optional[dict] = None,
                  **kwargs):
-        # validates the config before the ResNet is built (64: the fewest channels a ResNet
-        # position has, its stem's)
+        # validates the config before the ResNet is built, for a width of 64 channels; each
+        # position's own width is checked when its module is built
         build_whitening(whitening, 64)
         if isinstance(ibn, dict) and ibn.get('type') == 'b':
             raise ArgumentError(

@@ -10,7 +10,7 @@ import torch
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 
-from ...validation import ArgumentTypeError
+from ...validation import ArgumentError, ArgumentTypeError
 from ..backbones.whitening_resnet import WhiteningResNetMixin, standardized_outputs
 from ..whitening.semantic_whitening import SAW, saw_classifier_loss
 
@@ -28,6 +28,14 @@ class WhiteningEncoderDecoder(EncoderDecoder):
             raise ArgumentTypeError(
                 'WhiteningEncoderDecoder needs a whitening backbone (WhiteningResNet, '
                 f"WhiteningResNetV1c, WhiteningResNetV1d), got {type(self.backbone).__name__}")
+        for position, module in self.backbone.whitening_modules().items():
+            if isinstance(module, SAW) and module.num_classes != self.decode_head.num_classes:
+                raise ArgumentError(
+                    f'SAW at backbone position {position!r} has num_classes='
+                    f'{module.num_classes} but the decode head predicts '
+                    f'{self.decode_head.num_classes}: set whitening=dict(type=\'SAW\', '
+                    f'num_classes={self.decode_head.num_classes}) (its classifiers learn from '
+                    'the same labels)')
 
     def loss(self, inputs, data_samples) -> dict:
         with standardized_outputs(self.backbone) as maps:
