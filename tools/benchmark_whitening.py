@@ -32,7 +32,7 @@ VARIANTS = {
     'IW': dict(type='IW', loss_weight=0.8),
     'IRW': dict(type='IRW', loss_weight=0.6, relax_denom=64.0),
     'ISW': dict(type='ISW', loss_weight=0.6, clusters=3),
-    'SAW': dict(type='SAW', loss_weight=0.1, relax_denom=2.0),
+    'SAW': dict(type='SAW', loss_weight=0.1),
 }
 #: name -> positions, where not RobustNet's (SAN-SAW: stages 1 and 2)
 POSITIONS = {'SAW': (0, 1)}
